@@ -1,0 +1,117 @@
+//! Parsing of the serial markers images print (see the brief's "Conventions between images and
+//! xtask"). Markers may be preceded by the log prefix (`[   0.012345] INFO  net-dd: `), so every
+//! parser looks for the marker anywhere in the line.
+
+/// `ICONNECT-READY <image> boot_us=<N>` → (image, N).
+pub fn parse_ready(line: &str) -> Option<(String, u64)> {
+    let rest = after(line, "ICONNECT-READY ")?;
+    let mut toks = rest.split_whitespace();
+    let image = toks.next()?.to_string();
+    let us = toks.find_map(|t| t.strip_prefix("boot_us="))?.parse().ok()?;
+    Some((image, us))
+}
+
+/// `KTEST-DONE passed=<N> failed=<M>` → (N, M).
+pub fn parse_ktest_done(line: &str) -> Option<(u32, u32)> {
+    let rest = after(line, "KTEST-DONE ")?;
+    let mut passed = None;
+    let mut failed = None;
+    for t in rest.split_whitespace() {
+        if let Some(v) = t.strip_prefix("passed=") {
+            passed = v.parse().ok();
+        } else if let Some(v) = t.strip_prefix("failed=") {
+            failed = v.parse().ok();
+        }
+    }
+    Some((passed?, failed?))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum KtestResult {
+    Ok(String),
+    Fail { name: String, why: String },
+}
+
+/// `KTEST-RESULT ok <name>` / `KTEST-RESULT FAIL <name>: <why>`.
+pub fn parse_ktest_result(line: &str) -> Option<KtestResult> {
+    let rest = after(line, "KTEST-RESULT ")?;
+    if let Some(name) = rest.strip_prefix("ok ") {
+        return Some(KtestResult::Ok(name.trim().to_string()));
+    }
+    let rest = rest.strip_prefix("FAIL ")?;
+    let (name, why) = rest.split_once(':').unwrap_or((rest, ""));
+    Some(KtestResult::Fail { name: name.trim().to_string(), why: why.trim().to_string() })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// Exception name as printed (e.g. `PageFault` / `page-fault`).
+    pub name: String,
+    /// `addr=0x...` if present (page faults: CR2).
+    pub addr: Option<u64>,
+}
+
+/// `ICONNECT-FAULT <exception name> ... addr=0x...`.
+pub fn parse_fault(line: &str) -> Option<Fault> {
+    let rest = after(line, "ICONNECT-FAULT")?;
+    let mut toks = rest.split_whitespace();
+    let name = toks.next().unwrap_or("").to_string();
+    let addr = rest
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("addr="))
+        .and_then(|v| {
+            let v = v.trim_end_matches([',', ';', ')']);
+            u64::from_str_radix(v.strip_prefix("0x").or_else(|| v.strip_prefix("0X"))?, 16).ok()
+        });
+    Some(Fault { name, addr })
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|i| &line[i + marker.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_with_and_without_prefix() {
+        assert_eq!(parse_ready("ICONNECT-READY net-dd boot_us=1234"), Some(("net-dd".into(), 1234)));
+        assert_eq!(
+            parse_ready("[   0.012345] INFO  net-dd: ICONNECT-READY net-dd boot_us=987\r"),
+            Some(("net-dd".into(), 987))
+        );
+        assert_eq!(parse_ready("ICONNECT-READY net-dd"), None);
+        assert_eq!(parse_ready("ICONNECT-READY net-dd boot_us=abc"), None);
+        assert_eq!(parse_ready("nothing here"), None);
+    }
+
+    #[test]
+    fn ktest_done() {
+        assert_eq!(parse_ktest_done("KTEST-DONE passed=12 failed=0"), Some((12, 0)));
+        assert_eq!(parse_ktest_done("[ 0.1] INFO  ktest: KTEST-DONE passed=3 failed=2"), Some((3, 2)));
+        assert_eq!(parse_ktest_done("KTEST-DONE passed=3"), None);
+        assert_eq!(parse_ktest_done("KTEST-DONE passed=x failed=0"), None);
+    }
+
+    #[test]
+    fn ktest_results() {
+        assert_eq!(parse_ktest_result("KTEST-RESULT ok frame_alloc"), Some(KtestResult::Ok("frame_alloc".into())));
+        assert_eq!(
+            parse_ktest_result("[ 0.2] INFO  ktest: KTEST-RESULT FAIL heap: got 3, want 4"),
+            Some(KtestResult::Fail { name: "heap".into(), why: "got 3, want 4".into() })
+        );
+        assert_eq!(parse_ktest_result("KTEST-RESULT maybe x"), None);
+    }
+
+    #[test]
+    fn fault_lines() {
+        let f = parse_fault("[ 0.3] ERROR rt: ICONNECT-FAULT PageFault rip=0x100234 addr=0xdeadbeef000 err=0x0")
+            .unwrap();
+        assert_eq!(f, Fault { name: "PageFault".into(), addr: Some(0x0dea_dbee_f000) });
+        let g = parse_fault("ICONNECT-FAULT GeneralProtection rip=0x1").unwrap();
+        assert_eq!(g.addr, None);
+        assert_eq!(parse_fault("ICONNECT-FAULT page-fault addr=0xzz").unwrap().addr, None);
+        assert!(parse_fault("no fault").is_none());
+    }
+}

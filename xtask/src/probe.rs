@@ -1,0 +1,420 @@
+//! Network probes: ICMP echo over a raw socket and a TCP echo exchange.
+//!
+//! They run *inside* the test's network namespace: the parent re-executes this binary as
+//! `ip netns exec <ns> <xtask> probe ping|tcp ...` ([`run_in`]). A probe prints one
+//! `PROBE <kind> key=value ...` line per observation on stdout and exits non-zero on any failure
+//! (the reason on stderr).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Subcommand;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::netns::Netns;
+use crate::util::{self, XorShift};
+
+#[derive(Subcommand, Debug)]
+pub enum ProbeCmd {
+    /// ICMP echo: send `count` requests, verify id, seq and payload of every reply.
+    Ping {
+        addr: Ipv4Addr,
+        #[arg(long, default_value_t = 3)]
+        count: u16,
+        /// ICMP payload bytes.
+        #[arg(long, default_value_t = 56)]
+        size: usize,
+        /// Per-reply timeout.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+    },
+    /// TCP echo: send `bytes` random bytes in pieces, verify the echo is identical.
+    Tcp {
+        addr: Ipv4Addr,
+        #[arg(long, default_value_t = 7)]
+        port: u16,
+        #[arg(long, default_value_t = 65536)]
+        bytes: usize,
+        /// PRNG seed for the payload and the piece sizes (default: time based).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Timeout for the whole exchange.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
+}
+
+pub fn run(cmd: &ProbeCmd) -> Result<()> {
+    match *cmd {
+        ProbeCmd::Ping { addr, count, size, timeout_ms, interval_ms } => ping(
+            addr,
+            count,
+            size,
+            Duration::from_millis(timeout_ms),
+            Duration::from_millis(interval_ms),
+        ),
+        ProbeCmd::Tcp { addr, port, bytes, seed, timeout_ms } => {
+            tcp_echo(addr, port, bytes, seed.unwrap_or_else(util::time_seed), Duration::from_millis(timeout_ms))
+        }
+    }
+}
+
+/// RFC 1071 internet checksum.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// ICMP echo request (type 8) with checksum.
+pub fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![8, 0, 0, 0];
+    p.extend(id.to_be_bytes());
+    p.extend(seq.to_be_bytes());
+    p.extend_from_slice(payload);
+    let c = checksum(&p);
+    p[2..4].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct EchoReply<'a> {
+    pub src: Ipv4Addr,
+    pub id: u16,
+    pub seq: u16,
+    pub payload: &'a [u8],
+}
+
+/// Parse an IPv4 packet as received on a raw ICMP socket; `Some` only for a well-formed echo reply
+/// (type 0, code 0) with a valid ICMP checksum.
+pub fn parse_echo_reply(pkt: &[u8]) -> Option<EchoReply<'_>> {
+    let first = *pkt.first()?;
+    if first >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(first & 0x0f) * 4;
+    if ihl < 20 || pkt.len() < ihl + 8 || pkt[9] != 1 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    let end = if total >= ihl + 8 && total <= pkt.len() { total } else { pkt.len() };
+    let icmp = &pkt[ihl..end];
+    if icmp[0] != 0 || icmp[1] != 0 || checksum(icmp) != 0 {
+        return None;
+    }
+    Some(EchoReply {
+        src: Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]),
+        id: u16::from_be_bytes([icmp[4], icmp[5]]),
+        seq: u16::from_be_bytes([icmp[6], icmp[7]]),
+        payload: &icmp[8..],
+    })
+}
+
+fn ping(addr: Ipv4Addr, count: u16, size: usize, timeout: Duration, interval: Duration) -> Result<()> {
+    ensure!(count > 0, "count must be > 0");
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        .context("opening a raw ICMP socket (needs root / CAP_NET_RAW)")?;
+    let dest = SockAddr::from(SocketAddrV4::new(addr, 0));
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut rng = XorShift::new(util::time_seed());
+    let mut rtts = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for seq in 1..=count {
+        let mut payload = vec![0u8; size];
+        rng.fill(&mut payload);
+        let pkt = echo_request(id, seq, &payload);
+        let sent = Instant::now();
+        sock.send_to(&pkt, &dest).with_context(|| format!("sending echo request {seq} to {addr}"))?;
+        let deadline = sent + timeout;
+        let rtt = loop {
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("no echo reply from {addr} for seq={seq} within {}", util::fmt_dur(timeout));
+            }
+            sock.set_read_timeout(Some(deadline - now))?;
+            let n = match (&sock).read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    continue;
+                }
+                Err(e) => return Err(e).context("receiving on the raw socket"),
+            };
+            let Some(r) = parse_echo_reply(&buf[..n]) else { continue };
+            if r.src != addr || r.id != id {
+                continue;
+            }
+            ensure!(r.seq == seq, "echo reply with seq={} while waiting for seq={seq}", r.seq);
+            ensure!(
+                r.payload == payload.as_slice(),
+                "echo reply seq={seq} payload differs ({} bytes back, {} sent)",
+                r.payload.len(),
+                payload.len()
+            );
+            break sent.elapsed();
+        };
+        println!("PROBE ping seq={seq} id={id} bytes={size} rtt_us={}", rtt.as_micros());
+        rtts.push(rtt);
+        if seq < count {
+            thread::sleep(interval);
+        }
+    }
+    let min = rtts.iter().min().copied().unwrap_or_default();
+    let max = rtts.iter().max().copied().unwrap_or_default();
+    let avg = rtts.iter().sum::<Duration>() / rtts.len() as u32;
+    println!(
+        "PROBE ping-done sent={count} received={} min_us={} avg_us={} max_us={}",
+        rtts.len(),
+        min.as_micros(),
+        avg.as_micros(),
+        max.as_micros()
+    );
+    Ok(())
+}
+
+fn tcp_echo(addr: Ipv4Addr, port: u16, bytes: usize, seed: u64, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut rng = XorShift::new(seed);
+    let mut payload = vec![0u8; bytes];
+    rng.fill(&mut payload);
+    // Piece sizes between 1 and 4096 bytes, so segment boundaries vary.
+    let mut pieces = Vec::new();
+    let mut left = bytes;
+    while left > 0 {
+        let n = ((rng.next_u64() % 4096) as usize + 1).min(left);
+        pieces.push(n);
+        left -= n;
+    }
+    let sa = SocketAddr::V4(SocketAddrV4::new(addr, port));
+    let stream = TcpStream::connect_timeout(&sa, Duration::from_secs(10).min(timeout))
+        .with_context(|| format!("connecting to {sa}"))?;
+    let connect = start.elapsed();
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let to_send = payload.clone();
+    let npieces = pieces.len();
+    let w = thread::spawn(move || -> std::io::Result<()> {
+        let mut off = 0;
+        for n in pieces {
+            writer.write_all(&to_send[off..off + n])?;
+            off += n;
+        }
+        writer.flush()
+    });
+    let mut got = Vec::with_capacity(bytes);
+    let mut buf = vec![0u8; 16384];
+    let mut reader = &stream;
+    while got.len() < bytes {
+        let now = Instant::now();
+        if now >= deadline {
+            let _ = stream.shutdown(Shutdown::Both);
+            bail!("timeout: {} of {bytes} bytes echoed within {}", got.len(), util::fmt_dur(timeout));
+        }
+        reader.set_read_timeout(Some(deadline - now))?;
+        match reader.read(&mut buf) {
+            Ok(0) => bail!("connection closed after {} of {bytes} bytes echoed", got.len()),
+            Ok(n) => {
+                let off = got.len();
+                got.extend_from_slice(&buf[..n]);
+                if got.len() > bytes {
+                    bail!("echo returned more bytes ({}) than sent ({bytes})", got.len());
+                }
+                if let Some(i) = (0..n).find(|&i| got[off + i] != payload[off + i]) {
+                    bail!(
+                        "echoed byte {} differs: got {:#04x}, sent {:#04x} (seed {seed})",
+                        off + i,
+                        got[off + i],
+                        payload[off + i]
+                    );
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context(format!("reading the echo after {} bytes", got.len())),
+        }
+    }
+    let elapsed = start.elapsed();
+    w.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))?.context("sending")?;
+    ensure!(got == payload, "echo differs from what was sent (seed {seed})");
+    let _ = stream.shutdown(Shutdown::Both);
+    let xfer = (elapsed - connect).as_secs_f64().max(1e-9);
+    println!(
+        "PROBE tcp bytes={bytes} pieces={npieces} seed={seed} connect_us={} total_us={} kib_s={:.0}",
+        connect.as_micros(),
+        elapsed.as_micros(),
+        bytes as f64 / 1024.0 / xfer
+    );
+    Ok(())
+}
+
+/// Value of `key=` in a `PROBE ...` line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Run `xtask probe <args>` inside `ns` (re-exec of this binary), killed by PID after `limit`.
+/// Returns the `PROBE` lines; an error carries the probe's stderr.
+pub fn run_in(ns: &Netns, args: &[String], limit: Duration) -> Result<Vec<String>> {
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut cmd = ns.command(&exe);
+    cmd.arg("probe").args(args);
+    println!("$ {}", util::show(&cmd));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the probe")?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let lines: Vec<String> = out.lines().filter(|l| l.starts_with("PROBE ")).map(str::to_string).collect();
+    match status {
+        None => bail!("probe killed after {}; output so far:\n{}", util::fmt_dur(limit), lines.join("\n")),
+        Some(s) if !s.success() => bail!(
+            "probe failed ({s}): {}{}",
+            err.trim().trim_start_matches("xtask: error: "),
+            if lines.is_empty() { String::new() } else { format!("\n{}", lines.join("\n")) }
+        ),
+        Some(_) => Ok(lines),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_known_vector() {
+        // RFC 1071 example words: 0x0001 0xf203 0xf4f5 0xf6f7 -> sum 0xddf2, checksum 0x220d.
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        // A packet with its checksum filled in sums to zero.
+        let p = echo_request(0x1234, 7, b"hello!!");
+        assert_eq!(checksum(&p), 0);
+    }
+
+    fn ipv4_wrap(src: [u8; 4], icmp: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+        let total = (20 + icmp.len()) as u16;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip.extend(src);
+        ip.extend([10, 0, 2, 2]);
+        ip.extend_from_slice(icmp);
+        ip
+    }
+
+    fn as_reply(mut req: Vec<u8>) -> Vec<u8> {
+        req[0] = 0;
+        req[2] = 0;
+        req[3] = 0;
+        let c = checksum(&req);
+        req[2..4].copy_from_slice(&c.to_be_bytes());
+        req
+    }
+
+    #[test]
+    fn parses_a_real_shaped_reply() {
+        let pkt = ipv4_wrap([10, 0, 2, 15], &as_reply(echo_request(42, 3, b"payload")));
+        let r = parse_echo_reply(&pkt).unwrap();
+        assert_eq!(r, EchoReply { src: Ipv4Addr::new(10, 0, 2, 15), id: 42, seq: 3, payload: b"payload" });
+    }
+
+    #[test]
+    fn rejects_requests_bad_checksums_and_junk() {
+        // Our own request (type 8) is not a reply.
+        assert!(parse_echo_reply(&ipv4_wrap([10, 0, 2, 15], &echo_request(1, 1, b"x"))).is_none());
+        let mut pkt = ipv4_wrap([10, 0, 2, 15], &as_reply(echo_request(1, 1, b"abcd")));
+        let last = pkt.len() - 1;
+        pkt[last] ^= 0xff;
+        assert!(parse_echo_reply(&pkt).is_none(), "corrupted payload must fail the checksum");
+        assert!(parse_echo_reply(&[]).is_none());
+        assert!(parse_echo_reply(&[0x45; 10]).is_none());
+        assert!(parse_echo_reply(&[0x4f; 30]).is_none());
+    }
+
+    #[test]
+    fn probe_fields() {
+        let l = "PROBE ping seq=2 id=7 bytes=56 rtt_us=321";
+        assert_eq!(field(l, "rtt_us"), Some("321"));
+        assert_eq!(field(l, "seq"), Some("2"));
+        assert_eq!(field(l, "nope"), None);
+    }
+
+    /// A real TCP echo exchange over loopback against a tiny echo server thread, exercising the
+    /// probe's piecewise send/verify path (the guest is the real peer in the QEMU tier).
+    #[test]
+    fn tcp_echo_against_loopback_server() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let srv = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 3000];
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => s.write_all(&b[..n]).unwrap(),
+                }
+            }
+        });
+        tcp_echo(Ipv4Addr::LOCALHOST, port, 100_000, 5, Duration::from_secs(20)).unwrap();
+        srv.join().unwrap();
+    }
+
+    /// A corrupting echo server must make the probe fail.
+    #[test]
+    fn tcp_echo_detects_corruption() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let srv = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 1000];
+            let mut total = 0usize;
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if total <= 5000 && total + n > 5000 {
+                            b[5000 - total] ^= 1;
+                        }
+                        total += n;
+                        if s.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let e = tcp_echo(Ipv4Addr::LOCALHOST, port, 20_000, 9, Duration::from_secs(20)).unwrap_err();
+        assert!(e.to_string().contains("byte 5000"), "{e}");
+        srv.join().unwrap();
+    }
+}

@@ -1,0 +1,614 @@
+//! Typed QEMU runner: [`Qemu`] (builder) → [`Running`] (serial lines streamed through a channel,
+//! markers awaited with deadlines) → [`Outcome`] (exit status decoded per the isa-debug-exit
+//! convention, serial text, timed_out, duration). Every run has a timeout; QEMU is killed by its
+//! own PID (and dies with us through `PR_SET_PDEATHSIG`).
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+use crate::images::{self, Devices};
+use crate::markers;
+use crate::prereq::{self, QEMU};
+use crate::util::{self, fmt_dur};
+
+/// How many serial lines to show when something fails.
+pub const TAIL_LINES: usize = 60;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// /dev/kvm opens read-write.
+pub fn kvm_usable() -> bool {
+    OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+impl Accel {
+    /// Pick the accelerator: explicit request, else `ICONNECT_ACCEL`, else KVM if usable, else TCG.
+    /// Prints the choice and why.
+    pub fn choose(requested: Option<Accel>) -> Result<Accel> {
+        let env = std::env::var("ICONNECT_ACCEL").ok().filter(|s| !s.is_empty());
+        let (accel, why) = match (requested, env) {
+            (Some(a), _) => (a, "requested".to_string()),
+            (None, Some(e)) => (
+                Accel::from_str(&e, true).map_err(|_| anyhow::anyhow!("ICONNECT_ACCEL={e}: expected kvm or tcg"))?,
+                format!("ICONNECT_ACCEL={e}"),
+            ),
+            (None, None) if kvm_usable() => (Accel::Kvm, "/dev/kvm is usable".to_string()),
+            (None, None) => (Accel::Tcg, "/dev/kvm not usable, falling back".to_string()),
+        };
+        if accel == Accel::Kvm && !kvm_usable() {
+            bail!("KVM requested ({why}) but /dev/kvm cannot be opened read-write");
+        }
+        println!("accel: {accel} ({why})");
+        Ok(accel)
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            // /dev/kvm here may be kvm_pvm, where -cpu host/max fail: qemu64 works everywhere.
+            Accel::Kvm => &["-accel", "kvm", "-cpu", "qemu64"],
+            Accel::Tcg => &["-accel", "tcg"],
+        }
+    }
+}
+
+/// How the guest ended, decoded from QEMU's exit status (isa-debug-exit: status = (v << 1) | 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// rt wrote 0x10: status 33.
+    Success,
+    /// rt wrote 0x11: status 35.
+    Failure,
+    /// rt wrote 0x12: status 37.
+    Panic,
+    /// rt wrote 0x13 (CPU exception): status 39.
+    Exception,
+    /// QEMU exited 0: guest reset/triple fault under -no-reboot, or a shutdown without the exit device.
+    Reset,
+    /// Any other QEMU status (1 is also QEMU's own error status).
+    Other(i32),
+    /// We killed it when the timeout expired.
+    TimedOut,
+    /// We killed it on purpose (test finished with it).
+    Killed,
+    /// It died from a signal we did not send.
+    Signal(i32),
+}
+
+impl GuestExit {
+    pub fn decode(code: Option<i32>, signal: Option<i32>, timed_out: bool, killed: bool) -> GuestExit {
+        if timed_out {
+            return GuestExit::TimedOut;
+        }
+        if killed {
+            return GuestExit::Killed;
+        }
+        match (code, signal) {
+            (Some(33), _) => GuestExit::Success,
+            (Some(35), _) => GuestExit::Failure,
+            (Some(37), _) => GuestExit::Panic,
+            (Some(39), _) => GuestExit::Exception,
+            (Some(0), _) => GuestExit::Reset,
+            (Some(c), _) => GuestExit::Other(c),
+            (None, Some(s)) => GuestExit::Signal(s),
+            (None, None) => GuestExit::Other(-1),
+        }
+    }
+}
+
+impl fmt::Display for GuestExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestExit::Success => write!(f, "success (status 33)"),
+            GuestExit::Failure => write!(f, "failure (status 35)"),
+            GuestExit::Panic => write!(f, "panic (status 37)"),
+            GuestExit::Exception => write!(f, "CPU exception (status 39)"),
+            GuestExit::Reset => write!(f, "reset/triple fault or shutdown without exit device (status 0)"),
+            GuestExit::Other(1) => write!(f, "status 1 (QEMU error, or the guest wrote 0 to the exit port)"),
+            GuestExit::Other(c) => write!(f, "unexpected status {c}"),
+            GuestExit::TimedOut => write!(f, "timed out (killed)"),
+            GuestExit::Killed => write!(f, "stopped by xtask"),
+            GuestExit::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// A QEMU invocation (q35, PVH `-kernel` boot, serial on stdio, isa-debug-exit).
+#[derive(Clone, Debug)]
+pub struct Qemu {
+    kernel: PathBuf,
+    accel: Accel,
+    machine: String,
+    memory_mib: u32,
+    append: String,
+    extra: Vec<String>,
+    timeout: Duration,
+    netns: Option<String>,
+    echo: bool,
+}
+
+impl Qemu {
+    pub fn new(kernel: impl Into<PathBuf>, accel: Accel) -> Self {
+        Qemu {
+            kernel: kernel.into(),
+            accel,
+            machine: "q35".into(),
+            memory_mib: 64,
+            append: String::new(),
+            extra: Vec::new(),
+            timeout: Duration::from_secs(60),
+            netns: None,
+            echo: false,
+        }
+    }
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+    pub fn append(mut self, cmdline: &str) -> Self {
+        self.append = cmdline.into();
+        self
+    }
+    pub fn device(mut self, spec: &str) -> Self {
+        self.extra.extend(["-device".into(), spec.into()]);
+        self
+    }
+    pub fn netdev(mut self, spec: &str) -> Self {
+        self.extra.extend(["-netdev".into(), spec.into()]);
+        self
+    }
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+    /// Run QEMU inside this network namespace (`ip netns exec <ns> qemu...`, which execs, so the
+    /// PID we hold is QEMU's).
+    pub fn netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.into());
+        self
+    }
+    /// Print serial lines to our stdout as they arrive.
+    pub fn echo(mut self, on: bool) -> Self {
+        self.echo = on;
+        self
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-M",
+            &self.machine,
+            "-m",
+            &format!("{}M", self.memory_mib),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-kernel",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(self.kernel.display().to_string());
+        if !self.append.is_empty() {
+            a.extend(["-append".into(), self.append.clone()]);
+        }
+        a.extend(self.accel.args().iter().map(|s| s.to_string()));
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, QEMU]);
+                c
+            }
+            None => Command::new(QEMU),
+        };
+        c.args(self.args());
+        c
+    }
+
+    pub fn spawn(self) -> Result<Running> {
+        if !self.kernel.is_file() {
+            bail!("kernel image {} does not exist (run `cargo xtask build`)", self.kernel.display());
+        }
+        let mut cmd = self.command();
+        println!("$ {}", util::show(&cmd));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+        // async-signal-safe; it touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let echo = self.echo;
+        let lines2 = Arc::clone(&lines);
+        let reader = thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                        if echo {
+                            println!("{line}");
+                        }
+                        let idx = {
+                            let mut l = lines2.lock().expect("serial lock");
+                            l.push(line);
+                            l.len() - 1
+                        };
+                        if tx.send(idx).is_err() {
+                            // Nobody listens any more; keep draining so QEMU never blocks.
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().context("no stderr pipe")?;
+        let stderr2 = Arc::clone(&stderr);
+        let err_reader = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err_pipe.read_to_string(&mut s);
+            stderr2.lock().expect("stderr lock").push_str(&s);
+        });
+        Ok(Running {
+            child,
+            lines,
+            rx,
+            started,
+            deadline: started + self.timeout,
+            timeout: self.timeout,
+            stderr,
+            readers: vec![reader, err_reader],
+            eof: false,
+        })
+    }
+
+    /// Spawn and wait for the guest to exit (or the timeout).
+    pub fn run(self) -> Result<Outcome> {
+        Ok(self.spawn()?.wait())
+    }
+}
+
+/// A QEMU process we own. Dropping it kills QEMU.
+pub struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    rx: Receiver<usize>,
+    started: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    eof: bool,
+}
+
+/// Why waiting for a marker did not succeed.
+#[derive(Debug)]
+pub enum WaitError {
+    /// The deadline passed; QEMU is still running.
+    Deadline,
+    /// QEMU's serial output ended (it exited) before the marker appeared.
+    Exited,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait until a serial line satisfies `pred` (lines already received count), at most `within`
+    /// and never past the run's own timeout. Returns the line and the time since spawn.
+    pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool, within: Duration) -> Result<(String, Duration), WaitError> {
+        let deadline = (Instant::now() + within).min(self.deadline);
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self.lines.lock().expect("serial lock");
+                if let Some(l) = lines[seen..].iter().find(|l| pred(l)) {
+                    return Ok((l.clone(), self.started.elapsed()));
+                }
+                seen = lines.len();
+            }
+            if self.eof {
+                return Err(WaitError::Exited);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Deadline);
+            }
+            match self.rx.recv_timeout(deadline - now) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.eof = true,
+            }
+        }
+    }
+
+    /// Serial lines so far.
+    pub fn serial(&self) -> Vec<String> {
+        self.lines.lock().expect("serial lock").clone()
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        tail(&self.serial(), n)
+    }
+
+    /// Wait for QEMU to exit on its own; kill it when the run's timeout expires.
+    pub fn wait(mut self) -> Outcome {
+        let mut timed_out = false;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() >= self.deadline => {
+                    timed_out = true;
+                    self.kill_now();
+                    break;
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
+            }
+        }
+        self.finish(timed_out, false)
+    }
+
+    /// Kill QEMU now (by its PID) and collect the outcome.
+    pub fn stop(mut self) -> Outcome {
+        let already = matches!(self.child.try_wait(), Ok(Some(_)));
+        if !already {
+            self.kill_now();
+        }
+        self.finish(false, !already)
+    }
+
+    fn kill_now(&mut self) {
+        // Child::kill sends SIGKILL to exactly this PID.
+        let _ = self.child.kill();
+    }
+
+    fn finish(&mut self, timed_out: bool, killed: bool) -> Outcome {
+        let status = self.child.wait().ok();
+        let duration = self.started.elapsed();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let code = status.and_then(|s| s.code());
+        let signal = status.and_then(|s| s.signal());
+        Outcome {
+            code,
+            exit: GuestExit::decode(code, signal, timed_out, killed),
+            serial: self.serial(),
+            stderr: self.stderr.lock().expect("stderr lock").clone(),
+            timed_out,
+            duration,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill_now();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a QEMU run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub exit: GuestExit,
+    pub serial: Vec<String>,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub duration: Duration,
+    pub timeout: Duration,
+}
+
+impl Outcome {
+    /// First serial line containing `needle`.
+    pub fn line_with(&self, needle: &str) -> Option<&str> {
+        self.serial.iter().map(String::as_str).find(|l| l.contains(needle))
+    }
+
+    /// Diagnostic text for a failed run: decoded exit, QEMU's stderr, the last serial lines.
+    pub fn diagnostics(&self) -> String {
+        let mut s = format!(
+            "QEMU ended: {} [exit status {}] after {}{}\n",
+            self.exit,
+            self.code.map_or("none".to_string(), |c| c.to_string()),
+            fmt_dur(self.duration),
+            if self.timed_out { format!(", hit the {} timeout", fmt_dur(self.timeout)) } else { String::new() }
+        );
+        if !self.stderr.trim().is_empty() {
+            s.push_str(&format!("--- QEMU stderr ---\n{}\n", self.stderr.trim_end()));
+        }
+        s.push_str(&format!(
+            "--- last {} serial lines (of {}) ---\n{}",
+            TAIL_LINES.min(self.serial.len()),
+            self.serial.len(),
+            tail(&self.serial, TAIL_LINES)
+        ));
+        s
+    }
+}
+
+pub fn tail(lines: &[String], n: usize) -> String {
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join("\n")
+}
+
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
+pub fn free_local_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a local port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `cargo xtask run <image>`.
+pub fn run_cmd(
+    name: &str,
+    append: Option<String>,
+    accel: Option<Accel>,
+    timeout: u64,
+    memory: u32,
+    no_build: bool,
+) -> Result<()> {
+    let image = images::find(name)?;
+    prereq::ensure_qemu()?;
+    let path = if no_build {
+        util::target_dir()?.join("images").join(format!("{}.elf", image.name))
+    } else {
+        images::build(&[image])?.remove(0).path
+    };
+    let accel = Accel::choose(accel)?;
+    let append = append.unwrap_or_else(|| image.default_append.to_string());
+    let mut q = Qemu::new(&path, accel)
+        .memory_mib(memory)
+        .append(&append)
+        .timeout(Duration::from_secs(timeout))
+        .echo(true);
+    match image.devices {
+        Devices::None => {}
+        Devices::NetUser => {
+            let port = free_local_port()?;
+            q = q
+                .netdev(&format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:7"))
+                .device("virtio-net-pci,netdev=n0,disable-legacy=on");
+            println!("net: user-mode network; host 127.0.0.1:{port} -> guest 10.0.2.15:7 (TCP echo)");
+            println!("     try: nc 127.0.0.1 {port}");
+        }
+    }
+    println!("run: {} (timeout {timeout}s; Ctrl-C to stop)", image.name);
+    let out = q.spawn()?.wait();
+    if let Some((img, us)) = out.serial.iter().find_map(|l| markers::parse_ready(l)) {
+        println!("run: {img} was ready after {} (guest TSC)", fmt_dur(Duration::from_micros(us)));
+    }
+    if !out.stderr.trim().is_empty() {
+        eprintln!("--- QEMU stderr ---\n{}", out.stderr.trim_end());
+    }
+    println!("run: QEMU ended: {} after {}", out.exit, fmt_dur(out.duration));
+    match out.exit {
+        GuestExit::Success | GuestExit::TimedOut => Ok(()),
+        e => bail!("{} ended with {e}", image.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_decoding() {
+        assert_eq!(GuestExit::decode(Some(33), None, false, false), GuestExit::Success);
+        assert_eq!(GuestExit::decode(Some(35), None, false, false), GuestExit::Failure);
+        assert_eq!(GuestExit::decode(Some(37), None, false, false), GuestExit::Panic);
+        assert_eq!(GuestExit::decode(Some(39), None, false, false), GuestExit::Exception);
+        assert_eq!(GuestExit::decode(Some(0), None, false, false), GuestExit::Reset);
+        assert_eq!(GuestExit::decode(Some(1), None, false, false), GuestExit::Other(1));
+        assert_eq!(GuestExit::decode(None, Some(9), true, false), GuestExit::TimedOut);
+        assert_eq!(GuestExit::decode(None, Some(9), false, true), GuestExit::Killed);
+        assert_eq!(GuestExit::decode(None, Some(11), false, false), GuestExit::Signal(11));
+    }
+
+    #[test]
+    fn exit_values_match_debug_exit_formula() {
+        // rt writes v; QEMU exits with (v << 1) | 1.
+        let status = |v: i32| (v << 1) | 1;
+        assert_eq!(GuestExit::decode(Some(status(0x10)), None, false, false), GuestExit::Success);
+        assert_eq!(GuestExit::decode(Some(status(0x11)), None, false, false), GuestExit::Failure);
+        assert_eq!(GuestExit::decode(Some(status(0x12)), None, false, false), GuestExit::Panic);
+        assert_eq!(GuestExit::decode(Some(status(0x13)), None, false, false), GuestExit::Exception);
+    }
+
+    #[test]
+    fn command_line_shape() {
+        let q = Qemu::new("/x/k.elf", Accel::Kvm)
+            .append("fault=page")
+            .device("virtio-net-pci,netdev=n0,disable-legacy=on")
+            .netns("icx-1");
+        let args = q.args();
+        let joined = args.join(" ");
+        assert!(joined.starts_with("-M q35 -m 64M "));
+        assert!(joined.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(joined.contains("-kernel /x/k.elf -append fault=page -accel kvm -cpu qemu64"));
+        assert!(joined.contains("-serial stdio"));
+        assert!(joined.contains("-no-reboot"));
+        let cmd = q.command();
+        assert_eq!(cmd.get_program(), "ip");
+        let first: Vec<_> = cmd.get_args().take(4).map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(first, ["netns", "exec", "icx-1", QEMU]);
+        let tcg = Qemu::new("/k", Accel::Tcg).args().join(" ");
+        assert!(tcg.contains("-accel tcg") && !tcg.contains("-cpu"));
+        assert!(!tcg.contains("-append"));
+    }
+
+    #[test]
+    fn tail_takes_last_lines() {
+        let l: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let t = tail(&l, 3);
+        assert_eq!(t, "97\n98\n99");
+        assert_eq!(tail(&l[..2], 60), "0\n1");
+    }
+
+    /// Real QEMU (when installed): a kernel that is not a PVH ELF makes QEMU fail fast with an
+    /// error on stderr; the runner must report it, not hang.
+    #[test]
+    fn qemu_rejects_non_pvh_kernel() {
+        if std::process::Command::new(QEMU).arg("--version").output().is_err() {
+            eprintln!("skipping: {QEMU} not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = dir.join("bogus.elf");
+        std::fs::write(&k, b"\x7fELF this is not a kernel").unwrap();
+        let out = Qemu::new(&k, Accel::Tcg).timeout(Duration::from_secs(20)).run().unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(!out.timed_out, "QEMU hung on a bogus kernel");
+        assert_ne!(out.exit, GuestExit::Success);
+        assert!(!out.stderr.is_empty(), "QEMU said nothing about the bogus kernel");
+    }
+}
