@@ -1,1 +1,37 @@
+//! `hal`: hardware access for iConnect-rs driver domains.
+//!
+//! Layers, from pure to target-only:
+//! - [`pci`]: configuration-space logic (headers, enumeration, BAR sizing and assignment,
+//!   capability walking, MSI-X) over the [`pci::ConfigSpace`] trait;
+//! - [`acpi`]: RSDP/RSDT/XSDT/MCFG parsing over the [`acpi::PhysRead`] trait, to find ECAM;
+//! - [`mmio`]: the [`mmio::RegisterBlock`] trait and its volatile implementation [`mmio::Mmio`];
+//! - [`ecam`]: the memory-mapped [`pci::ConfigSpace`] (also usable by `virtio-drivers`);
+//! - [`virtio`]: virtio PCI capabilities and MSI-X vector routing;
+//! - `fake` (tests, or the `fake` feature): fakes of the traits for host tests;
+//! - `platform` and `dma` (target `x86_64-unknown-none` only): the bindings to `rt`: reading
+//!   physical memory, mapping ECAM/BARs, and the `virtio_drivers::Hal` implementation.
+//!
+//! All pure parts are tested on the host with `cargo test -p hal`.
 #![cfg_attr(not(test), no_std)]
+
+#[cfg(any(test, feature = "fake"))]
+extern crate alloc;
+
+pub mod acpi;
+pub mod ecam;
+mod error;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod mmio;
+pub mod pci;
+pub mod virtio;
+
+#[cfg(target_os = "none")]
+pub mod dma;
+#[cfg(target_os = "none")]
+pub mod platform;
+
+pub use error::Error;
+
+#[cfg(test)]
+mod tests;

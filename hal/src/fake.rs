@@ -1,0 +1,285 @@
+//! Fakes of the hardware traits, for host unit tests (here and in other crates, with the
+//! `fake` feature). They model just enough behaviour to exercise the real logic: writable
+//! bit masks (so BAR sizing works), capability chains, byte-addressed registers and physical
+//! memory.
+
+use crate::Error;
+use crate::acpi::PhysRead;
+use crate::mmio::{RegisterBlock, access_ok};
+use crate::pci::{Bdf, ConfigSpace, STATUS_CAP_LIST, reg};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// One fake function: 4 KiB of configuration space plus a per-dword writable-bit mask.
+#[derive(Clone)]
+pub struct FakeFunction {
+    data: Box<[u32; 1024]>,
+    writable: Box<[u32; 1024]>,
+    next_cap: u16,
+    last_cap: u16,
+}
+
+impl FakeFunction {
+    fn new(vendor: u16, device: u16, class: u8, subclass: u8, header_type: u8) -> Self {
+        let mut f = Self {
+            data: Box::new([0; 1024]),
+            writable: Box::new([0; 1024]),
+            next_cap: 0x40,
+            last_cap: 0,
+        };
+        f.set32(reg::ID, u32::from(vendor) | (u32::from(device) << 16));
+        f.set32(
+            reg::CLASS,
+            (u32::from(class) << 24) | (u32::from(subclass) << 16),
+        );
+        f.set32(reg::HEADER_TYPE, u32::from(header_type) << 16);
+        // Command register bits 0..10 are writable, status is read-only here.
+        f.set_writable(reg::COMMAND_STATUS, 0x0000_07ff);
+        f
+    }
+
+    /// Sets the dword at `offset` (no write mask applied).
+    pub fn set32(&mut self, offset: u16, value: u32) -> &mut Self {
+        self.data[usize::from(offset / 4) % 1024] = value;
+        self
+    }
+
+    /// Reads the raw dword at `offset`.
+    pub fn get32(&self, offset: u16) -> u32 {
+        self.data[usize::from(offset / 4) % 1024]
+    }
+
+    /// Sets which bits of the dword at `offset` configuration writes may change.
+    pub fn set_writable(&mut self, offset: u16, mask: u32) -> &mut Self {
+        self.writable[usize::from(offset / 4) % 1024] = mask;
+        self
+    }
+
+    /// Adds a 32-bit memory BAR of `size` bytes (power of two) at `address`.
+    pub fn add_mem32_bar(
+        &mut self,
+        index: u8,
+        size: u32,
+        address: u32,
+        prefetch: bool,
+    ) -> &mut Self {
+        let off = reg::BAR0 + 4 * u16::from(index);
+        let flags = if prefetch { 0x8 } else { 0 };
+        self.set32(off, (address & !(size - 1)) | flags);
+        self.set_writable(off, !(size - 1) & !0xf)
+    }
+
+    /// Adds a 64-bit memory BAR of `size` bytes (power of two) at `address`.
+    pub fn add_mem64_bar(
+        &mut self,
+        index: u8,
+        size: u64,
+        address: u64,
+        prefetch: bool,
+    ) -> &mut Self {
+        let off = reg::BAR0 + 4 * u16::from(index);
+        let flags = 0x4 | if prefetch { 0x8 } else { 0 };
+        let mask = !(size - 1);
+        self.set32(off, (address as u32 & mask as u32 & !0xf) | flags);
+        self.set32(off + 4, (address >> 32) as u32);
+        self.set_writable(off, mask as u32 & !0xf);
+        self.set_writable(off + 4, (mask >> 32) as u32)
+    }
+
+    /// Adds an I/O BAR of `size` bytes at `port`, with a 16-bit decoder (upper bits read 0).
+    pub fn add_io_bar(&mut self, index: u8, size: u32, port: u16) -> &mut Self {
+        let off = reg::BAR0 + 4 * u16::from(index);
+        self.set32(off, (u32::from(port) & !(size - 1)) | 1);
+        self.set_writable(off, !(size - 1) & 0xfffc)
+    }
+
+    /// Appends a capability with ID `id` whose bytes after the two header bytes are `body`;
+    /// returns its offset. Sets the status bit and the capabilities pointer.
+    pub fn add_capability(&mut self, id: u8, body: &[u8]) -> u16 {
+        let off = self.next_cap;
+        let mut bytes = vec![id, 0];
+        bytes.extend_from_slice(body);
+        for (i, b) in bytes.iter().enumerate() {
+            self.set8(off + i as u16, *b);
+        }
+        if self.last_cap == 0 {
+            self.set8(reg::CAP_PTR, off as u8);
+            let cs = self.get32(reg::COMMAND_STATUS);
+            self.set32(reg::COMMAND_STATUS, cs | (u32::from(STATUS_CAP_LIST) << 16));
+        } else {
+            self.set8(self.last_cap + 1, off as u8);
+        }
+        self.last_cap = off;
+        self.next_cap = (off + bytes.len() as u16).next_multiple_of(4);
+        off
+    }
+
+    /// Sets one byte of configuration space.
+    pub fn set8(&mut self, offset: u16, value: u8) -> &mut Self {
+        let dw = self.get32(offset & !3);
+        let shift = (offset & 3) * 8;
+        self.set32(
+            offset & !3,
+            (dw & !(0xff << shift)) | (u32::from(value) << shift),
+        )
+    }
+}
+
+/// A fake configuration space: a map from BDF to [`FakeFunction`].
+#[derive(Clone, Default)]
+pub struct FakeConfigSpace {
+    functions: BTreeMap<Bdf, FakeFunction>,
+    /// Number of `read32` calls so far (to check scan costs).
+    pub reads: core::cell::Cell<usize>,
+}
+
+impl FakeConfigSpace {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a function; `header_type` includes the multi-function bit 0x80.
+    pub fn add(
+        &mut self,
+        bdf: Bdf,
+        vendor: u16,
+        device: u16,
+        class: u8,
+        subclass: u8,
+        header_type: u8,
+    ) -> &mut FakeFunction {
+        self.functions.insert(
+            bdf,
+            FakeFunction::new(vendor, device, class, subclass, header_type),
+        );
+        self.functions.get_mut(&bdf).expect("just inserted")
+    }
+
+    /// Adds a PCI-to-PCI bridge forwarding to `secondary..=subordinate`.
+    pub fn add_bridge(&mut self, bdf: Bdf, secondary: u8, subordinate: u8) -> &mut FakeFunction {
+        let f = self.add(bdf, 0x1b36, 0x000c, 0x06, 0x04, 0x01);
+        f.set32(
+            reg::BRIDGE_BUSES,
+            u32::from(bdf.bus) | (u32::from(secondary) << 8) | (u32::from(subordinate) << 16),
+        );
+        f
+    }
+
+    /// The function at `bdf`.
+    pub fn function(&mut self, bdf: Bdf) -> Option<&mut FakeFunction> {
+        self.functions.get_mut(&bdf)
+    }
+}
+
+impl ConfigSpace for FakeConfigSpace {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        self.reads.set(self.reads.get() + 1);
+        match self.functions.get(&bdf) {
+            Some(f) if offset < 4096 => f.get32(offset & !3),
+            _ => u32::MAX,
+        }
+    }
+
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+        if let Some(f) = self.functions.get_mut(&bdf)
+            && offset < 4096
+        {
+            let i = usize::from(offset / 4);
+            f.data[i] = (f.data[i] & !f.writable[i]) | (value & f.writable[i]);
+        }
+    }
+}
+
+/// A register block over plain memory.
+#[derive(Clone, Debug)]
+pub struct FakeRegs {
+    /// The register bytes (little endian).
+    pub bytes: Vec<u8>,
+}
+
+impl FakeRegs {
+    /// `len` zeroed bytes.
+    pub fn new(len: usize) -> Self {
+        Self {
+            bytes: vec![0; len],
+        }
+    }
+
+    fn get<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if access_ok(offset, N, self.bytes.len()) {
+            self.bytes[offset..offset + N].try_into().ok()
+        } else {
+            None
+        }
+    }
+
+    fn put(&mut self, offset: usize, value: &[u8]) {
+        if access_ok(offset, value.len(), self.bytes.len()) {
+            self.bytes[offset..offset + value.len()].copy_from_slice(value);
+        }
+    }
+}
+
+impl RegisterBlock for FakeRegs {
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    fn read8(&self, offset: usize) -> u8 {
+        self.get::<1>(offset).map_or(u8::MAX, u8::from_le_bytes)
+    }
+    fn read16(&self, offset: usize) -> u16 {
+        self.get::<2>(offset).map_or(u16::MAX, u16::from_le_bytes)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        self.get::<4>(offset).map_or(u32::MAX, u32::from_le_bytes)
+    }
+    fn write8(&mut self, offset: usize, value: u8) {
+        self.put(offset, &value.to_le_bytes());
+    }
+    fn write16(&mut self, offset: usize, value: u16) {
+        self.put(offset, &value.to_le_bytes());
+    }
+    fn write32(&mut self, offset: usize, value: u32) {
+        self.put(offset, &value.to_le_bytes());
+    }
+}
+
+/// Fake physical memory: a few regions of bytes at physical addresses.
+#[derive(Clone, Debug, Default)]
+pub struct FakeMemory {
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl FakeMemory {
+    /// No memory at all.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Places `bytes` at physical address `base`.
+    pub fn add(&mut self, base: u64, bytes: Vec<u8>) -> &mut Self {
+        self.regions.push((base, bytes));
+        self
+    }
+}
+
+impl PhysRead for FakeMemory {
+    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let len = buf.len() as u64;
+        for (base, bytes) in &self.regions {
+            if paddr >= *base
+                && paddr
+                    .checked_add(len)
+                    .is_some_and(|end| end <= base + bytes.len() as u64)
+            {
+                let start = (paddr - base) as usize;
+                buf.copy_from_slice(&bytes[start..start + buf.len()]);
+                return Ok(());
+            }
+        }
+        Err(Error::OutOfRange)
+    }
+}

@@ -1,0 +1,180 @@
+//! Binding of the pure PCI/ACPI logic to the machine through `rt`: reading firmware tables,
+//! mapping ECAM and BAR regions, MSI-X setup and BAR assignment.
+
+use crate::Error;
+use crate::acpi::{self, McfgEntry, PhysRead};
+use crate::ecam::Ecam;
+use crate::mmio::{Mmio, RegisterBlock};
+use crate::pci::{self, Bar, BarAllocator, Bdf, ConfigSpace, MsixCap, MsixTable, command};
+
+/// QEMU q35's ECAM base, used when ACPI gives no MCFG.
+pub const Q35_ECAM_BASE: u64 = 0xb000_0000;
+
+/// Physical memory below 4 GiB, read through `rt`'s identity mapping.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdentityMemory;
+
+impl PhysRead for IdentityMemory {
+    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let end = paddr
+            .checked_add(buf.len() as u64)
+            .ok_or(Error::OutOfRange)?;
+        if paddr == 0 || end > (4u64 << 30) {
+            return Err(Error::OutOfRange);
+        }
+        let src = rt::mem::phys_to_virt(paddr);
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `[paddr, end)` lies below 4 GiB, which `rt` identity-maps; firmware tables
+            // and the BIOS area are plain memory, read byte-wise without forming references.
+            *b = unsafe { src.add(i).read_volatile() };
+        }
+        Ok(())
+    }
+}
+
+/// The ECAM window from ACPI MCFG (RSDP from the loader, else scanned), or QEMU q35's
+/// `0xB000_0000` for buses 0..=255 with a log line when that fails.
+pub fn find_ecam(boot: &rt::BootInfo) -> McfgEntry {
+    match acpi::find_ecam(&IdentityMemory, boot.rsdp_paddr) {
+        Ok(e) => {
+            log::info!(
+                "ECAM from ACPI MCFG: {:#x} buses {}..={} (rsdp hint {:#x})",
+                e.base,
+                e.start_bus,
+                e.end_bus,
+                boot.rsdp_paddr
+            );
+            e
+        }
+        Err(err) => {
+            log::warn!(
+                "no usable ACPI MCFG ({err}); falling back to q35 ECAM at {Q35_ECAM_BASE:#x}"
+            );
+            McfgEntry {
+                base: Q35_ECAM_BASE,
+                segment: 0,
+                start_bus: 0,
+                end_bus: 255,
+            }
+        }
+    }
+}
+
+/// Maps the ECAM window of `entry`.
+pub fn map_ecam(entry: &McfgEntry) -> Result<Ecam, Error> {
+    let len = usize::try_from(entry.window_len()).map_err(|_| Error::OutOfRange)?;
+    let base = rt::mem::map_mmio(entry.start_address(), len).ok_or(Error::OutOfRange)?;
+    // SAFETY: `map_mmio` mapped `[start, start + len)` uncached for the rest of the domain's
+    // life; that range is the ECAM window for exactly `start_bus..=end_bus` (MCFG), and we
+    // never create references into it.
+    Ok(unsafe { Ecam::new(base, entry.start_bus, entry.end_bus) })
+}
+
+/// Maps `len` bytes at `offset` inside memory BAR `bar`.
+pub fn map_bar(bar: &Bar, offset: u64, len: usize) -> Result<Mmio, Error> {
+    if !bar.is_memory() {
+        return Err(Error::Invalid);
+    }
+    if bar.address == 0 {
+        return Err(Error::BarUnassigned);
+    }
+    if !bar.contains(offset, len as u64) {
+        return Err(Error::OutOfRange);
+    }
+    let paddr = bar.address.checked_add(offset).ok_or(Error::OutOfRange)?;
+    let base = rt::mem::map_mmio(paddr, len).ok_or(Error::OutOfRange)?;
+    if !(base.as_ptr() as usize).is_multiple_of(4) {
+        return Err(Error::Invalid);
+    }
+    // SAFETY: `map_mmio` mapped the range uncached; it lies inside the device's BAR (checked
+    // above), is 4-byte aligned, and only volatile accesses are made through `Mmio`.
+    Ok(unsafe { Mmio::new(base, len) })
+}
+
+/// Gives every unassigned memory BAR of `bdf` an address from `[window_start, window_end)`,
+/// avoiding the BARs already assigned to any function on `ecam`'s buses; then returns the
+/// (re-probed) BARs. Memory decoding is off while addresses change.
+pub fn assign_bars(
+    cfg: &mut Ecam,
+    bdf: Bdf,
+    window_start: u64,
+    window_end: u64,
+) -> Result<[Option<Bar>; 6], Error> {
+    let bars = pci::probe_bars(cfg, bdf);
+    if !bars
+        .iter()
+        .flatten()
+        .any(|b| b.is_memory() && b.address == 0)
+    {
+        return Ok(bars);
+    }
+    let mut alloc = BarAllocator::new(window_start, window_end);
+    let mut others = [Bdf::new(0, 0, 0).ok_or(Error::Invalid)?; 64];
+    let mut n = 0;
+    pci::for_each_function(cfg, cfg.start_bus(), cfg.end_bus(), true, |f| {
+        if f.header.header_type == 0 && n < others.len() {
+            others[n] = f.bdf;
+            n += 1;
+        }
+        true
+    });
+    for other in &others[..n] {
+        for bar in pci::probe_bars(cfg, *other).iter().flatten() {
+            if bar.is_memory() && bar.address != 0 {
+                alloc.reserve(bar.address, bar.size)?;
+            }
+        }
+    }
+    let cmd = pci::command(cfg, bdf);
+    pci::set_command(cfg, bdf, cmd & !command::MEMORY_SPACE);
+    for bar in bars.iter().flatten() {
+        if bar.is_memory() && bar.address == 0 {
+            let addr = alloc.alloc(bar.size.max(0x1000))?;
+            log::info!(
+                "{bdf}: assigned BAR{} ({:#x} bytes) at {addr:#x}",
+                bar.index,
+                bar.size
+            );
+            pci::set_bar_address(cfg, bdf, bar, addr);
+        }
+    }
+    pci::set_command(cfg, bdf, cmd);
+    Ok(pci::probe_bars(cfg, bdf))
+}
+
+/// Sets up MSI-X on `bdf`: maps its vector table, masks every entry, programs `entry` with
+/// `msg`, then enables MSI-X (function unmasked) and disables INTx. Returns the table.
+pub fn enable_msix<C: ConfigSpace + ?Sized>(
+    cfg: &mut C,
+    bdf: Bdf,
+    bars: &[Option<Bar>; 6],
+    entry: u16,
+    msg: rt::irq::MsiMessage,
+) -> Result<MsixTable<Mmio>, Error> {
+    let mut cap = MsixCap::read(cfg, bdf)?;
+    let bar = bars
+        .get(usize::from(cap.table_bar))
+        .copied()
+        .flatten()
+        .ok_or(Error::BarUnassigned)?;
+    let regs = map_bar(&bar, u64::from(cap.table_offset), cap.table_len())?;
+    let mut table = MsixTable::new(regs, cap.table_size)?;
+    // Function-mask while reprogramming, as the spec recommends.
+    cap.set_control(cfg, bdf, true, true);
+    for e in 0..table.entries() {
+        table.set_masked(e, true)?;
+    }
+    program_msi(&mut table, entry, msg)?;
+    cap.set_control(cfg, bdf, true, false);
+    pci::update_command(cfg, bdf, command::INTX_DISABLE | command::BUS_MASTER, 0);
+    Ok(table)
+}
+
+/// Programs MSI-X table `entry` with an `rt` MSI message (and unmasks it).
+pub fn program_msi<R: RegisterBlock>(
+    table: &mut MsixTable<R>,
+    entry: u16,
+    msg: rt::irq::MsiMessage,
+) -> Result<(), Error> {
+    table.program(entry, msg.address, msg.data)
+}
