@@ -1,2 +1,155 @@
+//! `ktest`: the runtime's in-target tests. Booted by `cargo xtask test`; the host reads the
+//! `KTEST-*` lines and the exit status. `fault=page` instead makes a deliberate page fault, which
+//! the runtime must report with its address; `only=<substring>` runs a subset.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+use core::time::Duration;
+
+use rt::ktest::Test;
+use rt::{ensure, ExitCode};
+
+rt::entry!(main);
+
+/// Address the page-fault test reads: never mapped (above 4 GiB, below the MMIO windows).
+const UNMAPPED: u64 = 0xdead_beef_000;
+
+fn main(boot: &'static rt::BootInfo) -> ExitCode {
+    rt::ready("ktest");
+    if rt::cmdline::get(boot.cmdline, "fault") == Some("page") {
+        log::info!("reading {UNMAPPED:#x} on purpose");
+        // SAFETY: deliberately unsound: this read must fault, and the runtime must report it.
+        let v = unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
+        log::error!("read of an unmapped address returned {v:#x}");
+        return ExitCode::Failure;
+    }
+    rt::ktest::run(TESTS, rt::cmdline::get(boot.cmdline, "only"))
+}
+
+const TESTS: &[Test] = &[
+    Test { name: "heap_alloc_and_free", run: heap_alloc_and_free },
+    Test { name: "dma_pages_zeroed_aligned_distinct", run: dma_pages },
+    Test { name: "clock_monotonic_and_calibrated", run: clock },
+    Test { name: "wait_until_honours_deadline", run: wait_deadline },
+    Test { name: "msi_self_ipi_runs_handler_and_wakes", run: msi_wakes },
+    Test { name: "breakpoint_trap_resumes", run: breakpoint },
+    Test { name: "mmio_above_4g_maps", run: mmio_high },
+    Test { name: "cmdline_reaches_image", run: cmdline },
+];
+
+fn heap_alloc_and_free() -> Result<(), alloc::string::String> {
+    let (_, used_before, size) = rt::mem::stats();
+    ensure!(size >= 1 << 20, "heap only {size} bytes");
+    let mut map = BTreeMap::new();
+    for i in 0..10_000u32 {
+        map.insert(i, alloc::format!("value-{i}"));
+    }
+    let big: Vec<u64> = (0..100_000).collect();
+    ensure!(map[&4242] == "value-4242", "map lookup wrong");
+    ensure!(big.iter().sum::<u64>() == 99_999 * 100_000 / 2, "vector sum wrong");
+    drop(map);
+    drop(big);
+    let (_, used_after, _) = rt::mem::stats();
+    ensure!(used_after <= used_before + 64, "leak: {used_before} -> {used_after}");
+    Ok(())
+}
+
+fn dma_pages() -> Result<(), alloc::string::String> {
+    let (a, pa) = rt::mem::alloc_dma(3).ok_or("alloc_dma(3) failed")?;
+    let (b, _) = rt::mem::alloc_dma(1).ok_or("alloc_dma(1) failed")?;
+    ensure!(a % 4096 == 0 && b % 4096 == 0, "unaligned: {a:#x} {b:#x}");
+    ensure!(b >= a + 3 * 4096 || b + 4096 <= a, "overlap: {a:#x}+3 pages and {b:#x}");
+    ensure!(rt::mem::virt_to_phys(pa.as_ptr()) == a, "virt_to_phys mismatch");
+    // SAFETY: three pages we own.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(pa.as_ptr(), 3 * 4096) };
+    ensure!(bytes.iter().all(|&x| x == 0), "not zeroed");
+    bytes.fill(0xa5);
+    // SAFETY: the pages came from alloc_dma and are no longer used.
+    unsafe { rt::mem::free_dma(a, 3) };
+    let (c, pc) = rt::mem::alloc_dma(3).ok_or("re-alloc failed")?;
+    // SAFETY: three pages we own.
+    let again = unsafe { core::slice::from_raw_parts(pc.as_ptr(), 3 * 4096) };
+    ensure!(again.iter().all(|&x| x == 0), "re-allocation at {c:#x} not zeroed");
+    // SAFETY: as above.
+    unsafe { rt::mem::free_dma(c, 3) };
+    // SAFETY: as above.
+    unsafe { rt::mem::free_dma(b, 1) };
+    Ok(())
+}
+
+fn clock() -> Result<(), alloc::string::String> {
+    let hz = rt::time::tsc_hz();
+    ensure!((50_000_000..100_000_000_000).contains(&hz), "implausible TSC frequency {hz}");
+    let mut last = rt::time::now();
+    for _ in 0..10_000 {
+        let t = rt::time::now();
+        ensure!(t >= last, "time went backwards: {last:?} -> {t:?}");
+        last = t;
+    }
+    let t0 = rt::time::now();
+    rt::time::spin_for(Duration::from_millis(2));
+    let dt = rt::time::now() - t0;
+    ensure!(dt >= Duration::from_millis(2), "spin_for(2 ms) took {dt:?}");
+    Ok(())
+}
+
+fn wait_deadline() -> Result<(), alloc::string::String> {
+    // Drain an event left over by earlier code, then sleep to a deadline.
+    rt::event::wait_until(Some(rt::time::now()));
+    for ms in [1u64, 10, 30] {
+        let t0 = rt::time::now();
+        rt::event::wait_until(Some(t0 + Duration::from_millis(ms)));
+        let slept = rt::time::now() - t0;
+        ensure!(slept >= Duration::from_millis(ms), "woke after {slept:?}, before the {ms} ms deadline");
+        ensure!(slept < Duration::from_secs(2), "slept {slept:?} for a {ms} ms deadline");
+    }
+    Ok(())
+}
+
+static MSI_HITS: AtomicU32 = AtomicU32::new(0);
+
+fn msi_handler() {
+    MSI_HITS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn msi_wakes() -> Result<(), alloc::string::String> {
+    let msg = rt::irq::register_msi(msi_handler).ok_or("no free vector")?;
+    ensure!(msg.address & 0xfff0_0000 == 0xfee0_0000, "bad MSI address {:#x}", msg.address);
+    rt::event::wait_until(Some(rt::time::now()));
+    rt::irq::raise(msg);
+    let t0 = rt::time::now();
+    // Without a deadline this returns only through the signal the handler's interrupt raises.
+    rt::event::wait_until(None);
+    ensure!(MSI_HITS.load(Ordering::SeqCst) == 1, "handler ran {} times", MSI_HITS.load(Ordering::SeqCst));
+    log::info!("MSI self-IPI woke the event loop after {:?}", rt::time::now() - t0);
+    Ok(())
+}
+
+fn breakpoint() -> Result<(), alloc::string::String> {
+    let before = rt::trap::breakpoints();
+    // SAFETY: int3 traps to the runtime, which reports and resumes.
+    unsafe { core::arch::asm!("int3") };
+    ensure!(rt::trap::breakpoints() == before + 1, "breakpoint not counted");
+    Ok(())
+}
+
+fn mmio_high() -> Result<(), alloc::string::String> {
+    // Mapping must succeed above 4 GiB (no read: nothing is there) and fail beyond 512 GiB.
+    let p = rt::mem::map_mmio(0x80_0000_0000 - 0x20_0000, 0x1000).ok_or("map below 512 GiB failed")?;
+    ensure!(p.as_ptr() as u64 == 0x80_0000_0000 - 0x20_0000, "not identity");
+    ensure!(rt::mem::map_mmio(0x80_0000_0000, 1).is_none(), "mapped beyond 512 GiB");
+    ensure!(rt::mem::map_mmio(u64::MAX, 2).is_none(), "overflowing range accepted");
+    Ok(())
+}
+
+fn cmdline() -> Result<(), alloc::string::String> {
+    // xtask boots ktest with `ktest-arg=42` on its command line.
+    let boot_cmdline = rt::cmdline_str();
+    ensure!(rt::cmdline::get(boot_cmdline, "ktest-arg") == Some("42"), "cmdline was {boot_cmdline:?}");
+    Ok(())
+}

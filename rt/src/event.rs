@@ -1,0 +1,54 @@
+//! Events: the one place a domain sleeps. An event loop polls its work with the current time, then
+//! calls [`wait_until`] with its next deadline; any device interrupt ([`signal`]) or the deadline
+//! wakes it.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::arch::{self, apic};
+use crate::time::{self, Instant};
+
+static PENDING: AtomicBool = AtomicBool::new(false);
+static APIC_HZ: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn set_apic_hz(hz: u64) {
+    APIC_HZ.store(hz.max(1), Ordering::Relaxed);
+}
+
+/// The calibrated APIC timer frequency.
+pub fn apic_hz() -> u64 {
+    APIC_HZ.load(Ordering::Relaxed)
+}
+
+/// Marks an event pending: the current or next [`wait_until`] returns.
+pub fn signal() {
+    PENDING.store(true, Ordering::Release);
+}
+
+/// Sleeps (HLT) until an event is signalled or `deadline` passes; returns at once if an event was
+/// signalled since the last call. `None` waits for an event only.
+pub fn wait_until(deadline: Option<Instant>) {
+    loop {
+        arch::cli();
+        if PENDING.swap(false, Ordering::AcqRel) {
+            arch::sti();
+            return;
+        }
+        let now = time::now();
+        match deadline {
+            Some(d) if now >= d => {
+                apic::arm_timer(0);
+                arch::sti();
+                return;
+            }
+            Some(d) => {
+                let ns = (d - now).as_nanos();
+                let ticks = ns * u128::from(apic_hz()) / 1_000_000_000;
+                apic::arm_timer(ticks.clamp(1, u128::from(u32::MAX)) as u32);
+            }
+            None => apic::arm_timer(0),
+        }
+        // Atomically enable interrupts and halt: an interrupt between the checks above and the HLT
+        // is delivered after HLT starts, so it cannot be lost.
+        arch::sti_hlt();
+    }
+}

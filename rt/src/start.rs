@@ -1,0 +1,165 @@
+//! From `rt_start` (called by the boot stub in long mode) to the image's `main`.
+
+use core::ptr::read_unaligned;
+
+use crate::arch::{self, Hypervisor, apic, cpu_tables, pit};
+use crate::memmap::{self, Region};
+use crate::{BootInfo, console, event, mem, time};
+
+/// `hvm_start_info.magic`.
+const START_INFO_MAGIC: u32 = 0x336e_c578;
+const MAX_MAP_ENTRIES: usize = 128;
+const CMDLINE_MAX: usize = 2048;
+
+unsafe extern "Rust" {
+    fn __rt_main(boot: &'static BootInfo) -> crate::ExitCode;
+}
+
+unsafe extern "C" {
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+}
+
+static BOOT: spin::Once<BootInfo> = spin::Once::new();
+static CMDLINE: spin::Once<([u8; CMDLINE_MAX], usize)> = spin::Once::new();
+
+pub(crate) fn boot_info() -> Option<&'static BootInfo> {
+    BOOT.get()
+}
+
+fn read_u32(addr: u64) -> u32 {
+    // SAFETY: the loader's start-info structures lie in identity-mapped RAM below 4 GiB.
+    unsafe { read_unaligned(addr as *const u32) }
+}
+
+fn read_u64(addr: u64) -> u64 {
+    // SAFETY: as for `read_u32`.
+    unsafe { read_unaligned(addr as *const u64) }
+}
+
+fn copy_cmdline(paddr: u64) -> &'static str {
+    let (buf, len) = CMDLINE.call_once(|| {
+        let mut buf = [0u8; CMDLINE_MAX];
+        let mut len = 0;
+        if paddr != 0 {
+            while len < CMDLINE_MAX - 1 {
+                // SAFETY: a NUL-terminated string from the loader, in identity-mapped RAM.
+                let b = unsafe { read_unaligned((paddr + len as u64) as *const u8) };
+                if b == 0 {
+                    break;
+                }
+                buf[len] = b;
+                len += 1;
+            }
+        }
+        (buf, len)
+    });
+    core::str::from_utf8(&buf[..*len]).unwrap_or("")
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
+    let hv = arch::hypervisor();
+    console::init(matches!(hv, Hypervisor::Xen { .. }));
+
+    let magic = read_u32(start_info);
+    if magic != START_INFO_MAGIC {
+        panic!("hvm_start_info at {start_info:#x} has magic {magic:#x}: not booted through PVH");
+    }
+    let version = read_u32(start_info + 4);
+    let cmdline = copy_cmdline(read_u64(start_info + 24));
+    let rsdp_paddr = read_u64(start_info + 32);
+    console::init_log(crate::cmdline::get(cmdline, "loglevel"));
+
+    // The memory map (start-info version 1); copied before any frame is handed out.
+    let mut map = [Region { addr: 0, size: 0, kind: 0 }; MAX_MAP_ENTRIES];
+    let mut entries = 0;
+    if version >= 1 {
+        let table = read_u64(start_info + 40);
+        entries = (read_u32(start_info + 48) as usize).min(MAX_MAP_ENTRIES);
+        for (i, slot) in map.iter_mut().take(entries).enumerate() {
+            let mut raw = [0u8; memmap::ENTRY_SIZE];
+            for (j, b) in raw.iter_mut().enumerate() {
+                // SAFETY: the loader's memory map table, in identity-mapped RAM.
+                *b = unsafe { read_unaligned((table + (i * memmap::ENTRY_SIZE + j) as u64) as *const u8) };
+            }
+            *slot = Region::parse(&raw);
+        }
+    }
+    if entries == 0 {
+        log::warn!("no PVH memory map: assuming RAM at [1 MiB, 16 MiB)");
+        map[0] = Region { addr: 0x10_0000, size: 15 << 20, kind: memmap::TYPE_RAM };
+        entries = 1;
+    }
+    let map = &map[..entries];
+    let ram_bytes: u64 = map.iter().filter(|r| r.kind == memmap::TYPE_RAM).map(|r| r.size).sum();
+    let kernel = (
+        core::ptr::addr_of!(__kernel_start) as u64,
+        core::ptr::addr_of!(__kernel_end) as u64,
+    );
+    memmap::usable_ranges(map, 0x10_0000, 1 << 32, &[kernel], mem::add_ram);
+    let heap_request = crate::cmdline::get(cmdline, "heap_kib")
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|kib| kib * 1024);
+    let heap = mem::init_heap(heap_request);
+
+    // SAFETY: first and only call, interrupts are still off.
+    unsafe { cpu_tables::init() };
+    pit::disable_pic();
+    apic::init();
+    let (tsc_hz, apic_hz, source) = calibrate(hv);
+    time::set(boot_tsc, tsc_hz);
+    event::set_apic_hz(apic_hz);
+    arch::sti();
+
+    let (free, _, _) = mem::stats();
+    log::info!(
+        target: "rt",
+        "{:?}; RAM {} KiB, heap {} KiB, free {} KiB; TSC {} kHz ({source}), APIC timer {} kHz; cmdline \"{cmdline}\"",
+        hv,
+        ram_bytes / 1024,
+        heap / 1024,
+        free / 1024,
+        tsc_hz / 1000,
+        apic_hz / 1000,
+    );
+    let boot = BOOT.call_once(|| BootInfo { cmdline, tsc_at_entry: boot_tsc, ram_bytes, rsdp_paddr });
+    // SAFETY: `__rt_main` is defined by the image through `rt::entry!` with this signature.
+    let code = unsafe { __rt_main(boot) };
+    crate::exit(code)
+}
+
+/// Measures the TSC and APIC-timer frequencies: Xen's CPUID leaf when on Xen, else the PIT over
+/// 5 ms, else CPUID 0x16. The APIC timer is measured over the same window.
+fn calibrate(hv: Hypervisor) -> (u64, u64, &'static str) {
+    const PIT_TICKS: u16 = 5966; // 5 ms
+    apic::start_calibration();
+    let start = arch::rdtsc();
+    let mut source = "pit";
+    let mut tsc_hz = 0;
+    if let Hypervisor::Xen { base } = hv {
+        let khz = u64::from(arch::cpuid(base + 3, 0)[2]);
+        if khz != 0 {
+            tsc_hz = khz * 1000;
+            source = "xen-cpuid";
+        }
+    }
+    let window;
+    if tsc_hz == 0 {
+        if let Some(ticks) = pit::measure_tsc(PIT_TICKS, || {}) {
+            tsc_hz = ticks * pit::PIT_HZ / u64::from(PIT_TICKS);
+        } else {
+            let mhz = u64::from(arch::cpuid(0x16, 0)[0] & 0xffff);
+            tsc_hz = if mhz != 0 { mhz * 1_000_000 } else { 1_000_000_000 };
+            source = if mhz != 0 { "cpuid-0x16" } else { "guess-1ghz" };
+        }
+    }
+    // Let the APIC timer run for at least 2 ms of TSC time when the PIT did not time it.
+    while arch::rdtsc() - start < tsc_hz / 500 {
+        core::hint::spin_loop();
+    }
+    window = arch::rdtsc() - start;
+    let apic_ticks = u64::from(apic::calibration_elapsed());
+    let apic_hz = (u128::from(apic_ticks) * u128::from(tsc_hz) / u128::from(window.max(1))) as u64;
+    (tsc_hz, apic_hz, source)
+}
