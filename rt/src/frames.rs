@@ -69,7 +69,7 @@ impl<const N: usize> FrameAllocator<N> {
 
     /// Returns `count` frames starting at `addr`, which must all be allocated.
     pub fn free(&mut self, addr: u64, count: usize) -> Result<(), FrameError> {
-        if addr % PAGE != 0 {
+        if !addr.is_multiple_of(PAGE) {
             return Err(FrameError::BadRange);
         }
         let first = (addr / PAGE) as usize;
@@ -88,7 +88,7 @@ impl<const N: usize> FrameAllocator<N> {
         let mut start = from.next_multiple_of(align);
         while start + count <= to {
             // Skip whole used words quickly.
-            if start % 64 == 0 && self.bits[start / 64] == 0 {
+            if start.is_multiple_of(64) && self.bits[start / 64] == 0 {
                 start = (start + 64).next_multiple_of(align);
                 continue;
             }

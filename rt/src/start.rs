@@ -144,7 +144,6 @@ fn calibrate(hv: Hypervisor) -> (u64, u64, &'static str) {
             source = "xen-cpuid";
         }
     }
-    let window;
     if tsc_hz == 0 {
         if let Some(ticks) = pit::measure_tsc(PIT_TICKS, || {}) {
             tsc_hz = ticks * pit::PIT_HZ / u64::from(PIT_TICKS);
@@ -158,7 +157,7 @@ fn calibrate(hv: Hypervisor) -> (u64, u64, &'static str) {
     while arch::rdtsc() - start < tsc_hz / 500 {
         core::hint::spin_loop();
     }
-    window = arch::rdtsc() - start;
+    let window = arch::rdtsc() - start;
     let apic_ticks = u64::from(apic::calibration_elapsed());
     let apic_hz = (u128::from(apic_ticks) * u128::from(tsc_hz) / u128::from(window.max(1))) as u64;
     (tsc_hz, apic_hz, source)

@@ -84,8 +84,15 @@ struct Tables {
     gdt: UnsafeCell<[u64; 5]>,
     tss: UnsafeCell<Tss>,
     idt: UnsafeCell<[IdtEntry; 256]>,
-    ist_stack: UnsafeCell<Stack>,
 }
+
+/// The stack double faults, NMIs and machine checks run on (all zero: lives in `.bss`).
+struct IstStack(UnsafeCell<Stack>);
+
+// SAFETY: only the CPU uses this memory, as a stack, when it delivers an IST exception.
+unsafe impl Sync for IstStack {}
+
+static IST_STACK: IstStack = IstStack(UnsafeCell::new(Stack([0; 16384])));
 
 // SAFETY: the tables are written once, by `init`, on the boot CPU before interrupts are enabled;
 // afterwards only the CPU reads them (and sets the TSS busy bit).
@@ -106,7 +113,6 @@ static TABLES: Tables = Tables {
         [IdtEntry { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, _zero: 0 };
             256],
     ),
-    ist_stack: UnsafeCell::new(Stack([0; 16384])),
 };
 
 #[repr(C, packed(2))]
@@ -125,7 +131,7 @@ const TSS_SEL: u16 = 0x18;
 /// Call once, on the boot CPU, with interrupts disabled.
 pub unsafe fn init() {
     let tss_addr = TABLES.tss.get() as u64;
-    let ist_top = TABLES.ist_stack.get() as u64 + size_of::<Stack>() as u64;
+    let ist_top = IST_STACK.0.get() as u64 + size_of::<Stack>() as u64;
     // SAFETY: single-threaded early boot (the caller's contract): nothing else references the
     // tables yet, so these exclusive writes cannot race.
     unsafe {

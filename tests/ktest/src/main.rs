@@ -17,7 +17,7 @@ use rt::{ensure, ExitCode};
 rt::entry!(main);
 
 /// Address the page-fault test reads: never mapped (above 4 GiB, below the MMIO windows).
-const UNMAPPED: u64 = 0xdead_beef_000;
+const UNMAPPED: u64 = 0xdeadbeef000;
 
 fn main(boot: &'static rt::BootInfo) -> ExitCode {
     rt::ready("ktest");
