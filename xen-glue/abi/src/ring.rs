@@ -1,0 +1,659 @@
+//! Shared request/response rings, byte-compatible with Xen's `public/io/ring.h`.
+//!
+//! ## Layout of the shared region (one page, or `2^ring-page-order` contiguous pages)
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0      | 4    | `req_prod`  — written by the frontend |
+//! | 4      | 4    | `req_event` — written by the backend  |
+//! | 8      | 4    | `rsp_prod`  — written by the backend  |
+//! | 12     | 4    | `rsp_event` — written by the frontend |
+//! | 16     | 4    | private area (`pvt`, e.g. netif `smartpoll_active`) |
+//! | 20     | 44   | padding |
+//! | 64     | ...  | `nr_ents` slots of `slot` bytes each (a slot is the C union of request and response) |
+//!
+//! `nr_ents` is the largest power of two such that `64 + nr_ents * slot <= region size`
+//! ([`ring_entries`]). Indices are free-running `u32` counters; the slot of index `i` is
+//! `i & (nr_ents - 1)`. Requests and responses share the slots: the backend writes the response to
+//! request `i` into slot `i` (after it has copied the request out), so the frontend never has more
+//! than `nr_ents` requests outstanding.
+//!
+//! ## Roles
+//! * [`FrontRing`]: initialises the shared header ([`FrontRing::init`], `SHARED_RING_INIT` +
+//!   `FRONT_RING_INIT`), pushes requests, consumes responses. The backend never initialises it.
+//! * [`BackRing`]: attaches without writing anything, consumes requests, pushes responses.
+//!
+//! ## Memory ordering
+//! A producer copies entries into their slots, then publishes the producer index with a `Release`
+//! store (Xen: `wmb()` then store). A consumer loads the peer's producer index with `Acquire`
+//! (Xen: load then `rmb()`) and only then copies entries out. The notification checks need a full
+//! barrier between "store my producer/event index" and "load the peer's event/producer index"
+//! (Xen: `mb()`), provided by [`SharedMem::full_fence`].
+//!
+//! ## Notification (event-index) rule
+//! After publishing from `old` to `new`, the peer needs an event-channel kick iff
+//! `new - event < new - old` (unsigned 32-bit), where `event` is the peer's `*_event` field
+//! ([`needs_notify`]). Before going idle a consumer calls the "final check"
+//! ([`BackRing::final_check_for_requests`], [`FrontRing::final_check_for_responses`]): it sets its
+//! event index to `cons + 1` and re-checks, so a message published concurrently is never missed.
+//!
+//! ## Hostile peers
+//! Every index the peer writes is untrusted. The backend accepts `req_prod` only if
+//! `req_cons - rsp_prod_pvt <= req_prod - rsp_prod_pvt <= nr_ents` (it neither runs more than a
+//! ring ahead of the responses nor moves backwards); anything else is [`Error::RingOverflow`] and the
+//! ring is marked broken: every later call returns [`Error::RingBroken`], so the owner can tear that
+//! one channel down. Slot offsets are always computed from masked indices, so no peer value can
+//! cause an access outside the ring. Entries are copied out of shared memory exactly once
+//! (`RING_COPY_REQUEST`) before anyone looks at them. The frontend applies the mirror-image check to
+//! `rsp_prod`.
+
+use core::marker::PhantomData;
+use core::sync::atomic::Ordering;
+
+use crate::shmem::SharedMem;
+use crate::{Error, PAGE_SIZE};
+
+/// Byte offset of `req_prod` in the shared ring header.
+pub const REQ_PROD_OFF: usize = 0;
+/// Byte offset of `req_event`.
+pub const REQ_EVENT_OFF: usize = 4;
+/// Byte offset of `rsp_prod`.
+pub const RSP_PROD_OFF: usize = 8;
+/// Byte offset of `rsp_event`.
+pub const RSP_EVENT_OFF: usize = 12;
+/// Byte offset of the 4-byte private area (`pvt`).
+pub const PVT_OFF: usize = 16;
+/// Size of the header: entries start here.
+pub const RING_HEADER_SIZE: usize = 64;
+/// Largest `ring-page-order` we accept (Linux: `XENBUS_MAX_RING_GRANT_ORDER`, 16 pages).
+pub const MAX_RING_PAGE_ORDER: u32 = 4;
+
+/// Number of entries of a ring of `region_bytes` bytes with `slot_bytes`-byte slots: the largest
+/// power of two that fits after the 64-byte header (`__CONST_RING_SIZE`); 0 if none fits.
+pub const fn ring_entries(region_bytes: usize, slot_bytes: usize) -> u32 {
+    if slot_bytes == 0 || region_bytes < RING_HEADER_SIZE {
+        return 0;
+    }
+    let n = (region_bytes - RING_HEADER_SIZE) / slot_bytes;
+    if n == 0 {
+        return 0;
+    }
+    let n = if n > u32::MAX as usize { u32::MAX } else { n as u32 };
+    1u32 << (31 - n.leading_zeros())
+}
+
+/// Size in bytes of a ring made of `2^order` pages (`ring-page-order`), checked against
+/// [`MAX_RING_PAGE_ORDER`].
+pub const fn ring_bytes_for_order(order: u32) -> Result<usize, Error> {
+    if order > MAX_RING_PAGE_ORDER {
+        return Err(Error::BadPageOrder);
+    }
+    Ok(PAGE_SIZE << order)
+}
+
+/// The event-index notification rule: after moving a producer index from `old` to `new`, notify
+/// the peer iff `new - event < new - old` (all modulo 2^32).
+#[inline]
+pub const fn needs_notify(old: u32, new: u32, event: u32) -> bool {
+    new.wrapping_sub(event) < new.wrapping_sub(old)
+}
+
+/// A fixed-size entry that travels through a ring as bytes.
+///
+/// Encoding is infallible; decoding is a plain copy into a private value (validation of the
+/// contents belongs to the wire-format parsers, which work on the private copy).
+pub trait RingEntry: Sized {
+    /// The wire representation, e.g. `[u8; 12]`.
+    type Bytes: Copy + AsRef<[u8]> + AsMut<[u8]>;
+    /// An all-zero `Bytes`.
+    const ZEROED: Self::Bytes;
+    /// Serialises `self`.
+    fn encode(&self) -> Self::Bytes;
+    /// Deserialises from a private copy.
+    fn decode(bytes: &Self::Bytes) -> Self;
+}
+
+impl<const N: usize> RingEntry for [u8; N] {
+    type Bytes = [u8; N];
+    const ZEROED: [u8; N] = [0; N];
+    #[inline(always)]
+    fn encode(&self) -> [u8; N] {
+        *self
+    }
+    #[inline(always)]
+    fn decode(bytes: &[u8; N]) -> Self {
+        *bytes
+    }
+}
+
+/// Describes one ring protocol: its request and response entries and the slot size (the size of
+/// the C union of the two, which the Xen headers define).
+pub trait RingProtocol {
+    /// Frontend-to-backend entry.
+    type Req: RingEntry;
+    /// Backend-to-frontend entry.
+    type Rsp: RingEntry;
+    /// Bytes per slot; at least the size of each entry.
+    const SLOT: usize;
+}
+
+/// A ring of raw byte entries whose slot is the larger of the two (correct whenever both structs
+/// have the same alignment, as in every Xen ring of this crate; the protocol modules define
+/// their own markers and assert the sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawProtocol<const REQ: usize, const RSP: usize>;
+
+impl<const REQ: usize, const RSP: usize> RingProtocol for RawProtocol<REQ, RSP> {
+    type Req = [u8; REQ];
+    type Rsp = [u8; RSP];
+    const SLOT: usize = if REQ > RSP { REQ } else { RSP };
+}
+
+/// Slot geometry shared by both halves.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    mask: u32,
+    nr_ents: u32,
+}
+
+impl Geometry {
+    fn new<P: RingProtocol>(len: usize) -> Result<Self, Error> {
+        let req = core::mem::size_of::<<P::Req as RingEntry>::Bytes>();
+        let rsp = core::mem::size_of::<<P::Rsp as RingEntry>::Bytes>();
+        if P::SLOT < req || P::SLOT < rsp || P::SLOT % 4 != 0 {
+            return Err(Error::BadValue);
+        }
+        let nr_ents = ring_entries(len, P::SLOT);
+        if nr_ents == 0 {
+            return Err(Error::RegionTooSmall);
+        }
+        Ok(Self { mask: nr_ents - 1, nr_ents })
+    }
+
+    #[inline(always)]
+    fn slot_off<P: RingProtocol>(&self, idx: u32) -> usize {
+        RING_HEADER_SIZE + (idx & self.mask) as usize * P::SLOT
+    }
+}
+
+#[inline(always)]
+fn read_entry<M: SharedMem, E: RingEntry>(mem: &M, off: usize) -> E {
+    let mut b = E::ZEROED;
+    mem.read_bytes(off, b.as_mut());
+    E::decode(&b)
+}
+
+#[inline(always)]
+fn write_entry<M: SharedMem, E: RingEntry>(mem: &M, off: usize, e: &E) {
+    let b = e.encode();
+    mem.write_bytes(off, b.as_ref());
+}
+
+/// The frontend half: pushes requests, consumes responses (`*_front_ring` in Xen).
+#[derive(Debug)]
+pub struct FrontRing<M: SharedMem, P: RingProtocol> {
+    mem: M,
+    geo: Geometry,
+    req_prod_pvt: u32,
+    req_prod_pub: u32,
+    rsp_cons: u32,
+    rsp_prod_seen: u32,
+    broken: bool,
+    _p: PhantomData<fn() -> P>,
+}
+
+impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
+    /// Initialises the shared header (`SHARED_RING_INIT`: producers 0, event indices 1, private
+    /// area and padding zeroed) and returns the frontend half (`FRONT_RING_INIT`).
+    pub fn init(mem: M) -> Result<Self, Error> {
+        let geo = Geometry::new::<P>(mem.len())?;
+        mem.write_bytes(PVT_OFF, &[0u8; RING_HEADER_SIZE - PVT_OFF]);
+        mem.store_u32(REQ_EVENT_OFF, 1, Ordering::Relaxed);
+        mem.store_u32(RSP_EVENT_OFF, 1, Ordering::Relaxed);
+        mem.store_u32(RSP_PROD_OFF, 0, Ordering::Relaxed);
+        mem.store_u32(REQ_PROD_OFF, 0, Ordering::Release);
+        Ok(Self {
+            mem,
+            geo,
+            req_prod_pvt: 0,
+            req_prod_pub: 0,
+            rsp_cons: 0,
+            rsp_prod_seen: 0,
+            broken: false,
+            _p: PhantomData,
+        })
+    }
+
+    /// Number of slots (`RING_SIZE`).
+    pub fn size(&self) -> u32 {
+        self.geo.nr_ents
+    }
+
+    /// The shared region.
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    /// Slots free for new requests (`RING_FREE_REQUESTS`).
+    #[inline]
+    pub fn free_requests(&self) -> u32 {
+        self.geo.nr_ents - self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// No slot free (`RING_FULL`).
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.free_requests() == 0
+    }
+
+    /// Private producer index (next request goes here).
+    pub fn req_prod_pvt(&self) -> u32 {
+        self.req_prod_pvt
+    }
+
+    /// Next response index to consume.
+    pub fn rsp_cons(&self) -> u32 {
+        self.rsp_cons
+    }
+
+    /// Writes `req` into the next free slot; it becomes visible with
+    /// [`publish_requests`](Self::publish_requests). [`Error::RingFull`] if no slot is free.
+    #[inline]
+    pub fn push_request(&mut self, req: &P::Req) -> Result<(), Error> {
+        if self.is_full() {
+            return Err(Error::RingFull);
+        }
+        let off = self.geo.slot_off::<P>(self.req_prod_pvt);
+        write_entry(&self.mem, off, req);
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Publishes pushed requests (`RING_PUSH_REQUESTS`).
+    #[inline]
+    pub fn publish_requests(&mut self) {
+        if self.req_prod_pub != self.req_prod_pvt {
+            self.mem.store_u32(REQ_PROD_OFF, self.req_prod_pvt, Ordering::Release);
+            self.req_prod_pub = self.req_prod_pvt;
+        }
+    }
+
+    /// Publishes pushed requests and tells whether the backend must be notified
+    /// (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+    #[inline]
+    pub fn publish_requests_and_check_notify(&mut self) -> bool {
+        let old = self.req_prod_pub;
+        let new = self.req_prod_pvt;
+        if old == new {
+            return false;
+        }
+        self.mem.store_u32(REQ_PROD_OFF, new, Ordering::Release);
+        self.req_prod_pub = new;
+        self.mem.full_fence();
+        let event = self.mem.load_u32(REQ_EVENT_OFF, Ordering::Relaxed);
+        needs_notify(old, new, event)
+    }
+
+    /// Number of responses ready to consume (`RING_HAS_UNCONSUMED_RESPONSES`), after validating
+    /// the backend's `rsp_prod`: it may not run ahead of the published requests.
+    #[inline]
+    pub fn unconsumed_responses(&mut self) -> Result<u32, Error> {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        let prod = self.mem.load_u32(RSP_PROD_OFF, Ordering::Acquire);
+        let avail = prod.wrapping_sub(self.rsp_cons);
+        let seen = self.rsp_prod_seen.wrapping_sub(self.rsp_cons);
+        if avail > self.req_prod_pub.wrapping_sub(self.rsp_cons) || avail < seen {
+            self.broken = true;
+            return Err(Error::RingOverflow);
+        }
+        self.rsp_prod_seen = prod;
+        Ok(avail)
+    }
+
+    /// Copies out the next response, if any.
+    #[inline]
+    pub fn pop_response(&mut self) -> Result<Option<P::Rsp>, Error> {
+        if self.rsp_cons == self.rsp_prod_seen && self.unconsumed_responses()? == 0 {
+            return Ok(None);
+        }
+        let off = self.geo.slot_off::<P>(self.rsp_cons);
+        let rsp = read_entry(&self.mem, off);
+        self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        Ok(Some(rsp))
+    }
+
+    /// `RING_FINAL_CHECK_FOR_RESPONSES`: `true` if responses are pending; otherwise arms
+    /// `rsp_event` so the next response is notified, and re-checks.
+    pub fn final_check_for_responses(&mut self) -> Result<bool, Error> {
+        if self.unconsumed_responses()? > 0 {
+            return Ok(true);
+        }
+        self.mem.store_u32(RSP_EVENT_OFF, self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        self.mem.full_fence();
+        Ok(self.unconsumed_responses()? > 0)
+    }
+
+    /// Whether a protocol violation by the backend was detected.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+/// The backend half: consumes requests, pushes responses (`*_back_ring` in Xen).
+#[derive(Debug)]
+pub struct BackRing<M: SharedMem, P: RingProtocol> {
+    mem: M,
+    geo: Geometry,
+    rsp_prod_pvt: u32,
+    rsp_prod_pub: u32,
+    req_cons: u32,
+    req_prod_seen: u32,
+    broken: bool,
+    _p: PhantomData<fn() -> P>,
+}
+
+impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
+    /// Attaches to a ring the frontend has initialised (`BACK_RING_INIT`). Writes nothing.
+    pub fn attach(mem: M) -> Result<Self, Error> {
+        let geo = Geometry::new::<P>(mem.len())?;
+        Ok(Self {
+            mem,
+            geo,
+            rsp_prod_pvt: 0,
+            rsp_prod_pub: 0,
+            req_cons: 0,
+            req_prod_seen: 0,
+            broken: false,
+            _p: PhantomData,
+        })
+    }
+
+    /// Number of slots (`RING_SIZE`).
+    pub fn size(&self) -> u32 {
+        self.geo.nr_ents
+    }
+
+    /// The shared region.
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    /// Next request index to consume.
+    pub fn req_cons(&self) -> u32 {
+        self.req_cons
+    }
+
+    /// Private response producer index.
+    pub fn rsp_prod_pvt(&self) -> u32 {
+        self.rsp_prod_pvt
+    }
+
+    /// Requests consumed but not yet answered.
+    pub fn pending_responses(&self) -> u32 {
+        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+    }
+
+    /// Whether the frontend violated the protocol; the channel should be torn down.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Number of requests ready to consume (`RING_HAS_UNCONSUMED_REQUESTS`), after validating the
+    /// frontend's `req_prod`. A `req_prod` more than a ring ahead of the responses, or one that
+    /// moved backwards, is [`Error::RingOverflow`] and breaks the ring.
+    #[inline]
+    pub fn unconsumed_requests(&mut self) -> Result<u32, Error> {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        let prod = self.mem.load_u32(REQ_PROD_OFF, Ordering::Acquire);
+        let ahead = prod.wrapping_sub(self.rsp_prod_pvt);
+        let consumed = self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        let seen = self.req_prod_seen.wrapping_sub(self.rsp_prod_pvt);
+        if ahead > self.geo.nr_ents || ahead < consumed || ahead < seen {
+            self.broken = true;
+            return Err(Error::RingOverflow);
+        }
+        self.req_prod_seen = prod;
+        Ok(ahead - consumed)
+    }
+
+    /// Copies out the next request, if any (`RING_COPY_REQUEST`). The copy is private: the
+    /// frontend can no longer change it.
+    #[inline]
+    pub fn pop_request(&mut self) -> Result<Option<P::Req>, Error> {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        if self.req_cons == self.req_prod_seen && self.unconsumed_requests()? == 0 {
+            return Ok(None);
+        }
+        let off = self.geo.slot_off::<P>(self.req_cons);
+        let req = read_entry(&self.mem, off);
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Ok(Some(req))
+    }
+
+    /// Writes the response to the oldest unanswered request into its slot; visible after
+    /// [`publish_responses`](Self::publish_responses). [`Error::NoRequestPending`] if every
+    /// consumed request was already answered.
+    #[inline]
+    pub fn push_response(&mut self, rsp: &P::Rsp) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        if self.rsp_prod_pvt == self.req_cons {
+            return Err(Error::NoRequestPending);
+        }
+        let off = self.geo.slot_off::<P>(self.rsp_prod_pvt);
+        write_entry(&self.mem, off, rsp);
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Publishes pushed responses (`RING_PUSH_RESPONSES`).
+    #[inline]
+    pub fn publish_responses(&mut self) {
+        if self.rsp_prod_pub != self.rsp_prod_pvt {
+            self.mem.store_u32(RSP_PROD_OFF, self.rsp_prod_pvt, Ordering::Release);
+            self.rsp_prod_pub = self.rsp_prod_pvt;
+        }
+    }
+
+    /// Publishes pushed responses and tells whether the frontend must be notified
+    /// (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`). The old value is our own last published index,
+    /// never re-read from shared memory.
+    #[inline]
+    pub fn publish_responses_and_check_notify(&mut self) -> bool {
+        let old = self.rsp_prod_pub;
+        let new = self.rsp_prod_pvt;
+        if old == new {
+            return false;
+        }
+        self.mem.store_u32(RSP_PROD_OFF, new, Ordering::Release);
+        self.rsp_prod_pub = new;
+        self.mem.full_fence();
+        let event = self.mem.load_u32(RSP_EVENT_OFF, Ordering::Relaxed);
+        needs_notify(old, new, event)
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS`: `true` if requests are pending; otherwise arms
+    /// `req_event` so the next request is notified, and re-checks.
+    pub fn final_check_for_requests(&mut self) -> Result<bool, Error> {
+        if self.unconsumed_requests()? > 0 {
+            return Ok(true);
+        }
+        self.mem.store_u32(REQ_EVENT_OFF, self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        self.mem.full_fence();
+        Ok(self.unconsumed_requests()? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shmem::HostMem;
+
+    type P16 = RawProtocol<16, 8>;
+
+    #[test]
+    fn entry_counts_match_xen() {
+        assert_eq!(ring_entries(4096, 12), 256); // netif tx
+        assert_eq!(ring_entries(4096, 8), 256); // netif rx
+        assert_eq!(ring_entries(4096, 112), 32); // blkif
+        assert_eq!(ring_entries(4096, 64), 32); // sndif
+        assert_eq!(ring_entries(4096 << 4, 112), 512); // blkif, ring-page-order 4
+        assert_eq!(ring_entries(64, 8), 0);
+        assert_eq!(ring_entries(0, 8), 0);
+        assert_eq!(ring_bytes_for_order(2), Ok(16384));
+        assert_eq!(ring_bytes_for_order(5), Err(Error::BadPageOrder));
+    }
+
+    #[test]
+    fn notify_rule() {
+        assert!(needs_notify(0, 1, 1));
+        assert!(!needs_notify(1, 2, 1));
+        assert!(needs_notify(0, 5, 3));
+        assert!(!needs_notify(5, 9, 11));
+        assert!(needs_notify(u32::MAX - 1, 2, 0)); // wraps
+    }
+
+    #[test]
+    fn init_writes_xen_header() {
+        let m = HostMem::pages(1);
+        m.write_bytes(0, &[0xAA; 64]);
+        let f = FrontRing::<_, P16>::init(m.clone()).unwrap();
+        assert_eq!(f.size(), 128);
+        let mut h = [0u8; 64];
+        m.read_bytes(0, &mut h);
+        let mut want = [0u8; 64];
+        want[4] = 1;
+        want[12] = 1;
+        assert_eq!(h, want);
+    }
+
+    #[test]
+    fn backend_attach_writes_nothing() {
+        let m = HostMem::pages(1);
+        m.write_bytes(0, &[0x5A; 4096]);
+        let _b = BackRing::<_, P16>::attach(m.clone()).unwrap();
+        let mut all = [0u8; 4096];
+        m.read_bytes(0, &mut all);
+        assert!(all.iter().all(|&b| b == 0x5A));
+    }
+
+    #[test]
+    fn round_trip_and_notifications() {
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, P16>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, P16>::attach(m.clone()).unwrap();
+        // Backend idles: arms req_event = 1.
+        assert!(!b.final_check_for_requests().unwrap());
+        f.push_request(&[1; 16]).unwrap();
+        f.push_request(&[2; 16]).unwrap();
+        assert!(f.publish_requests_and_check_notify(), "first request after idle notifies");
+        f.push_request(&[3; 16]).unwrap();
+        assert!(!f.publish_requests_and_check_notify(), "backend not idle yet: no kick");
+        assert_eq!(b.unconsumed_requests().unwrap(), 3);
+        for i in 1..=3u8 {
+            assert_eq!(b.pop_request().unwrap(), Some([i; 16]));
+            b.push_response(&[i + 10; 8]).unwrap();
+        }
+        assert_eq!(b.pop_request().unwrap(), None);
+        assert_eq!(b.push_response(&[0; 8]), Err(Error::NoRequestPending));
+        assert!(!f.final_check_for_responses().unwrap());
+        assert!(b.publish_responses_and_check_notify());
+        for i in 1..=3u8 {
+            assert_eq!(f.pop_response().unwrap(), Some([i + 10; 8]));
+        }
+        assert_eq!(f.pop_response().unwrap(), None);
+        assert_eq!(f.free_requests(), 128);
+    }
+
+    #[test]
+    fn ring_full_is_an_error_not_an_overwrite() {
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, RawProtocol<64, 64>>::init(m).unwrap();
+        for i in 0..32u8 {
+            f.push_request(&[i; 64]).unwrap();
+        }
+        assert!(f.is_full());
+        assert_eq!(f.push_request(&[0; 64]), Err(Error::RingFull));
+    }
+
+    #[test]
+    fn hostile_req_prod_breaks_only_the_ring() {
+        let m = HostMem::pages(1);
+        let _f = FrontRing::<_, P16>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, P16>::attach(m.clone()).unwrap();
+        m.store_u32(REQ_PROD_OFF, 129, Ordering::Release);
+        assert_eq!(b.unconsumed_requests(), Err(Error::RingOverflow));
+        assert!(b.is_broken());
+        m.store_u32(REQ_PROD_OFF, 1, Ordering::Release);
+        assert_eq!(b.pop_request(), Err(Error::RingBroken));
+    }
+
+    #[test]
+    fn req_prod_moving_backwards_is_detected() {
+        let m = HostMem::pages(1);
+        let _f = FrontRing::<_, P16>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, P16>::attach(m.clone()).unwrap();
+        m.store_u32(REQ_PROD_OFF, 5, Ordering::Release);
+        for _ in 0..3 {
+            b.pop_request().unwrap().unwrap();
+        }
+        m.store_u32(REQ_PROD_OFF, 2, Ordering::Release);
+        assert_eq!(b.unconsumed_requests(), Err(Error::RingOverflow));
+    }
+
+    #[test]
+    fn exactly_full_ring_is_accepted() {
+        let m = HostMem::pages(1);
+        let _f = FrontRing::<_, P16>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, P16>::attach(m.clone()).unwrap();
+        m.store_u32(REQ_PROD_OFF, 128, Ordering::Release);
+        assert_eq!(b.unconsumed_requests(), Ok(128));
+    }
+
+    #[test]
+    fn hostile_rsp_prod_detected_by_frontend() {
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, P16>::init(m.clone()).unwrap();
+        f.push_request(&[0; 16]).unwrap();
+        f.publish_requests();
+        m.store_u32(RSP_PROD_OFF, 2, Ordering::Release);
+        assert_eq!(f.pop_response(), Err(Error::RingOverflow));
+    }
+
+    #[test]
+    fn multi_page_ring() {
+        let m = HostMem::new(ring_bytes_for_order(2).unwrap());
+        let mut f = FrontRing::<_, RawProtocol<112, 16>>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, RawProtocol<112, 16>>::attach(m).unwrap();
+        assert_eq!(f.size(), 128);
+        for round in 0..3u32 {
+            for i in 0..128u32 {
+                let mut r = [0u8; 112];
+                r[..4].copy_from_slice(&(round * 1000 + i).to_le_bytes());
+                f.push_request(&r).unwrap();
+            }
+            f.publish_requests();
+            for i in 0..128u32 {
+                let r = b.pop_request().unwrap().unwrap();
+                assert_eq!(r[..4], (round * 1000 + i).to_le_bytes());
+                b.push_response(&[0; 16]).unwrap();
+            }
+            b.publish_responses();
+            while f.pop_response().unwrap().is_some() {}
+        }
+    }
+
+    #[test]
+    fn too_small_region() {
+        let m = HostMem::new(64);
+        assert_eq!(FrontRing::<_, P16>::init(m.clone()).err(), Some(Error::RegionTooSmall));
+        assert_eq!(BackRing::<_, P16>::attach(m).err(), Some(Error::RegionTooSmall));
+    }
+}
