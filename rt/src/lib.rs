@@ -82,9 +82,26 @@ pub fn exit(code: ExitCode) -> ! {
     exit_raw(v)
 }
 
+/// Xen, when the image runs on it (detected at boot).
+#[cfg(target_os = "none")]
+pub fn xen() -> Option<xen_hypercall::Xen> {
+    start::xen()
+}
+
 #[cfg(target_os = "none")]
 pub(crate) fn exit_raw(value: u8) -> ! {
     arch::cli();
+    if let Some(xen) = xen() {
+        // On Xen the domain shuts down: poweroff for success, crash for anything else (the
+        // console marker tells which failure it was).
+        let reason = if value == EXIT_SUCCESS {
+            xen_hypercall::sched::POWEROFF
+        } else {
+            xen_hypercall::sched::CRASH
+        };
+        let refused = xen.shutdown(reason);
+        console::emergency(format_args!("SCHEDOP_shutdown refused: {refused:?}\n"));
+    }
     // SAFETY: port 0xf4 is QEMU's isa-debug-exit when present; elsewhere the write is ignored.
     unsafe { arch::outl(0xf4, u32::from(value)) };
     loop {

@@ -2,7 +2,7 @@
 
 use core::ptr::read_unaligned;
 
-use crate::arch::{self, Hypervisor, apic, cpu_tables, pit};
+use crate::arch::{self, apic, cpu_tables, pit};
 use crate::memmap::{self, Region};
 use crate::{BootInfo, console, event, mem, time};
 
@@ -21,6 +21,11 @@ unsafe extern "C" {
 }
 
 static BOOT: spin::Once<BootInfo> = spin::Once::new();
+static XEN: spin::Once<Option<xen_hypercall::Xen>> = spin::Once::new();
+
+pub(crate) fn xen() -> Option<xen_hypercall::Xen> {
+    XEN.get().copied().flatten()
+}
 static CMDLINE: spin::Once<([u8; CMDLINE_MAX], usize)> = spin::Once::new();
 
 pub(crate) fn boot_info() -> Option<&'static BootInfo> {
@@ -60,7 +65,8 @@ fn copy_cmdline(paddr: u64) -> &'static str {
 #[unsafe(no_mangle)]
 extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
     let hv = arch::hypervisor();
-    console::init(matches!(hv, Hypervisor::Xen { .. }));
+    let xen = *XEN.call_once(xen_hypercall::Xen::detect);
+    console::init(xen.is_some());
 
     let magic = read_u32(start_info);
     if magic != START_INFO_MAGIC {
@@ -107,12 +113,16 @@ extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
     unsafe { cpu_tables::init() };
     pit::disable_pic();
     apic::init();
-    let (tsc_hz, apic_hz, source) = calibrate(hv);
+    let (tsc_hz, apic_hz, source) = calibrate(xen);
     time::set(boot_tsc, tsc_hz);
     event::set_apic_hz(apic_hz);
     arch::sti();
 
     let (free, _, _) = mem::stats();
+    if let Some(x) = xen {
+        let (major, minor) = x.version();
+        log::info!(target: "rt", "Xen {major}.{minor}, domid {:?}, {:?}", x.domid(), x.instruction);
+    }
     log::info!(
         target: "rt",
         "{:?}; RAM {} KiB, heap {} KiB, free {} KiB; TSC {} kHz ({source}), APIC timer {} kHz; cmdline \"{cmdline}\"",
@@ -131,14 +141,14 @@ extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
 
 /// Measures the TSC and APIC-timer frequencies: Xen's CPUID leaf when on Xen, else the PIT over
 /// 5 ms, else CPUID 0x16. The APIC timer is measured over the same window.
-fn calibrate(hv: Hypervisor) -> (u64, u64, &'static str) {
+fn calibrate(xen: Option<xen_hypercall::Xen>) -> (u64, u64, &'static str) {
     const PIT_TICKS: u16 = 5966; // 5 ms
     apic::start_calibration();
     let start = arch::rdtsc();
     let mut source = "pit";
     let mut tsc_hz = 0;
-    if let Hypervisor::Xen { base } = hv {
-        let khz = u64::from(arch::cpuid(base + 3, 0)[2]);
+    if let Some(xen) = xen {
+        let khz = u64::from(xen.tsc_khz());
         if khz != 0 {
             tsc_hz = khz * 1000;
             source = "xen-cpuid";

@@ -107,8 +107,8 @@ pub fn sti_hlt() {
 pub enum Hypervisor {
     /// No hypervisor bit.
     None,
-    /// Xen, with its CPUID base leaf (0x40000000 or shifted by 0x100 with Viridian).
-    Xen { base: u32 },
+    /// Xen (details from `xen_hypercall::Xen::detect`).
+    Xen,
     /// KVM.
     Kvm,
     /// QEMU's TCG.
@@ -130,12 +130,12 @@ pub fn hypervisor() -> Hypervisor {
         sig[4..8].copy_from_slice(&c.to_le_bytes());
         sig[8..12].copy_from_slice(&d.to_le_bytes());
         let found = match &sig {
-            b"XenVMMXenVMM" if max >= base + 2 => Hypervisor::Xen { base },
+            b"XenVMMXenVMM" if max >= base + 2 => Hypervisor::Xen,
             b"KVMKVMKVM\0\0\0" => Hypervisor::Kvm,
             b"TCGTCGTCGTCG" => Hypervisor::Tcg,
             _ => continue,
         };
-        if matches!(found, Hypervisor::Xen { .. }) {
+        if found == Hypervisor::Xen {
             return found;
         }
         first.get_or_insert(found);
