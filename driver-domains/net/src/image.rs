@@ -1,0 +1,231 @@
+//! Bring-up and event loop of the image.
+
+use crate::device::{QUEUE_SIZE, RX_BUF_LEN, VirtioNetDevice};
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
+use hal::dma::VirtioHal;
+use hal::ecam::{self, Ecam};
+use hal::pci::{self, Bar, Function, command};
+use hal::platform;
+use hal::virtio::{self, CommonCfg, NO_VECTOR};
+use net_dd::config::NetConfig;
+use net_dd::echo::EchoService;
+use net_dd::Error;
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+use virtio_drivers::device::net::VirtIONet;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::pci::bus::PciRoot;
+
+/// virtio-net receive queue index.
+const RX_QUEUE: u16 = 0;
+/// virtio-net transmit queue index.
+const TX_QUEUE: u16 = 1;
+/// MSI-X table entry used for receive interrupts.
+const RX_MSIX_ENTRY: u16 = 0;
+/// Echo sockets (connections that may be open or closing at once).
+const ECHO_SOCKETS: usize = 8;
+/// Send/receive buffer per echo socket.
+const ECHO_BUF: usize = 8192;
+/// Longest sleep with working interrupts (smoltcp timers are honoured anyway).
+const IDLE_WITH_IRQ: Duration = Duration::from_secs(1);
+/// Poll period without interrupts.
+const IDLE_POLLING: Duration = Duration::from_micros(200);
+/// Where unassigned BARs are placed (32-bit MMIO hole above q35's ECAM, below the IOAPIC).
+const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
+
+static RX_IRQS: AtomicU64 = AtomicU64::new(0);
+
+fn on_rx_irq() {
+    RX_IRQS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn smol_now() -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(rt::time::now().as_micros() as i64)
+}
+
+/// The image's entry point.
+pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
+    match run(boot) {
+        Ok(never) => match never {},
+        Err(e) => {
+            log::error!("net-dd: {e}");
+            rt::ExitCode::Failure
+        }
+    }
+}
+
+/// The device as found and configured on PCI.
+struct PciNet {
+    ecam: Ecam,
+    func: Function,
+    bars: [Option<Bar>; 6],
+}
+
+fn find_device(boot: &rt::BootInfo) -> Result<PciNet, Error> {
+    let mcfg = platform::find_ecam(boot);
+    let mut ecam = platform::map_ecam(&mcfg).map_err(|e| {
+        log::error!("cannot map ECAM: {e}");
+        Error::NoDevice
+    })?;
+    let mut n = 0;
+    pci::for_each_function(&ecam, mcfg.start_bus, mcfg.end_bus, true, |f| {
+        let h = f.header;
+        n += 1;
+        log::debug!(
+            "pci {} {:04x}:{:04x} class {:02x}.{:02x}",
+            f.bdf,
+            h.vendor_id,
+            h.device_id,
+            h.class,
+            h.subclass
+        );
+        true
+    });
+    let func = pci::find_function(&ecam, mcfg.start_bus, mcfg.end_bus, |f| {
+        virtio::is_net(f.header.vendor_id, f.header.device_id)
+    })
+    .ok_or(Error::NoDevice)?;
+    log::info!(
+        "virtio-net at {} ({:04x}:{:04x}), {n} PCI functions seen",
+        func.bdf,
+        func.header.vendor_id,
+        func.header.device_id
+    );
+    let bars = platform::assign_bars(&mut ecam, func.bdf, BAR_WINDOW.0, BAR_WINDOW.1).map_err(|e| {
+        log::error!("{}: BAR assignment failed: {e}", func.bdf);
+        Error::DeviceInit
+    })?;
+    for bar in bars.iter().flatten() {
+        log::debug!(
+            "{} BAR{} {:?} {:#x} size {:#x}",
+            func.bdf,
+            bar.index,
+            bar.kind,
+            bar.address,
+            bar.size
+        );
+    }
+    pci::update_command(
+        &mut ecam,
+        func.bdf,
+        command::MEMORY_SPACE | command::BUS_MASTER,
+        0,
+    );
+    Ok(PciNet { ecam, func, bars })
+}
+
+/// MSI-X for the receive queue; `false` (polling) if anything is missing.
+fn setup_irq(dev: &mut PciNet) -> bool {
+    let Some(msg) = rt::irq::register_msi(on_rx_irq) else {
+        log::warn!("no free interrupt vector; polling");
+        return false;
+    };
+    match platform::enable_msix(&mut dev.ecam, dev.func.bdf, &dev.bars, RX_MSIX_ENTRY, msg) {
+        Ok(table) => {
+            log::info!(
+                "MSI-X: {} entries, entry {RX_MSIX_ENTRY} -> vector {}",
+                table.entries(),
+                msg.vector()
+            );
+            // The table stays mapped (rt never unmaps); the handle is no longer needed.
+            true
+        }
+        Err(e) => {
+            log::warn!("MSI-X setup failed ({e}); polling");
+            false
+        }
+    }
+}
+
+/// Routes receive-queue events to our MSI-X entry and silences the others. `virtio-drivers`
+/// 0.13 does not expose `queue_msix_vector`, so the common configuration is written here.
+fn route_vectors(dev: &PciNet) -> Result<(), hal::Error> {
+    let cap = virtio::find_cap(&dev.ecam, dev.func.bdf, virtio::CAP_COMMON_CFG)?;
+    let bar = dev.bars[usize::from(cap.bar)].ok_or(hal::Error::BarUnassigned)?;
+    let regs = platform::map_bar(&bar, u64::from(cap.offset), cap.length as usize)?;
+    let mut common = CommonCfg::new(regs)?;
+    let _ = common.set_config_vector(NO_VECTOR);
+    let _ = common.set_queue_vector(TX_QUEUE, NO_VECTOR)?;
+    let got = common.set_queue_vector(RX_QUEUE, RX_MSIX_ENTRY)?;
+    if got == RX_MSIX_ENTRY {
+        Ok(())
+    } else {
+        Err(hal::Error::Invalid)
+    }
+}
+
+fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> {
+    let cfg = NetConfig::from_cmdline(boot.cmdline)?;
+    let mut pdev = find_device(boot)?;
+    let mut irq = setup_irq(&mut pdev);
+
+    // SAFETY: the alias is used only by virtio-drivers' transport set-up below, which runs to
+    // completion before we touch this function's configuration space again.
+    let mut root = PciRoot::new(unsafe { pdev.ecam.alias() });
+    let transport = PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(pdev.func.bdf))
+        .map_err(|e| {
+            log::error!("virtio PCI transport: {e}");
+            Error::DeviceInit
+        })?;
+    let net = VirtIONet::<VirtioHal, PciTransport, QUEUE_SIZE>::new(transport, RX_BUF_LEN).map_err(|e| {
+        log::error!("virtio-net init: {e}");
+        Error::DeviceInit
+    })?;
+    if irq {
+        if let Err(e) = route_vectors(&pdev) {
+            log::warn!("virtio MSI-X vector routing failed ({e}); polling");
+            irq = false;
+        }
+    }
+    let mut device = VirtioNetDevice::new(net);
+    let mac = EthernetAddress(device.net().mac_address());
+    log::info!(
+        "MAC {mac} IP {} gw {} echo port {} ({})",
+        cfg.cidr,
+        cfg.gateway,
+        cfg.echo_port,
+        if irq { "MSI-X interrupts" } else { "polling every 200 us" }
+    );
+
+    let mut icfg = Config::new(HardwareAddress::Ethernet(mac));
+    icfg.random_seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
+    let mut iface = Interface::new(icfg, &mut device, smol_now());
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::Ipv4(cfg.cidr));
+    });
+    if iface.routes_mut().add_default_ipv4_route(cfg.gateway).is_err() {
+        log::warn!("could not add the default route");
+    }
+    let mut sockets = SocketSet::new(alloc::vec![]);
+    let mut echo = EchoService::new(&mut sockets, cfg.echo_port, ECHO_SOCKETS, ECHO_BUF);
+    rt::ready("net-dd");
+
+    let idle = if irq { IDLE_WITH_IRQ } else { IDLE_POLLING };
+    let mut last_report = rt::time::now();
+    loop {
+        let now = smol_now();
+        iface.poll(now, &mut device, &mut sockets);
+        if echo.poll(&mut sockets) {
+            // Echoed data waits in socket buffers: send it right away.
+            continue;
+        }
+        let wait = iface
+            .poll_delay(now, &sockets)
+            .map_or(idle, |d| Duration::from_micros(d.total_micros()).min(idle));
+        let t = rt::time::now();
+        if t - last_report >= Duration::from_secs(10) {
+            last_report = t;
+            let s = echo.stats();
+            log::debug!(
+                "stats: {} connections, {} bytes echoed, {} rx irqs",
+                s.connections,
+                s.bytes,
+                RX_IRQS.load(Ordering::Relaxed)
+            );
+        }
+        if !wait.is_zero() {
+            rt::event::wait_until(Some(t + wait));
+        }
+    }
+}
