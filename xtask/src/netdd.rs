@@ -56,7 +56,7 @@ pub fn boot(image: &Path, accel: Accel, ready_within: Duration, timeout: Duratio
         Err(why) => {
             let out = qemu.stop();
             drop(ns);
-            bail!("net-dd did not print ICONNECT-READY ({why:?})\n{}", out.diagnostics())
+            bail!("net-dd did not print ICONNECT-READY: {why}\n{}", out.diagnostics())
         }
     }
 }

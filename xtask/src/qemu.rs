@@ -328,9 +328,18 @@ pub struct Running {
 #[derive(Debug)]
 pub enum WaitError {
     /// The deadline passed; QEMU is still running.
-    Deadline,
+    Deadline(Duration),
     /// QEMU's serial output ended (it exited) before the marker appeared.
     Exited,
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitError::Deadline(d) => write!(f, "not within {}", fmt_dur(*d)),
+            WaitError::Exited => write!(f, "QEMU exited first"),
+        }
+    }
 }
 
 impl Running {
@@ -356,7 +365,7 @@ impl Running {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(WaitError::Deadline);
+                return Err(WaitError::Deadline(within));
             }
             match self.rx.recv_timeout(deadline - now) {
                 Ok(_) => {}
@@ -395,6 +404,14 @@ impl Running {
 
     /// Kill QEMU now (by its PID) and collect the outcome.
     pub fn stop(mut self) -> Outcome {
+        if self.eof {
+            // Serial output ended: QEMU is exiting on its own; give it a moment to be reaped so
+            // its real exit status is reported.
+            let until = Instant::now() + Duration::from_secs(2);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
         let already = matches!(self.child.try_wait(), Ok(Some(_)));
         if !already {
             self.kill_now();
