@@ -7,8 +7,9 @@
 //!    TSC, clears `.bss`, identity-maps 4 GiB, enters long mode and calls `rt_start`.
 //! 2. `start`: console, `hvm_start_info` (command line, memory map, RSDP), frame allocator and heap,
 //!    GDT/TSS/IDT, PIC off, local APIC on, TSC and APIC-timer calibration, interrupts on.
-//! 3. The image's `main` (declared with [`entry!`]) runs an event loop: poll its work with
-//!    [`time::now`], then [`event::wait_until`] the next deadline or a device interrupt.
+//! 3. The image's `main` (declared with [`entry!`]) runs its tasks with [`exec`]: each is polled
+//!    with the current time and names its next deadline; in between the CPU sleeps until that
+//!    deadline or a device interrupt.
 //! 4. [`exit`] ends the domain with a code the host can read (QEMU `isa-debug-exit`); a panic or a
 //!    CPU exception also ends it, with its own code and a report on the console.
 //!
@@ -19,6 +20,7 @@
 extern crate alloc;
 
 pub mod cmdline;
+pub mod exec;
 pub mod frames;
 pub mod memmap;
 pub mod time;

@@ -40,6 +40,7 @@ const TESTS: &[Test] = &[
     Test { name: "breakpoint_trap_resumes", run: breakpoint },
     Test { name: "mmio_above_4g_maps", run: mmio_high },
     Test { name: "cmdline_reaches_image", run: cmdline },
+    Test { name: "executor_runs_timers_and_interrupts", run: executor },
 ];
 
 fn heap_alloc_and_free() -> Result<(), alloc::string::String> {
@@ -151,5 +152,45 @@ fn cmdline() -> Result<(), alloc::string::String> {
     // xtask boots ktest with `ktest-arg=42` on its command line.
     let boot_cmdline = rt::cmdline_str();
     ensure!(rt::cmdline::get(boot_cmdline, "ktest-arg") == Some("42"), "cmdline was {boot_cmdline:?}");
+    Ok(())
+}
+
+static EXEC_IRQS: AtomicU32 = AtomicU32::new(0);
+
+fn exec_irq() {
+    EXEC_IRQS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn executor() -> Result<(), alloc::string::String> {
+    use rt::exec::Step;
+    use rt::time::Instant;
+    // A timer task that ticks every 2 ms five times, and an interrupt-driven task that is idle
+    // until its MSI arrives (raised by the timer task at its third tick).
+    let msg = rt::irq::register_msi(exec_irq).ok_or("no free vector")?;
+    let start = rt::time::now();
+    let mut ticks = 0u32;
+    let mut next = start;
+    let mut timer = |now: Instant| {
+        if now < next {
+            return Step::At(next);
+        }
+        ticks += 1;
+        if ticks == 3 {
+            rt::irq::raise(msg);
+        }
+        next = now + Duration::from_millis(2);
+        if ticks == 5 { Step::Exit(ExitCode::Success) } else { Step::At(next) }
+    };
+    let mut seen = 0u32;
+    let mut irq_task = |_now: Instant| {
+        seen = EXEC_IRQS.load(Ordering::SeqCst);
+        Step::Idle
+    };
+    let code = rt::exec::run(&mut [&mut timer, &mut irq_task]);
+    let elapsed = rt::time::now() - start;
+    ensure!(code == ExitCode::Success, "executor ended with {code:?}");
+    ensure!(ticks == 5, "timer task ticked {ticks} times");
+    ensure!(seen == 1, "interrupt task saw {seen} interrupts");
+    ensure!(elapsed >= Duration::from_millis(8), "five 2 ms ticks took only {elapsed:?}");
     Ok(())
 }
