@@ -206,22 +206,40 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
     /// Initialises the shared header (`SHARED_RING_INIT`: producers 0, event indices 1, private
     /// area and padding zeroed) and returns the frontend half (`FRONT_RING_INIT`).
     pub fn init(mem: M) -> Result<Self, Error> {
+        Self::init_at(mem, 0)
+    }
+
+    /// Like [`init`](Self::init) but with every index starting at `start` instead of 0 (event
+    /// indices at `start + 1`). Xen frontends start at 0; this exists to exercise index
+    /// wrap-around. The backend must attach with [`BackRing::attach_at`] and the same `start`.
+    pub fn init_at(mem: M, start: u32) -> Result<Self, Error> {
         let geo = Geometry::new::<P>(mem.len())?;
         mem.write_bytes(PVT_OFF, &[0u8; RING_HEADER_SIZE - PVT_OFF]);
-        mem.store_u32(REQ_EVENT_OFF, 1, Ordering::Relaxed);
-        mem.store_u32(RSP_EVENT_OFF, 1, Ordering::Relaxed);
-        mem.store_u32(RSP_PROD_OFF, 0, Ordering::Relaxed);
-        mem.store_u32(REQ_PROD_OFF, 0, Ordering::Release);
-        Ok(Self {
+        mem.store_u32(REQ_EVENT_OFF, start.wrapping_add(1), Ordering::Relaxed);
+        mem.store_u32(RSP_EVENT_OFF, start.wrapping_add(1), Ordering::Relaxed);
+        mem.store_u32(RSP_PROD_OFF, start, Ordering::Relaxed);
+        mem.store_u32(REQ_PROD_OFF, start, Ordering::Release);
+        Ok(Self::attach(mem, geo, start))
+    }
+
+    /// Attaches to an already initialised ring whose indices all equal `idx`
+    /// (`FRONT_RING_ATTACH`, e.g. after a resume). Writes nothing.
+    pub fn attach_at(mem: M, idx: u32) -> Result<Self, Error> {
+        let geo = Geometry::new::<P>(mem.len())?;
+        Ok(Self::attach(mem, geo, idx))
+    }
+
+    fn attach(mem: M, geo: Geometry, idx: u32) -> Self {
+        Self {
             mem,
             geo,
-            req_prod_pvt: 0,
-            req_prod_pub: 0,
-            rsp_cons: 0,
-            rsp_prod_seen: 0,
+            req_prod_pvt: idx,
+            req_prod_pub: idx,
+            rsp_cons: idx,
+            rsp_prod_seen: idx,
             broken: false,
             _p: PhantomData,
-        })
+        }
     }
 
     /// Number of slots (`RING_SIZE`).
@@ -357,14 +375,19 @@ pub struct BackRing<M: SharedMem, P: RingProtocol> {
 impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
     /// Attaches to a ring the frontend has initialised (`BACK_RING_INIT`). Writes nothing.
     pub fn attach(mem: M) -> Result<Self, Error> {
+        Self::attach_at(mem, 0)
+    }
+
+    /// Attaches with every index at `idx` (`BACK_RING_ATTACH`). Writes nothing.
+    pub fn attach_at(mem: M, idx: u32) -> Result<Self, Error> {
         let geo = Geometry::new::<P>(mem.len())?;
         Ok(Self {
             mem,
             geo,
-            rsp_prod_pvt: 0,
-            rsp_prod_pub: 0,
-            req_cons: 0,
-            req_prod_seen: 0,
+            rsp_prod_pvt: idx,
+            rsp_prod_pub: idx,
+            req_cons: idx,
+            req_prod_seen: idx,
             broken: false,
             _p: PhantomData,
         })
