@@ -37,6 +37,41 @@ const _: () = assert!(RING_SIZE == 32);
 /// Largest `XENSND_PCM_FORMAT_*` code.
 pub const MAX_PCM_FORMAT: u8 = 24;
 
+/// Names of the `XENSND_PCM_FORMAT_*` codes as used in xenstore (`sample-formats`), indexed by
+/// code.
+pub const PCM_FORMAT_NAMES: [&str; MAX_PCM_FORMAT as usize + 1] = [
+    "s8",
+    "u8",
+    "s16_le",
+    "s16_be",
+    "u16_le",
+    "u16_be",
+    "s24_le",
+    "s24_be",
+    "u24_le",
+    "u24_be",
+    "s32_le",
+    "s32_be",
+    "u32_le",
+    "u32_be",
+    "float_le",
+    "float_be",
+    "float64_le",
+    "float64_be",
+    "iec958_subframe_le",
+    "iec958_subframe_be",
+    "mu_law",
+    "a_law",
+    "ima_adpcm",
+    "mpeg",
+    "gsm",
+];
+
+/// The `XENSND_PCM_FORMAT_*` code of a format name (exact match).
+pub fn pcm_format_from_name(name: &str) -> Option<u8> {
+    PCM_FORMAT_NAMES.iter().position(|n| *n == name).map(|i| i as u8)
+}
+
 /// Ring protocol marker (`xen_sndif_sring`).
 #[derive(Debug, Clone, Copy)]
 pub struct SndRing;
