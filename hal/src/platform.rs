@@ -37,7 +37,7 @@ impl PhysRead for IdentityMemory {
 pub fn find_ecam(boot: &rt::BootInfo) -> McfgEntry {
     match acpi::find_ecam(&IdentityMemory, boot.rsdp_paddr) {
         Ok(e) => {
-            log::info!(
+            log::debug!(
                 "ECAM from ACPI MCFG: {:#x} buses {}..={} (rsdp hint {:#x})",
                 e.base,
                 e.start_bus,

@@ -30,7 +30,12 @@ fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
     let (addr, prefix) = s.split_once('/').unwrap_or((s, "24"));
     let addr: Ipv4Addr = addr.parse().ok()?;
     let prefix: u8 = prefix.parse().ok()?;
-    if prefix == 0 || prefix > 32 || addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+    if prefix == 0
+        || prefix > 32
+        || addr.is_unspecified()
+        || addr.is_broadcast()
+        || addr.is_multicast()
+    {
         return None;
     }
     Some(Ipv4Cidr::new(addr, prefix))
@@ -78,8 +83,9 @@ mod tests {
 
     #[test]
     fn parses_all_keys() {
-        let c = NetConfig::from_cmdline("console=x ip=192.168.7.9/16 gw=192.168.0.1 echo_port=7007")
-            .unwrap();
+        let c =
+            NetConfig::from_cmdline("console=x ip=192.168.7.9/16 gw=192.168.0.1 echo_port=7007")
+                .unwrap();
         assert_eq!(c.cidr, Ipv4Cidr::new(Ipv4Addr::new(192, 168, 7, 9), 16));
         assert_eq!(c.gateway, Ipv4Addr::new(192, 168, 0, 1));
         assert_eq!(c.echo_port, 7007);
@@ -103,7 +109,11 @@ mod tests {
             ("echo_port=65536", "echo_port"),
             ("echo_port=-1", "echo_port"),
         ] {
-            assert_eq!(NetConfig::from_cmdline(line), Err(Error::BadConfig(key)), "{line}");
+            assert_eq!(
+                NetConfig::from_cmdline(line),
+                Err(Error::BadConfig(key)),
+                "{line}"
+            );
         }
     }
 }

@@ -65,7 +65,13 @@ impl Device for VirtioNetDevice {
                 return None;
             }
         };
-        Some((Rx { net: &self.net, buf }, Tx { net: &self.net }))
+        Some((
+            Rx {
+                net: &self.net,
+                buf,
+            },
+            Tx { net: &self.net },
+        ))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Tx<'_>> {

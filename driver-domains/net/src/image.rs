@@ -8,11 +8,11 @@ use hal::ecam::{self, Ecam};
 use hal::pci::{self, Bar, Function, command};
 use hal::platform;
 use hal::virtio::{self, CommonCfg, NO_VECTOR};
+use net_dd::Error;
 use net_dd::config::NetConfig;
 use net_dd::echo::EchoService;
-use net_dd::Error;
-use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+use smoltcp::iface::SocketSet;
+use smoltcp::wire::EthernetAddress;
 use virtio_drivers::device::net::VirtIONet;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::PciRoot;
@@ -68,7 +68,9 @@ fn find_device(boot: &rt::BootInfo) -> Result<PciNet, Error> {
         log::error!("cannot map ECAM: {e}");
         Error::NoDevice
     })?;
+    // Stop at the first virtio-net function (every config read is an MMIO exit).
     let mut n = 0;
+    let mut found = None;
     pci::for_each_function(&ecam, mcfg.start_bus, mcfg.end_bus, true, |f| {
         let h = f.header;
         n += 1;
@@ -80,22 +82,21 @@ fn find_device(boot: &rt::BootInfo) -> Result<PciNet, Error> {
             h.class,
             h.subclass
         );
+        if virtio::is_net(h.vendor_id, h.device_id) {
+            found = Some(f);
+            return false;
+        }
         true
     });
-    let func = pci::find_function(&ecam, mcfg.start_bus, mcfg.end_bus, |f| {
-        virtio::is_net(f.header.vendor_id, f.header.device_id)
-    })
-    .ok_or(Error::NoDevice)?;
-    log::info!(
-        "virtio-net at {} ({:04x}:{:04x}), {n} PCI functions seen",
-        func.bdf,
-        func.header.vendor_id,
-        func.header.device_id
-    );
-    let bars = platform::assign_bars(&mut ecam, func.bdf, BAR_WINDOW.0, BAR_WINDOW.1).map_err(|e| {
-        log::error!("{}: BAR assignment failed: {e}", func.bdf);
-        Error::DeviceInit
-    })?;
+    let Some(func) = found else {
+        log::error!("no virtio-net (1af4:1041/1000) among {n} PCI functions");
+        return Err(Error::NoDevice);
+    };
+    let bars =
+        platform::assign_bars(&mut ecam, func.bdf, BAR_WINDOW.0, BAR_WINDOW.1).map_err(|e| {
+            log::error!("{}: BAR assignment failed: {e}", func.bdf);
+            Error::DeviceInit
+        })?;
     for bar in bars.iter().flatten() {
         log::debug!(
             "{} BAR{} {:?} {:#x} size {:#x}",
@@ -115,25 +116,25 @@ fn find_device(boot: &rt::BootInfo) -> Result<PciNet, Error> {
     Ok(PciNet { ecam, func, bars })
 }
 
-/// MSI-X for the receive queue; `false` (polling) if anything is missing.
-fn setup_irq(dev: &mut PciNet) -> bool {
+/// MSI-X for the receive queue: the CPU vector, or `None` (polling) if anything is missing.
+fn setup_irq(dev: &mut PciNet) -> Option<u8> {
     let Some(msg) = rt::irq::register_msi(on_rx_irq) else {
         log::warn!("no free interrupt vector; polling");
-        return false;
+        return None;
     };
     match platform::enable_msix(&mut dev.ecam, dev.func.bdf, &dev.bars, RX_MSIX_ENTRY, msg) {
         Ok(table) => {
-            log::info!(
+            log::debug!(
                 "MSI-X: {} entries, entry {RX_MSIX_ENTRY} -> vector {}",
                 table.entries(),
                 msg.vector()
             );
             // The table stays mapped (rt never unmaps); the handle is no longer needed.
-            true
+            Some(msg.vector())
         }
         Err(e) => {
             log::warn!("MSI-X setup failed ({e}); polling");
-            false
+            None
         }
     }
 }
@@ -156,53 +157,73 @@ fn route_vectors(dev: &PciNet) -> Result<(), hal::Error> {
 }
 
 fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> {
+    let t0 = rt::time::now();
     let cfg = NetConfig::from_cmdline(boot.cmdline)?;
     let mut pdev = find_device(boot)?;
+    let t_pci = rt::time::now();
     let mut irq = setup_irq(&mut pdev);
 
     // SAFETY: the alias is used only by virtio-drivers' transport set-up below, which runs to
     // completion before we touch this function's configuration space again.
     let mut root = PciRoot::new(unsafe { pdev.ecam.alias() });
-    let transport = PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(pdev.func.bdf))
-        .map_err(|e| {
-            log::error!("virtio PCI transport: {e}");
-            Error::DeviceInit
-        })?;
-    let net = VirtIONet::<VirtioHal, PciTransport, QUEUE_SIZE>::new(transport, RX_BUF_LEN).map_err(|e| {
+    let transport =
+        PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(pdev.func.bdf))
+            .map_err(|e| {
+                log::error!("virtio PCI transport: {e}");
+                Error::DeviceInit
+            })?;
+    // virtio-drivers logs its feature negotiation at info level; keep the boot path quiet
+    // (every console byte is an I/O exit) unless debugging.
+    let level = log::max_level();
+    if level <= log::LevelFilter::Info {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    let net = VirtIONet::<VirtioHal, PciTransport, QUEUE_SIZE>::new(transport, RX_BUF_LEN);
+    log::set_max_level(level);
+    let net = net.map_err(|e| {
         log::error!("virtio-net init: {e}");
         Error::DeviceInit
     })?;
-    if irq {
-        if let Err(e) = route_vectors(&pdev) {
-            log::warn!("virtio MSI-X vector routing failed ({e}); polling");
-            irq = false;
-        }
+    if irq.is_some()
+        && let Err(e) = route_vectors(&pdev)
+    {
+        log::warn!("virtio MSI-X vector routing failed ({e}); polling");
+        irq = None;
     }
     let mut device = VirtioNetDevice::new(net);
     let mac = EthernetAddress(device.net().mac_address());
-    log::info!(
-        "MAC {mac} IP {} gw {} echo port {} ({})",
-        cfg.cidr,
-        cfg.gateway,
-        cfg.echo_port,
-        if irq { "MSI-X interrupts" } else { "polling every 200 us" }
-    );
+    let t_dev = rt::time::now();
 
-    let mut icfg = Config::new(HardwareAddress::Ethernet(mac));
-    icfg.random_seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
-    let mut iface = Interface::new(icfg, &mut device, smol_now());
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::Ipv4(cfg.cidr));
-    });
-    if iface.routes_mut().add_default_ipv4_route(cfg.gateway).is_err() {
-        log::warn!("could not add the default route");
-    }
+    let seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
+    let mut iface = net_dd::build_interface(&cfg, mac, &mut device, smol_now(), seed);
     let mut sockets = SocketSet::new(alloc::vec![]);
     let mut echo = EchoService::new(&mut sockets, cfg.echo_port, ECHO_SOCKETS, ECHO_BUF);
     rt::ready("net-dd");
+    // Reported after the marker: console output is not part of the initialisation.
+    let h = pdev.func.header;
+    log::info!(
+        "virtio-net {} ({:04x}:{:04x}) MAC {mac} IP {} gw {} echo port {}; {}; init: pci {} us, virtio {} us",
+        pdev.func.bdf,
+        h.vendor_id,
+        h.device_id,
+        cfg.cidr,
+        cfg.gateway,
+        cfg.echo_port,
+        match irq {
+            Some(v) => alloc::format!("rx interrupts on MSI-X vector {v}"),
+            None => alloc::format!("polling every {} us", IDLE_POLLING.as_micros()),
+        },
+        (t_pci - t0).as_micros(),
+        (t_dev - t_pci).as_micros(),
+    );
 
-    let idle = if irq { IDLE_WITH_IRQ } else { IDLE_POLLING };
+    let idle = if irq.is_some() {
+        IDLE_WITH_IRQ
+    } else {
+        IDLE_POLLING
+    };
     let mut last_report = rt::time::now();
+    let mut last_stats = (echo.stats(), 0);
     loop {
         let now = smol_now();
         iface.poll(now, &mut device, &mut sockets);
@@ -214,14 +235,15 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             .poll_delay(now, &sockets)
             .map_or(idle, |d| Duration::from_micros(d.total_micros()).min(idle));
         let t = rt::time::now();
-        if t - last_report >= Duration::from_secs(10) {
+        let stats = (echo.stats(), RX_IRQS.load(Ordering::Relaxed));
+        if t - last_report >= Duration::from_secs(10) && stats != last_stats {
             last_report = t;
-            let s = echo.stats();
-            log::debug!(
-                "stats: {} connections, {} bytes echoed, {} rx irqs",
-                s.connections,
-                s.bytes,
-                RX_IRQS.load(Ordering::Relaxed)
+            last_stats = stats;
+            log::info!(
+                "stats: {} echo connections, {} bytes echoed, {} rx interrupts",
+                stats.0.connections,
+                stats.0.bytes,
+                stats.1
             );
         }
         if !wait.is_zero() {

@@ -12,6 +12,40 @@ extern crate alloc;
 pub mod config;
 pub mod echo;
 
+use smoltcp::iface::{Config, Interface};
+use smoltcp::phy::Device;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+
+/// The smoltcp interface of the domain: Ethernet `mac`, the configured address and default
+/// route. (ARP and ICMP echo replies are answered by the interface itself.)
+pub fn build_interface<D: Device + ?Sized>(
+    cfg: &config::NetConfig,
+    mac: EthernetAddress,
+    device: &mut D,
+    now: Instant,
+    random_seed: u64,
+) -> Interface {
+    let mut icfg = Config::new(HardwareAddress::Ethernet(mac));
+    icfg.random_seed = random_seed;
+    let mut iface = Interface::new(icfg, device, now);
+    iface.update_ip_addrs(|addrs| {
+        // A fresh interface has room for its first address.
+        let _ = addrs.push(IpCidr::Ipv4(cfg.cidr));
+    });
+    if iface
+        .routes_mut()
+        .add_default_ipv4_route(cfg.gateway)
+        .is_err()
+    {
+        log::warn!("could not add the default route via {}", cfg.gateway);
+    }
+    iface
+}
+
+#[cfg(test)]
+mod stack_tests;
+
 /// What can go wrong in `net-dd`.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 pub enum Error {
