@@ -2,7 +2,7 @@
 //! and the `log` facade on top of it.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arch::{inb, outb};
 
@@ -11,6 +11,7 @@ const XEN_DEBUG_PORT: u16 = 0xe9;
 
 static MIRROR_E9: AtomicBool = AtomicBool::new(false);
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+static SINK: AtomicUsize = AtomicUsize::new(0);
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(log::LevelFilter::Info as u8);
 
 struct Serial;
@@ -41,8 +42,21 @@ impl Write for Serial {
             }
             self.put(b);
         }
+        let sink = SINK.load(Ordering::Acquire);
+        if sink != 0 {
+            // SAFETY: only `set_sink` stores into SINK, and it stores a valid `fn(&[u8])`.
+            let sink: fn(&[u8]) = unsafe { core::mem::transmute::<usize, fn(&[u8])>(sink) };
+            sink(s.as_bytes());
+        }
         Ok(())
     }
+}
+
+/// Copies every byte printed from now on to `sink` too (e.g. Xen's PV console ring). The sink is
+/// called under the console lock, or without it from exception and panic reports: it must not
+/// print, allocate or block.
+pub fn set_sink(sink: fn(&[u8])) {
+    SINK.store(sink as usize, Ordering::Release);
 }
 
 /// Initialises COM1; `mirror_e9` also copies every byte to port 0xe9 (Xen's debug console).

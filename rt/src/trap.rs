@@ -67,7 +67,9 @@ pub(crate) fn interrupt(vector: u8) {
             if crate::irq::dispatch(usize::from(v)) {
                 crate::event::signal();
             }
-            apic::eoi();
+            if crate::irq::needs_eoi(usize::from(v)) {
+                apic::eoi();
+            }
         }
     }
 }

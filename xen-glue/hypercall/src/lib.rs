@@ -12,6 +12,12 @@
 //! [`Xen::detect`] found it.
 #![cfg_attr(not(test), no_std)]
 
+pub mod evtchn;
+pub mod mem;
+
+pub use evtchn::{Port, SharedInfo};
+pub use mem::ForeignMem;
+
 /// Hypercall numbers (`xen.h`).
 pub mod nr {
     /// `__HYPERVISOR_memory_op`.
@@ -234,6 +240,45 @@ impl Xen {
         // SAFETY: as for `hvm_get_param`.
         let ret = unsafe {
             self.call(nr::HVM_OP, hvm::SET_PARAM, &param as *const HvmParam as u64, 0, 0, 0)
+        };
+        check(ret).map(|_| ())
+    }
+}
+
+/// `XENMEM_add_to_physmap` and its spaces (`memory.h`).
+pub mod memory {
+    /// `XENMEM_add_to_physmap`.
+    pub const ADD_TO_PHYSMAP: u64 = 7;
+    /// `XENMAPSPACE_shared_info`.
+    pub const SPACE_SHARED_INFO: u32 = 0;
+    /// `XENMAPSPACE_grant_table`.
+    pub const SPACE_GRANT_TABLE: u32 = 1;
+}
+
+#[repr(C)]
+struct AddToPhysmap {
+    domid: u16,
+    size: u16,
+    space: u32,
+    idx: u64,
+    gpfn: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<AddToPhysmap>() == 24);
+
+#[cfg(target_arch = "x86_64")]
+impl Xen {
+    /// `XENMEM_add_to_physmap`: makes page `idx` of `space` appear at guest frame `gpfn` of this
+    /// domain (replacing whatever RAM was there).
+    ///
+    /// # Safety
+    /// Nothing may use frame `gpfn` as ordinary memory any more: its contents change to Xen's page.
+    pub unsafe fn add_to_physmap(&self, space: u32, idx: u64, gpfn: u64) -> Result<(), XenError> {
+        let arg = AddToPhysmap { domid: hvm::DOMID_SELF, size: 0, space, idx, gpfn };
+        // SAFETY: `xen_add_to_physmap` is exactly `AddToPhysmap`; it lives across the call; the
+        // caller gives up the frame.
+        let ret = unsafe {
+            self.call(nr::MEMORY_OP, memory::ADD_TO_PHYSMAP, &arg as *const AddToPhysmap as u64, 0, 0, 0)
         };
         check(ret).map(|_| ())
     }
