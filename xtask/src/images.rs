@@ -37,7 +37,8 @@ pub const IMAGES: &[Image] = &[
         devices: Devices::NetUser,
         default_append: "ip=10.0.2.15/24 gw=10.0.2.2 echo_port=7",
     },
-    Image { name: "ktest", package: "ktest", devices: Devices::None, default_append: "" },
+    // ktest's `cmdline_reaches_image` test expects `ktest-arg=42`.
+    Image { name: "ktest", package: "ktest", devices: Devices::None, default_append: "ktest-arg=42" },
 ];
 
 /// Images must stay within 1 MiB.

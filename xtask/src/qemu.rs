@@ -5,11 +5,12 @@
 
 use std::fmt;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,8 +46,14 @@ pub fn kvm_usable() -> bool {
     OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
+/// The KVM in this kernel is `kvm_pvm` (no hardware virtualization underneath).
+pub fn kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
 impl Accel {
-    /// Pick the accelerator: explicit request, else `ICONNECT_ACCEL`, else KVM if usable, else TCG.
+    /// Pick the accelerator: explicit request, else `ICONNECT_ACCEL`, else KVM if usable (and not
+    /// kvm_pvm, which is slower than TCG for these tiny guests and cannot run every test), else TCG.
     /// Prints the choice and why.
     pub fn choose(requested: Option<Accel>) -> Result<Accel> {
         let env = std::env::var("ICONNECT_ACCEL").ok().filter(|s| !s.is_empty());
@@ -55,6 +62,12 @@ impl Accel {
             (None, Some(e)) => (
                 Accel::from_str(&e, true).map_err(|_| anyhow::anyhow!("ICONNECT_ACCEL={e}: expected kvm or tcg"))?,
                 format!("ICONNECT_ACCEL={e}"),
+            ),
+            (None, None) if kvm_usable() && kvm_is_pvm() => (
+                Accel::Tcg,
+                "/dev/kvm is kvm_pvm, a software virtualizer: guests start ~4.5 s slower than under TCG \
+                 and int3 is not emulated; ICONNECT_ACCEL=kvm forces it"
+                    .to_string(),
             ),
             (None, None) if kvm_usable() => (Accel::Kvm, "/dev/kvm is usable".to_string()),
             (None, None) => (Accel::Tcg, "/dev/kvm not usable, falling back".to_string()),
@@ -96,6 +109,8 @@ pub enum GuestExit {
     Killed,
     /// It died from a signal we did not send.
     Signal(i32),
+    /// QEMU reported a fatal accelerator error (e.g. "KVM internal error"); we killed it.
+    HostError,
 }
 
 impl GuestExit {
@@ -132,6 +147,7 @@ impl fmt::Display for GuestExit {
             GuestExit::TimedOut => write!(f, "timed out (killed)"),
             GuestExit::Killed => write!(f, "stopped by xtask"),
             GuestExit::Signal(s) => write!(f, "killed by signal {s}"),
+            GuestExit::HostError => write!(f, "QEMU fatal error (VM stopped; killed), see QEMU stderr"),
         }
     }
 }
@@ -178,6 +194,11 @@ impl Qemu {
     }
     pub fn netdev(mut self, spec: &str) -> Self {
         self.extra.extend(["-netdev".into(), spec.into()]);
+        self
+    }
+    /// Any other QEMU arguments, appended last (the nested Xen harness: `-smp`, `-cpu`, `-initrd`).
+    pub fn args_extra<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.extra.extend(args.into_iter().map(Into::into));
         self
     }
     pub fn timeout(mut self, t: Duration) -> Self {
@@ -257,6 +278,7 @@ impl Qemu {
         let mut child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));
         let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let echo = self.echo;
         let lines2 = Arc::clone(&lines);
@@ -285,12 +307,28 @@ impl Qemu {
             }
         });
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().context("no stderr pipe")?;
-        let stderr2 = Arc::clone(&stderr);
+        let fatal = Arc::new(AtomicBool::new(false));
+        let err_pipe = child.stderr.take().context("no stderr pipe")?;
+        let (stderr2, fatal2) = (Arc::clone(&stderr), Arc::clone(&fatal));
         let err_reader = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err_pipe.read_to_string(&mut s);
-            stderr2.lock().expect("stderr lock").push_str(&s);
+            let mut r = BufReader::new(err_pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        if echo {
+                            eprint!("{line}");
+                        }
+                        stderr2.lock().expect("stderr lock").push_str(&line);
+                        if is_fatal_stderr(&line) && !fatal2.swap(true, Ordering::SeqCst) {
+                            let _ = tx2.send(FATAL);
+                        }
+                    }
+                }
+            }
         });
         Ok(Running {
             child,
@@ -300,6 +338,7 @@ impl Qemu {
             deadline: started + self.timeout,
             timeout: self.timeout,
             stderr,
+            fatal,
             readers: vec![reader, err_reader],
             eof: false,
         })
@@ -311,6 +350,14 @@ impl Qemu {
     }
 }
 
+/// Channel value meaning "QEMU reported a fatal error on stderr" (serial lines send their index).
+const FATAL: usize = usize::MAX;
+
+/// stderr lines after which QEMU keeps running but the VM is dead (it stops instead of exiting).
+pub fn is_fatal_stderr(line: &str) -> bool {
+    line.contains("KVM internal error") || line.contains("KVM: entry failed")
+}
+
 /// A QEMU process we own. Dropping it kills QEMU.
 pub struct Running {
     child: Child,
@@ -320,6 +367,8 @@ pub struct Running {
     deadline: Instant,
     timeout: Duration,
     stderr: Arc<Mutex<String>>,
+    /// QEMU reported an error after which the VM never continues (e.g. "KVM internal error").
+    fatal: Arc<AtomicBool>,
     readers: Vec<thread::JoinHandle<()>>,
     eof: bool,
 }
@@ -331,6 +380,8 @@ pub enum WaitError {
     Deadline(Duration),
     /// QEMU's serial output ended (it exited) before the marker appeared.
     Exited,
+    /// QEMU reported a fatal accelerator error (the VM is stopped).
+    HostError,
 }
 
 impl fmt::Display for WaitError {
@@ -338,6 +389,7 @@ impl fmt::Display for WaitError {
         match self {
             WaitError::Deadline(d) => write!(f, "not within {}", fmt_dur(*d)),
             WaitError::Exited => write!(f, "QEMU exited first"),
+            WaitError::HostError => write!(f, "QEMU reported a fatal error (VM stopped), see its stderr"),
         }
     }
 }
@@ -359,6 +411,9 @@ impl Running {
                     return Ok((l.clone(), self.started.elapsed()));
                 }
                 seen = lines.len();
+            }
+            if self.fatal.load(Ordering::SeqCst) {
+                return Err(WaitError::HostError);
             }
             if self.eof {
                 return Err(WaitError::Exited);
@@ -390,6 +445,10 @@ impl Running {
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
+                Ok(None) if self.fatal.load(Ordering::SeqCst) => {
+                    self.kill_now();
+                    break;
+                }
                 Ok(None) if Instant::now() >= self.deadline => {
                     timed_out = true;
                     self.kill_now();
@@ -434,7 +493,11 @@ impl Running {
         let signal = status.and_then(|s| s.signal());
         Outcome {
             code,
-            exit: GuestExit::decode(code, signal, timed_out, killed),
+            exit: if self.fatal.load(Ordering::SeqCst) {
+                GuestExit::HostError
+            } else {
+                GuestExit::decode(code, signal, timed_out, killed)
+            },
             serial: self.serial(),
             stderr: self.stderr.lock().expect("stderr lock").clone(),
             timed_out,
@@ -543,9 +606,6 @@ pub fn run_cmd(
     if let Some((img, us)) = out.serial.iter().find_map(|l| markers::parse_ready(l)) {
         println!("run: {img} was ready after {} (guest TSC)", fmt_dur(Duration::from_micros(us)));
     }
-    if !out.stderr.trim().is_empty() {
-        eprintln!("--- QEMU stderr ---\n{}", out.stderr.trim_end());
-    }
     println!("run: QEMU ended: {} after {}", out.exit, fmt_dur(out.duration));
     match out.exit {
         GuestExit::Success | GuestExit::TimedOut => Ok(()),
@@ -600,6 +660,12 @@ mod tests {
         let tcg = Qemu::new("/k", Accel::Tcg).args().join(" ");
         assert!(tcg.contains("-accel tcg") && !tcg.contains("-cpu"));
         assert!(!tcg.contains("-append"));
+    }
+
+    #[test]
+    fn fatal_stderr_lines() {
+        assert!(is_fatal_stderr("KVM internal error. Suberror: 1"));
+        assert!(!is_fatal_stderr("qemu-system-x86_64: warning: host doesn't support requested feature"));
     }
 
     #[test]

@@ -259,7 +259,8 @@ fn run_image(image: &Path, accel: Accel, append: &str, timeout: Duration) -> Res
 }
 
 fn qemu_ktest(accel: Accel) -> Result<String> {
-    let out = run_image(&image_path("ktest")?, accel, "", KTEST_TIMEOUT)?;
+    let append = images::find("ktest")?.default_append;
+    let out = run_image(&image_path("ktest")?, accel, append, KTEST_TIMEOUT)?;
     match check_ktest(&out.serial, out.exit) {
         Ok(n) => Ok(format!("{n} in-target tests passed, exit 33, {}", fmt_dur(out.duration))),
         Err(e) => bail!("{e:#}\n{}", out.diagnostics()),

@@ -1,0 +1,316 @@
+//! The dom0 side of the harness: Xen (gunzipped for QEMU's multiboot loader), the dom0 kernel, and
+//! the dom0 initramfs — busybox, the Xen tools with their shared libraries and the dynamic loader,
+//! the Xen kernel modules (in dependency order), `/init` (`images/xen/dom0-init.sh`) and the
+//! scenario helpers (`images/xen/xentest-lib.sh`).
+//!
+//! The base archive is cached under `<target-dir>/xen/` and rebuilt only when its recipe (package
+//! files, init scripts) changes; each run appends a small overlay archive (scenario script, xl
+//! configs, images) — Linux unpacks concatenated newc archives in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use super::cpio::Tree;
+use super::debs::Sysroot;
+use super::elf;
+use crate::util::{fmt_bytes, fmt_dur};
+
+/// Bump when the layout below changes in a way the recipe text does not capture.
+const RECIPE_VERSION: u32 = 1;
+
+pub const XEN_BIN: &str = "/usr/lib/xen-4.17/bin";
+const XEN_GZ: &str = "/boot/xen-4.17-amd64.gz";
+const LIB_DIRS: &[&str] = &["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"];
+const LOADER: &str = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+
+/// Programs from `XEN_BIN` that go into dom0.
+pub const XEN_PROGRAMS: &[&str] =
+    &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole", "xen-hvmctx", "xenctx", "xenstore-control"];
+
+/// Libraries loaded at run time without being in any DT_NEEDED list.
+const EXTRA_LIBS: &[&str] = &["libgcc_s.so.1"];
+
+/// Kernel modules for dom0 (dependencies are added from `.modinfo`).
+pub const MODULES: &[&str] = &[
+    "xen-evtchn",
+    "xen-privcmd",
+    "xenfs",
+    "xen-gntdev",
+    "xen-gntalloc",
+    "xen-netback",
+    "xen-blkback",
+    "bridge",
+];
+
+pub const DOM0_INIT: &str = include_str!("../../../images/xen/dom0-init.sh");
+pub const XENTEST_LIB: &str = include_str!("../../../images/xen/xentest-lib.sh");
+
+/// What a run boots.
+#[derive(Clone, Debug)]
+pub struct Dom0 {
+    pub xen: PathBuf,
+    pub kernel: PathBuf,
+    pub base_initrd: PathBuf,
+}
+
+/// Gunzip Xen once, locate the dom0 kernel, build (or reuse) the base initramfs.
+pub fn prepare(cache: &Path, sys: &Sysroot) -> Result<Dom0> {
+    let boot = cache.join("boot");
+    std::fs::create_dir_all(&boot)?;
+    let gz = sys.require(XEN_GZ)?;
+    let xen_deb = sys.pkgs.iter().find(|p| gz.starts_with(&p.dir)).map(|p| p.deb.clone()).unwrap_or_default();
+    let xen = boot.join("xen-4.17-amd64");
+    let xen_stamp = boot.join("xen.stamp");
+    if !xen.is_file() || std::fs::read_to_string(&xen_stamp).ok().as_deref() != Some(xen_deb.as_str()) {
+        let mut c = std::process::Command::new("gzip");
+        c.arg("-dc").arg(&gz);
+        let out = c.output().context("running gzip -dc (gzip is needed to unpack Xen)")?;
+        ensure!(out.status.success(), "gzip -dc {} failed", gz.display());
+        std::fs::write(&xen, &out.stdout)?;
+        std::fs::write(&xen_stamp, &xen_deb)?;
+        println!("xen: gunzipped {} -> {} ({})", gz.display(), xen.display(), fmt_bytes(out.stdout.len() as u64));
+    }
+    let kernel = sys.require(&format!("/boot/vmlinuz-{}", sys.kernel_release()))?;
+
+    let base = cache.join("dom0-base.cpio");
+    let stamp = cache.join("dom0-base.stamp");
+    let recipe = recipe(sys);
+    if base.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(recipe.as_str()) {
+        println!("xen: dom0 initramfs cached: {} ({})", base.display(), fmt_bytes(std::fs::metadata(&base)?.len()));
+    } else {
+        let t = Instant::now();
+        let tree = base_tree(sys)?;
+        let tmp = cache.join("dom0-base.cpio.tmp");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let n = tree.write(&mut f)?;
+        std::io::Write::flush(&mut f)?;
+        drop(f);
+        std::fs::rename(&tmp, &base)?;
+        std::fs::write(&stamp, &recipe)?;
+        println!(
+            "xen: built dom0 initramfs {} ({} entries, {}) in {}",
+            base.display(),
+            tree.len(),
+            fmt_bytes(n),
+            fmt_dur(t.elapsed())
+        );
+    }
+    Ok(Dom0 { xen, kernel, base_initrd: base })
+}
+
+fn recipe(sys: &Sysroot) -> String {
+    let mut s = format!("recipe {RECIPE_VERSION}\n");
+    for p in &sys.pkgs {
+        s.push_str(&p.deb);
+        s.push('\n');
+    }
+    s.push_str(&format!("programs {XEN_PROGRAMS:?}\nmodules {MODULES:?}\nlibs {EXTRA_LIBS:?}\n"));
+    s.push_str(DOM0_INIT);
+    s.push_str(XENTEST_LIB);
+    s
+}
+
+/// Follow symlinks inside the sysroot until a regular file: (final absolute path, host path).
+fn resolve_in(sys: &Sysroot, path: &str) -> Result<(String, PathBuf)> {
+    let mut p = path.to_string();
+    for _ in 0..16 {
+        let host = sys.require(&p)?;
+        let md = host.symlink_metadata()?;
+        if !md.file_type().is_symlink() {
+            return Ok((p, host));
+        }
+        let target = std::fs::read_link(&host)?.to_string_lossy().into_owned();
+        p = if target.starts_with('/') {
+            target
+        } else {
+            let parent = Path::new(&p).parent().context("symlink at /")?;
+            normalise(&format!("{}/{target}", parent.display()))
+        };
+    }
+    bail!("too many symlinks resolving {path}")
+}
+
+fn normalise(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn find_lib(sys: &Sysroot, soname: &str) -> Result<PathBuf> {
+    for d in LIB_DIRS {
+        let p = format!("{d}/{soname}");
+        if sys.find(&p).is_some() {
+            return Ok(resolve_in(sys, &p)?.1);
+        }
+    }
+    bail!("shared library {soname} is in none of the unpacked packages (looked in {LIB_DIRS:?})")
+}
+
+/// Add programs and the closure of their DT_NEEDED libraries (all under /lib/x86_64-linux-gnu).
+fn add_programs(tree: &mut Tree, sys: &Sysroot, programs: &[(String, PathBuf)]) -> Result<usize> {
+    let mut libs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut todo: Vec<String> = EXTRA_LIBS.iter().map(|s| s.to_string()).collect();
+    for (dst, src) in programs {
+        tree.host_file(dst, 0o755, src)?;
+        let b = std::fs::read(src)?;
+        todo.extend(elf::needed_libs(&b).with_context(|| format!("reading {}", src.display()))?);
+    }
+    while let Some(so) = todo.pop() {
+        if libs.contains_key(&so) {
+            continue;
+        }
+        let host = find_lib(sys, &so)?;
+        let b = std::fs::read(&host)?;
+        todo.extend(elf::needed_libs(&b).with_context(|| format!("reading {}", host.display()))?);
+        libs.insert(so, host);
+    }
+    for (so, host) in &libs {
+        tree.host_file(&format!("/lib/x86_64-linux-gnu/{so}"), 0o755, host)?;
+    }
+    let (_, loader) = resolve_in(sys, LOADER)?;
+    tree.host_file(LOADER, 0o755, loader)?;
+    tree.symlink("/lib64/ld-linux-x86-64.so.2", LOADER)?;
+    Ok(libs.len())
+}
+
+/// Kernel modules in load order (dependencies first): (module file name, host path).
+pub fn modules_in_order(sys: &Sysroot, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+    let root = sys.require(&format!("/lib/modules/{}/kernel", sys.kernel_release()))?;
+    let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p.file_name().and_then(|n| n.to_str())
+                && n.ends_with(".ko")
+            {
+                by_name.insert(elf::module_name(n), p);
+            }
+        }
+    }
+    let mut order = Vec::new();
+    let mut done = BTreeSet::new();
+    fn visit(
+        m: &str,
+        by_name: &BTreeMap<String, PathBuf>,
+        done: &mut BTreeSet<String>,
+        order: &mut Vec<(String, PathBuf)>,
+        depth: u32,
+    ) -> Result<()> {
+        let key = elf::module_name(m);
+        if done.contains(&key) {
+            return Ok(());
+        }
+        ensure!(depth < 32, "module dependency loop at {m}");
+        let path = by_name.get(&key).with_context(|| format!("kernel module {m} not found in the kernel package"))?;
+        let deps = elf::module_depends(&std::fs::read(path)?).with_context(|| format!("reading {}", path.display()))?;
+        for d in deps {
+            visit(&d, by_name, done, order, depth + 1)?;
+        }
+        done.insert(key);
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        order.push((file, path.clone()));
+        Ok(())
+    }
+    for m in wanted {
+        visit(m, &by_name, &mut done, &mut order, 0)?;
+    }
+    Ok(order)
+}
+
+fn base_tree(sys: &Sysroot) -> Result<Tree> {
+    let mut t = Tree::new();
+    for d in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/root", "/mnt"] {
+        t.dir(d)?;
+    }
+    t.host_file("/bin/busybox", 0o755, resolve_in(sys, "/bin/busybox")?.1)?;
+    t.file("/init", 0o755, DOM0_INIT.as_bytes().to_vec())?;
+    t.file("/etc/xentest/lib.sh", 0o644, XENTEST_LIB.as_bytes().to_vec())?;
+    t.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec())?;
+    t.file("/etc/group", 0o644, b"root:x:0:\n".to_vec())?;
+    t.file("/etc/hostname", 0o644, b"dom0\n".to_vec())?;
+    if let Some(xl_conf) = sys.find("/etc/xen/xl.conf") {
+        t.host_file("/etc/xen/xl.conf", 0o644, xl_conf)?;
+    }
+
+    let mut programs = Vec::new();
+    for p in XEN_PROGRAMS {
+        let path = format!("{XEN_BIN}/{p}");
+        programs.push((path.clone(), resolve_in(sys, &path)?.1));
+    }
+    // xenstore-read/-write/-ls/... (the scenarios use them).
+    let xs_dir = sys.package_dir("xenstore-utils")?.join("usr/bin");
+    let mut xs: Vec<_> = std::fs::read_dir(&xs_dir)
+        .with_context(|| format!("reading {}", xs_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    xs.sort();
+    for name in xs {
+        let path = format!("/usr/bin/{name}");
+        programs.push((path.clone(), resolve_in(sys, &path)?.1));
+    }
+    let nlibs = add_programs(&mut t, sys, &programs)?;
+
+    let mods = modules_in_order(sys, MODULES)?;
+    let mut list = String::new();
+    for (file, host) in &mods {
+        t.host_file(&format!("/lib/modules/{file}"), 0o644, host)?;
+        list.push_str(file);
+        list.push('\n');
+    }
+    t.file("/etc/xentest/modules", 0o644, list.into_bytes())?;
+    println!(
+        "xen: dom0 initramfs: busybox, {} programs, {nlibs} libraries + loader, {} modules ({})",
+        programs.len(),
+        mods.len(),
+        mods.iter().map(|m| m.0.trim_end_matches(".ko")).collect::<Vec<_>>().join(" ")
+    );
+    Ok(t)
+}
+
+/// Write `<run_dir>/initrd.cpio` = base archive + overlay archive. Returns its size.
+pub fn write_initrd(dom0: &Dom0, overlay: &Tree, out: &Path) -> Result<u64> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let mut base = std::fs::File::open(&dom0.base_initrd)?;
+    let mut n = std::io::copy(&mut base, &mut f)?;
+    n += overlay.write(&mut f)?;
+    std::io::Write::flush(&mut f)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_normalisation() {
+        assert_eq!(normalise("/lib64/../lib/x86_64-linux-gnu/./ld.so"), "/lib/x86_64-linux-gnu/ld.so");
+        assert_eq!(normalise("/a/b/../../.."), "/");
+    }
+
+    #[test]
+    fn init_script_shape() {
+        // The init must be a script the kernel can exec, end with a forced power-off, and run the
+        // scenario; a scenario that never returns is cut by the host timeout.
+        assert!(DOM0_INIT.starts_with("#!/bin/busybox sh\n"));
+        for needle in ["mount -t xenfs", "xenstored", "xen-init-dom0", "xenconsoled", "/scenario.sh", "poweroff -f"] {
+            assert!(DOM0_INIT.contains(needle), "dom0 init lacks `{needle}`");
+        }
+        assert!(XENTEST_LIB.contains("XENTEST-RESULT"));
+    }
+}
