@@ -41,6 +41,8 @@ pub mod mem;
 mod start;
 #[cfg(target_os = "none")]
 pub mod trap;
+#[cfg(target_os = "none")]
+pub mod xen;
 
 /// What the loader told the image.
 #[derive(Debug)]

@@ -120,6 +120,9 @@ extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
 
     let (free, _, _) = mem::stats();
     if let Some(x) = xen {
+        if let Err(e) = crate::xen::init(x) {
+            log::error!(target: "rt", "Xen event channels unavailable: {e:?}");
+        }
         let (major, minor) = x.version();
         log::info!(target: "rt", "Xen {major}.{minor}, domid {:?}, {:?}", x.domid(), x.instruction);
     }

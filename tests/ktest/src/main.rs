@@ -20,6 +20,11 @@ rt::entry!(main);
 const UNMAPPED: u64 = 0xdeadbeef000;
 
 fn main(boot: &'static rt::BootInfo) -> ExitCode {
+    if rt::xen().is_some()
+        && let Err(e) = xen_domain::console::install()
+    {
+        log::error!("PV console unavailable: {e:?}");
+    }
     rt::ready("ktest");
     if rt::cmdline::get(boot.cmdline, "fault") == Some("page") {
         log::info!("reading {UNMAPPED:#x} on purpose");
@@ -28,7 +33,71 @@ fn main(boot: &'static rt::BootInfo) -> ExitCode {
         log::error!("read of an unmapped address returned {v:#x}");
         return ExitCode::Failure;
     }
-    rt::ktest::run(TESTS, rt::cmdline::get(boot.cmdline, "only"))
+    let filter = rt::cmdline::get(boot.cmdline, "only");
+    if rt::xen().is_some() {
+        let all: Vec<&Test> = TESTS.iter().chain(XEN_TESTS).collect();
+        let tests: Vec<Test> = all.into_iter().map(|t| Test { name: t.name, run: t.run }).collect();
+        return rt::ktest::run(&tests, filter);
+    }
+    rt::ktest::run(TESTS, filter)
+}
+
+/// Tests that need Xen; run in addition when the image is a Xen domain.
+const XEN_TESTS: &[Test] = &[
+    Test { name: "xen_store_identity", run: xen_store_identity },
+    Test { name: "xen_store_write_read_watch", run: xen_store_write_watch },
+    Test { name: "xen_evtchn_loopback", run: xen_evtchn_loopback },
+];
+
+fn xen_store_identity() -> Result<(), alloc::string::String> {
+    let mut store = xen_domain::Store::open().map_err(|e| alloc::format!("open: {e:?}"))?;
+    let domid = store.domid().map_err(|e| alloc::format!("domid: {e:?}"))?;
+    let name = store.read("name").map_err(|e| alloc::format!("name: {e:?}"))?;
+    ensure!(domid != 0, "a domU cannot be domain 0");
+    ensure!(!name.is_empty(), "empty name");
+    let hv_domid = rt::xen().and_then(|x| x.domid());
+    ensure!(hv_domid.is_none_or(|d| d == domid), "CPUID says domid {hv_domid:?}, xenstore {domid}");
+    rt::println!("KTEST-XEN domid={domid} name={name}");
+    Ok(())
+}
+
+fn xen_store_write_watch() -> Result<(), alloc::string::String> {
+    let mut store = xen_domain::Store::open().map_err(|e| alloc::format!("open: {e:?}"))?;
+    let value = alloc::format!("hello-{}", rt::time::now().as_nanos());
+    store.watch("data/ktest", "kt").map_err(|e| alloc::format!("watch: {e:?}"))?;
+    let deadline = rt::time::now() + Duration::from_secs(5);
+    let first = store.next_event(deadline).map_err(|e| alloc::format!("event: {e:?}"))?;
+    ensure!(first.as_ref().is_some_and(|e| e.token == "kt"), "no initial watch event: {first:?}");
+    store.write("data/ktest", &value).map_err(|e| alloc::format!("write: {e:?}"))?;
+    let got = store.read("data/ktest").map_err(|e| alloc::format!("read: {e:?}"))?;
+    ensure!(got == value, "read back {got:?}, wrote {value:?}");
+    let fired = store.next_event(rt::time::now() + Duration::from_secs(5)).map_err(|e| alloc::format!("event: {e:?}"))?;
+    ensure!(fired.as_ref().is_some_and(|e| e.path.ends_with("data/ktest")), "write did not fire: {fired:?}");
+    ensure!(store.read("data/missing").is_err(), "missing node read succeeded");
+    Ok(())
+}
+
+fn xen_evtchn_loopback() -> Result<(), alloc::string::String> {
+    let events = xen_domain::Events::new().map_err(|e| alloc::format!("events: {e:?}"))?;
+    let mut store = xen_domain::Store::open().map_err(|e| alloc::format!("open: {e:?}"))?;
+    let me = store.domid().map_err(|e| alloc::format!("domid: {e:?}"))?;
+    let a = events.alloc_unbound(me).map_err(|e| alloc::format!("alloc_unbound: {e:?}"))?;
+    let b = events.bind_interdomain(me, a.0).map_err(|e| alloc::format!("bind: {e:?}"))?;
+    events.take(a);
+    events.notify(b).map_err(|e| alloc::format!("send: {e:?}"))?;
+    let deadline = rt::time::now() + Duration::from_secs(2);
+    while !events.take(a) {
+        ensure!(rt::time::now() < deadline, "port {a:?} never fired after a send on {b:?}");
+        rt::event::wait_until(Some(deadline));
+    }
+    events.notify(a).map_err(|e| alloc::format!("send back: {e:?}"))?;
+    while !events.take(b) {
+        ensure!(rt::time::now() < deadline, "port {b:?} never fired after a send on {a:?}");
+        rt::event::wait_until(Some(deadline));
+    }
+    events.close(b).map_err(|e| alloc::format!("close: {e:?}"))?;
+    events.close(a).map_err(|e| alloc::format!("close: {e:?}"))?;
+    Ok(())
 }
 
 const TESTS: &[Test] = &[

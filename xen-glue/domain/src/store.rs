@@ -1,0 +1,115 @@
+//! A xenstore session over the domain's ring page.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use rt::time::{self, Instant};
+use xen_hypercall::{ForeignMem, Port, Xen};
+use xenstore::client::reply;
+use xenstore::{Client, Request, Side, TxId, WatchEvent, XsRing};
+
+use crate::DomainError;
+
+/// How long a request may take before [`DomainError::Timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This domain's xenstore connection.
+pub struct Store {
+    xen: Xen,
+    ring: XsRing<ForeignMem>,
+    port: Port,
+    client: Client,
+    /// Per-request deadline.
+    pub timeout: Duration,
+}
+
+impl Store {
+    /// Connects to the page and event channel Xen gave this domain.
+    pub fn open() -> Result<Store, DomainError> {
+        let xen = rt::xen().ok_or(DomainError::NotXen)?;
+        let (mem, port) = rt::xen::store_page(xen)?;
+        let ring = XsRing::new(mem, Side::Client)?;
+        xen.evtchn_unmask(port)?;
+        Ok(Store { xen, ring, port, client: Client::new(), timeout: DEFAULT_TIMEOUT })
+    }
+
+    fn pump(&mut self) -> Result<(), DomainError> {
+        let progress = self.client.pump(&mut self.ring)?;
+        if progress.any() {
+            self.xen.evtchn_send(self.port)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `req` in `tx` and waits for the reply.
+    pub fn call(&mut self, tx: TxId, req: Request<'_>) -> Result<Vec<u8>, DomainError> {
+        let id = self.client.send(tx, req)?;
+        let deadline = time::now() + self.timeout;
+        loop {
+            self.pump()?;
+            if let Some(reply) = self.client.take_reply(id) {
+                return Ok(reply?);
+            }
+            if time::now() >= deadline {
+                return Err(DomainError::Timeout);
+            }
+            // The daemon's notification wakes us; the 10 ms cap covers a lost one.
+            rt::event::wait_until(Some(deadline.min(time::now() + Duration::from_millis(10))));
+            rt::xen::take_event(self.port);
+        }
+    }
+
+    /// A node's value as text.
+    pub fn read(&mut self, path: &str) -> Result<String, DomainError> {
+        let v = self.call(TxId::NONE, Request::Read(path))?;
+        Ok(reply::text(&v)?)
+    }
+
+    /// Writes a node.
+    pub fn write(&mut self, path: &str, value: &str) -> Result<(), DomainError> {
+        self.call(TxId::NONE, Request::Write(path, value.as_bytes())).map(|_| ())
+    }
+
+    /// Removes a node and its children.
+    pub fn rm(&mut self, path: &str) -> Result<(), DomainError> {
+        self.call(TxId::NONE, Request::Rm(path)).map(|_| ())
+    }
+
+    /// Children of a node.
+    pub fn directory(&mut self, path: &str) -> Result<Vec<String>, DomainError> {
+        let v = self.call(TxId::NONE, Request::Directory(path))?;
+        Ok(reply::list(&v)?)
+    }
+
+    /// Registers a watch; events come from [`Store::next_event`].
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), DomainError> {
+        self.call(TxId::NONE, Request::Watch(path, token)).map(|_| ())
+    }
+
+    /// The next watch event, waiting until `deadline` at most.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<WatchEvent>, DomainError> {
+        loop {
+            self.pump()?;
+            if let Some(ev) = self.client.take_watch_event() {
+                return Ok(Some(ev));
+            }
+            if time::now() >= deadline {
+                return Ok(None);
+            }
+            rt::event::wait_until(Some(deadline.min(time::now() + Duration::from_millis(10))));
+            rt::xen::take_event(self.port);
+        }
+    }
+
+    /// The watch event already received, if any (no waiting).
+    pub fn poll_event(&mut self) -> Result<Option<WatchEvent>, DomainError> {
+        self.pump()?;
+        Ok(self.client.take_watch_event())
+    }
+
+    /// This domain's id, from the `domid` node of its home directory.
+    pub fn domid(&mut self) -> Result<u16, DomainError> {
+        self.read("domid")?.trim().parse().map_err(|_| DomainError::Store(xenstore::XsError::Invalid))
+    }
+}
