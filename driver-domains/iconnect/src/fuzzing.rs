@@ -18,10 +18,10 @@ pub fn keys(data: &[u8]) {
         let mut s = ArraySink::<16, 64>::default();
         r.write(&mut s).unwrap();
         assert_eq!(qos::NetQosRequest::from_keys(&s), Ok(Some(r)));
-        if let Ok(Some(rate)) = qos::XenRate::from_keys(&src) {
-            if let Ok(eff) = r.with_admin_ceiling(Some(rate)) {
-                assert!(eff.ceiling_bps.is_some_and(|c| c <= rate.bits_per_second() && eff.guaranteed_bps <= c));
-            }
+        if let Ok(Some(rate)) = qos::XenRate::from_keys(&src)
+            && let Ok(eff) = r.with_admin_ceiling(Some(rate))
+        {
+            assert!(eff.ceiling_bps.is_some_and(|c| c <= rate.bits_per_second() && eff.guaranteed_bps <= c));
         }
         let mut link = qos::LinkAdmission::new(10_000_000_000);
         let d = link.admit(&r);

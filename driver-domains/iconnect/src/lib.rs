@@ -249,12 +249,15 @@ pub(crate) fn write_decision_head<G, S: KeySink + ?Sized>(
     }
 }
 
+/// A refusal as read back: reason and optional offending key.
+pub(crate) type Refusal = (RefuseReason, Option<&'static str>);
+
 /// Reads the status/reason part of a decision; `Ok(None)` = no status key (not answered yet),
 /// `Ok(Some(None))` = granted (the caller reads the values), `Ok(Some(Some(refusal)))` = refused.
 pub(crate) fn read_decision_head<S: KeySource + ?Sized>(
     k: &AnswerKeys,
     src: &S,
-) -> Result<Option<Option<(RefuseReason, Option<&'static str>)>>, Error> {
+) -> Result<Option<Option<Refusal>>, Error> {
     let Some(status) = src.get(k.status) else { return Ok(None) };
     match status {
         "granted" => Ok(Some(None)),

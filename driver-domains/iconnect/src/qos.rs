@@ -64,10 +64,10 @@ impl NetQosRequest {
     }
 
     fn check(&self) -> Result<(), Error> {
-        if let Some(c) = self.ceiling_bps {
-            if self.guaranteed_bps > c {
-                return Err(Error::Inconsistent { key: GUARANTEED });
-            }
+        if let Some(c) = self.ceiling_bps
+            && self.guaranteed_bps > c
+        {
+            return Err(Error::Inconsistent { key: GUARANTEED });
         }
         Ok(())
     }
@@ -280,7 +280,7 @@ mod tests {
         assert_eq!(req.with_admin_ceiling(Some(r)).unwrap().ceiling_bps, Some(200_000_000));
         let greedy = NetQosRequest { guaranteed_bps: 300_000_000, ..Default::default() };
         assert_eq!(greedy.with_admin_ceiling(Some(r)), Err(Error::Inconsistent { key: GUARANTEED }));
-        assert_eq!(XenRate::parse(&"18446744073709551615,1".to_string()).unwrap().bits_per_second(), u64::MAX);
+        assert_eq!(XenRate::parse("18446744073709551615,1").unwrap().bits_per_second(), u64::MAX);
     }
 
     #[test]

@@ -7,8 +7,11 @@
 
 use crate::{blkif, netif, sndif, xenbus};
 
+/// A fuzz entry point.
+pub type Entry = fn(&[u8]);
+
 /// Every entry point, by fuzz-target name (used by the corpus replay test).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("netif_tx", netif_tx),
     ("netif_rx", netif_rx),
     ("netif_extra", netif_extra),
@@ -144,10 +147,10 @@ pub fn sndif_response(data: &[u8]) {
 /// Xenbus: state-node parsing, and both handshake machines driven by arbitrary inputs (they must
 /// never panic and only ever write valid states).
 pub fn xenbus_fsm(data: &[u8]) {
-    if let Ok(s) = core::str::from_utf8(data) {
-        if let Ok(st) = xenbus::XenbusState::parse(s) {
-            assert_eq!(st.as_str(), s);
-        }
+    if let Ok(s) = core::str::from_utf8(data)
+        && let Ok(st) = xenbus::XenbusState::parse(s)
+    {
+        assert_eq!(st.as_str(), s);
     }
     let mut be = xenbus::BackendFsm::new();
     let mut fe = xenbus::FrontendFsm::new(if data.first().is_some_and(|b| b & 1 == 1) {

@@ -160,7 +160,7 @@ impl Geometry {
     fn new<P: RingProtocol>(len: usize) -> Result<Self, Error> {
         let req = core::mem::size_of::<<P::Req as RingEntry>::Bytes>();
         let rsp = core::mem::size_of::<<P::Rsp as RingEntry>::Bytes>();
-        if P::SLOT < req || P::SLOT < rsp || P::SLOT % 4 != 0 {
+        if P::SLOT < req || P::SLOT < rsp || !P::SLOT.is_multiple_of(4) {
             return Err(Error::BadValue);
         }
         let nr_ents = ring_entries(len, P::SLOT);

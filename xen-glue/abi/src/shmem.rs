@@ -173,32 +173,32 @@ mod host {
 
         #[inline]
         fn load_u32(&self, off: usize, order: Ordering) -> u32 {
-            assert!(off % 4 == 0, "misaligned u32 access");
+            assert!(off.is_multiple_of(4), "misaligned u32 access");
             self.word(off).load(order)
         }
 
         #[inline]
         fn store_u32(&self, off: usize, val: u32, order: Ordering) {
-            assert!(off % 4 == 0, "misaligned u32 access");
+            assert!(off.is_multiple_of(4), "misaligned u32 access");
             self.word(off).store(val, order)
         }
 
         #[inline]
         fn load_u16(&self, off: usize) -> u16 {
-            assert!(off % 2 == 0, "misaligned u16 access");
+            assert!(off.is_multiple_of(2), "misaligned u16 access");
             let w = self.word(off).load(Ordering::Relaxed);
             (w >> ((off % 4) * 8)) as u16
         }
 
         #[inline]
         fn store_u16(&self, off: usize, val: u16) {
-            assert!(off % 2 == 0, "misaligned u16 access");
+            assert!(off.is_multiple_of(2), "misaligned u16 access");
             self.merge_word(off / 4, off % 4, &val.to_le_bytes());
         }
 
         #[inline]
         fn load_u64(&self, off: usize) -> u64 {
-            assert!(off % 8 == 0, "misaligned u64 access");
+            assert!(off.is_multiple_of(8), "misaligned u64 access");
             let lo = self.word(off).load(Ordering::Relaxed) as u64;
             let hi = self.word(off + 4).load(Ordering::Relaxed) as u64;
             lo | (hi << 32)
@@ -206,7 +206,7 @@ mod host {
 
         #[inline]
         fn store_u64(&self, off: usize, val: u64) {
-            assert!(off % 8 == 0, "misaligned u64 access");
+            assert!(off.is_multiple_of(8), "misaligned u64 access");
             self.word(off).store(val as u32, Ordering::Relaxed);
             self.word(off + 4).store((val >> 32) as u32, Ordering::Relaxed);
         }
@@ -215,7 +215,7 @@ mod host {
         fn read_bytes(&self, off: usize, dst: &mut [u8]) {
             let end = off.checked_add(dst.len()).expect("offset overflow");
             assert!(end <= self.len(), "read outside the shared region");
-            if off % 4 == 0 {
+            if off.is_multiple_of(4) {
                 // Fast path: word-aligned start (every Xen ring slot is).
                 let words = &self.words[off / 4..end.div_ceil(4)];
                 let mut chunks = dst.chunks_exact_mut(4);
@@ -242,7 +242,7 @@ mod host {
             let mut pos = off;
             let mut rest = src;
             // Leading partial word.
-            if pos % 4 != 0 && !rest.is_empty() {
+            if !pos.is_multiple_of(4) && !rest.is_empty() {
                 let lo = pos % 4;
                 let n = (4 - lo).min(rest.len());
                 self.merge_word(pos / 4, lo, &rest[..n]);
