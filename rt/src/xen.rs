@@ -6,10 +6,12 @@
 //!   a private bitmap and signals the event loop; [`take_event`] consumes them.
 //! * The xenstore and console ring pages (HVM params) are handed out as
 //!   `xen_hypercall::ForeignMem`, the seam through which safe crates (`xen-domain`) reach them.
+//! * The grant table (v1) is mapped over frames of our RAM; grant copies to and from foreign
+//!   frames take ordinary slices, split at page boundaries.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use xen_hypercall::{ForeignMem, Port, SharedInfo, Xen, XenError, hvm, memory};
+use xen_hypercall::{CopyPtr, ForeignMem, GntCopy, GrantRef, GrantTableV1, Port, SharedInfo, Xen, XenError, hvm, memory};
 
 static SHARED_INFO: spin::Once<SharedInfo> = spin::Once::new();
 static FIRED: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
@@ -83,4 +85,72 @@ pub fn store_page(xen: Xen) -> Result<(ForeignMem, Port), XenError> {
 /// The PV console ring page and its event channel.
 pub fn console_page(xen: Xen) -> Result<(ForeignMem, Port), XenError> {
     param_page(xen, hvm::PARAM_CONSOLE_PFN, hvm::PARAM_CONSOLE_EVTCHN)
+}
+
+static GRANTS: spin::Once<Result<GrantTableV1, XenError>> = spin::Once::new();
+
+/// This domain's grant table (v1), set up on first use: up to 4 frames (2048 entries), mapped
+/// over frames of our RAM.
+pub fn grant_table(xen: Xen) -> Result<&'static GrantTableV1, XenError> {
+    GRANTS
+        .call_once(|| {
+            let (_, max) = xen.grant_query_size()?;
+            let frames = max.clamp(1, 4);
+            let (base, _) = crate::mem::alloc_dma(frames as usize).ok_or(XenError(-12))?;
+            for i in 0..frames {
+                // SAFETY: the frames were just allocated to us and are never used as RAM again:
+                // they become grant-table frames.
+                unsafe { xen.add_to_physmap(memory::SPACE_GRANT_TABLE, u64::from(i), (base >> 12) + u64::from(i))? };
+            }
+            // SAFETY: Xen mapped grant frames 0..frames at `base` (identity-mapped) for good.
+            Ok(unsafe { GrantTableV1::from_ptr(crate::mem::phys_to_virt(base), frames) })
+        })
+        .as_ref()
+        .map_err(|e| *e)
+}
+
+const PAGE: usize = 4096;
+
+/// Splits a local buffer at page boundaries and runs one `GNTTABOP_copy` batch against the
+/// foreign range `[goff, goff + len)` of `gref`.
+fn copy_batch(xen: Xen, local: *const u8, len: usize, domid: u16, gref: GrantRef, goff: u16, into_local: bool) -> Result<(), XenError> {
+    if usize::from(goff) + len > PAGE {
+        return Err(XenError(-22));
+    }
+    let mut ops = [GntCopy::default(); 2];
+    let mut n = 0;
+    let mut done = 0;
+    while done < len {
+        let addr = crate::mem::virt_to_phys(local.wrapping_add(done));
+        let in_page = PAGE - (addr as usize % PAGE);
+        let chunk = in_page.min(len - done);
+        let mine = CopyPtr::local(addr >> 12, (addr % PAGE as u64) as u16);
+        let theirs = CopyPtr::grant(domid, gref, goff + done as u16);
+        ops[n] = if into_local {
+            GntCopy::new(theirs, mine, chunk as u16, xen_hypercall::grant::COPY_SOURCE_GREF)
+        } else {
+            GntCopy::new(mine, theirs, chunk as u16, xen_hypercall::grant::COPY_DEST_GREF)
+        };
+        n += 1;
+        done += chunk;
+    }
+    // SAFETY: the local sides are pieces of the caller's buffer, inside identity-mapped RAM: for
+    // a copy in, the caller holds it as `&mut [u8]` (nothing aliases it); for a copy out Xen only
+    // reads it.
+    unsafe { xen.grant_copy(&mut ops[..n])? };
+    match ops[..n].iter().find(|op| op.status != 0) {
+        Some(op) => Err(XenError(i64::from(op.status))),
+        None => Ok(()),
+    }
+}
+
+/// Copies `dst.len()` bytes from offset `goff` of domain `domid`'s grant `gref` into `dst`.
+/// The foreign range must stay within one page.
+pub fn copy_from_grant(xen: Xen, domid: u16, gref: GrantRef, goff: u16, dst: &mut [u8]) -> Result<(), XenError> {
+    copy_batch(xen, dst.as_mut_ptr(), dst.len(), domid, gref, goff, true)
+}
+
+/// Copies `src` to offset `goff` of domain `domid`'s grant `gref` (within one page).
+pub fn copy_to_grant(xen: Xen, src: &[u8], domid: u16, gref: GrantRef, goff: u16) -> Result<(), XenError> {
+    copy_batch(xen, src.as_ptr(), src.len(), domid, gref, goff, false)
 }

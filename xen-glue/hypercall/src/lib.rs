@@ -13,9 +13,11 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod evtchn;
+pub mod grant;
 pub mod mem;
 
 pub use evtchn::{Port, SharedInfo};
+pub use grant::{CopyPtr, GntCopy, GrantRef, GrantTableV1};
 pub use mem::ForeignMem;
 
 /// Hypercall numbers (`xen.h`).
