@@ -23,6 +23,54 @@ static MMIO_MAP_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 unsafe extern "C" {
     static mut rt_pdpt: [u64; 512];
+    static mut rt_pd: [u64; 2048];
+}
+
+const MAX_RAM_RANGES: usize = 128;
+
+/// RAM ranges of the memory map (start, end), kept so that MMIO mappings never change the
+/// caching of a page that holds RAM.
+static RAM: spin::Mutex<([(u64, u64); MAX_RAM_RANGES], usize)> = spin::Mutex::new(([(0, 0); MAX_RAM_RANGES], 0));
+
+/// Records a RAM range of the memory map (including RAM not handed to the allocator).
+pub(crate) fn note_ram(start: u64, end: u64) {
+    let mut ram = RAM.lock();
+    let n = ram.1;
+    if n < MAX_RAM_RANGES {
+        ram.0[n] = (start, end);
+        ram.1 = n + 1;
+    }
+}
+
+fn overlaps_ram(start: u64, end: u64) -> bool {
+    let ram = RAM.lock();
+    ram.0[..ram.1].iter().any(|&(s, e)| s < end && start < e)
+}
+
+/// Makes the boot 2 MiB pages covering `[start, end)` (below 4 GiB) uncached, except those that
+/// hold RAM.
+fn uncache_low(start: u64, end: u64) {
+    const TWO_MIB: u64 = 2 << 20;
+    let _guard = MMIO_MAP_LOCK.lock();
+    for page in (start / TWO_MIB)..end.div_ceil(TWO_MIB).min(2048) {
+        let base = page * TWO_MIB;
+        if overlaps_ram(base, base + TWO_MIB) {
+            log::warn!("map_mmio: {base:#x} shares a 2 MiB page with RAM; left write-back");
+            continue;
+        }
+        // SAFETY: `rt_pd` holds the boot page directories (identity-mapped, in .bss); entries are
+        // changed only here and under MMIO_MAP_LOCK.
+        let entry = unsafe { core::ptr::addr_of_mut!(rt_pd[page as usize]) };
+        // SAFETY: as above.
+        let old = unsafe { entry.read_volatile() };
+        if old & 0x18 != 0x18 {
+            // SAFETY: as above; then the stale translation is flushed for this page.
+            unsafe {
+                entry.write_volatile(old | 0x18);
+                core::arch::asm!("invlpg [{}]", in(reg) base, options(nostack, preserves_flags));
+            }
+        }
+    }
 }
 
 /// Hands `[start, end)` to the frame allocator.
@@ -82,12 +130,17 @@ pub fn virt_to_phys(vaddr: *const u8) -> PhysAddr {
     vaddr as PhysAddr
 }
 
-/// Makes `[paddr, paddr + len)` accessible, uncached, at the same virtual address. Memory below
-/// 4 GiB is mapped from boot; above it, 1 GiB windows of 2 MiB pages are added up to 512 GiB.
+/// Makes `[paddr, paddr + len)` accessible, uncached, at the same virtual address. Below 4 GiB
+/// the boot mapping's 2 MiB pages are switched to uncached (unless one holds RAM: then it stays
+/// write-back, with a warning); above it, 1 GiB windows of uncached 2 MiB pages are added, up to
+/// 512 GiB.
 pub fn map_mmio(paddr: PhysAddr, len: usize) -> Option<NonNull<u8>> {
     let end = paddr.checked_add(len as u64)?;
     if end > (512u64 << 30) {
         return None;
+    }
+    if paddr < (4u64 << 30) {
+        uncache_low(paddr, end.min(4u64 << 30));
     }
     if end > (4u64 << 30) {
         let _guard = MMIO_MAP_LOCK.lock();

@@ -99,6 +99,9 @@ extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
     }
     let map = &map[..entries];
     let ram_bytes: u64 = map.iter().filter(|r| r.kind == memmap::TYPE_RAM).map(|r| r.size).sum();
+    for r in map.iter().filter(|r| r.kind == memmap::TYPE_RAM) {
+        mem::note_ram(r.addr, r.end());
+    }
     let kernel = (
         core::ptr::addr_of!(__kernel_start) as u64,
         core::ptr::addr_of!(__kernel_end) as u64,

@@ -27,6 +27,7 @@ rt_pml4:
     .global rt_pdpt
 rt_pdpt:
     .skip 4096
+    .global rt_pd
 rt_pd:
     .skip 4096 * 4
     .balign 16

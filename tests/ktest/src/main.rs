@@ -238,6 +238,9 @@ fn breakpoint() -> Result<(), alloc::string::String> {
 }
 
 fn mmio_high() -> Result<(), alloc::string::String> {
+    // Below 4 GiB: the LAPIC page (MMIO, not RAM) is mapped and stays usable.
+    let apic = rt::mem::map_mmio(0xfee0_0000, 0x1000).ok_or("map of the LAPIC page failed")?;
+    ensure!(apic.as_ptr() as u64 == 0xfee0_0000, "low MMIO not identity");
     // Mapping must succeed above 4 GiB (no read: nothing is there) and fail beyond 512 GiB.
     let p = rt::mem::map_mmio(0x80_0000_0000 - 0x20_0000, 0x1000).ok_or("map below 512 GiB failed")?;
     ensure!(p.as_ptr() as u64 == 0x80_0000_0000 - 0x20_0000, "not identity");
