@@ -133,6 +133,11 @@ pub struct FakeConfigSpace {
     functions: BTreeMap<Bdf, FakeFunction>,
     /// Number of `read32` calls so far (to check scan costs).
     pub reads: core::cell::Cell<usize>,
+    /// Number of writes to command registers (each decode toggle remaps windows).
+    pub command_writes: usize,
+    /// Set when a BAR was written with all-ones while the function decoded addresses (the
+    /// device would have claimed a bogus window meanwhile).
+    pub sized_while_decoding: bool,
 }
 
 impl FakeConfigSpace {
@@ -188,6 +193,13 @@ impl ConfigSpace for FakeConfigSpace {
             && offset < 4096
         {
             let i = usize::from(offset / 4);
+            if offset & !3 == reg::COMMAND_STATUS {
+                self.command_writes += 1;
+            }
+            let decoding = f.data[1] & 0x3 != 0;
+            if (0x10..0x28).contains(&(offset & !3)) && value == u32::MAX && decoding {
+                self.sized_while_decoding = true;
+            }
             f.data[i] = (f.data[i] & !f.writable[i]) | (value & f.writable[i]);
         }
     }

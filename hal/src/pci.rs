@@ -405,21 +405,47 @@ pub fn probe_bar<C: ConfigSpace + ?Sized>(
     bdf: Bdf,
     index: u8,
 ) -> Result<Option<Bar>, Error> {
-    if index >= 6 {
-        return Err(Error::OutOfRange);
-    }
-    let off = reg::BAR0 + 4 * u16::from(index);
+    with_decode_off(cfg, bdf, |cfg| probe_bar_decode_off(cfg, bdf, index))
+}
+
+/// Runs `f` with memory and I/O decoding of `bdf` switched off (if they were on), then
+/// restores the command register. Every decode toggle makes the platform remap the device's
+/// windows (costly under emulation), so multi-BAR work should happen inside one call.
+fn with_decode_off<C: ConfigSpace + ?Sized, R>(
+    cfg: &mut C,
+    bdf: Bdf,
+    f: impl FnOnce(&mut C) -> R,
+) -> R {
     let cmd = command(cfg, bdf);
     let decode = command::IO_SPACE | command::MEMORY_SPACE;
     if cmd & decode != 0 {
         set_command(cfg, bdf, cmd & !decode);
     }
+    let r = f(cfg);
+    if cmd & decode != 0 {
+        set_command(cfg, bdf, cmd);
+    }
+    r
+}
+
+fn probe_bar_decode_off<C: ConfigSpace + ?Sized>(
+    cfg: &mut C,
+    bdf: Bdf,
+    index: u8,
+) -> Result<Option<Bar>, Error> {
+    if index >= 6 {
+        return Err(Error::OutOfRange);
+    }
+    let off = reg::BAR0 + 4 * u16::from(index);
     let orig_lo = cfg.read32(bdf, off);
     cfg.write32(bdf, off, u32::MAX);
     let mask_lo = cfg.read32(bdf, off);
     cfg.write32(bdf, off, orig_lo);
     let is_mem64 = orig_lo & 0x7 == 0x4;
-    let (orig_hi, mask_hi) = if is_mem64 && index < 5 {
+    if is_mem64 && index >= 5 {
+        return Err(Error::Invalid);
+    }
+    let (orig_hi, mask_hi) = if is_mem64 {
         let hi_off = off + 4;
         let orig_hi = cfg.read32(bdf, hi_off);
         cfg.write32(bdf, hi_off, u32::MAX);
@@ -429,26 +455,22 @@ pub fn probe_bar<C: ConfigSpace + ?Sized>(
     } else {
         (0, 0)
     };
-    if cmd & decode != 0 {
-        set_command(cfg, bdf, cmd);
-    }
-    if is_mem64 && index >= 5 {
-        return Err(Error::Invalid);
-    }
     decode_bar(index, orig_lo, orig_hi, mask_lo, mask_hi)
 }
 
 /// All BARs of an endpoint (`header_type` 0), indexed by slot; the upper slot of a 64-bit BAR
-/// is `None`. BARs that fail to decode are `None` too.
+/// is `None`. BARs that fail to decode are `None` too. Decoding is off once for the whole probe.
 pub fn probe_bars<C: ConfigSpace + ?Sized>(cfg: &mut C, bdf: Bdf) -> [Option<Bar>; 6] {
-    let mut bars = [None; 6];
-    let mut i = 0u8;
-    while i < 6 {
-        let bar = probe_bar(cfg, bdf, i).ok().flatten();
-        bars[usize::from(i)] = bar;
-        i += bar.map_or(1, |b| b.slots());
-    }
-    bars
+    with_decode_off(cfg, bdf, |cfg| {
+        let mut bars = [None; 6];
+        let mut i = 0u8;
+        while i < 6 {
+            let bar = probe_bar_decode_off(cfg, bdf, i).ok().flatten();
+            bars[usize::from(i)] = bar;
+            i += bar.map_or(1, |b| b.slots());
+        }
+        bars
+    })
 }
 
 /// Programs a new base address into a BAR (decoding should be off while doing so).

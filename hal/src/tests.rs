@@ -211,7 +211,14 @@ fn probe_bars_sizes_restores_and_keeps_command() {
         .add_mem32_bar(1, 0x1000, 0xfebd_1000, false)
         .add_mem64_bar(4, 0x4000, 0xfe00_0000, true);
     update_command(&mut cfg, d, command::MEMORY_SPACE | command::IO_SPACE, 0);
+    let writes_before = cfg.command_writes;
     let bars = probe_bars(&mut cfg, d);
+    assert!(!cfg.sized_while_decoding);
+    assert_eq!(
+        cfg.command_writes - writes_before,
+        2,
+        "decode toggled once for all BARs"
+    );
     assert_eq!(bars[0].unwrap().kind, BarKind::Io);
     assert_eq!(bars[0].unwrap().size, 32);
     assert_eq!(bars[1].unwrap().address, 0xfebd_1000);
@@ -227,6 +234,11 @@ fn probe_bars_sizes_restores_and_keeps_command() {
     assert_eq!(cfg.read32(d, 0x14), 0xfebd_1000);
     assert_eq!(cfg.read32(d, 0x20), 0xfe00_000c);
     assert_eq!(cfg.read32(d, 0x24), 0);
+    assert_eq!(command(&cfg, d), command::MEMORY_SPACE | command::IO_SPACE);
+    // A single BAR probe also sizes with decoding off and restores the command register.
+    let b1 = probe_bar(&mut cfg, d, 1).unwrap().unwrap();
+    assert_eq!(b1.size, 0x1000);
+    assert!(!cfg.sized_while_decoding);
     assert_eq!(command(&cfg, d), command::MEMORY_SPACE | command::IO_SPACE);
 }
 

@@ -92,6 +92,14 @@ fn find_device(boot: &rt::BootInfo) -> Result<PciNet, Error> {
         log::error!("no virtio-net (1af4:1041/1000) among {n} PCI functions");
         return Err(Error::NoDevice);
     };
+    // Decoding stays off until the BARs are sized and virtio-drivers has read its capabilities:
+    // every decode toggle makes the platform remap the device's windows.
+    pci::update_command(
+        &mut ecam,
+        func.bdf,
+        0,
+        command::MEMORY_SPACE | command::IO_SPACE,
+    );
     let bars =
         platform::assign_bars(&mut ecam, func.bdf, BAR_WINDOW.0, BAR_WINDOW.1).map_err(|e| {
             log::error!("{}: BAR assignment failed: {e}", func.bdf);
@@ -107,12 +115,6 @@ fn find_device(boot: &rt::BootInfo) -> Result<PciNet, Error> {
             bar.size
         );
     }
-    pci::update_command(
-        &mut ecam,
-        func.bdf,
-        command::MEMORY_SPACE | command::BUS_MASTER,
-        0,
-    );
     Ok(PciNet { ecam, func, bars })
 }
 
@@ -160,8 +162,6 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
     let t0 = rt::time::now();
     let cfg = NetConfig::from_cmdline(boot.cmdline)?;
     let mut pdev = find_device(boot)?;
-    let t_pci = rt::time::now();
-    let mut irq = setup_irq(&mut pdev);
 
     // SAFETY: the alias is used only by virtio-drivers' transport set-up below, which runs to
     // completion before we touch this function's configuration space again.
@@ -172,6 +172,14 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
                 log::error!("virtio PCI transport: {e}");
                 Error::DeviceInit
             })?;
+    pci::update_command(
+        &mut pdev.ecam,
+        pdev.func.bdf,
+        command::MEMORY_SPACE | command::BUS_MASTER,
+        0,
+    );
+    let t_pci = rt::time::now();
+    let mut irq = setup_irq(&mut pdev);
     // virtio-drivers logs its feature negotiation at info level; keep the boot path quiet
     // (every console byte is an I/O exit) unless debugging.
     let level = log::max_level();
