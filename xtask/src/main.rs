@@ -21,6 +21,7 @@ mod probe;
 mod qemu;
 mod suite;
 mod util;
+mod xen;
 
 use std::process::ExitCode;
 
@@ -75,6 +76,8 @@ enum Cmd {
         #[arg(value_enum, default_value_t = bench::Which::All)]
         which: bench::Which,
     },
+    /// Nested Xen: boot Xen 4.17 + a busybox dom0 in QEMU and run scenarios (default: all).
+    Xen(xen::XenArgs),
     /// Internal: network probes run inside a namespace (`ip netns exec <ns> xtask probe ...`).
     #[command(hide = true)]
     Probe {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Cmd::Demo { accel } => demo::run(accel),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Probe { probe } => probe::run(&probe),
+        Cmd::Xen(args) => xen::run_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -100,10 +100,6 @@ impl Tree {
         self.put(path, Entry::Symlink { target: target.into() })
     }
 
-    pub fn contains(&self, path: &str) -> bool {
-        normalise(path).is_ok_and(|p| self.entries.contains_key(&p))
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }

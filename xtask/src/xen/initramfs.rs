@@ -262,7 +262,11 @@ fn base_tree(sys: &Sysroot) -> Result<Tree> {
     xs.sort();
     for name in xs {
         let path = format!("/usr/bin/{name}");
-        programs.push((path.clone(), resolve_in(sys, &path)?.1));
+        let host = resolve_in(sys, &path)?.1;
+        // Some names are symlinks to Debian's version-dispatch shell wrapper: skip those.
+        if std::fs::read(&host)?.starts_with(b"\x7fELF") {
+            programs.push((path, host));
+        }
     }
     let nlibs = add_programs(&mut t, sys, &programs)?;
 

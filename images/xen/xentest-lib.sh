@@ -1,0 +1,96 @@
+# Helpers for scenario scripts of the nested Xen harness (sourced by /init and /scenario.sh in
+# dom0). Every marker is one line; xtask/src/xen/runner.rs parses them from the serial console:
+#   XENTEST-RESULT ok <name>            XENTEST-RESULT FAIL <name>: <why>
+#   XENTEST-DOMAIN <name> domid=<N> tries=<k> create_ms=<ms> rc=<xl create exit code>
+#   XENTEST-DOMAIN-END <name> state=<xl state flags> how=<poweroff|crash|gone|running> after_ms=<ms>
+#   XENTEST-INFO <key>=<value>          XENTEST-WARN <text>
+# Domains print through port 0xe9, which Xen shows as `(d<domid>) ...` lines (guest_loglvl=all).
+
+# Milliseconds of dom0 uptime (10 ms resolution).
+xt_ms() {
+    read -r up _ < /proc/uptime
+    f=${up#*.}
+    f=${f#0}
+    echo $(( ${up%.*} * 1000 + ${f:-0} * 10 ))
+}
+
+# xt_result ok <name> | xt_result FAIL <name> <why>
+xt_result() {
+    if [ "$1" = ok ]; then echo "XENTEST-RESULT ok $2"; else echo "XENTEST-RESULT FAIL $2: $3"; fi
+}
+
+# Selected `xl info` lines as XENTEST-INFO markers.
+xt_info() {
+    xl info > /tmp/xl-info 2>&1 || echo "XENTEST-WARN xl info failed: $(head -n 3 /tmp/xl-info)"
+    while IFS= read -r line; do
+        k=${line%%[ :]*}
+        case "$k" in
+            virt_caps|xen_caps|xen_version|nr_cpus|total_memory|free_memory|xen_commandline)
+                echo "XENTEST-INFO $k=${line#*: }" ;;
+        esac
+    done < /tmp/xl-info
+}
+
+# xl state flags of a domain (e.g. `-b----`, `---s--`, `---sc-`); empty if it does not exist.
+xt_state() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
+
+# xt_create <name> <config>: `xl create`, judged by `xl list` rather than by its exit code alone
+# (it has aborted after building a working domain), with one retry.
+xt_create() {
+    name=$1
+    cfg=$2
+    try=0
+    while [ $try -lt 2 ]; do
+        try=$((try + 1))
+        t0=$(xt_ms)
+        xl create "$cfg" > "/tmp/xl-create-$name.log" 2>&1
+        rc=$?
+        t1=$(xt_ms)
+        sed "s/^/[xl create $name] /" "/tmp/xl-create-$name.log"
+        id=$(xl domid "$name" 2>/dev/null)
+        if [ -n "$id" ]; then
+            case "$(xt_state "$name")" in
+                *p*) [ $rc -ne 0 ] && xl unpause "$name" ;;
+            esac
+            echo "XENTEST-DOMAIN $name domid=$id tries=$try create_ms=$((t1 - t0)) rc=$rc"
+            return 0
+        fi
+        echo "XENTEST-WARN xl create $name: exit $rc and no such domain (try $try)"
+        xl destroy "$name" > /dev/null 2>&1
+    done
+    xt_result FAIL "create-$name" "xl create failed twice (last exit $rc)"
+    return 1
+}
+
+# xt_wait_end <name> <seconds>: wait until the domain shut down (needs on_poweroff/on_crash =
+# "preserve" to tell poweroff from crash); prints XENTEST-DOMAIN-END.
+xt_wait_end() {
+    name=$1
+    limit=$(($2 * 1000))
+    t0=$(xt_ms)
+    while :; do
+        st=$(xt_state "$name")
+        el=$(($(xt_ms) - t0))
+        case "$st" in
+            "") how=gone ;;
+            *c*) how=crash ;;
+            *s*) how=poweroff ;;
+            *) how=running ;;
+        esac
+        if [ "$how" != running ] || [ $el -ge $limit ]; then break; fi
+        usleep 200000
+    done
+    echo "XENTEST-DOMAIN-END $name state=${st:-none} how=$how after_ms=$el"
+    if [ "$how" = crash ]; then
+        id=$(xl domid "$name" 2>/dev/null)
+        [ -n "$id" ] && xen-hvmctx "$id" 2>&1 | head -n 40 | sed "s/^/[hvmctx $name] /"
+    fi
+}
+
+# Console log xenconsoled kept for a domain (its PV console), prefixed.
+xt_console_log() {
+    f="/var/log/xen/console/guest-$1.log"
+    [ -f "$f" ] && sed "s/^/[console $1] /" "$f"
+}
+
+xt_destroy() { xl destroy "$1" > /dev/null 2>&1; }

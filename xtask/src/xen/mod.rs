@@ -1,0 +1,255 @@
+//! Nested Xen test harness: real Xen 4.17 (Debian bookworm) inside QEMU TCG, with a busybox dom0
+//! that runs one scenario script and powers off. `cargo xtask xen [scenario...]` runs scenarios by
+//! name; `cargo xtask test` runs the Xen tier after the QEMU tier (skip it with
+//! `ICONNECT_SKIP_XEN=1`).
+//!
+//! Pieces: [`debs`] fetches and unpacks the Debian packages (no host install), [`cpio`] and
+//! [`elf`] are the small readers/writers the initramfs needs, [`initramfs`] assembles dom0's boot
+//! files (cached under `<target-dir>/xen/`), [`runner`] boots it through [`crate::qemu`] and parses
+//! the console into a typed run, [`scenarios`] holds the scenarios and their checks. xl configs
+//! and the dom0 shell parts live in `images/xen/`.
+//!
+//! Layout of `<target-dir>/xen/`: `debs/` (downloaded .debs), `pkgs/<deb>/` (unpacked),
+//! `boot/xen-4.17-amd64` (gunzipped multiboot image), `dom0-base.cpio` (+ `.stamp`),
+//! `runs/<scenario>/` (`initrd.cpio` = base + overlay, `scenario.sh`, `serial.log`).
+
+pub mod cpio;
+pub mod debs;
+pub mod elf;
+pub mod initramfs;
+pub mod runner;
+pub mod scenarios;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use self::cpio::Tree;
+use self::initramfs::Dom0;
+use self::runner::{Boot, XenRun};
+use self::scenarios::{Check, SCENARIOS, Scenario};
+use crate::images;
+use crate::prereq;
+use crate::util::{self, fmt_bytes, fmt_dur, header};
+
+/// Default per-scenario QEMU timeout: a nested run takes 60–90 s on 2 cores; this bounds hangs.
+pub const DEFAULT_TIMEOUT_S: u64 = 300;
+/// The scenario the test suite runs (it covers the boot checks too).
+pub const SUITE_SCENARIOS: &[&str] = &["ktest"];
+
+#[derive(Args, Debug)]
+pub struct XenArgs {
+    /// Scenarios to run (default: all; see --list). `boot` is the quickest check.
+    pub scenarios: Vec<String>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Run the remaining scenarios after one fails.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Kill QEMU after this many seconds (per scenario).
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_S)]
+    pub timeout: u64,
+    /// Do not echo the serial console while running.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Only fetch the packages and build the dom0 initramfs.
+    #[arg(long)]
+    pub prepare_only: bool,
+}
+
+/// Everything booted by every scenario.
+pub struct Harness {
+    pub cache: PathBuf,
+    pub dom0: Dom0,
+}
+
+/// Fetch/unpack the packages and build (or reuse) Xen and the dom0 initramfs.
+pub fn prepare() -> Result<Harness> {
+    let cache = util::target_dir()?.join("xen");
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let t = Instant::now();
+    let sys = debs::prepare(&cache)?;
+    let t_pkgs = t.elapsed();
+    let t = Instant::now();
+    let dom0 = initramfs::prepare(&cache, &sys)?;
+    println!(
+        "xen: packages ready in {}, Xen + dom0 initramfs ready in {} (kernel {})",
+        fmt_dur(t_pkgs),
+        fmt_dur(t.elapsed()),
+        sys.kernel_release()
+    );
+    Ok(Harness { cache, dom0 })
+}
+
+/// `type = "..."` of an xl config.
+pub fn config_type(text: &str) -> Option<String> {
+    config_value(text, "type")
+}
+
+/// `tsc_mode = "native"` is set (see the RDTSCP pitfall in the notes).
+pub fn has_native_tsc(text: &str) -> bool {
+    config_value(text, "tsc_mode").as_deref() == Some("native")
+}
+
+fn config_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let l = l.split('#').next()?.trim();
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches(['"', '\'']).to_string())
+    })
+}
+
+/// The per-run archive: scenario script, xl configs, images.
+fn overlay(sc: &Scenario) -> Result<Tree> {
+    let mut t = Tree::new();
+    let script = format!("#!/bin/sh\n# scenario `{}`: {}\n. /etc/xentest/lib.sh\n{}", sc.name, sc.about, sc.script);
+    t.file("/scenario.sh", 0o755, script.into_bytes())?;
+    for c in sc.configs {
+        let p = util::project_root().join("images/xen").join(c);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        if config_type(&text).is_some_and(|t| t == "pvh" || t == "hvm") && !has_native_tsc(&text) {
+            bail!("{}: PVH/HVM configs need tsc_mode = \"native\" under nested Xen", p.display());
+        }
+        t.file(&format!("/etc/xentest/{c}"), 0o644, text.into_bytes())?;
+    }
+    if !sc.images.is_empty() {
+        let imgs = sc.images.iter().map(|n| images::find(n)).collect::<Result<Vec<_>>>()?;
+        for b in images::build(&imgs)? {
+            t.host_file(&format!("/images/{}.elf", b.name), 0o644, &b.path)?;
+        }
+    }
+    Ok(t)
+}
+
+/// Run one scenario; returns its checks (a run-level check first).
+pub fn run_scenario(h: &Harness, sc: &Scenario, timeout: Duration, echo: bool) -> Result<(Vec<Check>, XenRun)> {
+    let dir = h.cache.join("runs").join(sc.name);
+    std::fs::create_dir_all(&dir)?;
+    let t = Instant::now();
+    let ov = overlay(sc)?;
+    let initrd = dir.join("initrd.cpio");
+    let n = initramfs::write_initrd(&h.dom0, &ov, &initrd)?;
+    std::fs::write(dir.join("scenario.sh"), format!(". /etc/xentest/lib.sh\n{}", sc.script))?;
+    println!("xen: scenario `{}`: initrd {} ({}) in {}", sc.name, initrd.display(), fmt_bytes(n), fmt_dur(t.elapsed()));
+    let boot = Boot { xen: h.dom0.xen.clone(), kernel: h.dom0.kernel.clone(), initrd, timeout, echo };
+    let run = runner::boot(&boot, &dir.join("serial.log"))?;
+    println!("xen: timings: {}", run.timings());
+    println!("xen: serial log: {}", run.serial_log.display());
+    for w in &run.warnings {
+        println!("xen: dom0 warning: {w}");
+    }
+    let mut checks = Vec::new();
+    let fails: Vec<String> =
+        run.results.iter().filter_map(|(n, r)| r.as_ref().err().map(|why| format!("{n}: {why}"))).collect();
+    let run_check = match (run.problem(), fails.is_empty()) {
+        (None, true) => Ok(format!("boot to power-off in {}", fmt_dur(run.outcome.duration))),
+        (Some(p), _) => Err(anyhow::anyhow!("{p}\n{}", run.outcome.diagnostics())),
+        (None, false) => Err(anyhow::anyhow!("scenario reported failures: {}", fails.join("; "))),
+    };
+    checks.push(Check { name: format!("xen: {} run (boot, scenario, power-off)", sc.name), result: run_check });
+    checks.extend((sc.checks)(&run));
+    Ok((checks, run))
+}
+
+/// Run scenarios, print `[PASS]`/`[FAIL]` lines; returns (passed, failed) checks.
+fn run_many(names: &[&str], timeout: Duration, echo: bool, keep_going: bool) -> Result<(u32, u32)> {
+    let scs = names.iter().map(|n| scenarios::find(n)).collect::<Result<Vec<_>>>()?;
+    prereq::ensure_qemu()?;
+    let h = prepare()?;
+    let (mut passed, mut failed) = (0u32, 0u32);
+    let mut lines = Vec::new();
+    for sc in scs {
+        println!("\n--- xen scenario: {} ({}) ---", sc.name, sc.about);
+        let t = Instant::now();
+        let checks = match run_scenario(&h, sc, timeout, echo) {
+            Ok((c, _)) => c,
+            Err(e) => vec![Check { name: format!("xen: {}", sc.name), result: Err(e) }],
+        };
+        let mut any_failed = false;
+        for c in checks {
+            match c.result {
+                Ok(detail) => {
+                    passed += 1;
+                    let l = format!("[PASS] {} ({}) {detail}", c.name, fmt_dur(t.elapsed()));
+                    println!("{l}");
+                    lines.push(l);
+                }
+                Err(e) => {
+                    failed += 1;
+                    any_failed = true;
+                    println!("[FAIL] {}: {e:#}", c.name);
+                    lines.push(format!("[FAIL] {}: {}", c.name, format!("{e:#}").lines().next().unwrap_or("")));
+                }
+            }
+        }
+        if any_failed && !keep_going {
+            println!("xen: stopping after the failed scenario `{}` (use --keep-going to continue)", sc.name);
+            break;
+        }
+    }
+    println!("\nXen tests (nested Xen 4.17 in QEMU TCG):");
+    for l in &lines {
+        println!("  {l}");
+    }
+    Ok((passed, failed))
+}
+
+/// `cargo xtask xen`.
+pub fn run_cmd(args: &XenArgs) -> Result<()> {
+    if args.list {
+        for s in SCENARIOS {
+            println!("{:<8} {}", s.name, s.about);
+        }
+        return Ok(());
+    }
+    if args.prepare_only {
+        prepare()?;
+        return Ok(());
+    }
+    let names: Vec<&str> = if args.scenarios.is_empty() {
+        SCENARIOS.iter().map(|s| s.name).collect()
+    } else {
+        args.scenarios.iter().map(String::as_str).collect()
+    };
+    let t = Instant::now();
+    let (p, f) = run_many(&names, Duration::from_secs(args.timeout), !args.quiet, args.keep_going)?;
+    println!("xen: total {}", fmt_dur(t.elapsed()));
+    println!("{p} passed, {f} failed");
+    if f > 0 {
+        bail!("{f} Xen check(s) failed");
+    }
+    Ok(())
+}
+
+/// The Xen tier of `cargo xtask test`: None when skipped with `ICONNECT_SKIP_XEN=1`.
+pub fn suite_tier() -> Result<Option<(u32, u32)>> {
+    if std::env::var("ICONNECT_SKIP_XEN").is_ok_and(|v| !v.is_empty() && v != "0") {
+        println!("Xen tier SKIPPED (ICONNECT_SKIP_XEN is set): no nested-Xen test ran");
+        return Ok(None);
+    }
+    header("nested Xen tests (Xen 4.17 + dom0 in QEMU TCG, ~1-2 min per scenario)");
+    match run_many(SUITE_SCENARIOS, Duration::from_secs(DEFAULT_TIMEOUT_S), true, true) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            println!("[FAIL] xen: harness setup: {e:#}");
+            Ok(Some((0, 1)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xl_config_values() {
+        let cfg = "# c\nname = \"ktest\"\ntype = \"pvh\" # comment\ntsc_mode='native'\n";
+        assert_eq!(config_type(cfg).as_deref(), Some("pvh"));
+        assert!(has_native_tsc(cfg));
+        assert!(!has_native_tsc("type = \"pvh\"\n# tsc_mode = \"native\"\n"));
+        assert!(!has_native_tsc("tsc_mode = \"default\""));
+    }
+}
