@@ -152,7 +152,12 @@ fn tier_host() -> Result<String> {
         }
     }
     let status = child.wait()?;
-    ensure!(status.success(), "cargo test failed ({failed} failed tests)");
+    if !status.success() {
+        if failed > 0 {
+            bail!("cargo test: {failed} test(s) failed");
+        }
+        bail!("cargo test failed to build or run (see the errors above)");
+    }
     ensure!(suites > 0, "cargo test ran no test suite");
     Ok(format!("{passed} tests passed in {suites} suites"))
 }
