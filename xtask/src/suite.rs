@@ -5,6 +5,8 @@
 //! 3. build: every image, size-checked;
 //! 4. qemu: boot tests (ktest in-target tests, the page-fault report, net-dd ping + TCP echo over a
 //!    tap device in a private network namespace).
+//! 5. xen: nested Xen scenarios (Xen 4.17 + busybox dom0 in QEMU TCG; ktest as a PVH domU), counted
+//!    into the final line; `ICONNECT_SKIP_XEN=1` skips them (and says so).
 //!
 //! Tiers 1–3 stop the run at the first failure; all QEMU tests run and are reported. The very last
 //! line is `N passed, N failed` for the QEMU tier.
@@ -30,6 +32,8 @@ pub enum Tier {
     Clippy,
     Build,
     Qemu,
+    /// Nested Xen scenarios (xtask/src/xen); skipped with ICONNECT_SKIP_XEN=1.
+    Xen,
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +109,20 @@ pub fn run(args: &TestArgs) -> Result<()> {
             note: format!("{passed} passed, {failed} failed"),
         });
         qemu_counts = Some((passed, failed));
+    }
+
+    if want(Tier::Xen) {
+        let title = "5/5 nested Xen tests";
+        let t = Instant::now();
+        let (ok, note) = match crate::xen::suite_tier()? {
+            Some((passed, failed)) => {
+                let (p0, f0) = qemu_counts.unwrap_or((0, 0));
+                qemu_counts = Some((p0 + passed, f0 + failed));
+                (failed == 0, format!("{passed} passed, {failed} failed"))
+            }
+            None => (true, "SKIPPED (ICONNECT_SKIP_XEN is set)".to_string()),
+        };
+        results.push(TierResult { name: title, ok, took: t.elapsed(), note });
     }
 
     summary(&results, start.elapsed());
