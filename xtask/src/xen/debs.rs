@@ -133,7 +133,7 @@ fn resolve() -> Result<(Vec<String>, String)> {
         Ok(m) => m,
         Err(e) => {
             println!("xen: apt-cache does not know {KERNEL_META} ({e:#}); running apt-get update");
-            util::run(&mut apt("apt-get").arg("update"))?;
+            util::run(apt("apt-get").arg("update"))?;
             depends(&[KERNEL_META.to_string()])?
         }
     };

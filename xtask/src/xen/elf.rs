@@ -127,7 +127,7 @@ mod tests {
         b[..4].copy_from_slice(b"\x7fELF");
         b[4] = 2;
         b[5] = 1;
-        let mut place = |data: &[u8], b: &mut Vec<u8>| {
+        let place = |data: &[u8], b: &mut Vec<u8>| {
             let off = b.len();
             b.extend_from_slice(data);
             off
@@ -137,7 +137,7 @@ mod tests {
         let o_dyn = place(&dynb, &mut b);
         let o_mi = place(&mi, &mut b);
         let shoff = b.len();
-        let mut sh = |name: u32, kind: u32, off: usize, size: usize, link: u32, b: &mut Vec<u8>| {
+        let sh = |name: u32, kind: u32, off: usize, size: usize, link: u32, b: &mut Vec<u8>| {
             let mut h = vec![0u8; 64];
             h[0..4].copy_from_slice(&name.to_le_bytes());
             h[4..8].copy_from_slice(&kind.to_le_bytes());
