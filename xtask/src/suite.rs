@@ -8,8 +8,8 @@
 //! 5. xen: nested Xen scenarios (Xen 4.17 + busybox dom0 in QEMU TCG; ktest as a PVH domU), counted
 //!    into the final line; `ICONNECT_SKIP_XEN=1` skips them (and says so).
 //!
-//! Tiers 1–3 stop the run at the first failure; all QEMU tests run and are reported. The very last
-//! line is `N passed, N failed` for the QEMU tier.
+//! Tiers 1–3 stop the run at the first failure; all QEMU (and Xen) tests run and are reported. The
+//! very last line is `N passed, N failed` for the QEMU and Xen tiers together.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -67,9 +67,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
 
     let tiers: [(Tier, &'static str, TierFn); 3] = [
-        (Tier::Host, "1/4 host tests (cargo test)", tier_host),
-        (Tier::Clippy, "2/4 clippy (-D warnings)", tier_clippy),
-        (Tier::Build, "3/4 build images", tier_build),
+        (Tier::Host, "1/5 host tests (cargo test)", tier_host),
+        (Tier::Clippy, "2/5 clippy (-D warnings)", tier_clippy),
+        (Tier::Build, "3/5 build images", tier_build),
     ];
     for (tier, title, f) in tiers {
         if !want(tier) {
@@ -97,7 +97,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
     let mut qemu_counts = None;
     if want(Tier::Qemu) {
-        let title = "4/4 QEMU boot tests";
+        let title = "4/5 QEMU boot tests";
         header(title);
         let t = Instant::now();
         let (passed, failed) = tier_qemu(args.accel)?;
