@@ -181,14 +181,72 @@ fn deb_files(pkgs: &[String]) -> Result<BTreeMap<String, (String, u64)>> {
     Ok(map)
 }
 
+/// What identifies the apt state a resolution was made from: the roots and every list file's
+/// name, size and mtime (`apt-get update` changes them).
+fn apt_state_key() -> String {
+    let mut key = format!("roots {ROOTS:?} {KERNEL_META}\n");
+    let mut entries: Vec<String> = std::fs::read_dir("/var/lib/apt/lists")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let md = e.metadata().ok()?;
+                    let mtime = md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+                    Some(format!("{} {} {mtime}", e.file_name().to_string_lossy(), md.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort();
+    key.push_str(&entries.join("\n"));
+    key.push_str("\n--\n");
+    key
+}
+
+type Resolved = (Vec<String>, String, BTreeMap<String, (String, u64)>);
+
+/// [`resolve`] + [`deb_files`], remembered in `<cache>/resolved.txt` while the apt lists do not
+/// change (asking apt-cache takes seconds).
+fn resolve_cached(cache: &Path) -> Result<Resolved> {
+    let key = apt_state_key();
+    let file = cache.join("resolved.txt");
+    if let Some(rest) = std::fs::read_to_string(&file).ok().as_deref().and_then(|t| t.strip_prefix(key.as_str())) {
+        let mut kernel = None;
+        let mut files = BTreeMap::new();
+        for l in rest.lines() {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            match t.as_slice() {
+                ["kernel", k] => kernel = Some(k.to_string()),
+                ["deb", p, f, n] => {
+                    files.insert(p.to_string(), (f.to_string(), n.parse().unwrap_or(0)));
+                }
+                _ => {}
+            }
+        }
+        if let Some(kernel) = kernel
+            && !files.is_empty()
+        {
+            return Ok((files.keys().cloned().collect(), kernel, files));
+        }
+    }
+    let (pkgs, kernel) = resolve()?;
+    let files = deb_files(&pkgs)?;
+    // apt-get update may have run inside resolve(): key the result by the lists it used.
+    let mut text = apt_state_key();
+    text.push_str(&format!("kernel {kernel}\n"));
+    for (p, (f, n)) in &files {
+        text.push_str(&format!("deb {p} {f} {n}\n"));
+    }
+    std::fs::write(&file, text)?;
+    Ok((pkgs, kernel, files))
+}
+
 /// Resolve, download what is missing, unpack what is not unpacked yet.
 pub fn prepare(cache: &Path) -> Result<Sysroot> {
     for tool in ["apt-get", "apt-cache", "dpkg"] {
         ensure!(util::have_program(tool), "`{tool}` not found: the Xen harness needs a Debian host (apt, dpkg)");
     }
     let t = Instant::now();
-    let (pkgs, kernel) = resolve()?;
-    let files = deb_files(&pkgs)?;
+    let (pkgs, kernel, files) = resolve_cached(cache)?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let missing: Vec<&String> = pkgs.iter().filter(|p| !debs.join(&files[*p].0).is_file()).collect();

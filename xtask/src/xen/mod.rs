@@ -130,10 +130,19 @@ pub fn run_scenario(h: &Harness, sc: &Scenario, timeout: Duration, echo: bool) -
     std::fs::create_dir_all(&dir)?;
     let t = Instant::now();
     let ov = overlay(sc)?;
+    let t_overlay = t.elapsed();
+    let t = Instant::now();
     let initrd = dir.join("initrd.cpio");
     let n = initramfs::write_initrd(&h.dom0, &ov, &initrd)?;
     std::fs::write(dir.join("scenario.sh"), format!(". /etc/xentest/lib.sh\n{}", sc.script))?;
-    println!("xen: scenario `{}`: initrd {} ({}) in {}", sc.name, initrd.display(), fmt_bytes(n), fmt_dur(t.elapsed()));
+    println!(
+        "xen: scenario `{}`: images + overlay in {}, initrd {} ({}) written in {}",
+        sc.name,
+        fmt_dur(t_overlay),
+        initrd.display(),
+        fmt_bytes(n),
+        fmt_dur(t.elapsed())
+    );
     let boot = Boot { xen: h.dom0.xen.clone(), kernel: h.dom0.kernel.clone(), initrd, timeout, echo };
     let run = runner::boot(&boot, &dir.join("serial.log"))?;
     println!("xen: timings: {}", run.timings());
