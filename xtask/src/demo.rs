@@ -80,7 +80,7 @@ fn build(d: &mut Demo) -> Result<()> {
 fn boot_net(d: &mut Demo) -> Result<()> {
     let image = d.built.iter().find(|b| b.name == "net-dd").context("net-dd was not built")?;
     let accel = d.accel.context("no accelerator chosen")?;
-    let s = netdd::boot(&image.path, accel, Duration::from_secs(120), Duration::from_secs(600))?;
+    let s = netdd::boot(&image.path, accel, 64, Duration::from_secs(120), Duration::from_secs(600))?;
     let msg = format!(
         "net-dd booted: ready {} after its first instruction (guest TSC), {} after QEMU was started",
         fmt_dur(Duration::from_micros(s.boot_us)),

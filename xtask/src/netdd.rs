@@ -35,10 +35,12 @@ pub struct TcpReport {
     pub kib_s: f64,
 }
 
-/// Boot `image` (net-dd) inside a fresh namespace with tap0 and wait for it to be ready.
-pub fn boot(image: &Path, accel: Accel, ready_within: Duration, timeout: Duration) -> Result<Session> {
+/// Boot `image` (net-dd) with `memory_mib` of RAM inside a fresh namespace with tap0 and wait for
+/// it to be ready.
+pub fn boot(image: &Path, accel: Accel, memory_mib: u32, ready_within: Duration, timeout: Duration) -> Result<Session> {
     let ns = Netns::with_tap()?;
     let mut qemu = Qemu::new(image, accel)
+        .memory_mib(memory_mib)
         .append(CMDLINE)
         .netdev(&format!("tap,id=n0,ifname={TAP},script=no,downscript=no"))
         .device("virtio-net-pci,netdev=n0,disable-legacy=on")

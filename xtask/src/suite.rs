@@ -222,7 +222,7 @@ type QemuTest = fn(Accel) -> Result<String>;
 fn tier_qemu(accel: Option<Accel>) -> Result<(u32, u32)> {
     let accel = Accel::choose(accel)?;
     let tests: [(&str, QemuTest); 3] =
-        [("ktest", qemu_ktest), ("fault-page", qemu_fault_page), ("net-dd ping+tcp", qemu_net_dd)];
+        [("ktest", qemu_ktest), ("fault-page", qemu_fault_page), ("net-dd ping+tcp (16 MiB RAM)", qemu_net_dd)];
     let (mut passed, mut failed) = (0, 0);
     let mut lines = Vec::new();
     for (name, f) in tests {
@@ -315,7 +315,8 @@ fn qemu_fault_page(accel: Accel) -> Result<String> {
 
 fn qemu_net_dd(accel: Accel) -> Result<String> {
     prereq::ensure_net()?;
-    let s = netdd::boot(&image_path("net-dd")?, accel, NET_READY_WITHIN, NET_TIMEOUT)?;
+    // 16 MiB: the driver domains' memory budget (the default elsewhere is 64 MiB).
+    let s = netdd::boot(&image_path("net-dd")?, accel, 16, NET_READY_WITHIN, NET_TIMEOUT)?;
     println!(
         "net-dd ready: boot_us={} (guest), {} after QEMU spawn (host)",
         s.boot_us,
