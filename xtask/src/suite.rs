@@ -156,7 +156,8 @@ pub fn libtest_counts(line: &str) -> Option<(u64, u64)> {
 
 fn tier_host() -> Result<String> {
     let mut cmd = util::cargo();
-    cmd.arg("test");
+    // --no-fail-fast: report every failing test binary, not just the first.
+    cmd.args(["test", "--no-fail-fast"]);
     eprintln!("$ {}", util::show(&cmd));
     let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting cargo test")?;
     let (mut passed, mut failed, mut suites) = (0, 0, 0);
