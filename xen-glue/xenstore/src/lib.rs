@@ -21,6 +21,7 @@
 extern crate alloc;
 
 pub mod client;
+pub mod fuzzing;
 pub mod ring;
 pub mod sim;
 pub mod wire;
