@@ -269,7 +269,12 @@ impl XenRun {
             .outcome
             .serial
             .iter()
-            .filter(|l| l.starts_with("(XEN)") && (l.contains(&format!("{tag}v")) || l.contains(&format!(" {tag} ")) || l.contains(&format!("{tag}:"))))
+            .filter(|l| {
+                l.starts_with("(XEN)")
+                    // xen-hvmctx makes Xen log one `HVM dN save: ...` line per record: noise.
+                    && !l.contains(" save: ")
+                    && (l.contains(&format!("{tag}v")) || l.contains(&format!(" {tag} ")) || l.contains(&format!("{tag}:")))
+            })
             .collect();
         if !xen.is_empty() {
             s.push_str(&format!("\n--- Xen about {tag} ---"));
