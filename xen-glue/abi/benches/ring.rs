@@ -61,15 +61,16 @@ fn xen_ring<const N: usize>(iters: u64) -> Duration {
         let mut back = BackRing::<_, RawProtocol<N, 8>>::attach(mem).unwrap();
         let (mut seen, mut sum) = (0u64, 0u64);
         while seen < iters {
-            let mut n = 0u32;
-            while let Some(req) = back.pop_request().unwrap() {
-                sum = sum.wrapping_add(req[0] as u64);
-                back.push_response(&[req[0]; 8]).unwrap();
-                n += 1;
-            }
+            // One snapshot of req_prod per batch; answer the batch, publish once.
+            let n = back.unconsumed_requests().unwrap();
             if n == 0 {
                 std::hint::spin_loop();
                 continue;
+            }
+            for _ in 0..n {
+                let req = back.pop_request().unwrap().unwrap();
+                sum = sum.wrapping_add(req[0] as u64);
+                back.push_response(&[req[0]; 8]).unwrap();
             }
             back.publish_responses();
             seen += n as u64;
