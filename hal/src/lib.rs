@@ -7,6 +7,7 @@
 //! - [`mmio`]: the [`mmio::RegisterBlock`] trait and its volatile implementation [`mmio::Mmio`];
 //! - [`ecam`]: the memory-mapped [`pci::ConfigSpace`] (also usable by `virtio-drivers`);
 //! - [`virtio`]: virtio PCI capabilities and MSI-X vector routing;
+//! - [`virtio_net`]: a virtio-net driver with preallocated buffers and asynchronous transmit;
 //! - `fake` (tests, or the `fake` feature): fakes of the traits for host tests;
 //! - `platform` and `dma` (target `x86_64-unknown-none` only): the bindings to `rt`: reading
 //!   physical memory, mapping ECAM/BARs, and the `virtio_drivers::Hal` implementation.
@@ -14,7 +15,6 @@
 //! All pure parts are tested on the host with `cargo test -p hal`.
 #![cfg_attr(not(test), no_std)]
 
-#[cfg(any(test, feature = "fake"))]
 extern crate alloc;
 
 pub mod acpi;
@@ -25,6 +25,7 @@ pub mod fake;
 pub mod mmio;
 pub mod pci;
 pub mod virtio;
+pub mod virtio_net;
 
 #[cfg(target_os = "none")]
 pub mod dma;

@@ -1,26 +1,25 @@
-//! smoltcp's `Device` on top of `virtio-drivers`' `VirtIONet`.
+//! smoltcp's `Device` on top of `hal::virtio_net::VirtioNet`.
 //!
-//! Receive buffers stay owned by the virtio driver's pool: a received buffer travels in the
-//! `RxToken` and goes back to the device queue right after smoltcp consumed it. smoltcp may
-//! transmit from inside the receive closure, so the driver sits in a `RefCell` and neither
-//! token holds a borrow while calling smoltcp's closure.
+//! A received frame travels in the `RxToken` and its buffer goes back to the receive queue
+//! right after smoltcp consumed it. smoltcp may transmit from inside the receive closure, so
+//! the driver sits in a `RefCell` and the receive token holds no borrow while smoltcp runs.
+//! Sending never waits for the device: buffers are reclaimed when the device reports them
+//! used.
 
 use core::cell::RefCell;
 use hal::dma::VirtioHal;
+use hal::virtio_net::{NetStats, RxFrame, VirtioNet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
-use virtio_drivers::device::net::{RxBuffer, VirtIONet};
 use virtio_drivers::transport::pci::PciTransport;
 
-/// Virtqueue size (entries); also the number of receive buffers.
+/// Virtqueue size (entries); also the number of receive and of transmit buffers.
 pub const QUEUE_SIZE: usize = 64;
-/// Receive buffer size: a full Ethernet frame plus the virtio-net header.
-pub const RX_BUF_LEN: usize = 2048;
 /// Largest Ethernet frame we send or accept (MTU 1500 + 14 bytes of header).
 pub const MAX_FRAME: usize = 1514;
 
 /// The virtio-net driver type used by the image.
-pub type Net = VirtIONet<VirtioHal, PciTransport, QUEUE_SIZE>;
+pub type Net = VirtioNet<VirtioHal, PciTransport, QUEUE_SIZE>;
 
 /// The smoltcp device.
 pub struct VirtioNetDevice {
@@ -35,16 +34,16 @@ impl VirtioNetDevice {
         }
     }
 
-    /// Direct access to the driver (outside smoltcp polling).
-    pub fn net(&mut self) -> &mut Net {
-        self.net.get_mut()
+    /// Driver counters.
+    pub fn stats(&mut self) -> NetStats {
+        self.net.get_mut().stats()
     }
 }
 
 /// A received frame.
 pub struct Rx<'a> {
     net: &'a RefCell<Net>,
-    buf: RxBuffer,
+    frame: RxFrame,
 }
 
 /// Permission to send one frame.
@@ -57,18 +56,11 @@ impl Device for VirtioNetDevice {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
-        let buf = match self.net.get_mut().receive() {
-            Ok(buf) => buf,
-            Err(virtio_drivers::Error::NotReady) => return None,
-            Err(e) => {
-                log::warn!("virtio-net receive: {e}");
-                return None;
-            }
-        };
+        let frame = self.net.get_mut().receive()?;
         Some((
             Rx {
                 net: &self.net,
-                buf,
+                frame,
             },
             Tx { net: &self.net },
         ))
@@ -96,10 +88,8 @@ impl RxToken for Rx<'_> {
     where
         F: FnOnce(&[u8]) -> R,
     {
-        let result = f(self.buf.packet());
-        if let Err(e) = self.net.borrow_mut().recycle_rx_buffer(self.buf) {
-            log::warn!("virtio-net: could not recycle a receive buffer: {e}");
-        }
+        let result = f(self.frame.packet());
+        self.net.borrow_mut().recycle(self.frame);
         result
     }
 }
@@ -110,11 +100,21 @@ impl TxToken for Tx<'_> {
         F: FnOnce(&mut [u8]) -> R,
     {
         let mut net = self.net.borrow_mut();
-        let mut tx = net.new_tx_buffer(len);
-        let result = f(tx.packet_mut());
-        if let Err(e) = net.send(tx) {
-            log::warn!("virtio-net send of {len} bytes: {e}");
+        match net.tx_buffer(len) {
+            Some(mut frame) => {
+                let result = f(frame.packet_mut());
+                if let Err(e) = net.send(frame) {
+                    log::warn!("virtio-net send of {len} bytes: {e}");
+                }
+                result
+            }
+            None => {
+                // smoltcp needs the closure run to build its state; the frame is dropped
+                // (counted in the driver's `tx_dropped`), as a full NIC would.
+                drop(net);
+                log::warn!("virtio-net: no transmit buffer for {len} bytes; frame dropped");
+                f(&mut alloc::vec![0u8; len])
+            }
         }
-        result
     }
 }

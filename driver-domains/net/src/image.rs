@@ -1,6 +1,6 @@
 //! Bring-up and event loop of the image.
 
-use crate::device::{QUEUE_SIZE, RX_BUF_LEN, VirtioNetDevice};
+use crate::device::{Net, VirtioNetDevice};
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 use hal::dma::VirtioHal;
@@ -13,7 +13,6 @@ use net_dd::config::NetConfig;
 use net_dd::echo::EchoService;
 use smoltcp::iface::SocketSet;
 use smoltcp::wire::EthernetAddress;
-use virtio_drivers::device::net::VirtIONet;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::PciRoot;
 
@@ -186,7 +185,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
     if level <= log::LevelFilter::Info {
         log::set_max_level(log::LevelFilter::Warn);
     }
-    let net = VirtIONet::<VirtioHal, PciTransport, QUEUE_SIZE>::new(transport, RX_BUF_LEN);
+    let net = Net::new(transport);
     log::set_max_level(level);
     let net = net.map_err(|e| {
         log::error!("virtio-net init: {e}");
@@ -198,8 +197,8 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
         log::warn!("virtio MSI-X vector routing failed ({e}); polling");
         irq = None;
     }
+    let mac = EthernetAddress(net.mac_address());
     let mut device = VirtioNetDevice::new(net);
-    let mac = EthernetAddress(device.net().mac_address());
     let t_dev = rt::time::now();
 
     let seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
@@ -231,7 +230,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
         IDLE_POLLING
     };
     let mut last_report = rt::time::now();
-    let mut last_stats = (echo.stats(), 0);
+    let mut last_stats = (echo.stats(), 0, device.stats());
     loop {
         let now = smol_now();
         iface.poll(now, &mut device, &mut sockets);
@@ -243,15 +242,24 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             .poll_delay(now, &sockets)
             .map_or(idle, |d| Duration::from_micros(d.total_micros()).min(idle));
         let t = rt::time::now();
-        let stats = (echo.stats(), RX_IRQS.load(Ordering::Relaxed));
+        let stats = (
+            echo.stats(),
+            RX_IRQS.load(Ordering::Relaxed),
+            device.stats(),
+        );
         if t - last_report >= Duration::from_secs(10) && stats != last_stats {
             last_report = t;
             last_stats = stats;
+            let n = stats.2;
             log::info!(
-                "stats: {} echo connections, {} bytes echoed, {} rx interrupts",
+                "stats: {} echo connections, {} bytes echoed, {} rx interrupts; frames rx {} tx {}, rx errors {}, tx dropped {}",
                 stats.0.connections,
                 stats.0.bytes,
-                stats.1
+                stats.1,
+                n.rx_frames,
+                n.tx_frames,
+                n.rx_errors,
+                n.tx_dropped
             );
         }
         if !wait.is_zero() {

@@ -1,0 +1,244 @@
+//! A virtio-net driver with buffers owned here and asynchronous transmit, on top of
+//! `virtio-drivers`' `VirtIONetRaw`.
+//!
+//! `virtio-drivers`' safe `VirtIONet` allocates a vector per sent frame and spins until the
+//! device has consumed it. Here every buffer is allocated once: receive buffers sit in the
+//! receive queue and are lent out as [`RxFrame`]s, transmit buffers cycle through a free list,
+//! and a sent frame is reclaimed later, when the device reports it used. No call waits for the
+//! device.
+//!
+//! The unsafe part is the `VirtIONetRaw` contract: a buffer handed to the device is neither
+//! touched nor freed until the device returned it. Buffers are boxed slices whose heap storage
+//! never moves while the box is parked in `rx_posted`/`tx_posted` under the device's token.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::Transport;
+use virtio_drivers::{Error as VirtioError, Hal};
+
+/// Size of each receive and transmit buffer: virtio-net header plus a 1514-byte frame, rounded.
+pub const BUF_LEN: usize = 2048;
+
+/// A received frame, lent out until [`VirtioNet::recycle`].
+pub struct RxFrame {
+    buf: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
+
+impl RxFrame {
+    /// The Ethernet frame.
+    pub fn packet(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// A transmit buffer being filled; hand it to [`VirtioNet::send`].
+pub struct TxFrame {
+    buf: Box<[u8]>,
+    header: usize,
+    len: usize,
+}
+
+impl TxFrame {
+    /// The frame bytes to fill (`len` as requested).
+    pub fn packet_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.header..self.header + self.len]
+    }
+}
+
+/// Counters.
+#[derive(Copy, Clone, Debug, Default, Eq, PartialEq)]
+pub struct NetStats {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Frames handed to the device for sending.
+    pub tx_frames: u64,
+    /// Receive completions the device reported wrongly (bad token, short length).
+    pub rx_errors: u64,
+    /// Transmit requests refused (frame too large, no buffer, queue full).
+    pub tx_dropped: u64,
+}
+
+/// The driver. `QS` is the virtqueue size (power of two).
+pub struct VirtioNet<H: Hal, T: Transport, const QS: usize> {
+    raw: VirtIONetRaw<H, T, QS>,
+    /// Receive buffers held by the device, by token.
+    rx_posted: Vec<Option<Box<[u8]>>>,
+    /// Transmit buffers held by the device, by token, with the length handed over.
+    tx_posted: Vec<Option<(Box<[u8]>, usize)>>,
+    tx_free: Vec<Box<[u8]>>,
+    stats: NetStats,
+}
+
+impl<H: Hal, T: Transport, const QS: usize> VirtioNet<H, T, QS> {
+    /// Initialises the device and fills the receive queue.
+    pub fn new(transport: T) -> Result<Self, VirtioError> {
+        let raw = VirtIONetRaw::<H, T, QS>::new(transport)?;
+        let mut net = Self {
+            raw,
+            rx_posted: (0..QS).map(|_| None).collect(),
+            tx_posted: (0..QS).map(|_| None).collect(),
+            tx_free: (0..QS)
+                .map(|_| vec![0u8; BUF_LEN].into_boxed_slice())
+                .collect(),
+            stats: NetStats::default(),
+        };
+        for _ in 0..QS {
+            net.post_rx(vec![0u8; BUF_LEN].into_boxed_slice())?;
+        }
+        Ok(net)
+    }
+
+    /// The device's MAC address.
+    pub fn mac_address(&self) -> [u8; 6] {
+        self.raw.mac_address()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    fn post_rx(&mut self, mut buf: Box<[u8]>) -> Result<(), VirtioError> {
+        // SAFETY: the buffer is parked in `rx_posted` under its token right below and not
+        // touched (nor dropped) until `receive` pops that token from the used ring.
+        let token = unsafe { self.raw.receive_begin(&mut buf)? };
+        match self.rx_posted.get_mut(usize::from(token)) {
+            Some(slot @ None) => {
+                *slot = Some(buf);
+                Ok(())
+            }
+            // A token outside the queue or already in use: the driver state is inconsistent.
+            // Leak the buffer rather than free memory the device may write.
+            _ => {
+                core::mem::forget(buf);
+                Err(VirtioError::WrongToken)
+            }
+        }
+    }
+
+    /// The next received frame, if any. Give it back with [`recycle`](Self::recycle).
+    pub fn receive(&mut self) -> Option<RxFrame> {
+        loop {
+            let token = self.raw.poll_receive()?;
+            let Some(mut buf) = self
+                .rx_posted
+                .get_mut(usize::from(token))
+                .and_then(Option::take)
+            else {
+                // The device named a token we did not post: nothing sane to pop.
+                self.stats.rx_errors += 1;
+                return None;
+            };
+            // SAFETY: `buf` is the buffer posted under `token` (taken from `rx_posted`), with
+            // the same pointer and length as given to `receive_begin`.
+            match unsafe { self.raw.receive_complete(token, &mut buf) } {
+                Ok((start, len)) if start.checked_add(len).is_some_and(|e| e <= buf.len()) => {
+                    self.stats.rx_frames += 1;
+                    return Some(RxFrame { buf, start, len });
+                }
+                // `IoError`: popped, but shorter than the virtio-net header.
+                Ok(_) | Err(VirtioError::IoError) => {
+                    // Bad length from the device: drop the frame, keep the buffer.
+                    self.stats.rx_errors += 1;
+                    if self.post_rx(buf).is_err() {
+                        return None;
+                    }
+                }
+                Err(_) => {
+                    // Not popped: the device still owns the buffer. Park it again.
+                    self.stats.rx_errors += 1;
+                    self.rx_posted[usize::from(token)] = Some(buf);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Puts a received frame's buffer back into the receive queue.
+    pub fn recycle(&mut self, frame: RxFrame) {
+        if self.post_rx(frame.buf).is_err() {
+            self.stats.rx_errors += 1;
+        }
+    }
+
+    /// Takes back transmit buffers the device has finished with.
+    pub fn reclaim_tx(&mut self) {
+        while let Some(token) = self.raw.poll_transmit() {
+            let Some((buf, len)) = self
+                .tx_posted
+                .get_mut(usize::from(token))
+                .and_then(Option::take)
+            else {
+                return;
+            };
+            // SAFETY: `buf[..len]` is exactly the slice given to `transmit_begin` for `token`.
+            match unsafe { self.raw.transmit_complete(token, &buf[..len]) } {
+                Ok(_) => self.tx_free.push(buf),
+                Err(_) => {
+                    // Not popped: the device still owns it. Park it again.
+                    self.tx_posted[usize::from(token)] = Some((buf, len));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether a frame can be sent now.
+    pub fn can_send(&mut self) -> bool {
+        self.reclaim_tx();
+        !self.tx_free.is_empty() && self.raw.can_send()
+    }
+
+    /// Whether sent frames are still waiting for the device.
+    pub fn tx_in_flight(&self) -> bool {
+        self.tx_free.len() < QS
+    }
+
+    /// A buffer for a frame of `len` bytes, or `None` if the frame is too large or no buffer
+    /// is free.
+    pub fn tx_buffer(&mut self, len: usize) -> Option<TxFrame> {
+        self.reclaim_tx();
+        let mut buf = self.tx_free.pop()?;
+        let header = match self.raw.fill_buffer_header(&mut buf) {
+            Ok(h) if h.checked_add(len).is_some_and(|e| e <= buf.len()) => h,
+            _ => {
+                self.tx_free.push(buf);
+                self.stats.tx_dropped += 1;
+                return None;
+            }
+        };
+        Some(TxFrame { buf, header, len })
+    }
+
+    /// Hands a filled frame to the device; returns without waiting for it.
+    pub fn send(&mut self, frame: TxFrame) -> Result<(), VirtioError> {
+        let total = frame.header + frame.len;
+        let buf = frame.buf;
+        // SAFETY: `buf` is parked in `tx_posted` under the returned token until `reclaim_tx`
+        // pops that token; the slice passed is the one `transmit_complete` will get back.
+        let token = match unsafe { self.raw.transmit_begin(&buf[..total]) } {
+            Ok(t) => t,
+            Err(e) => {
+                self.tx_free.push(buf);
+                self.stats.tx_dropped += 1;
+                return Err(e);
+            }
+        };
+        match self.tx_posted.get_mut(usize::from(token)) {
+            Some(slot @ None) => {
+                *slot = Some((buf, total));
+                self.stats.tx_frames += 1;
+                Ok(())
+            }
+            _ => {
+                // Inconsistent token: leak rather than free memory the device may read.
+                core::mem::forget(buf);
+                Err(VirtioError::WrongToken)
+            }
+        }
+    }
+}
