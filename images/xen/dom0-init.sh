@@ -35,9 +35,16 @@ xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/run/xenconsol
     || echo "XENTEST-WARN xenconsoled failed to start"
 echo "XENTEST-STAGE dom0-ready uptime_ms=$(xt_ms)"
 
+# The host passes its own deadline minus a margin (xentest_timeout=<s> on the dom0 command line)
+# so that a hanging scenario is cut here and the machine still powers off cleanly.
+limit=240
+for w in $(cat /proc/cmdline); do
+    case "$w" in xentest_timeout=*) limit=${w#*=} ;; esac
+done
 if [ -f /scenario.sh ]; then
-    sh /scenario.sh
+    timeout -s KILL "$limit" sh /scenario.sh
     rc=$?
+    [ $rc -eq 137 ] && echo "XENTEST-WARN scenario killed after ${limit}s"
 else
     echo "XENTEST-WARN no /scenario.sh"
     rc=127

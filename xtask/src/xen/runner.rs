@@ -312,6 +312,12 @@ impl XenRun {
     }
 }
 
+/// Seconds dom0 lets the scenario run: the host timeout minus what booting and powering off
+/// take, so a hung scenario is killed inside dom0 and the run still ends cleanly.
+pub fn scenario_limit(host_timeout: Duration) -> u64 {
+    host_timeout.as_secs().saturating_sub(90).max(30)
+}
+
 /// The QEMU invocation for a nested Xen boot.
 pub fn qemu(b: &Boot) -> Result<Qemu> {
     for p in [&b.xen, &b.kernel, &b.initrd] {
@@ -320,9 +326,17 @@ pub fn qemu(b: &Boot) -> Result<Qemu> {
             bail!("path {s} contains a comma, which QEMU's multiboot module list cannot carry");
         }
     }
+    let mut cmdline = XEN_CMDLINE.to_string();
+    // Extra Xen options for experiments (e.g. `console_timestamps=boot`).
+    if let Ok(extra) = std::env::var("ICONNECT_XEN_EXTRA")
+        && !extra.trim().is_empty()
+    {
+        cmdline.push(' ');
+        cmdline.push_str(extra.trim());
+    }
     Ok(Qemu::new(&b.xen, Accel::Tcg)
         .memory_mib(MACHINE_MIB)
-        .append(XEN_CMDLINE)
+        .append(&cmdline)
         .timeout(b.timeout)
         .echo(b.echo)
         .args_extra([
@@ -331,7 +345,7 @@ pub fn qemu(b: &Boot) -> Result<Qemu> {
             "-smp".to_string(),
             SMP.to_string(),
             "-initrd".to_string(),
-            format!("{} {DOM0_CMDLINE},{}", b.kernel.display(), b.initrd.display()),
+            format!("{} {DOM0_CMDLINE} xentest_timeout={},{}", b.kernel.display(), scenario_limit(b.timeout), b.initrd.display()),
         ]))
 }
 
@@ -459,7 +473,7 @@ XENTEST-END rc=0 uptime_ms=13000
         let a = qemu(&b).unwrap().args().join(" ");
         assert!(a.contains("-kernel /c/xen -append console=com1"), "{a}");
         assert!(a.contains("-accel tcg -cpu max -smp 2"), "{a}");
-        assert!(a.contains("-initrd /c/vmlinuz console=hvc0 earlyprintk=xen loglevel=4,/c/initrd.cpio"), "{a}");
+        assert!(a.contains("-initrd /c/vmlinuz console=hvc0 earlyprintk=xen loglevel=4 xentest_timeout=30,/c/initrd.cpio"), "{a}");
         assert!(a.contains("-m 1536M"));
         let bad = Boot { initrd: "/c,d/initrd".into(), ..b };
         assert!(qemu(&bad).is_err());
