@@ -295,3 +295,296 @@ impl PhysRead for FakeMemory {
         Err(Error::OutOfRange)
     }
 }
+
+/// Fakes for the virtio layer: a host `virtio_drivers::Hal` and a virtio-net device that
+/// serves split virtqueues laid out in host memory.
+pub mod virtio {
+    use alloc::rc::Rc;
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+    use core::ptr::NonNull;
+    use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+    use virtio_drivers::{BufferDirection, Hal, PhysAddr};
+    use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+    /// Feature bits the fake device offers: MAC and VERSION_1 (no event index, no indirect
+    /// descriptors: plain split rings).
+    pub const FEATURES: u64 = (1 << 5) | (1 << 32);
+    /// Size of the modern virtio-net header.
+    pub const NET_HDR_LEN: usize = 12;
+    const PAGE: usize = 4096;
+
+    /// DMA on the host heap; physical address = pointer value.
+    #[derive(Debug)]
+    pub struct HostHal;
+
+    // SAFETY: allocations are zeroed, page-aligned and owned by the caller until `dma_dealloc`;
+    // "physical" addresses are the host pointers themselves, which the fake device uses.
+    unsafe impl Hal for HostHal {
+        fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+            let Ok(layout) = core::alloc::Layout::from_size_align(pages * PAGE, PAGE) else {
+                return (0, NonNull::dangling());
+            };
+            // SAFETY: the layout has a non-zero size (virtio-drivers never asks for 0 pages).
+            let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+            match NonNull::new(p) {
+                Some(p) => (p.as_ptr() as PhysAddr, p),
+                None => (0, NonNull::dangling()),
+            }
+        }
+
+        unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+            let Ok(layout) = core::alloc::Layout::from_size_align(pages * PAGE, PAGE) else {
+                return -1;
+            };
+            // SAFETY: `vaddr` came from `dma_alloc` with this very layout (trait contract).
+            unsafe { alloc::alloc::dealloc(vaddr.as_ptr(), layout) };
+            0
+        }
+
+        unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+            NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling())
+        }
+
+        unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+            buffer.as_ptr().cast::<u8>() as PhysAddr
+        }
+
+        unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+    }
+
+    #[derive(Default, Debug, Clone, Copy)]
+    struct Queue {
+        size: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        last_avail: u16,
+        enabled: bool,
+    }
+
+    /// What the fake device saw and holds.
+    #[derive(Debug, Default)]
+    pub struct NetState {
+        /// Device status register.
+        pub status: u32,
+        /// Features the driver accepted.
+        pub driver_features: u64,
+        queues: [Queue; 2],
+        /// Notifications per queue (0 = receive, 1 = transmit).
+        pub notifications: [u32; 2],
+        /// MAC in config space.
+        pub mac: [u8; 6],
+    }
+
+    fn read(addr: u64, len: usize) -> Vec<u8> {
+        let mut v = alloc::vec![0u8; len];
+        // SAFETY: test-only device model: `addr` comes from a ring the driver set up in host
+        // memory (HostHal) or from a buffer it shared, valid for `len` bytes while the device
+        // owns it; the driver does not touch it meanwhile.
+        unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, v.as_mut_ptr(), len) };
+        v
+    }
+
+    fn write(addr: u64, bytes: &[u8]) {
+        // SAFETY: as for `read`: device-owned driver memory of at least `bytes.len()` bytes.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
+    }
+
+    fn r16(addr: u64) -> u16 {
+        u16::from_le_bytes(read(addr, 2).try_into().unwrap_or([0; 2]))
+    }
+
+    fn w16(addr: u64, v: u16) {
+        write(addr, &v.to_le_bytes());
+    }
+
+    fn w32(addr: u64, v: u32) {
+        write(addr, &v.to_le_bytes());
+    }
+
+    /// A request popped from a queue: head descriptor index, buffer address and length.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Popped {
+        /// Head descriptor (the driver's token).
+        pub head: u16,
+        /// Buffer address.
+        pub addr: u64,
+        /// Buffer length.
+        pub len: u32,
+    }
+
+    impl NetState {
+        /// Pops the next available single-descriptor request of `queue`.
+        pub fn pop(&mut self, queue: usize) -> Option<Popped> {
+            let q = self.queues[queue];
+            if !q.enabled || r16(q.avail + 2) == q.last_avail {
+                return None;
+            }
+            let head = r16(q.avail + 4 + 2 * u64::from(q.last_avail % q.size));
+            let d = read(q.desc + 16 * u64::from(head), 16);
+            let addr = u64::from_le_bytes(d[0..8].try_into().ok()?);
+            let len = u32::from_le_bytes(d[8..12].try_into().ok()?);
+            self.queues[queue].last_avail = q.last_avail.wrapping_add(1);
+            Some(Popped { head, addr, len })
+        }
+
+        /// Returns `id` to the driver in `queue`'s used ring with `len` bytes written.
+        pub fn push_used(&mut self, queue: usize, id: u32, len: u32) {
+            let q = self.queues[queue];
+            let idx = r16(q.used + 2);
+            let slot = q.used + 4 + 8 * u64::from(idx % q.size);
+            w32(slot, id);
+            w32(slot + 4, len);
+            w16(q.used + 2, idx.wrapping_add(1));
+        }
+
+        /// Delivers `frame` into the next receive buffer; false if none is posted or it is
+        /// too small.
+        pub fn deliver(&mut self, frame: &[u8]) -> bool {
+            let Some(p) = self.pop(0) else { return false };
+            let total = NET_HDR_LEN + frame.len();
+            if (p.len as usize) < total {
+                return false;
+            }
+            write(p.addr, &[0u8; NET_HDR_LEN]);
+            write(p.addr + NET_HDR_LEN as u64, frame);
+            self.push_used(0, u32::from(p.head), total as u32);
+            true
+        }
+
+        /// Takes up to `max` frames from the transmit queue (header stripped), completing them
+        /// unless `complete` is false (then the device keeps the buffers).
+        pub fn take_sent(&mut self, max: usize, complete: bool) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            while out.len() < max {
+                let Some(p) = self.pop(1) else { break };
+                let bytes = read(p.addr, p.len as usize);
+                out.push(bytes.get(NET_HDR_LEN..).unwrap_or(&[]).to_vec());
+                if complete {
+                    self.push_used(1, u32::from(p.head), 0);
+                }
+            }
+            out
+        }
+    }
+
+    /// The transport half of the fake device, owned by the driver; tests keep the shared state.
+    #[derive(Debug)]
+    pub struct FakeNetTransport {
+        /// Shared device state.
+        pub state: Rc<RefCell<NetState>>,
+        /// Largest queue size offered.
+        pub max_queue: u32,
+    }
+
+    impl FakeNetTransport {
+        /// A device with `mac`; returns the transport and a handle on its state.
+        pub fn new(mac: [u8; 6], max_queue: u32) -> (Self, Rc<RefCell<NetState>>) {
+            let state = Rc::new(RefCell::new(NetState {
+                mac,
+                ..NetState::default()
+            }));
+            (
+                Self {
+                    state: state.clone(),
+                    max_queue,
+                },
+                state,
+            )
+        }
+    }
+
+    impl Transport for FakeNetTransport {
+        fn device_type(&self) -> DeviceType {
+            DeviceType::Network
+        }
+        fn read_device_features(&mut self) -> u64 {
+            FEATURES
+        }
+        fn write_driver_features(&mut self, driver_features: u64) {
+            self.state.borrow_mut().driver_features = driver_features;
+        }
+        fn max_queue_size(&mut self, _queue: u16) -> u32 {
+            self.max_queue
+        }
+        fn notify(&mut self, queue: u16) {
+            if let Some(n) = self
+                .state
+                .borrow_mut()
+                .notifications
+                .get_mut(usize::from(queue))
+            {
+                *n += 1;
+            }
+        }
+        fn get_status(&self) -> DeviceStatus {
+            DeviceStatus::from_bits_truncate(self.state.borrow().status)
+        }
+        fn set_status(&mut self, status: DeviceStatus) {
+            self.state.borrow_mut().status = status.bits();
+        }
+        fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
+        fn requires_legacy_layout(&self) -> bool {
+            false
+        }
+        fn queue_set(
+            &mut self,
+            queue: u16,
+            size: u32,
+            desc: PhysAddr,
+            avail: PhysAddr,
+            used: PhysAddr,
+        ) {
+            if let Some(q) = self.state.borrow_mut().queues.get_mut(usize::from(queue)) {
+                *q = Queue {
+                    size: size as u16,
+                    desc,
+                    avail,
+                    used,
+                    last_avail: 0,
+                    enabled: true,
+                };
+            }
+        }
+        fn queue_unset(&mut self, queue: u16) {
+            if let Some(q) = self.state.borrow_mut().queues.get_mut(usize::from(queue)) {
+                *q = Queue::default();
+            }
+        }
+        fn queue_used(&mut self, queue: u16) -> bool {
+            self.state
+                .borrow()
+                .queues
+                .get(usize::from(queue))
+                .is_some_and(|q| q.enabled)
+        }
+        fn ack_interrupt(&mut self) -> InterruptStatus {
+            InterruptStatus::empty()
+        }
+        fn read_config_generation(&self) -> u32 {
+            0
+        }
+        fn read_config_space<T: FromBytes + IntoBytes>(
+            &self,
+            offset: usize,
+        ) -> Result<T, virtio_drivers::Error> {
+            // Config: mac[6], status u16 (link up), max_virtqueue_pairs u16, mtu u16.
+            let mut cfg = [0u8; 12];
+            cfg[..6].copy_from_slice(&self.state.borrow().mac);
+            cfg[6] = 1;
+            let end = offset + size_of::<T>();
+            let bytes = cfg
+                .get(offset..end)
+                .ok_or(virtio_drivers::Error::ConfigSpaceTooSmall)?;
+            T::read_from_bytes(bytes).map_err(|_| virtio_drivers::Error::IoError)
+        }
+        fn write_config_space<T: IntoBytes + Immutable>(
+            &mut self,
+            _offset: usize,
+            _value: T,
+        ) -> Result<(), virtio_drivers::Error> {
+            Err(virtio_drivers::Error::Unsupported)
+        }
+    }
+}

@@ -242,3 +242,130 @@ impl<H: Hal, T: Transport, const QS: usize> VirtioNet<H, T, QS> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::virtio::{FakeNetTransport, HostHal, NET_HDR_LEN};
+
+    type Net = VirtioNet<HostHal, FakeNetTransport, 8>;
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 1, 2, 3];
+
+    fn frame(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| seed.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn init_negotiates_and_posts_all_rx_buffers() {
+        let (t, dev) = FakeNetTransport::new(MAC, 256);
+        let net = Net::new(t).unwrap();
+        assert_eq!(net.mac_address(), MAC);
+        let st = dev.borrow();
+        assert_eq!(st.driver_features, crate::fake::virtio::FEATURES);
+        assert_eq!(st.status & 0x4, 0x4, "DRIVER_OK");
+        drop(st);
+        // All 8 receive buffers are with the device: 8 frames fit, a ninth does not.
+        for i in 0..8 {
+            assert!(dev.borrow_mut().deliver(&frame(60, i)));
+        }
+        assert!(!dev.borrow_mut().deliver(&frame(60, 9)));
+        drop(net);
+    }
+
+    #[test]
+    fn receive_lends_frames_and_recycle_reposts() {
+        let (t, dev) = FakeNetTransport::new(MAC, 8);
+        let mut net = Net::new(t).unwrap();
+        assert!(net.receive().is_none());
+        for i in 0..8 {
+            assert!(dev.borrow_mut().deliver(&frame(100 + i as usize, i)));
+        }
+        let mut lent = Vec::new();
+        for i in 0..8u8 {
+            let f = net.receive().expect("frame");
+            assert_eq!(f.packet(), &frame(100 + usize::from(i), i)[..]);
+            lent.push(f);
+        }
+        assert!(net.receive().is_none());
+        // Nothing posted while all frames are lent out.
+        assert!(!dev.borrow_mut().deliver(&frame(1514, 0)));
+        for f in lent {
+            net.recycle(f);
+        }
+        // Full-size frames fit the recycled buffers.
+        assert!(dev.borrow_mut().deliver(&frame(1514, 7)));
+        assert_eq!(net.receive().unwrap().packet(), &frame(1514, 7)[..]);
+        assert_eq!(net.stats().rx_frames, 9);
+        assert_eq!(net.stats().rx_errors, 0);
+    }
+
+    #[test]
+    fn short_completion_is_dropped_and_buffer_reused() {
+        let (t, dev) = FakeNetTransport::new(MAC, 8);
+        let mut net = Net::new(t).unwrap();
+        // The device claims fewer bytes than a virtio-net header.
+        let p = dev.borrow_mut().pop(0).unwrap();
+        dev.borrow_mut()
+            .push_used(0, u32::from(p.head), (NET_HDR_LEN - 2) as u32);
+        assert!(net.receive().is_none());
+        assert_eq!(net.stats().rx_errors, 1);
+        // The buffer went back: 8 buffers are available again.
+        for i in 0..8 {
+            assert!(dev.borrow_mut().deliver(&frame(64, i)), "buffer {i}");
+        }
+    }
+
+    #[test]
+    fn unknown_token_from_device_is_refused() {
+        let (t, dev) = FakeNetTransport::new(MAC, 8);
+        let mut net = Net::new(t).unwrap();
+        // Complete a descriptor index outside the queue.
+        dev.borrow_mut().push_used(0, 200, 64);
+        assert!(net.receive().is_none());
+        assert_eq!(net.stats().rx_errors, 1);
+    }
+
+    #[test]
+    fn transmit_is_asynchronous_and_buffers_come_back() {
+        let (t, dev) = FakeNetTransport::new(MAC, 8);
+        let mut net = Net::new(t).unwrap();
+        // Seven frames go out without the device completing any (virtio-drivers keeps one
+        // descriptor spare: `can_send` wants two free).
+        for i in 0..7u8 {
+            assert!(net.can_send());
+            let mut f = net.tx_buffer(200).unwrap();
+            f.packet_mut().copy_from_slice(&frame(200, i));
+            net.send(f).unwrap();
+        }
+        assert!(
+            !net.can_send(),
+            "one descriptor left: can_send is conservative"
+        );
+        // The last descriptor still takes a single-buffer frame; then nothing is free.
+        let mut f = net.tx_buffer(200).unwrap();
+        f.packet_mut().copy_from_slice(&frame(200, 7));
+        net.send(f).unwrap();
+        assert!(net.tx_buffer(60).is_none());
+        assert!(net.tx_in_flight());
+        assert!(dev.borrow().notifications[1] >= 1);
+        // The device reads them (in order) but has not completed yet: still no buffer.
+        let sent = dev.borrow_mut().take_sent(3, false);
+        assert_eq!(sent, vec![frame(200, 0), frame(200, 1), frame(200, 2)]);
+        assert!(!net.can_send());
+        let sent = dev.borrow_mut().take_sent(8, true);
+        assert_eq!(sent.len(), 5);
+        assert_eq!(sent[4], frame(200, 7));
+        // Only the completed ones are reclaimed... the first three are still device-owned.
+        assert!(net.can_send());
+        // Oversized frames are refused, not truncated.
+        assert!(net.tx_buffer(BUF_LEN).is_none());
+        assert_eq!(net.stats().tx_frames, 8);
+        assert_eq!(net.stats().tx_dropped, 1);
+        // Once the first three complete too, all buffers are back.
+        for head in 0..3 {
+            dev.borrow_mut().push_used(1, head, 0);
+        }
+        net.reclaim_tx();
+        assert!(!net.tx_in_flight());
+    }
+}
