@@ -550,6 +550,86 @@ impl BarAllocator {
     }
 }
 
+/// Gives every unassigned (address 0) memory BAR of endpoint `bdf` a naturally aligned
+/// address from `[window_start, window_end)`, avoiding the memory BARs already assigned to any
+/// endpoint reachable on buses `first_bus..=last_bus`; `assigned` is told about each new
+/// address. Memory decoding of `bdf` is off while addresses change. Returns the re-probed
+/// BARs (unchanged when nothing was unassigned, without scanning the bus).
+pub fn assign_bars<C, F>(
+    cfg: &mut C,
+    bdf: Bdf,
+    first_bus: u8,
+    last_bus: u8,
+    window_start: u64,
+    window_end: u64,
+    mut assigned: F,
+) -> Result<[Option<Bar>; 6], Error>
+where
+    C: ConfigSpace + ?Sized,
+    F: FnMut(&Bar, u64),
+{
+    let bars = probe_bars(cfg, bdf);
+    if !bars
+        .iter()
+        .flatten()
+        .any(|b| b.is_memory() && b.address == 0)
+    {
+        return Ok(bars);
+    }
+    let mut alloc = BarAllocator::new(window_start, window_end);
+    let mut others = [bdf; 64];
+    let mut n = 0;
+    let mut overflow = false;
+    for_each_function(cfg, first_bus, last_bus, true, |f| {
+        if f.header.header_type == 0 && f.bdf != bdf {
+            match others.get_mut(n) {
+                Some(slot) => {
+                    *slot = f.bdf;
+                    n += 1;
+                }
+                None => overflow = true,
+            }
+        }
+        true
+    });
+    if overflow {
+        // Cannot know every window in use: refuse rather than risk an overlap.
+        return Err(Error::NoSpace);
+    }
+    for other in &others[..n] {
+        for bar in probe_bars(cfg, *other).iter().flatten() {
+            if bar.is_memory() && bar.address != 0 {
+                alloc.reserve(bar.address, bar.size)?;
+            }
+        }
+    }
+    for bar in bars.iter().flatten() {
+        if bar.is_memory() && bar.address != 0 {
+            alloc.reserve(bar.address, bar.size)?;
+        }
+    }
+    let cmd = command(cfg, bdf);
+    set_command(cfg, bdf, cmd & !command::MEMORY_SPACE);
+    let mut result = Ok(());
+    for bar in bars.iter().flatten() {
+        if bar.is_memory() && bar.address == 0 {
+            match alloc.alloc(bar.size.max(0x1000)) {
+                Ok(addr) => {
+                    set_bar_address(cfg, bdf, bar, addr);
+                    assigned(bar, addr);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    set_command(cfg, bdf, cmd);
+    result?;
+    Ok(probe_bars(cfg, bdf))
+}
+
 /// A capability in a function's capability list.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 pub struct Capability {

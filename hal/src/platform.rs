@@ -5,7 +5,7 @@ use crate::Error;
 use crate::acpi::{self, McfgEntry, PhysRead};
 use crate::ecam::Ecam;
 use crate::mmio::{Mmio, RegisterBlock};
-use crate::pci::{self, Bar, BarAllocator, Bdf, ConfigSpace, MsixCap, MsixTable, command};
+use crate::pci::{self, Bar, Bdf, ConfigSpace, MsixCap, MsixTable, command};
 
 /// QEMU q35's ECAM base, used when ACPI gives no MCFG.
 pub const Q35_ECAM_BASE: u64 = 0xb000_0000;
@@ -91,55 +91,30 @@ pub fn map_bar(bar: &Bar, offset: u64, len: usize) -> Result<Mmio, Error> {
     Ok(unsafe { Mmio::new(base, len) })
 }
 
-/// Gives every unassigned memory BAR of `bdf` an address from `[window_start, window_end)`,
-/// avoiding the BARs already assigned to any function on `ecam`'s buses; then returns the
-/// (re-probed) BARs. Memory decoding is off while addresses change.
+/// Gives every unassigned memory BAR of `bdf` an address from `[window_start, window_end)`
+/// (see [`pci::assign_bars`]), logging each assignment.
 pub fn assign_bars(
     cfg: &mut Ecam,
     bdf: Bdf,
     window_start: u64,
     window_end: u64,
 ) -> Result<[Option<Bar>; 6], Error> {
-    let bars = pci::probe_bars(cfg, bdf);
-    if !bars
-        .iter()
-        .flatten()
-        .any(|b| b.is_memory() && b.address == 0)
-    {
-        return Ok(bars);
-    }
-    let mut alloc = BarAllocator::new(window_start, window_end);
-    let mut others = [Bdf::new(0, 0, 0).ok_or(Error::Invalid)?; 64];
-    let mut n = 0;
-    pci::for_each_function(cfg, cfg.start_bus(), cfg.end_bus(), true, |f| {
-        if f.header.header_type == 0 && n < others.len() {
-            others[n] = f.bdf;
-            n += 1;
-        }
-        true
-    });
-    for other in &others[..n] {
-        for bar in pci::probe_bars(cfg, *other).iter().flatten() {
-            if bar.is_memory() && bar.address != 0 {
-                alloc.reserve(bar.address, bar.size)?;
-            }
-        }
-    }
-    let cmd = pci::command(cfg, bdf);
-    pci::set_command(cfg, bdf, cmd & !command::MEMORY_SPACE);
-    for bar in bars.iter().flatten() {
-        if bar.is_memory() && bar.address == 0 {
-            let addr = alloc.alloc(bar.size.max(0x1000))?;
+    let (first, last) = (cfg.start_bus(), cfg.end_bus());
+    pci::assign_bars(
+        cfg,
+        bdf,
+        first,
+        last,
+        window_start,
+        window_end,
+        |bar, addr| {
             log::info!(
                 "{bdf}: assigned BAR{} ({:#x} bytes) at {addr:#x}",
                 bar.index,
                 bar.size
             );
-            pci::set_bar_address(cfg, bdf, bar, addr);
-        }
-    }
-    pci::set_command(cfg, bdf, cmd);
-    Ok(pci::probe_bars(cfg, bdf))
+        },
+    )
 }
 
 /// Sets up MSI-X on `bdf`: maps its vector table, masks every entry, programs `entry` with

@@ -279,6 +279,73 @@ fn unassigned_bar_gets_an_address_from_the_allocator() {
 }
 
 #[test]
+fn assign_bars_avoids_other_devices_and_keeps_assigned_ones() {
+    let mut cfg = q35_like();
+    // Firmware-assigned BARs of other devices in the window.
+    cfg.function(bdf(0, 1, 0))
+        .unwrap()
+        .add_mem32_bar(0, 0x100_0000, 0xc000_0000, true) // VGA framebuffer 16 MiB
+        .add_mem32_bar(2, 0x1000, 0xc100_0000, false);
+    cfg.add_bridge(bdf(0, 3, 0), 1, 1);
+    cfg.add(bdf(1, 0, 0), 0x1af4, 0x1042, 1, 0, 0)
+        .add_mem64_bar(4, 0x4000, 0xc100_4000, true);
+    let d = bdf(0, 2, 0);
+    cfg.function(d)
+        .unwrap()
+        .add_mem32_bar(1, 0x1000, 0, false)
+        .add_mem64_bar(4, 0x4000, 0, true)
+        .add_io_bar(0, 32, 0);
+    update_command(&mut cfg, d, command::MEMORY_SPACE, 0);
+    let mut log = Vec::new();
+    let bars = assign_bars(&mut cfg, d, 0, 255, 0xc000_0000, 0xd000_0000, |b, a| {
+        log.push((b.index, a))
+    })
+    .unwrap();
+    let b1 = bars[1].unwrap();
+    let b4 = bars[4].unwrap();
+    assert_eq!(log, vec![(1, b1.address), (4, b4.address)]);
+    // Naturally aligned, inside the window, clear of the 0xc0000000..0xc1000000 framebuffer,
+    // the BAR at 0xc1000000 and the one behind the bridge at 0xc1004000.
+    let taken = [
+        (0xc000_0000u64, 0x100_0000u64),
+        (0xc100_0000, 0x1000),
+        (0xc100_4000, 0x4000),
+    ];
+    for b in [b1, b4] {
+        assert_eq!(b.address % b.size.max(0x1000), 0);
+        assert!(b.address >= 0xc000_0000 && b.address + b.size <= 0xd000_0000);
+        for (base, size) in taken {
+            assert!(
+                b.address + b.size <= base || b.address >= base + size,
+                "{b:?} overlaps {base:#x}"
+            );
+        }
+    }
+    assert!(b1.address + b1.size <= b4.address || b4.address + b4.size <= b1.address);
+    // I/O BARs are left alone, decoding restored.
+    assert_eq!(bars[0].unwrap().address, 0);
+    assert_eq!(command(&cfg, d), command::MEMORY_SPACE);
+    // A second call finds nothing to do and changes nothing.
+    let again = assign_bars(&mut cfg, d, 0, 255, 0xc000_0000, 0xd000_0000, |_, _| {
+        panic!("nothing to assign")
+    })
+    .unwrap();
+    assert_eq!(again, bars);
+}
+
+#[test]
+fn assign_bars_reports_a_full_window() {
+    let mut cfg = q35_like();
+    let d = bdf(0, 2, 0);
+    cfg.function(d).unwrap().add_mem32_bar(1, 0x2000, 0, false);
+    assert_eq!(
+        assign_bars(&mut cfg, d, 0, 0, 0xc000_0000, 0xc000_1000, |_, _| ()),
+        Err(Error::NoSpace)
+    );
+    assert_eq!(cfg.read32(d, 0x14), 0, "BAR untouched");
+}
+
+#[test]
 fn bar_allocator_alignment_overlap_and_exhaustion() {
     let mut a = BarAllocator::new(0x1000, 0x10000);
     assert_eq!(a.alloc(0x1000), Ok(0x1000));
