@@ -8,11 +8,14 @@
 //! - [`ecam`]: the memory-mapped [`pci::ConfigSpace`] (also usable by `virtio-drivers`);
 //! - [`virtio`]: virtio PCI capabilities and MSI-X vector routing;
 //! - [`virtio_net`]: a virtio-net driver with preallocated buffers and asynchronous transmit;
-//! - `fake` (tests, or the `fake` feature): fakes of the traits for host tests;
+//! - `fake` (tests, or the `fake` feature): fakes for host tests: configuration space,
+//!   registers, physical memory, and a virtio-net device serving split rings in host memory
+//!   with a host `virtio_drivers::Hal`;
 //! - `platform` and `dma` (target `x86_64-unknown-none` only): the bindings to `rt`: reading
 //!   physical memory, mapping ECAM/BARs, and the `virtio_drivers::Hal` implementation.
 //!
-//! All pure parts are tested on the host with `cargo test -p hal`.
+//! All pure parts, and the virtio-net driver against the fake device, are tested on the host
+//! with `cargo test -p hal`. The target-only glue is exercised by booting `net-dd` in QEMU.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
