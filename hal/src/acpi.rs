@@ -2,7 +2,7 @@
 //!
 //! Tables are read through [`PhysRead`], one small piece at a time into stack buffers, so this
 //! module needs no allocator and is tested on the host against
-//! [`crate::fake::FakeMemory`]. Firmware tables are validated (signature, checksum, length
+//! `fake::FakeMemory`. Firmware tables are validated (signature, checksum, length
 //! bounds) before use; a bad table is an error, never a panic.
 
 use crate::Error;

@@ -2,7 +2,7 @@
 //!
 //! [`RegisterBlock`] is the access trait used by device logic (MSI-X tables, virtio common
 //! configuration). [`Mmio`] implements it with volatile accesses to a mapped region;
-//! [`crate::fake::FakeRegs`] implements it over plain memory for host tests.
+//! `fake::FakeRegs` implements it over plain memory for host tests.
 //!
 //! Every access is bounds-checked against the block length: an out-of-range read returns
 //! all-ones (what a PCI master abort returns) and an out-of-range write is dropped.

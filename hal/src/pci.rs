@@ -2,7 +2,7 @@
 //!
 //! Everything here is written against the [`ConfigSpace`] trait, so it runs unchanged on the
 //! memory-mapped ECAM ([`crate::ecam::Ecam`]) and on the host-test fake
-//! ([`crate::fake::FakeConfigSpace`]). Values read from configuration space come from devices
+//! (`fake::FakeConfigSpace`). Values read from configuration space come from devices
 //! (and, under passthrough, from whoever emulates them): loops are bounded, offsets checked.
 
 use crate::Error;
