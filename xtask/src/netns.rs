@@ -119,4 +119,25 @@ mod tests {
         assert_eq!(owner_pid("other"), None);
         assert_eq!(owner_pid("icx-abc"), None);
     }
+
+    /// Real namespace (root only): tap0 gets the host address, and the guard deletes the
+    /// namespace when the code using it panics.
+    #[test]
+    fn guard_deletes_namespace_even_on_panic() {
+        if !util::is_root() || !util::have_program("ip") || !Path::new("/dev/net/tun").exists() {
+            eprintln!("skipping: needs root, ip and /dev/net/tun");
+            return;
+        }
+        let name = format!("{PREFIX}{}", std::process::id());
+        let r = std::panic::catch_unwind(|| {
+            let ns = Netns::with_tap().unwrap();
+            assert_eq!(ns.name(), name);
+            let addr = ip(&["-n", ns.name(), "addr", "show", "dev", TAP]).unwrap();
+            assert!(addr.contains("10.0.2.2/24"), "{addr}");
+            panic!("deliberate panic while the namespace exists");
+        });
+        assert!(r.is_err());
+        let list = ip(&["netns", "list"]).unwrap();
+        assert!(!parse_netns_list(&list).contains(&name), "{name} left behind: {list}");
+    }
 }

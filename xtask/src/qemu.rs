@@ -676,20 +676,148 @@ mod tests {
         assert_eq!(tail(&l[..2], 60), "0\n1");
     }
 
+    fn have_qemu() -> bool {
+        let ok = std::process::Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("skipping: {QEMU} not installed");
+        }
+        ok
+    }
+
+    /// A minimal PVH ELF64 (entry in 32-bit protected mode): writes `msg` to COM1, then either
+    /// writes `exit` to the isa-debug-exit port or (None) spins forever.
+    fn pvh_elf(msg: &str, exit: Option<u32>) -> Vec<u8> {
+        let mut code = Vec::new();
+        for &ch in msg.as_bytes() {
+            code.extend([0x66, 0xba, 0xf8, 0x03, 0xb0, ch, 0xee]); // mov dx,0x3f8; mov al,ch; out dx,al
+        }
+        if let Some(v) = exit {
+            code.extend([0x66, 0xba, 0xf4, 0x00, 0xb8]); // mov dx,0xf4; mov eax,v
+            code.extend(v.to_le_bytes());
+            code.push(0xef); // out dx,eax
+        }
+        code.extend([0xeb, 0xfe]); // jmp $
+        let base = 0x10_0000u64;
+        let code_off = 0x1000usize;
+        let note_off = 64 + 2 * 56;
+        let mut b = vec![0u8; code_off];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2; // ELF64
+        b[5] = 1; // little endian
+        b[6] = 1;
+        b[0x10..0x12].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        b[0x12..0x14].copy_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+        b[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
+        b[0x18..0x20].copy_from_slice(&(base + code_off as u64).to_le_bytes()); // e_entry
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b[0x34..0x36].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        b[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+        b[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        b.extend(&code);
+        let total = b.len() as u64;
+        let mut ph = |at: usize, p_type: u32, flags: u32, off: u64, addr: u64, size: u64, align: u64| {
+            let f = [
+                &p_type.to_le_bytes()[..],
+                &flags.to_le_bytes(),
+                &off.to_le_bytes(),
+                &addr.to_le_bytes(),
+                &addr.to_le_bytes(),
+                &size.to_le_bytes(),
+                &size.to_le_bytes(),
+                &align.to_le_bytes(),
+            ]
+            .concat();
+            b[at..at + 56].copy_from_slice(&f);
+        };
+        ph(64, 1, 5, 0, base, total, 0x1000); // PT_LOAD, R+X
+        ph(120, 4, 4, note_off as u64, 0, 20, 4); // PT_NOTE
+        // Xen note type 18 (XEN_ELFNOTE_PHYS32_ENTRY): 32-bit entry address.
+        let note = [
+            &4u32.to_le_bytes()[..],
+            &4u32.to_le_bytes(),
+            &18u32.to_le_bytes(),
+            b"Xen\0",
+            &((base + code_off as u64) as u32).to_le_bytes(),
+        ]
+        .concat();
+        b[note_off..note_off + note.len()].copy_from_slice(&note);
+        b
+    }
+
+    /// Write a kernel into its own temp directory (remove it with `cleanup`).
+    fn write_kernel(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = dir.join(name);
+        std::fs::write(&k, bytes).unwrap();
+        k
+    }
+
+    fn cleanup(kernel: &std::path::Path) {
+        if let Some(d) = kernel.parent() {
+            std::fs::remove_dir_all(d).ok();
+        }
+    }
+
+    #[test]
+    fn fixture_is_a_pvh_elf() {
+        let info = crate::images::parse_elf(&pvh_elf("x", Some(0x10))).unwrap();
+        assert_eq!(info.pvh_entry, Some(0x10_1000));
+    }
+
+    /// Real QEMU: the debug-exit values rt uses come back as the decoded exits, with the serial
+    /// output captured line by line.
+    #[test]
+    fn real_qemu_exit_statuses_and_serial() {
+        if !have_qemu() {
+            return;
+        }
+        for (v, want) in [(0x10, GuestExit::Success), (0x11, GuestExit::Failure), (0x13, GuestExit::Exception)] {
+            let k = write_kernel(&format!("exit-{v:x}.elf"), &pvh_elf("hello\nKTEST-DONE passed=1 failed=0\n", Some(v)));
+            let out = Qemu::new(&k, Accel::Tcg).timeout(Duration::from_secs(30)).run().unwrap();
+            assert_eq!(out.exit, want, "{}", out.diagnostics());
+            assert_eq!(out.serial, ["hello", "KTEST-DONE passed=1 failed=0"], "{}", out.diagnostics());
+            assert!(!out.timed_out);
+            cleanup(&k);
+        }
+    }
+
+    /// Real QEMU: waiting for a marker of a running guest, a deadline that passes, stopping it by
+    /// PID, and the run timeout of a guest that never exits.
+    #[test]
+    fn real_qemu_wait_stop_and_timeout() {
+        if !have_qemu() {
+            return;
+        }
+        let k = write_kernel("spin.elf", &pvh_elf("ICONNECT-READY spin boot_us=7\n", None));
+        let mut r = Qemu::new(&k, Accel::Tcg).timeout(Duration::from_secs(30)).spawn().unwrap();
+        let (line, _) = r.wait_for(|l| l.contains("ICONNECT-READY"), Duration::from_secs(20)).unwrap();
+        assert_eq!(crate::markers::parse_ready(&line), Some(("spin".to_string(), 7)));
+        assert!(matches!(r.wait_for(|l| l.contains("never"), Duration::from_millis(300)), Err(WaitError::Deadline(_))));
+        let pid = r.pid();
+        let out = r.stop();
+        assert_eq!(out.exit, GuestExit::Killed);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "QEMU {pid} still exists");
+
+        let t = Instant::now();
+        let out = Qemu::new(&k, Accel::Tcg).timeout(Duration::from_secs(2)).run().unwrap();
+        assert_eq!(out.exit, GuestExit::TimedOut);
+        assert!(out.timed_out);
+        assert!(t.elapsed() < Duration::from_secs(15), "timeout not enforced: {:?}", t.elapsed());
+        cleanup(&k);
+    }
+
     /// Real QEMU (when installed): a kernel that is not a PVH ELF makes QEMU fail fast with an
     /// error on stderr; the runner must report it, not hang.
     #[test]
     fn qemu_rejects_non_pvh_kernel() {
-        if std::process::Command::new(QEMU).arg("--version").output().is_err() {
-            eprintln!("skipping: {QEMU} not installed");
+        if !have_qemu() {
             return;
         }
-        let dir = std::env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let k = dir.join("bogus.elf");
-        std::fs::write(&k, b"\x7fELF this is not a kernel").unwrap();
+        let k = write_kernel("bogus.elf", b"\x7fELF this is not a kernel");
         let out = Qemu::new(&k, Accel::Tcg).timeout(Duration::from_secs(20)).run().unwrap();
-        std::fs::remove_dir_all(&dir).ok();
+        cleanup(&k);
         assert!(!out.timed_out, "QEMU hung on a bogus kernel");
         assert_ne!(out.exit, GuestExit::Success);
         assert!(!out.stderr.is_empty(), "QEMU said nothing about the bogus kernel");
