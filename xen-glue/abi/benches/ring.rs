@@ -6,17 +6,24 @@
 //! busy-polls, reads every message and folds one byte of it into a checksum. For the Xen ring,
 //! the consumer is a [`BackRing`] that also writes an 8-byte response per request (the ring
 //! protocol frees slots only through responses), and the producer is a [`FrontRing`] that reads
-//! those responses back. Index publication is batched as the protocol allows (one `req_prod`
-//! store per batch of pushes, one `rsp_prod` store per batch of responses). Nobody sleeps or
-//! sends notifications (polling mode on both sides, as for the SPSC queues).
+//! those responses back ("xen-ring", request+response). A second variant, "xen-ring-oneway",
+//! moves data one way only, like the SPSC queues: the backend returns slots with body-less
+//! responses (`push_null_responses`) and the frontend skips them (`skip_responses`). Index
+//! publication is batched as the protocol allows (one `req_prod`/`rsp_prod` store per
+//! [`batch()`] entries). Nobody sleeps or sends notifications (polling mode on both sides, as
+//! for the SPSC queues).
+//!
+//! The producer runs on CPU 0 and the consumer on CPU 1 (pinned), so every message crosses
+//! between two CPUs. Waiting is the same for all: spin briefly, then yield.
 //!
 //! Quick mode for CI smoke runs: `ICONNECT_BENCH_QUICK=1` (few samples, short measurement).
-//! At the end the bench prints the median messages/s of each implementation and the ratio of
-//! the Xen ring to the best of the others.
+//! After criterion's per-implementation reports, an interleaved comparison (every
+//! implementation runs the same message count in each round, rounds repeated) prints one
+//! `RING-SUMMARY` line per size with the median messages/s and the ratio of the Xen ring to the
+//! best of the others.
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,12 +34,39 @@ use xen_abi::shmem::HostMem;
 
 const CAPACITY: usize = 512;
 
-/// (implementation, message size, ns per message) for every sample.
-static SAMPLES: Mutex<Vec<(&'static str, usize, f64)>> = Mutex::new(Vec::new());
+fn quick() -> bool {
+    std::env::var_os("ICONNECT_BENCH_QUICK").is_some()
+}
 
-fn record(name: &'static str, size: usize, iters: u64, d: Duration) {
-    if iters > 0 {
-        SAMPLES.lock().unwrap().push((name, size, d.as_nanos() as f64 / iters as f64));
+/// Pins the calling thread to CPU `i` (producer on one CPU, consumer on another), if the
+/// machine has at least two.
+fn pin(i: usize) {
+    if let Some(ids) = core_affinity::get_core_ids()
+        && ids.len() >= 2
+    {
+        core_affinity::set_for_current(ids[i % ids.len()]);
+    }
+}
+
+/// Waiting strategy shared by all implementations: spin a little, then yield the CPU (on a
+/// loaded 2-CPU machine a pure spin can wait out a whole time slice of its own peer).
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    #[inline]
+    fn wait(&mut self) {
+        self.0 += 1;
+        if self.0 < 64 {
+            std::hint::spin_loop();
+        } else {
+            self.0 = 0;
+            thread::yield_now();
+        }
+    }
+    #[inline]
+    fn reset(&mut self) {
+        self.0 = 0;
     }
 }
 
@@ -54,23 +88,36 @@ fn region_for<P: RingProtocol>() -> HostMem {
     panic!("no ring-page-order fits");
 }
 
+/// How many entries each side writes before publishing its producer index (`RING_BATCH`
+/// overrides; default 64). Publishing in the middle of a long run lets the peer start on the
+/// first entries while the rest are written, instead of the two sides taking turns.
+fn batch() -> u32 {
+    static B: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *B.get_or_init(|| std::env::var("RING_BATCH").ok().and_then(|v| v.parse().ok()).filter(|&b| b > 0).unwrap_or(64))
+}
+
 fn xen_ring<const N: usize>(iters: u64) -> Duration {
     let mem = region_for::<RawProtocol<N, 8>>();
     let mut front = FrontRing::<_, RawProtocol<N, 8>>::init(mem.clone()).unwrap();
     let consumer = thread::spawn(move || {
+        pin(1);
         let mut back = BackRing::<_, RawProtocol<N, 8>>::attach(mem).unwrap();
-        let (mut seen, mut sum) = (0u64, 0u64);
+        let (mut seen, mut sum, mut backoff) = (0u64, 0u64, Backoff::default());
         while seen < iters {
             // One snapshot of req_prod per batch; answer the batch, publish once.
             let n = back.unconsumed_requests().unwrap();
             if n == 0 {
-                std::hint::spin_loop();
+                backoff.wait();
                 continue;
             }
-            for _ in 0..n {
+            backoff.reset();
+            for i in 1..=n {
                 let req = back.pop_request().unwrap().unwrap();
                 sum = sum.wrapping_add(req[0] as u64);
                 back.push_response(&[req[0]; 8]).unwrap();
+                if i % batch() == 0 {
+                    back.publish_responses();
+                }
             }
             back.publish_responses();
             seen += n as u64;
@@ -78,13 +125,17 @@ fn xen_ring<const N: usize>(iters: u64) -> Duration {
         black_box(sum)
     });
     let start = Instant::now();
-    let (mut sent, mut done, mut sum) = (0u64, 0u64, 0u64);
+    let (mut sent, mut done, mut sum, mut backoff) = (0u64, 0u64, 0u64, Backoff::default());
     while done < iters {
-        let mut pushed = false;
+        let mut pushed = 0u32;
         while sent < iters && front.push_request(&message::<N>(sent)).is_ok() {
             sent += 1;
-            pushed = true;
+            pushed += 1;
+            if pushed % batch() == 0 {
+                front.publish_requests();
+            }
         }
+        let pushed = pushed > 0;
         if pushed {
             front.publish_requests();
         }
@@ -95,7 +146,9 @@ fn xen_ring<const N: usize>(iters: u64) -> Duration {
             got = true;
         }
         if !got && !pushed {
-            std::hint::spin_loop();
+            backoff.wait();
+        } else {
+            backoff.reset();
         }
     }
     consumer.join().unwrap();
@@ -104,28 +157,85 @@ fn xen_ring<const N: usize>(iters: u64) -> Duration {
     d
 }
 
+/// One-way stream over the Xen ring: the backend consumes requests and returns their slots with
+/// body-less responses (`push_null_responses`), the frontend skips them (`skip_responses`). Same
+/// shape as the SPSC queues: data flows one way, only indices flow back.
+fn xen_ring_oneway<const N: usize>(iters: u64) -> Duration {
+    let mem = region_for::<RawProtocol<N, 8>>();
+    let mut front = FrontRing::<_, RawProtocol<N, 8>>::init(mem.clone()).unwrap();
+    let consumer = thread::spawn(move || {
+        pin(1);
+        let mut back = BackRing::<_, RawProtocol<N, 8>>::attach(mem).unwrap();
+        let (mut seen, mut sum, mut backoff) = (0u64, 0u64, Backoff::default());
+        while seen < iters {
+            let n = back.unconsumed_requests().unwrap();
+            if n == 0 {
+                backoff.wait();
+                continue;
+            }
+            backoff.reset();
+            let mut done = 0;
+            while done < n {
+                let k = (n - done).min(batch());
+                for _ in 0..k {
+                    let req = back.pop_request().unwrap().unwrap();
+                    sum = sum.wrapping_add(req[0] as u64);
+                }
+                back.push_null_responses(k).unwrap();
+                back.publish_responses();
+                done += k;
+            }
+            seen += n as u64;
+        }
+        black_box(sum)
+    });
+    let start = Instant::now();
+    let (mut sent, mut backoff) = (0u64, Backoff::default());
+    while sent < iters {
+        let mut pushed = 0u32;
+        while sent < iters && front.push_request(&message::<N>(sent)).is_ok() {
+            sent += 1;
+            pushed += 1;
+            if pushed % batch() == 0 {
+                front.publish_requests();
+            }
+        }
+        if pushed > 0 {
+            front.publish_requests();
+            backoff.reset();
+        } else if front.skip_responses().unwrap() == 0 {
+            backoff.wait();
+        }
+    }
+    consumer.join().unwrap();
+    start.elapsed()
+}
+
 fn rtrb_queue<const N: usize>(iters: u64) -> Duration {
     let (mut p, mut c) = rtrb::RingBuffer::<[u8; N]>::new(CAPACITY);
     let consumer = thread::spawn(move || {
-        let (mut seen, mut sum) = (0u64, 0u64);
+        pin(1);
+        let (mut seen, mut sum, mut backoff) = (0u64, 0u64, Backoff::default());
         while seen < iters {
             match c.pop() {
                 Ok(m) => {
                     sum = sum.wrapping_add(m[0] as u64);
                     seen += 1;
+                    backoff.reset();
                 }
-                Err(_) => std::hint::spin_loop(),
+                Err(_) => backoff.wait(),
             }
         }
         black_box(sum)
     });
     let start = Instant::now();
-    let mut i = 0u64;
+    let (mut i, mut backoff) = (0u64, Backoff::default());
     while i < iters {
         if p.push(message::<N>(i)).is_ok() {
             i += 1;
+            backoff.reset();
         } else {
-            std::hint::spin_loop();
+            backoff.wait();
         }
     }
     consumer.join().unwrap();
@@ -136,25 +246,28 @@ fn crossbeam_queue<const N: usize>(iters: u64) -> Duration {
     let q = Arc::new(ArrayQueue::<[u8; N]>::new(CAPACITY));
     let qc = q.clone();
     let consumer = thread::spawn(move || {
-        let (mut seen, mut sum) = (0u64, 0u64);
+        pin(1);
+        let (mut seen, mut sum, mut backoff) = (0u64, 0u64, Backoff::default());
         while seen < iters {
             match qc.pop() {
                 Some(m) => {
                     sum = sum.wrapping_add(m[0] as u64);
                     seen += 1;
+                    backoff.reset();
                 }
-                None => std::hint::spin_loop(),
+                None => backoff.wait(),
             }
         }
         black_box(sum)
     });
     let start = Instant::now();
-    let mut i = 0u64;
+    let (mut i, mut backoff) = (0u64, Backoff::default());
     while i < iters {
         if q.push(message::<N>(i)).is_ok() {
             i += 1;
+            backoff.reset();
         } else {
-            std::hint::spin_loop();
+            backoff.wait();
         }
     }
     consumer.join().unwrap();
@@ -164,31 +277,20 @@ fn crossbeam_queue<const N: usize>(iters: u64) -> Duration {
 fn group<const N: usize>(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("ring-{N}B"));
     g.throughput(Throughput::Elements(1));
-    if std::env::var_os("ICONNECT_BENCH_QUICK").is_some() {
+    if quick() {
         g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(1));
     } else {
         g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     }
     g.bench_function(BenchmarkId::new("xen-ring", N), |b| {
-        b.iter_custom(|iters| {
-            let d = xen_ring::<N>(iters);
-            record("xen-ring", N, iters, d);
-            d
-        })
+        b.iter_custom(xen_ring::<N>)
     });
+    g.bench_function(BenchmarkId::new("xen-ring-oneway", N), |b| b.iter_custom(xen_ring_oneway::<N>));
     g.bench_function(BenchmarkId::new("rtrb", N), |b| {
-        b.iter_custom(|iters| {
-            let d = rtrb_queue::<N>(iters);
-            record("rtrb", N, iters, d);
-            d
-        })
+        b.iter_custom(rtrb_queue::<N>)
     });
     g.bench_function(BenchmarkId::new("crossbeam-arrayqueue", N), |b| {
-        b.iter_custom(|iters| {
-            let d = crossbeam_queue::<N>(iters);
-            record("crossbeam-arrayqueue", N, iters, d);
-            d
-        })
+        b.iter_custom(crossbeam_queue::<N>)
     });
     g.finish();
 }
@@ -198,30 +300,53 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn summary() {
-    let samples = SAMPLES.lock().unwrap().clone();
+/// The comparison that produces the ratio: rounds in which every implementation and size runs
+/// the same number of messages back to back, so that load from other processes hits all of them
+/// alike; the median rate of each over the rounds is reported.
+fn interleaved_summary() {
+    let (rounds, msgs) = if quick() { (5, 300_000u64) } else { (21, 2_000_000u64) };
+    type Run = fn(u64) -> Duration;
+    let runs: [(&str, usize, Run); 8] = [
+        ("xen-ring", 16, xen_ring::<16>),
+        ("xen-ring-oneway", 16, xen_ring_oneway::<16>),
+        ("rtrb", 16, rtrb_queue::<16>),
+        ("crossbeam-arrayqueue", 16, crossbeam_queue::<16>),
+        ("xen-ring", 64, xen_ring::<64>),
+        ("xen-ring-oneway", 64, xen_ring_oneway::<64>),
+        ("rtrb", 64, rtrb_queue::<64>),
+        ("crossbeam-arrayqueue", 64, crossbeam_queue::<64>),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    for _ in 0..rounds {
+        for (i, (_, _, run)) in runs.iter().enumerate() {
+            let d = run(msgs);
+            rates[i].push(msgs as f64 / d.as_secs_f64());
+        }
+    }
     for size in [16usize, 64] {
         let rate = |name: &str| {
-            let v: Vec<f64> = samples.iter().filter(|s| s.0 == name && s.1 == size).map(|s| s.2).collect();
-            (!v.is_empty()).then(|| 1e9 / median(v))
+            let i = runs.iter().position(|r| r.0 == name && r.1 == size).unwrap();
+            median(rates[i].clone())
         };
-        let (Some(x), Some(r), Some(q)) = (rate("xen-ring"), rate("rtrb"), rate("crossbeam-arrayqueue")) else {
-            continue;
-        };
+        let (x, o, r, q) = (rate("xen-ring"), rate("xen-ring-oneway"), rate("rtrb"), rate("crossbeam-arrayqueue"));
+        let best = r.max(q);
         println!(
-            "RING-SUMMARY {size}B: xen-ring {:.1} Mmsg/s, rtrb {:.1} Mmsg/s, crossbeam-arrayqueue {:.1} Mmsg/s, ratio xen/best = {:.2}",
+            "RING-SUMMARY {size}B ({rounds} interleaved rounds x {msgs} msgs, median Mmsg/s): xen-ring(req+rsp) {:.1}, xen-ring-oneway {:.1}, rtrb {:.1}, crossbeam-arrayqueue {:.1}; ratio vs best: oneway {:.2}, req+rsp {:.2}",
             x / 1e6,
+            o / 1e6,
             r / 1e6,
             q / 1e6,
-            x / r.max(q)
+            o / best,
+            x / best
         );
     }
 }
 
 fn main() {
+    pin(0);
     let mut c = Criterion::default().configure_from_args();
     group::<16>(&mut c);
     group::<64>(&mut c);
     c.final_summary();
-    summary();
+    interleaved_summary();
 }

@@ -342,6 +342,16 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
         Ok(Some(rsp))
     }
 
+    /// Consumes every available response without copying it out, returning how many. For
+    /// streams whose responses carry no information (the backend used
+    /// [`BackRing::push_null_responses`]): the responses then only return slots.
+    #[inline]
+    pub fn skip_responses(&mut self) -> Result<u32, Error> {
+        let n = self.unconsumed_responses()?;
+        self.rsp_cons = self.rsp_cons.wrapping_add(n);
+        Ok(n)
+    }
+
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: `true` if responses are pending; otherwise arms
     /// `rsp_event` so the next response is notified, and re-checks.
     pub fn final_check_for_responses(&mut self) -> Result<bool, Error> {
@@ -476,6 +486,22 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
         Ok(())
     }
 
+    /// Answers the `n` oldest unanswered requests without writing response bodies (their slots
+    /// keep the request bytes), for streams whose responses carry no information and only
+    /// return slots to the frontend (which uses [`FrontRing::skip_responses`]).
+    /// [`Error::NoRequestPending`] if fewer than `n` requests are unanswered.
+    #[inline]
+    pub fn push_null_responses(&mut self, n: u32) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        if n > self.pending_responses() {
+            return Err(Error::NoRequestPending);
+        }
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(n);
+        Ok(())
+    }
+
     /// Publishes pushed responses (`RING_PUSH_RESPONSES`).
     #[inline]
     pub fn publish_responses(&mut self) {
@@ -593,6 +619,27 @@ mod tests {
         }
         assert_eq!(f.pop_response().unwrap(), None);
         assert_eq!(f.free_requests(), 128);
+    }
+
+    #[test]
+    fn null_responses_return_slots() {
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, P16>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, P16>::attach(m).unwrap();
+        for i in 0..128u8 {
+            f.push_request(&[i; 16]).unwrap();
+        }
+        f.publish_requests();
+        assert!(f.is_full());
+        for i in 0..100u8 {
+            assert_eq!(b.pop_request().unwrap(), Some([i; 16]));
+        }
+        assert_eq!(b.push_null_responses(101), Err(Error::NoRequestPending));
+        b.push_null_responses(100).unwrap();
+        b.publish_responses();
+        assert_eq!(f.skip_responses(), Ok(100));
+        assert_eq!(f.free_requests(), 100);
+        assert_eq!(f.skip_responses(), Ok(0));
     }
 
     #[test]

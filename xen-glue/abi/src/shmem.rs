@@ -8,7 +8,7 @@
 //! private buffers.
 //!
 //! Implementations:
-//! * [`HostMem`] (feature `alloc`, on by default): a heap region of `AtomicU32` words, shareable
+//! * [`HostMem`] (feature `alloc`, on by default): a heap region of `AtomicU64` words, shareable
 //!   between threads by cloning. No `unsafe`. Used by tests, fuzzing and benchmarks.
 //! * `hal` (later): granted pages and ivshmem regions accessed through raw pointers with
 //!   `core::ptr::read_volatile`/atomic-from-pointer operations. The trait is shaped so that such an
@@ -116,25 +116,36 @@ mod host {
     use super::SharedMem;
     use alloc::sync::Arc;
     use alloc::vec::Vec;
-    use core::sync::atomic::{AtomicU32, Ordering};
+    use core::sync::atomic::{AtomicU64, Ordering};
 
     /// Heap-backed shared region for host tests, fuzzing and benchmarks.
     ///
-    /// The region is an array of `AtomicU32` words; clones share the same words, so one clone can
+    /// The region is an array of `AtomicU64` words; clones share the same words, so one clone can
     /// be handed to a frontend thread and another to a backend thread, like a page mapped by two
-    /// domains. Bulk copies move whole words with relaxed atomics (never per-byte atomics);
-    /// bytes that only partly cover a word are merged with a compare-and-swap so that a
-    /// concurrent writer of the other bytes of that word is never clobbered.
+    /// domains. Bulk copies move whole 8-byte words with relaxed atomics (never per-byte
+    /// atomics). Stores that cover only part of a word (a `u32` index, a `u16`, the ragged ends
+    /// of a copy) are merged with a compare-and-swap, so a concurrent writer of the other bytes of
+    /// that word is never clobbered; `u32` loads/stores honour the requested ordering.
     #[derive(Clone, Debug)]
     pub struct HostMem {
-        words: Arc<[AtomicU32]>,
+        words: Arc<[AtomicU64]>,
+    }
+
+    /// CAS ordering pair for a store with ordering `order`.
+    #[inline(always)]
+    fn cas_orders(order: Ordering) -> (Ordering, Ordering) {
+        match order {
+            Ordering::SeqCst => (Ordering::SeqCst, Ordering::Relaxed),
+            Ordering::Release | Ordering::AcqRel => (Ordering::Release, Ordering::Relaxed),
+            _ => (Ordering::Relaxed, Ordering::Relaxed),
+        }
     }
 
     impl HostMem {
-        /// A zero-filled region of `len` bytes (rounded up to a multiple of 4).
+        /// A zero-filled region of `len` bytes (rounded up to a multiple of 8).
         pub fn new(len: usize) -> Self {
-            let n = len.div_ceil(4);
-            let words: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+            let n = len.div_ceil(8);
+            let words: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
             Self { words: words.into() }
         }
 
@@ -143,123 +154,133 @@ mod host {
             Self::new(pages * crate::PAGE_SIZE)
         }
 
-        #[inline(always)]
-        fn word(&self, off: usize) -> &AtomicU32 {
-            &self.words[off / 4]
-        }
-
-        /// Replace bytes `lo..lo+bytes.len()` (all inside one word) of the word at `idx`.
+        /// Replaces bytes `lo..lo + bytes.len()` (inside one word) of word `idx`, atomically with
+        /// respect to concurrent writers of its other bytes.
         #[inline]
-        fn merge_word(&self, idx: usize, lo: usize, bytes: &[u8]) {
+        fn merge(&self, idx: usize, lo: usize, bytes: &[u8], order: Ordering) {
             let w = &self.words[idx];
+            let (ok, fail) = cas_orders(order);
             let mut cur = w.load(Ordering::Relaxed);
             loop {
                 let mut b = cur.to_le_bytes();
                 b[lo..lo + bytes.len()].copy_from_slice(bytes);
-                let new = u32::from_le_bytes(b);
-                match w.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                let new = u64::from_le_bytes(b);
+                match w.compare_exchange_weak(cur, new, ok, fail) {
                     Ok(_) => return,
                     Err(actual) => cur = actual,
                 }
             }
+        }
+
+        #[inline(always)]
+        fn bytes_of(&self, idx: usize, order: Ordering) -> [u8; 8] {
+            self.words[idx].load(order).to_le_bytes()
+        }
+
+        #[inline(always)]
+        fn check(&self, off: usize, len: usize) {
+            let end = off.checked_add(len).expect("offset overflow");
+            assert!(end <= self.len(), "access outside the shared region");
         }
     }
 
     impl SharedMem for HostMem {
         #[inline]
         fn len(&self) -> usize {
-            self.words.len() * 4
+            self.words.len() * 8
         }
 
         #[inline]
         fn load_u32(&self, off: usize, order: Ordering) -> u32 {
             assert!(off.is_multiple_of(4), "misaligned u32 access");
-            self.word(off).load(order)
+            let b = self.bytes_of(off / 8, order);
+            let lo = off % 8;
+            u32::from_le_bytes([b[lo], b[lo + 1], b[lo + 2], b[lo + 3]])
         }
 
         #[inline]
         fn store_u32(&self, off: usize, val: u32, order: Ordering) {
             assert!(off.is_multiple_of(4), "misaligned u32 access");
-            self.word(off).store(val, order)
+            self.merge(off / 8, off % 8, &val.to_le_bytes(), order);
         }
 
         #[inline]
         fn load_u16(&self, off: usize) -> u16 {
             assert!(off.is_multiple_of(2), "misaligned u16 access");
-            let w = self.word(off).load(Ordering::Relaxed);
-            (w >> ((off % 4) * 8)) as u16
+            let b = self.bytes_of(off / 8, Ordering::Relaxed);
+            let lo = off % 8;
+            u16::from_le_bytes([b[lo], b[lo + 1]])
         }
 
         #[inline]
         fn store_u16(&self, off: usize, val: u16) {
             assert!(off.is_multiple_of(2), "misaligned u16 access");
-            self.merge_word(off / 4, off % 4, &val.to_le_bytes());
+            self.merge(off / 8, off % 8, &val.to_le_bytes(), Ordering::Relaxed);
         }
 
         #[inline]
         fn load_u64(&self, off: usize) -> u64 {
             assert!(off.is_multiple_of(8), "misaligned u64 access");
-            let lo = self.word(off).load(Ordering::Relaxed) as u64;
-            let hi = self.word(off + 4).load(Ordering::Relaxed) as u64;
-            lo | (hi << 32)
+            self.words[off / 8].load(Ordering::Relaxed)
         }
 
         #[inline]
         fn store_u64(&self, off: usize, val: u64) {
             assert!(off.is_multiple_of(8), "misaligned u64 access");
-            self.word(off).store(val as u32, Ordering::Relaxed);
-            self.word(off + 4).store((val >> 32) as u32, Ordering::Relaxed);
+            self.words[off / 8].store(val, Ordering::Relaxed)
         }
 
         #[inline]
         fn read_bytes(&self, off: usize, dst: &mut [u8]) {
-            let end = off.checked_add(dst.len()).expect("offset overflow");
-            assert!(end <= self.len(), "read outside the shared region");
-            if off.is_multiple_of(4) {
-                // Fast path: word-aligned start (every Xen ring slot is).
-                let words = &self.words[off / 4..end.div_ceil(4)];
-                let mut chunks = dst.chunks_exact_mut(4);
-                for (c, w) in (&mut chunks).zip(words) {
-                    c.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
-                }
-                let rem = chunks.into_remainder();
-                if !rem.is_empty() {
-                    let w = words[words.len() - 1].load(Ordering::Relaxed).to_le_bytes();
-                    rem.copy_from_slice(&w[..rem.len()]);
-                }
-                return;
+            self.check(off, dst.len());
+            let mut pos = off;
+            let mut rest = &mut dst[..];
+            // Ragged head (e.g. a 12-byte netif slot starting at 4 mod 8).
+            if !pos.is_multiple_of(8) && !rest.is_empty() {
+                let lo = pos % 8;
+                let n = (8 - lo).min(rest.len());
+                let b = self.bytes_of(pos / 8, Ordering::Relaxed);
+                rest[..n].copy_from_slice(&b[lo..lo + n]);
+                pos += n;
+                rest = &mut rest[n..];
             }
-            for (i, b) in dst.iter_mut().enumerate() {
-                let o = off + i;
-                *b = self.word(o).load(Ordering::Relaxed).to_le_bytes()[o % 4];
+            // Whole words.
+            let full = rest.len() / 8;
+            let words = &self.words[pos / 8..pos / 8 + full];
+            let (body, tail) = rest.split_at_mut(full * 8);
+            for (c, w) in body.chunks_exact_mut(8).zip(words) {
+                c.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            }
+            // Ragged tail.
+            if !tail.is_empty() {
+                let b = self.bytes_of(pos / 8 + full, Ordering::Relaxed);
+                let n = tail.len();
+                tail.copy_from_slice(&b[..n]);
             }
         }
 
         #[inline]
         fn write_bytes(&self, off: usize, src: &[u8]) {
-            let end = off.checked_add(src.len()).expect("offset overflow");
-            assert!(end <= self.len(), "write outside the shared region");
+            self.check(off, src.len());
             let mut pos = off;
             let mut rest = src;
-            // Leading partial word.
-            if !pos.is_multiple_of(4) && !rest.is_empty() {
-                let lo = pos % 4;
-                let n = (4 - lo).min(rest.len());
-                self.merge_word(pos / 4, lo, &rest[..n]);
+            if !pos.is_multiple_of(8) && !rest.is_empty() {
+                let lo = pos % 8;
+                let n = (8 - lo).min(rest.len());
+                self.merge(pos / 8, lo, &rest[..n], Ordering::Relaxed);
                 pos += n;
                 rest = &rest[n..];
             }
-            // Whole words.
-            let full = rest.len() / 4;
-            let words = &self.words[pos / 4..pos / 4 + full];
-            for (w, c) in words.iter().zip(rest.chunks_exact(4)) {
-                w.store(u32::from_le_bytes([c[0], c[1], c[2], c[3]]), Ordering::Relaxed);
+            let full = rest.len() / 8;
+            let words = &self.words[pos / 8..pos / 8 + full];
+            let (body, tail) = rest.split_at(full * 8);
+            for (w, c) in words.iter().zip(body.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                w.store(u64::from_le_bytes(a), Ordering::Relaxed);
             }
-            pos += full * 4;
-            rest = &rest[full * 4..];
-            // Trailing partial word.
-            if !rest.is_empty() {
-                self.merge_word(pos / 4, 0, rest);
+            if !tail.is_empty() {
+                self.merge(pos / 8 + full, 0, tail, Ordering::Relaxed);
             }
         }
     }
@@ -293,6 +314,41 @@ mod host {
             let m = HostMem::new(16);
             let mut b = [0u8; 4];
             m.read_bytes(14, &mut b);
+        }
+
+        #[test]
+        fn ragged_copies() {
+            let m = HostMem::new(64);
+            let src: [u8; 23] = core::array::from_fn(|i| i as u8 + 1);
+            for off in 0..(64 - 23) {
+                m.write_bytes(0, &[0u8; 64]);
+                m.write_bytes(off, &src);
+                let mut all = [0u8; 64];
+                m.read_bytes(0, &mut all);
+                assert!(all[..off].iter().all(|&b| b == 0));
+                assert_eq!(&all[off..off + 23], &src);
+                assert!(all[off + 23..].iter().all(|&b| b == 0));
+                let mut back = [0u8; 23];
+                m.read_bytes(off, &mut back);
+                assert_eq!(back, src);
+            }
+        }
+
+        #[test]
+        fn concurrent_writers_of_one_word_do_not_clobber_each_other() {
+            let m = HostMem::new(8);
+            let m2 = m.clone();
+            let t = std::thread::spawn(move || {
+                for i in 0..100_000u32 {
+                    m2.store_u32(0, i, Ordering::Release);
+                }
+            });
+            for i in 0..100_000u32 {
+                m.write_bytes(4, &i.to_le_bytes());
+            }
+            t.join().unwrap();
+            assert_eq!(m.load_u32(0, Ordering::Acquire), 99_999);
+            assert_eq!(m.load_u32(4, Ordering::Acquire), 99_999);
         }
 
         #[test]
