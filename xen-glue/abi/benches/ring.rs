@@ -115,7 +115,7 @@ fn xen_ring<const N: usize>(iters: u64) -> Duration {
                 let req = back.pop_request().unwrap().unwrap();
                 sum = sum.wrapping_add(req[0] as u64);
                 back.push_response(&[req[0]; 8]).unwrap();
-                if i % batch() == 0 {
+                if i.is_multiple_of(batch()) {
                     back.publish_responses();
                 }
             }
@@ -131,7 +131,7 @@ fn xen_ring<const N: usize>(iters: u64) -> Duration {
         while sent < iters && front.push_request(&message::<N>(sent)).is_ok() {
             sent += 1;
             pushed += 1;
-            if pushed % batch() == 0 {
+            if pushed.is_multiple_of(batch()) {
                 front.publish_requests();
             }
         }
@@ -196,7 +196,7 @@ fn xen_ring_oneway<const N: usize>(iters: u64) -> Duration {
         while sent < iters && front.push_request(&message::<N>(sent)).is_ok() {
             sent += 1;
             pushed += 1;
-            if pushed % batch() == 0 {
+            if pushed.is_multiple_of(batch()) {
                 front.publish_requests();
             }
         }
