@@ -24,6 +24,37 @@ static MMIO_MAP_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 unsafe extern "C" {
     static mut rt_pdpt: [u64; 512];
     static mut rt_pd: [u64; 2048];
+    static rt_pml4: u8;
+    static rt_stack_guard: u8;
+}
+
+/// Splits the boot 2 MiB page that holds the stack's guard page into 4 KiB pages and unmaps the
+/// guard, so that a stack overflow faults instead of running into the page tables.
+pub(crate) fn protect_stack_guard() {
+    let guard = core::ptr::addr_of!(rt_stack_guard) as u64;
+    let index = (guard >> 21) as usize;
+    let Ok(table) = FRAMES.lock().alloc(1, 1) else {
+        log::warn!("no frame for the stack guard page table; stack overflow will not be caught");
+        return;
+    };
+    let ptes = phys_to_virt(table) as *mut u64;
+    // SAFETY: `rt_pd` holds the boot page directories (identity-mapped, in .bss); nothing else
+    // changes them this early in boot (single CPU, before `main`).
+    let pde = unsafe { core::ptr::addr_of_mut!(rt_pd[index]) };
+    // SAFETY: as above.
+    let flags = unsafe { pde.read_volatile() } & 0x1f; // keep P, W, PWT, PCD; drop PS
+    for i in 0..512u64 {
+        let page = ((index as u64) << 21) | (i << 12);
+        let entry = if page == guard { 0 } else { page | flags };
+        // SAFETY: `table` is a fresh frame we own: 512 entries fit in it.
+        unsafe { ptes.add(i as usize).write_volatile(entry) };
+    }
+    // SAFETY: the new table maps the same frames with the same attributes, minus the guard page
+    // (which nothing uses); reloading CR3 with the boot PML4 flushes the old 2 MiB translation.
+    unsafe {
+        pde.write_volatile(table | (flags & 0x1b));
+        core::arch::asm!("mov cr3, {}", in(reg) core::ptr::addr_of!(rt_pml4) as u64, options(nostack, preserves_flags));
+    }
 }
 
 const MAX_RAM_RANGES: usize = 128;

@@ -111,6 +111,7 @@ extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
         .and_then(|v| v.parse::<usize>().ok())
         .map(|kib| kib * 1024);
     let heap = mem::init_heap(heap_request);
+    mem::protect_stack_guard();
 
     // SAFETY: first and only call, interrupts are still off.
     unsafe { cpu_tables::init() };
@@ -145,31 +146,37 @@ extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
     crate::exit(code)
 }
 
-/// Measures the TSC and APIC-timer frequencies: Xen's CPUID leaf when on Xen, else the PIT over
-/// 5 ms, else CPUID 0x16. The APIC timer is measured over the same window.
+/// Measures the TSC and APIC-timer frequencies: Xen's CPUID leaf when on Xen, else the PIT (the
+/// median of five 1 ms windows: under a loaded TCG host a descheduled vCPU thread can stretch or
+/// shorten one window by several times), else CPUID 0x16. The APIC timer is then measured
+/// against the TSC over 2 ms.
 fn calibrate(xen: Option<xen_hypercall::Xen>) -> (u64, u64, &'static str) {
-    const PIT_TICKS: u16 = 5966; // 5 ms
-    apic::start_calibration();
-    let start = arch::rdtsc();
-    let mut source = "pit";
-    let mut tsc_hz = 0;
-    if let Some(xen) = xen {
-        let khz = u64::from(xen.tsc_khz());
-        if khz != 0 {
-            tsc_hz = khz * 1000;
-            source = "xen-cpuid";
+    const PIT_TICKS: u16 = 1193; // 1 ms
+    const WINDOWS: usize = 5;
+    let mut source = "pit-median-5x1ms";
+    let mut tsc_hz = xen.map_or(0, |x| u64::from(x.tsc_khz()) * 1000);
+    if tsc_hz != 0 {
+        source = "xen-cpuid";
+    } else {
+        let mut samples = [0u64; WINDOWS];
+        let mut ok = true;
+        for s in samples.iter_mut() {
+            match pit::measure_tsc(PIT_TICKS, || {}) {
+                Some(ticks) => *s = ticks * pit::PIT_HZ / u64::from(PIT_TICKS),
+                None => ok = false,
+            }
         }
-    }
-    if tsc_hz == 0 {
-        if let Some(ticks) = pit::measure_tsc(PIT_TICKS, || {}) {
-            tsc_hz = ticks * pit::PIT_HZ / u64::from(PIT_TICKS);
+        if ok {
+            samples.sort_unstable();
+            tsc_hz = samples[WINDOWS / 2];
         } else {
             let mhz = u64::from(arch::cpuid(0x16, 0)[0] & 0xffff);
             tsc_hz = if mhz != 0 { mhz * 1_000_000 } else { 1_000_000_000 };
             source = if mhz != 0 { "cpuid-0x16" } else { "guess-1ghz" };
         }
     }
-    // Let the APIC timer run for at least 2 ms of TSC time when the PIT did not time it.
+    apic::start_calibration();
+    let start = arch::rdtsc();
     while arch::rdtsc() - start < tsc_hz / 500 {
         core::hint::spin_loop();
     }

@@ -30,18 +30,19 @@ pub(crate) fn exception(frame: &mut TrapFrame) {
         emergency(format_args!("ICONNECT-TRAP breakpoint rip={:#x} (resumed)\n", frame.rip));
         return;
     }
-    if vector == 14 {
+    if vector == 14 || vector == 8 {
         let cr2: u64;
         // SAFETY: reading CR2 has no side effect. Under nested Xen on QEMU TCG the value may be
         // stale (a known QEMU SVM-emulation bug); it is only reported.
         unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
         emergency(format_args!(
-            "\nICONNECT-FAULT {name} vector={vector} addr={cr2:#x} error={:#x} ({}{}{}) rip={:#x}\n",
+            "\nICONNECT-FAULT {name} vector={vector} addr={cr2:#x} error={:#x} ({}{}{}) rip={:#x}{}\n",
             frame.error,
             if frame.error & 1 != 0 { "protection" } else { "not-present" },
             if frame.error & 2 != 0 { ", write" } else { ", read" },
             if frame.error & 16 != 0 { ", fetch" } else { "" },
-            frame.rip
+            frame.rip,
+            if vector == 8 { " (double fault: addr is the last page-fault address; a stack overflow hits the guard page)" } else { "" }
         ));
     } else {
         emergency(format_args!(

@@ -30,9 +30,12 @@ rt_pdpt:
     .global rt_pd
 rt_pd:
     .skip 4096 * 4
-    .balign 16
+    .balign 4096
+    .global rt_stack_guard
+rt_stack_guard:                 /* unmapped once paging is refined: catches stack overflow */
+    .skip 4096
 rt_boot_stack:
-    .skip 65536
+    .skip 262144
 rt_boot_stack_top:
 
     .section .rodata.rt_boot, "a", @progbits

@@ -33,6 +33,12 @@ fn main(boot: &'static rt::BootInfo) -> ExitCode {
         log::error!("read of an unmapped address returned {v:#x}");
         return ExitCode::Failure;
     }
+    if rt::cmdline::get(boot.cmdline, "fault") == Some("stack") {
+        log::info!("recursing until the stack overflows, on purpose");
+        let depth = recurse(0);
+        log::error!("recursion returned {depth}: the stack did not overflow");
+        return ExitCode::Failure;
+    }
     let filter = rt::cmdline::get(boot.cmdline, "only");
     if rt::xen().is_some() {
         let all: Vec<&Test> = TESTS.iter().chain(XEN_TESTS).collect();
@@ -40,6 +46,14 @@ fn main(boot: &'static rt::BootInfo) -> ExitCode {
         return rt::ktest::run(&tests, filter);
     }
     rt::ktest::run(TESTS, filter)
+}
+
+/// Recurses forever (each frame keeps a 1 KiB buffer alive), to overflow the stack on purpose.
+#[inline(never)]
+#[allow(unconditional_recursion)] // the point: it only ends in the guard page
+fn recurse(depth: u64) -> u64 {
+    let buf = core::hint::black_box([depth as u8; 1024]);
+    recurse(depth + 1) + u64::from(buf[depth as usize % 1024])
 }
 
 /// Tests that need Xen; run in addition when the image is a Xen domain.

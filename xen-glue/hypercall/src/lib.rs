@@ -166,10 +166,11 @@ impl Xen {
         cpuid(self.cpuid_base + 3, 0)[2]
     }
 
-    /// This domain's id, when Xen reports it (CPUID leaf base+4, EBX valid when EAX bit 3 is set).
+    /// This domain's id, when Xen reports it: CPUID leaf base+4, ECX valid when EAX bit 4
+    /// (`XEN_HVM_CPUID_DOMID_PRESENT`) is set. (Bit 3 announces the vCPU id in EBX instead.)
     pub fn domid(&self) -> Option<u16> {
-        let [eax, ebx, _, _] = cpuid(self.cpuid_base + 4, 0);
-        (eax & (1 << 3) != 0).then_some(ebx as u16)
+        let [eax, _, ecx, _] = cpuid(self.cpuid_base + 4, 0);
+        (eax & (1 << 4) != 0).then_some(ecx as u16)
     }
 
     /// Issues hypercall `op` with up to five register arguments.
