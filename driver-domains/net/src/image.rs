@@ -141,7 +141,12 @@ fn setup_irq(dev: &mut PciNet) -> Option<u8> {
 }
 
 /// Routes receive-queue events to our MSI-X entry and silences the others. `virtio-drivers`
-/// 0.13 does not expose `queue_msix_vector`, so the common configuration is written here.
+/// 0.13 does not expose `queue_msix_vector`, so the common configuration is written here,
+/// through a second mapping of the registers its transport also uses. That is sound because
+/// both are raw volatile accessors (no references), this runs between driver calls on the
+/// only CPU, and the transport re-selects the queue (`queue_select`) before each queue access.
+/// QEMU accepts vector changes after `DRIVER_OK`; the spec suggests setting them before
+/// enabling the queue, which virtio-drivers gives no hook for.
 fn route_vectors(dev: &PciNet) -> Result<(), hal::Error> {
     let cap = virtio::find_cap(&dev.ecam, dev.func.bdf, virtio::CAP_COMMON_CFG)?;
     let bar = dev.bars[usize::from(cap.bar)].ok_or(hal::Error::BarUnassigned)?;
