@@ -8,7 +8,9 @@ use crate::{media, qos, storage};
 /// checks that whatever parses is written back and re-read unchanged. Never panics unless an
 /// invariant breaks.
 pub fn keys(data: &[u8]) {
-    let Ok(text) = core::str::from_utf8(data) else { return };
+    let Ok(text) = core::str::from_utf8(data) else {
+        return;
+    };
     let src = LineSource::<32>::new(text);
 
     if let Ok(Some(r)) = qos::NetQosRequest::from_keys(&src) {
@@ -21,7 +23,10 @@ pub fn keys(data: &[u8]) {
         if let Ok(Some(rate)) = qos::XenRate::from_keys(&src)
             && let Ok(eff) = r.with_admin_ceiling(Some(rate))
         {
-            assert!(eff.ceiling_bps.is_some_and(|c| c <= rate.bits_per_second() && eff.guaranteed_bps <= c));
+            assert!(
+                eff.ceiling_bps
+                    .is_some_and(|c| c <= rate.bits_per_second() && eff.guaranteed_bps <= c)
+            );
         }
         let mut link = qos::LinkAdmission::new(10_000_000_000);
         let d = link.admit(&r);

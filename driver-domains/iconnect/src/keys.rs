@@ -60,7 +60,10 @@ impl<'a, const N: usize> LineSource<'a, N> {
 
 impl<const N: usize> KeySource for LineSource<'_, N> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.pairs[..self.len].iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.pairs[..self.len]
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -75,7 +78,11 @@ pub struct ArraySink<const N: usize, const L: usize> {
 
 impl<const N: usize, const L: usize> Default for ArraySink<N, L> {
     fn default() -> Self {
-        Self { keys: [([0; L], 0); N], vals: [([0; L], 0); N], len: 0 }
+        Self {
+            keys: [([0; L], 0); N],
+            vals: [([0; L], 0); N],
+            len: 0,
+        }
     }
 }
 
@@ -93,7 +100,10 @@ impl<const N: usize, const L: usize> ArraySink<N, L> {
     }
     /// The stored pairs, in write order.
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.keys[..self.len].iter().zip(&self.vals[..self.len]).map(|(k, v)| (Self::text(k), Self::text(v)))
+        self.keys[..self.len]
+            .iter()
+            .zip(&self.vals[..self.len])
+            .map(|(k, v)| (Self::text(k), Self::text(v)))
     }
 }
 
@@ -102,7 +112,10 @@ impl<const N: usize, const L: usize> KeySink for ArraySink<N, L> {
         if key.len() > L || value.len() > L {
             return Err(Error::Sink);
         }
-        let idx = match self.keys[..self.len].iter().position(|k| Self::text(k) == key) {
+        let idx = match self.keys[..self.len]
+            .iter()
+            .position(|k| Self::text(k) == key)
+        {
             Some(i) => i,
             None if self.len < N => {
                 self.len += 1;
@@ -222,11 +235,23 @@ mod tests {
     fn strict_numbers() {
         assert_eq!(parse_u64("k", "0"), Ok(0));
         assert_eq!(parse_u64("k", "18446744073709551615"), Ok(u64::MAX));
-        assert_eq!(parse_u64("k", "18446744073709551616"), Err(Error::OutOfRange { key: "k" }));
-        for bad in ["", "01", "+1", "-1", " 1", "1 ", "1e3", "0x10", "1_000", "١"] {
-            assert_eq!(parse_u64("k", bad), Err(Error::NotANumber { key: "k" }), "{bad:?}");
+        assert_eq!(
+            parse_u64("k", "18446744073709551616"),
+            Err(Error::OutOfRange { key: "k" })
+        );
+        for bad in [
+            "", "01", "+1", "-1", " 1", "1 ", "1e3", "0x10", "1_000", "١",
+        ] {
+            assert_eq!(
+                parse_u64("k", bad),
+                Err(Error::NotANumber { key: "k" }),
+                "{bad:?}"
+            );
         }
-        assert_eq!(parse_in_range("k", "5", 1, 4), Err(Error::OutOfRange { key: "k" }));
+        assert_eq!(
+            parse_in_range("k", "5", 1, 4),
+            Err(Error::OutOfRange { key: "k" })
+        );
         assert_eq!(parse_bool("k", "1"), Ok(true));
         assert_eq!(parse_bool("k", "true"), Err(Error::BadToken { key: "k" }));
         for n in [0u64, 7, 10, 1_000_000_007, u64::MAX] {

@@ -215,7 +215,10 @@ pub enum Decision<G> {
 impl<G> Decision<G> {
     /// Refusal for a request that failed to parse.
     pub fn invalid(e: Error) -> Self {
-        Decision::Refused { reason: RefuseReason::InvalidRequest, error_key: e.key() }
+        Decision::Refused {
+            reason: RefuseReason::InvalidRequest,
+            error_key: e.key(),
+        }
     }
 }
 
@@ -258,11 +261,16 @@ pub(crate) fn read_decision_head<S: KeySource + ?Sized>(
     k: &AnswerKeys,
     src: &S,
 ) -> Result<Option<Option<Refusal>>, Error> {
-    let Some(status) = src.get(k.status) else { return Ok(None) };
+    let Some(status) = src.get(k.status) else {
+        return Ok(None);
+    };
     match status {
         "granted" => Ok(Some(None)),
         "refused" => {
-            let reason = RefuseReason::parse(k.reason, src.get(k.reason).ok_or(Error::Missing { key: k.reason })?)?;
+            let reason = RefuseReason::parse(
+                k.reason,
+                src.get(k.reason).ok_or(Error::Missing { key: k.reason })?,
+            )?;
             let error_key = match src.get(k.error_key) {
                 None => None,
                 Some(v) => Some(keys::known_key(v).ok_or(Error::BadToken { key: k.error_key })?),

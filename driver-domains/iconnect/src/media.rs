@@ -59,11 +59,16 @@ pub struct Format(pub u8);
 impl Format {
     /// Parses a sndif format name.
     pub fn parse(key: &'static str, v: &str) -> Result<Self, Error> {
-        sndif::pcm_format_from_name(v).map(Format).ok_or(Error::BadToken { key })
+        sndif::pcm_format_from_name(v)
+            .map(Format)
+            .ok_or(Error::BadToken { key })
     }
     /// The sndif name.
     pub fn as_str(self) -> &'static str {
-        sndif::PCM_FORMAT_NAMES.get(self.0 as usize).copied().unwrap_or("")
+        sndif::PCM_FORMAT_NAMES
+            .get(self.0 as usize)
+            .copied()
+            .unwrap_or("")
     }
 }
 
@@ -98,10 +103,25 @@ impl MediaRequest {
             _ => return Err(Error::BadToken { key: DIRECTION }),
         };
         let format = Format::parse(FORMAT, req(FORMAT, vals[1])?)?;
-        let rate_hz = keys::parse_in_range(RATE, req(RATE, vals[2])?, RATE_RANGE.0, RATE_RANGE.1)? as u32;
-        let channels = keys::parse_in_range(CHANNELS, req(CHANNELS, vals[3])?, CHANNEL_RANGE.0, CHANNEL_RANGE.1)? as u8;
-        let class = vals[4].map(|v| Class::parse(CLASS, v)).transpose()?.unwrap_or(Class::Realtime);
-        Ok(Some(Self { direction, format, rate_hz, channels, class }))
+        let rate_hz =
+            keys::parse_in_range(RATE, req(RATE, vals[2])?, RATE_RANGE.0, RATE_RANGE.1)? as u32;
+        let channels = keys::parse_in_range(
+            CHANNELS,
+            req(CHANNELS, vals[3])?,
+            CHANNEL_RANGE.0,
+            CHANNEL_RANGE.1,
+        )? as u8;
+        let class = vals[4]
+            .map(|v| Class::parse(CLASS, v))
+            .transpose()?
+            .unwrap_or(Class::Realtime);
+        Ok(Some(Self {
+            direction,
+            format,
+            rate_hz,
+            channels,
+            class,
+        }))
     }
 
     /// Writes the request (frontend side).
@@ -138,7 +158,10 @@ pub struct MediaGrant {
 }
 
 /// Writes a media decision.
-pub fn write_decision<S: KeySink + ?Sized>(d: &Decision<MediaGrant>, sink: &mut S) -> Result<(), Error> {
+pub fn write_decision<S: KeySink + ?Sized>(
+    d: &Decision<MediaGrant>,
+    sink: &mut S,
+) -> Result<(), Error> {
     crate::write_decision_head(d, &ANSWER, sink)?;
     if let Decision::Granted(g) = d {
         keys::set_u64(sink, GRANTED_RATE, g.rate_hz as u64)?;
@@ -149,15 +172,25 @@ pub fn write_decision<S: KeySink + ?Sized>(d: &Decision<MediaGrant>, sink: &mut 
 }
 
 /// Reads a media decision (`Ok(None)`: not answered yet).
-pub fn read_decision<S: KeySource + ?Sized>(src: &S) -> Result<Option<Decision<MediaGrant>>, Error> {
-    let Some(head) = crate::read_decision_head(&ANSWER, src)? else { return Ok(None) };
+pub fn read_decision<S: KeySource + ?Sized>(
+    src: &S,
+) -> Result<Option<Decision<MediaGrant>>, Error> {
+    let Some(head) = crate::read_decision_head(&ANSWER, src)? else {
+        return Ok(None);
+    };
     if let Some((reason, error_key)) = head {
         return Ok(Some(Decision::Refused { reason, error_key }));
     }
     let get = |k: &'static str| src.get(k).ok_or(Error::Missing { key: k });
     Ok(Some(Decision::Granted(MediaGrant {
-        rate_hz: keys::parse_in_range(GRANTED_RATE, get(GRANTED_RATE)?, RATE_RANGE.0, RATE_RANGE.1)? as u32,
-        channels: keys::parse_in_range(GRANTED_CHANNELS, get(GRANTED_CHANNELS)?, CHANNEL_RANGE.0, CHANNEL_RANGE.1)? as u8,
+        rate_hz: keys::parse_in_range(GRANTED_RATE, get(GRANTED_RATE)?, RATE_RANGE.0, RATE_RANGE.1)?
+            as u32,
+        channels: keys::parse_in_range(
+            GRANTED_CHANNELS,
+            get(GRANTED_CHANNELS)?,
+            CHANNEL_RANGE.0,
+            CHANNEL_RANGE.1,
+        )? as u8,
         format: Format::parse(GRANTED_FORMAT, get(GRANTED_FORMAT)?)?,
     })))
 }
@@ -169,7 +202,12 @@ mod tests {
 
     #[test]
     fn request() {
-        let src = PairSource(&[(DIRECTION, "playback"), (FORMAT, "s16_le"), (RATE, "48000"), (CHANNELS, "2")]);
+        let src = PairSource(&[
+            (DIRECTION, "playback"),
+            (FORMAT, "s16_le"),
+            (RATE, "48000"),
+            (CHANNELS, "2"),
+        ]);
         let r = MediaRequest::from_keys(&src).unwrap().unwrap();
         assert_eq!(r.format, Format(2));
         assert_eq!(r.class, Class::Realtime);
@@ -178,12 +216,47 @@ mod tests {
         r.write(&mut s).unwrap();
         assert_eq!(MediaRequest::from_keys(&s), Ok(Some(r)));
         assert_eq!(MediaRequest::from_keys(&PairSource(&[])), Ok(None));
-        assert_eq!(MediaRequest::from_keys(&PairSource(&[(RATE, "48000")])), Err(Error::Missing { key: DIRECTION }));
+        assert_eq!(
+            MediaRequest::from_keys(&PairSource(&[(RATE, "48000")])),
+            Err(Error::Missing { key: DIRECTION })
+        );
         let bad: &[(&[(&str, &str)], Error)] = &[
-            (&[(DIRECTION, "both"), (FORMAT, "s16_le"), (RATE, "48000"), (CHANNELS, "2")], Error::BadToken { key: DIRECTION }),
-            (&[(DIRECTION, "capture"), (FORMAT, "S16_LE"), (RATE, "48000"), (CHANNELS, "2")], Error::BadToken { key: FORMAT }),
-            (&[(DIRECTION, "capture"), (FORMAT, "s16_le"), (RATE, "1000000"), (CHANNELS, "2")], Error::OutOfRange { key: RATE }),
-            (&[(DIRECTION, "capture"), (FORMAT, "s16_le"), (RATE, "48000"), (CHANNELS, "0")], Error::OutOfRange { key: CHANNELS }),
+            (
+                &[
+                    (DIRECTION, "both"),
+                    (FORMAT, "s16_le"),
+                    (RATE, "48000"),
+                    (CHANNELS, "2"),
+                ],
+                Error::BadToken { key: DIRECTION },
+            ),
+            (
+                &[
+                    (DIRECTION, "capture"),
+                    (FORMAT, "S16_LE"),
+                    (RATE, "48000"),
+                    (CHANNELS, "2"),
+                ],
+                Error::BadToken { key: FORMAT },
+            ),
+            (
+                &[
+                    (DIRECTION, "capture"),
+                    (FORMAT, "s16_le"),
+                    (RATE, "1000000"),
+                    (CHANNELS, "2"),
+                ],
+                Error::OutOfRange { key: RATE },
+            ),
+            (
+                &[
+                    (DIRECTION, "capture"),
+                    (FORMAT, "s16_le"),
+                    (RATE, "48000"),
+                    (CHANNELS, "0"),
+                ],
+                Error::OutOfRange { key: CHANNELS },
+            ),
         ];
         for (pairs, want) in bad {
             assert_eq!(MediaRequest::from_keys(&PairSource(pairs)), Err(*want));
@@ -192,7 +265,11 @@ mod tests {
 
     #[test]
     fn decision() {
-        let d = Decision::Granted(MediaGrant { rate_hz: 44100, channels: 2, format: Format(14) });
+        let d = Decision::Granted(MediaGrant {
+            rate_hz: 44100,
+            channels: 2,
+            format: Format(14),
+        });
         let mut s = ArraySink::<8, 48>::default();
         write_decision(&d, &mut s).unwrap();
         assert_eq!(s.get(GRANTED_FORMAT), Some("float_le"));

@@ -49,15 +49,30 @@ impl NetQosRequest {
     /// Reads the request from the frontend directory; `Ok(None)` if the VM wrote no
     /// `iconnect-qos-*` key. Checks ranges and `guaranteed <= ceiling`.
     pub fn from_keys<S: KeySource + ?Sized>(src: &S) -> Result<Option<Self>, Error> {
-        let (g, c, b, k) = (src.get(GUARANTEED), src.get(CEILING), src.get(BURST), src.get(CLASS));
+        let (g, c, b, k) = (
+            src.get(GUARANTEED),
+            src.get(CEILING),
+            src.get(BURST),
+            src.get(CLASS),
+        );
         if g.is_none() && c.is_none() && b.is_none() && k.is_none() {
             return Ok(None);
         }
         let r = Self {
-            guaranteed_bps: g.map(|v| keys::parse_u64(GUARANTEED, v)).transpose()?.unwrap_or(0),
-            ceiling_bps: c.map(|v| keys::parse_in_range(CEILING, v, 1, u64::MAX)).transpose()?,
-            burst_bytes: b.map(|v| keys::parse_in_range(BURST, v, 1, MAX_BURST_BYTES)).transpose()?,
-            class: k.map(|v| Class::parse(CLASS, v)).transpose()?.unwrap_or_default(),
+            guaranteed_bps: g
+                .map(|v| keys::parse_u64(GUARANTEED, v))
+                .transpose()?
+                .unwrap_or(0),
+            ceiling_bps: c
+                .map(|v| keys::parse_in_range(CEILING, v, 1, u64::MAX))
+                .transpose()?,
+            burst_bytes: b
+                .map(|v| keys::parse_in_range(BURST, v, 1, MAX_BURST_BYTES))
+                .transpose()?,
+            class: k
+                .map(|v| Class::parse(CLASS, v))
+                .transpose()?
+                .unwrap_or_default(),
         };
         r.check()?;
         Ok(Some(r))
@@ -142,7 +157,10 @@ pub struct NetQosGrant {
 }
 
 /// Writes a QoS decision into the backend directory.
-pub fn write_decision<S: KeySink + ?Sized>(d: &Decision<NetQosGrant>, sink: &mut S) -> Result<(), Error> {
+pub fn write_decision<S: KeySink + ?Sized>(
+    d: &Decision<NetQosGrant>,
+    sink: &mut S,
+) -> Result<(), Error> {
     crate::write_decision_head(d, &ANSWER, sink)?;
     if let Decision::Granted(g) = d {
         keys::set_u64(sink, GRANTED_GUARANTEED, g.guaranteed_bps)?;
@@ -154,8 +172,12 @@ pub fn write_decision<S: KeySink + ?Sized>(d: &Decision<NetQosGrant>, sink: &mut
 }
 
 /// Reads a QoS decision (frontend side); `Ok(None)` if the backend has not answered.
-pub fn read_decision<S: KeySource + ?Sized>(src: &S) -> Result<Option<Decision<NetQosGrant>>, Error> {
-    let Some(head) = crate::read_decision_head(&ANSWER, src)? else { return Ok(None) };
+pub fn read_decision<S: KeySource + ?Sized>(
+    src: &S,
+) -> Result<Option<Decision<NetQosGrant>>, Error> {
+    let Some(head) = crate::read_decision_head(&ANSWER, src)? else {
+        return Ok(None);
+    };
     if let Some((reason, error_key)) = head {
         return Ok(Some(Decision::Refused { reason, error_key }));
     }
@@ -164,10 +186,16 @@ pub fn read_decision<S: KeySource + ?Sized>(src: &S) -> Result<Option<Decision<N
         guaranteed_bps: num(GRANTED_GUARANTEED)?,
         ceiling_bps: num(GRANTED_CEILING)?,
         burst_bytes: num(GRANTED_BURST)?,
-        class: Class::parse(GRANTED_CLASS, src.get(GRANTED_CLASS).ok_or(Error::Missing { key: GRANTED_CLASS })?)?,
+        class: Class::parse(
+            GRANTED_CLASS,
+            src.get(GRANTED_CLASS)
+                .ok_or(Error::Missing { key: GRANTED_CLASS })?,
+        )?,
     };
     if g.guaranteed_bps > g.ceiling_bps {
-        return Err(Error::Inconsistent { key: GRANTED_GUARANTEED });
+        return Err(Error::Inconsistent {
+            key: GRANTED_GUARANTEED,
+        });
     }
     Ok(Some(Decision::Granted(g)))
 }
@@ -182,7 +210,10 @@ pub struct LinkAdmission {
 impl LinkAdmission {
     /// A link of `capacity_bps` bits/s with nothing reserved.
     pub const fn new(capacity_bps: u64) -> Self {
-        Self { capacity_bps, reserved_bps: 0 }
+        Self {
+            capacity_bps,
+            reserved_bps: 0,
+        }
     }
 
     /// Link capacity.
@@ -201,10 +232,19 @@ impl LinkAdmission {
     pub fn admit(&mut self, req: &NetQosRequest) -> Decision<NetQosGrant> {
         let free = self.capacity_bps - self.reserved_bps;
         if req.guaranteed_bps > free {
-            return Decision::Refused { reason: crate::RefuseReason::OverCapacity, error_key: None };
+            return Decision::Refused {
+                reason: crate::RefuseReason::OverCapacity,
+                error_key: None,
+            };
         }
-        let ceiling = req.ceiling_bps.unwrap_or(self.capacity_bps).min(self.capacity_bps).max(req.guaranteed_bps);
-        let burst = req.burst_bytes.unwrap_or((ceiling / 8 / 100).clamp(1514, MAX_BURST_BYTES));
+        let ceiling = req
+            .ceiling_bps
+            .unwrap_or(self.capacity_bps)
+            .min(self.capacity_bps)
+            .max(req.guaranteed_bps);
+        let burst = req
+            .burst_bytes
+            .unwrap_or((ceiling / 8 / 100).clamp(1514, MAX_BURST_BYTES));
         self.reserved_bps += req.guaranteed_bps;
         Decision::Granted(NetQosGrant {
             guaranteed_bps: req.guaranteed_bps,
@@ -224,8 +264,8 @@ impl LinkAdmission {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{ArraySink, PairSource};
     use crate::RefuseReason;
+    use crate::keys::{ArraySink, PairSource};
 
     #[test]
     fn parse_full_request() {
@@ -240,7 +280,12 @@ mod tests {
         let r = NetQosRequest::from_keys(&src).unwrap().unwrap();
         assert_eq!(
             r,
-            NetQosRequest { guaranteed_bps: 100_000_000, ceiling_bps: Some(1_000_000_000), burst_bytes: Some(65536), class: Class::Realtime }
+            NetQosRequest {
+                guaranteed_bps: 100_000_000,
+                ceiling_bps: Some(1_000_000_000),
+                burst_bytes: Some(65536),
+                class: Class::Realtime
+            }
         );
         let mut sink = ArraySink::<8, 48>::default();
         r.write(&mut sink).unwrap();
@@ -249,9 +294,20 @@ mod tests {
 
     #[test]
     fn defaults_and_absence() {
-        assert_eq!(NetQosRequest::from_keys(&PairSource(&[("mac", "x")])), Ok(None));
-        let r = NetQosRequest::from_keys(&PairSource(&[(CLASS, "background")])).unwrap().unwrap();
-        assert_eq!(r, NetQosRequest { class: Class::Background, ..Default::default() });
+        assert_eq!(
+            NetQosRequest::from_keys(&PairSource(&[("mac", "x")])),
+            Ok(None)
+        );
+        let r = NetQosRequest::from_keys(&PairSource(&[(CLASS, "background")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r,
+            NetQosRequest {
+                class: Class::Background,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -261,7 +317,10 @@ mod tests {
             (&[(CEILING, "0")], Error::OutOfRange { key: CEILING }),
             (&[(BURST, "2000000000")], Error::OutOfRange { key: BURST }),
             (&[(CLASS, "Realtime")], Error::BadToken { key: CLASS }),
-            (&[(GUARANTEED, "10"), (CEILING, "5")], Error::Inconsistent { key: GUARANTEED }),
+            (
+                &[(GUARANTEED, "10"), (CEILING, "5")],
+                Error::Inconsistent { key: GUARANTEED },
+            ),
         ];
         for (pairs, want) in cases {
             assert_eq!(NetQosRequest::from_keys(&PairSource(pairs)), Err(*want));
@@ -272,34 +331,85 @@ mod tests {
     fn xen_rate_is_a_ceiling() {
         let r = XenRate::parse("1250000,50000").unwrap();
         assert_eq!(r.bits_per_second(), 200_000_000);
-        assert_eq!(XenRate::from_keys(&PairSource(&[(XEN_RATE, "125000,1000")])).unwrap().unwrap().bits_per_second(), 1_000_000_000);
-        for bad in ["", "1", "1,", ",1", "1,0", "0,1", "1, 2", "1,2,3", "1,99999999999"] {
+        assert_eq!(
+            XenRate::from_keys(&PairSource(&[(XEN_RATE, "125000,1000")]))
+                .unwrap()
+                .unwrap()
+                .bits_per_second(),
+            1_000_000_000
+        );
+        for bad in [
+            "",
+            "1",
+            "1,",
+            ",1",
+            "1,0",
+            "0,1",
+            "1, 2",
+            "1,2,3",
+            "1,99999999999",
+        ] {
             assert!(XenRate::parse(bad).is_err(), "{bad:?}");
         }
-        let req = NetQosRequest { guaranteed_bps: 1_000_000, ceiling_bps: Some(500_000_000), ..Default::default() };
-        assert_eq!(req.with_admin_ceiling(Some(r)).unwrap().ceiling_bps, Some(200_000_000));
-        let greedy = NetQosRequest { guaranteed_bps: 300_000_000, ..Default::default() };
-        assert_eq!(greedy.with_admin_ceiling(Some(r)), Err(Error::Inconsistent { key: GUARANTEED }));
-        assert_eq!(XenRate::parse("18446744073709551615,1").unwrap().bits_per_second(), u64::MAX);
+        let req = NetQosRequest {
+            guaranteed_bps: 1_000_000,
+            ceiling_bps: Some(500_000_000),
+            ..Default::default()
+        };
+        assert_eq!(
+            req.with_admin_ceiling(Some(r)).unwrap().ceiling_bps,
+            Some(200_000_000)
+        );
+        let greedy = NetQosRequest {
+            guaranteed_bps: 300_000_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            greedy.with_admin_ceiling(Some(r)),
+            Err(Error::Inconsistent { key: GUARANTEED })
+        );
+        assert_eq!(
+            XenRate::parse("18446744073709551615,1")
+                .unwrap()
+                .bits_per_second(),
+            u64::MAX
+        );
     }
 
     #[test]
     fn admission_and_answers() {
         let mut link = LinkAdmission::new(1_000_000_000);
-        let a = NetQosRequest { guaranteed_bps: 600_000_000, ..Default::default() };
-        let Decision::Granted(ga) = link.admit(&a) else { panic!("first fits") };
+        let a = NetQosRequest {
+            guaranteed_bps: 600_000_000,
+            ..Default::default()
+        };
+        let Decision::Granted(ga) = link.admit(&a) else {
+            panic!("first fits")
+        };
         assert_eq!(ga.ceiling_bps, 1_000_000_000);
         assert_eq!(ga.burst_bytes, 1_250_000);
-        let b = NetQosRequest { guaranteed_bps: 500_000_000, class: Class::Realtime, ..Default::default() };
+        let b = NetQosRequest {
+            guaranteed_bps: 500_000_000,
+            class: Class::Realtime,
+            ..Default::default()
+        };
         let refused = link.admit(&b);
-        assert_eq!(refused, Decision::Refused { reason: RefuseReason::OverCapacity, error_key: None });
+        assert_eq!(
+            refused,
+            Decision::Refused {
+                reason: RefuseReason::OverCapacity,
+                error_key: None
+            }
+        );
         let mut sink = ArraySink::<8, 48>::default();
         write_decision(&refused, &mut sink).unwrap();
         assert_eq!(sink.get(ANSWER.status), Some("refused"));
         assert_eq!(sink.get(ANSWER.reason), Some("over-capacity"));
         assert_eq!(read_decision(&sink), Ok(Some(refused)));
         link.release(&ga);
-        let Decision::Granted(gb) = link.admit(&b) else { panic!("fits after release") };
+        let Decision::Granted(gb) = link.admit(&b) else {
+            panic!("fits after release")
+        };
         let mut sink = ArraySink::<8, 48>::default();
         write_decision(&Decision::Granted(gb), &mut sink).unwrap();
         assert_eq!(sink.get(GRANTED_CLASS), Some("realtime"));
@@ -310,6 +420,9 @@ mod tests {
         assert_eq!(sink.get(ANSWER.error_key), Some(CLASS));
         assert_eq!(read_decision(&sink), Ok(Some(inv)));
         assert_eq!(read_decision(&PairSource(&[])), Ok(None));
-        assert_eq!(read_decision(&PairSource(&[(ANSWER.status, "maybe")])), Err(Error::BadToken { key: ANSWER.status }));
+        assert_eq!(
+            read_decision(&PairSource(&[(ANSWER.status, "maybe")])),
+            Err(Error::BadToken { key: ANSWER.status })
+        );
     }
 }

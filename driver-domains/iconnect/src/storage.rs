@@ -31,7 +31,9 @@ impl VolumeName {
     /// Validates a name.
     pub fn parse(key: &'static str, v: &str) -> Result<Self, Error> {
         let b = v.as_bytes();
-        let ok_char = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-');
+        let ok_char = |c: &u8| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        };
         if b.is_empty()
             || b.len() > MAX_VOLUME_LEN
             || !b.iter().all(ok_char)
@@ -41,7 +43,10 @@ impl VolumeName {
         }
         let mut buf = [0u8; MAX_VOLUME_LEN];
         buf[..b.len()].copy_from_slice(b);
-        Ok(Self { buf, len: b.len() as u8 })
+        Ok(Self {
+            buf,
+            len: b.len() as u8,
+        })
     }
     /// The name.
     pub fn as_str(&self) -> &str {
@@ -67,8 +72,14 @@ impl StorageRequest {
             return Ok(None);
         }
         let volume = VolumeName::parse(VOLUME, v.ok_or(Error::Missing { key: VOLUME })?)?;
-        let durable_flush = d.map(|x| keys::parse_bool(DURABLE_FLUSH, x)).transpose()?.unwrap_or(false);
-        Ok(Some(Self { volume, durable_flush }))
+        let durable_flush = d
+            .map(|x| keys::parse_bool(DURABLE_FLUSH, x))
+            .transpose()?
+            .unwrap_or(false);
+        Ok(Some(Self {
+            volume,
+            durable_flush,
+        }))
     }
 
     /// Writes the request (frontend side).
@@ -86,56 +97,95 @@ pub struct StorageGrant {
 }
 
 /// Writes a storage decision.
-pub fn write_decision<S: KeySink + ?Sized>(d: &Decision<StorageGrant>, sink: &mut S) -> Result<(), Error> {
+pub fn write_decision<S: KeySink + ?Sized>(
+    d: &Decision<StorageGrant>,
+    sink: &mut S,
+) -> Result<(), Error> {
     crate::write_decision_head(d, &ANSWER, sink)?;
     if let Decision::Granted(g) = d {
-        sink.set(GRANTED_DURABLE_FLUSH, if g.durable_flush { "1" } else { "0" })?;
+        sink.set(
+            GRANTED_DURABLE_FLUSH,
+            if g.durable_flush { "1" } else { "0" },
+        )?;
     }
     Ok(())
 }
 
 /// Reads a storage decision (`Ok(None)`: not answered yet).
-pub fn read_decision<S: KeySource + ?Sized>(src: &S) -> Result<Option<Decision<StorageGrant>>, Error> {
-    let Some(head) = crate::read_decision_head(&ANSWER, src)? else { return Ok(None) };
+pub fn read_decision<S: KeySource + ?Sized>(
+    src: &S,
+) -> Result<Option<Decision<StorageGrant>>, Error> {
+    let Some(head) = crate::read_decision_head(&ANSWER, src)? else {
+        return Ok(None);
+    };
     if let Some((reason, error_key)) = head {
         return Ok(Some(Decision::Refused { reason, error_key }));
     }
-    let d = src.get(GRANTED_DURABLE_FLUSH).ok_or(Error::Missing { key: GRANTED_DURABLE_FLUSH })?;
-    Ok(Some(Decision::Granted(StorageGrant { durable_flush: keys::parse_bool(GRANTED_DURABLE_FLUSH, d)? })))
+    let d = src.get(GRANTED_DURABLE_FLUSH).ok_or(Error::Missing {
+        key: GRANTED_DURABLE_FLUSH,
+    })?;
+    Ok(Some(Decision::Granted(StorageGrant {
+        durable_flush: keys::parse_bool(GRANTED_DURABLE_FLUSH, d)?,
+    })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{ArraySink, PairSource};
     use crate::RefuseReason;
+    use crate::keys::{ArraySink, PairSource};
 
     #[test]
     fn names() {
         for ok in ["data", "vm-42.root", "0", "a_b", &"x".repeat(64)] {
             assert_eq!(VolumeName::parse(VOLUME, ok).unwrap().as_str(), ok);
         }
-        for bad in ["", "Data", "../etc", ".hidden", "-x", "a/b", "nfs://host/vol", "a b", "é", &"x".repeat(65)] {
-            assert_eq!(VolumeName::parse(VOLUME, bad), Err(Error::BadName { key: VOLUME }), "{bad:?}");
+        for bad in [
+            "",
+            "Data",
+            "../etc",
+            ".hidden",
+            "-x",
+            "a/b",
+            "nfs://host/vol",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert_eq!(
+                VolumeName::parse(VOLUME, bad),
+                Err(Error::BadName { key: VOLUME }),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn request_and_decision() {
         assert_eq!(StorageRequest::from_keys(&PairSource(&[])), Ok(None));
-        assert_eq!(StorageRequest::from_keys(&PairSource(&[(DURABLE_FLUSH, "1")])), Err(Error::Missing { key: VOLUME }));
+        assert_eq!(
+            StorageRequest::from_keys(&PairSource(&[(DURABLE_FLUSH, "1")])),
+            Err(Error::Missing { key: VOLUME })
+        );
         assert_eq!(
             StorageRequest::from_keys(&PairSource(&[(VOLUME, "db"), (DURABLE_FLUSH, "yes")])),
             Err(Error::BadToken { key: DURABLE_FLUSH })
         );
-        let r = StorageRequest::from_keys(&PairSource(&[(VOLUME, "db"), (DURABLE_FLUSH, "1")])).unwrap().unwrap();
+        let r = StorageRequest::from_keys(&PairSource(&[(VOLUME, "db"), (DURABLE_FLUSH, "1")]))
+            .unwrap()
+            .unwrap();
         assert!(r.durable_flush);
         let mut s = ArraySink::<4, 48>::default();
         r.write(&mut s).unwrap();
         assert_eq!(StorageRequest::from_keys(&s), Ok(Some(r)));
         for d in [
-            Decision::Granted(StorageGrant { durable_flush: true }),
-            Decision::Refused { reason: RefuseReason::UnknownVolume, error_key: None },
+            Decision::Granted(StorageGrant {
+                durable_flush: true,
+            }),
+            Decision::Refused {
+                reason: RefuseReason::UnknownVolume,
+                error_key: None,
+            },
         ] {
             let mut s = ArraySink::<4, 48>::default();
             write_decision(&d, &mut s).unwrap();

@@ -16,11 +16,15 @@
 //! The producer runs on CPU 0 and the consumer on CPU 1 (pinned), so every message crosses
 //! between two CPUs. Waiting is the same for all: spin briefly, then yield.
 //!
+//! For the request+response mode the like-for-like baseline is a *pair* of SPSC queues
+//! (requests one way, 8-byte responses back, at most 512 outstanding): "rtrb-pair" and
+//! "crossbeam-pair".
+//!
 //! Quick mode for CI smoke runs: `ICONNECT_BENCH_QUICK=1` (few samples, short measurement).
 //! After criterion's per-implementation reports, an interleaved comparison (every
 //! implementation runs the same message count in each round, rounds repeated) prints one
-//! `RING-SUMMARY` line per size with the median messages/s and the ratio of the Xen ring to the
-//! best of the others.
+//! `RING-SUMMARY` line per size and mode with the median messages/s and the ratio of the Xen ring
+//! to the best of the others.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -29,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use crossbeam_queue::ArrayQueue;
-use xen_abi::ring::{BackRing, FrontRing, RawProtocol, RingProtocol, ring_bytes_for_order, ring_entries};
+use xen_abi::ring::{
+    BackRing, FrontRing, RawProtocol, RingProtocol, ring_bytes_for_order, ring_entries,
+};
 use xen_abi::shmem::HostMem;
 
 const CAPACITY: usize = 512;
@@ -81,7 +87,11 @@ fn region_for<P: RingProtocol>() -> HostMem {
     for order in 0..=4 {
         let bytes = ring_bytes_for_order(order).unwrap();
         if ring_entries(bytes, P::SLOT) as usize >= CAPACITY {
-            assert_eq!(ring_entries(bytes, P::SLOT) as usize, CAPACITY, "same capacity for all");
+            assert_eq!(
+                ring_entries(bytes, P::SLOT) as usize,
+                CAPACITY,
+                "same capacity for all"
+            );
             return HostMem::new(bytes);
         }
     }
@@ -93,7 +103,13 @@ fn region_for<P: RingProtocol>() -> HostMem {
 /// first entries while the rest are written, instead of the two sides taking turns.
 fn batch() -> u32 {
     static B: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *B.get_or_init(|| std::env::var("RING_BATCH").ok().and_then(|v| v.parse().ok()).filter(|&b| b > 0).unwrap_or(64))
+    *B.get_or_init(|| {
+        std::env::var("RING_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&b| b > 0)
+            .unwrap_or(64)
+    })
 }
 
 fn xen_ring<const N: usize>(iters: u64) -> Duration {
@@ -274,23 +290,134 @@ fn crossbeam_queue<const N: usize>(iters: u64) -> Duration {
     start.elapsed()
 }
 
+/// Request/response over two `rtrb` queues (requests one way, 8-byte responses back), at most
+/// `CAPACITY` requests outstanding: the like-for-like comparison for the Xen ring's
+/// request+response mode.
+fn rtrb_pair<const N: usize>(iters: u64) -> Duration {
+    let (mut req_p, mut req_c) = rtrb::RingBuffer::<[u8; N]>::new(CAPACITY);
+    let (mut rsp_p, mut rsp_c) = rtrb::RingBuffer::<[u8; 8]>::new(CAPACITY);
+    let consumer = thread::spawn(move || {
+        pin(1);
+        let (mut seen, mut sum, mut backoff) = (0u64, 0u64, Backoff::default());
+        while seen < iters {
+            match req_c.pop() {
+                Ok(m) => {
+                    sum = sum.wrapping_add(m[0] as u64);
+                    while rsp_p.push([m[0]; 8]).is_err() {
+                        backoff.wait();
+                    }
+                    seen += 1;
+                    backoff.reset();
+                }
+                Err(_) => backoff.wait(),
+            }
+        }
+        black_box(sum)
+    });
+    let start = Instant::now();
+    let (mut sent, mut done, mut sum, mut backoff) = (0u64, 0u64, 0u64, Backoff::default());
+    while done < iters {
+        let mut progress = false;
+        while sent < iters
+            && sent - done < CAPACITY as u64
+            && req_p.push(message::<N>(sent)).is_ok()
+        {
+            sent += 1;
+            progress = true;
+        }
+        while let Ok(r) = rsp_c.pop() {
+            sum = sum.wrapping_add(r[0] as u64);
+            done += 1;
+            progress = true;
+        }
+        if progress {
+            backoff.reset();
+        } else {
+            backoff.wait();
+        }
+    }
+    consumer.join().unwrap();
+    black_box(sum);
+    start.elapsed()
+}
+
+/// Request/response over two crossbeam `ArrayQueue`s, like [`rtrb_pair`].
+fn crossbeam_pair<const N: usize>(iters: u64) -> Duration {
+    let req = Arc::new(ArrayQueue::<[u8; N]>::new(CAPACITY));
+    let rsp = Arc::new(ArrayQueue::<[u8; 8]>::new(CAPACITY));
+    let (req_c, rsp_p) = (req.clone(), rsp.clone());
+    let consumer = thread::spawn(move || {
+        pin(1);
+        let (mut seen, mut sum, mut backoff) = (0u64, 0u64, Backoff::default());
+        while seen < iters {
+            match req_c.pop() {
+                Some(m) => {
+                    sum = sum.wrapping_add(m[0] as u64);
+                    while rsp_p.push([m[0]; 8]).is_err() {
+                        backoff.wait();
+                    }
+                    seen += 1;
+                    backoff.reset();
+                }
+                None => backoff.wait(),
+            }
+        }
+        black_box(sum)
+    });
+    let start = Instant::now();
+    let (mut sent, mut done, mut sum, mut backoff) = (0u64, 0u64, 0u64, Backoff::default());
+    while done < iters {
+        let mut progress = false;
+        while sent < iters && sent - done < CAPACITY as u64 && req.push(message::<N>(sent)).is_ok()
+        {
+            sent += 1;
+            progress = true;
+        }
+        while let Some(r) = rsp.pop() {
+            sum = sum.wrapping_add(r[0] as u64);
+            done += 1;
+            progress = true;
+        }
+        if progress {
+            backoff.reset();
+        } else {
+            backoff.wait();
+        }
+    }
+    consumer.join().unwrap();
+    black_box(sum);
+    start.elapsed()
+}
+
 fn group<const N: usize>(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("ring-{N}B"));
     g.throughput(Throughput::Elements(1));
     if quick() {
-        g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(1));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_secs(1));
     } else {
-        g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+        g.sample_size(30)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(4));
     }
     g.bench_function(BenchmarkId::new("xen-ring", N), |b| {
         b.iter_custom(xen_ring::<N>)
     });
-    g.bench_function(BenchmarkId::new("xen-ring-oneway", N), |b| b.iter_custom(xen_ring_oneway::<N>));
+    g.bench_function(BenchmarkId::new("xen-ring-oneway", N), |b| {
+        b.iter_custom(xen_ring_oneway::<N>)
+    });
     g.bench_function(BenchmarkId::new("rtrb", N), |b| {
         b.iter_custom(rtrb_queue::<N>)
     });
     g.bench_function(BenchmarkId::new("crossbeam-arrayqueue", N), |b| {
         b.iter_custom(crossbeam_queue::<N>)
+    });
+    g.bench_function(BenchmarkId::new("rtrb-pair", N), |b| {
+        b.iter_custom(rtrb_pair::<N>)
+    });
+    g.bench_function(BenchmarkId::new("crossbeam-pair", N), |b| {
+        b.iter_custom(crossbeam_pair::<N>)
     });
     g.finish();
 }
@@ -304,17 +431,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// the same number of messages back to back, so that load from other processes hits all of them
 /// alike; the median rate of each over the rounds is reported.
 fn interleaved_summary() {
-    let (rounds, msgs) = if quick() { (5, 300_000u64) } else { (21, 2_000_000u64) };
+    let (rounds, msgs) = if quick() {
+        (5, 300_000u64)
+    } else {
+        (21, 2_000_000u64)
+    };
     type Run = fn(u64) -> Duration;
-    let runs: [(&str, usize, Run); 8] = [
+    let runs: [(&str, usize, Run); 12] = [
         ("xen-ring", 16, xen_ring::<16>),
         ("xen-ring-oneway", 16, xen_ring_oneway::<16>),
         ("rtrb", 16, rtrb_queue::<16>),
         ("crossbeam-arrayqueue", 16, crossbeam_queue::<16>),
+        ("rtrb-pair", 16, rtrb_pair::<16>),
+        ("crossbeam-pair", 16, crossbeam_pair::<16>),
         ("xen-ring", 64, xen_ring::<64>),
         ("xen-ring-oneway", 64, xen_ring_oneway::<64>),
         ("rtrb", 64, rtrb_queue::<64>),
         ("crossbeam-arrayqueue", 64, crossbeam_queue::<64>),
+        ("rtrb-pair", 64, rtrb_pair::<64>),
+        ("crossbeam-pair", 64, crossbeam_pair::<64>),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     for _ in 0..rounds {
@@ -325,19 +460,28 @@ fn interleaved_summary() {
     }
     for size in [16usize, 64] {
         let rate = |name: &str| {
-            let i = runs.iter().position(|r| r.0 == name && r.1 == size).unwrap();
+            let i = runs
+                .iter()
+                .position(|r| r.0 == name && r.1 == size)
+                .unwrap();
             median(rates[i].clone())
         };
-        let (x, o, r, q) = (rate("xen-ring"), rate("xen-ring-oneway"), rate("rtrb"), rate("crossbeam-arrayqueue"));
-        let best = r.max(q);
+        let (x, o) = (rate("xen-ring"), rate("xen-ring-oneway"));
+        let (r, q) = (rate("rtrb"), rate("crossbeam-arrayqueue"));
+        let (rp, qp) = (rate("rtrb-pair"), rate("crossbeam-pair"));
         println!(
-            "RING-SUMMARY {size}B ({rounds} interleaved rounds x {msgs} msgs, median Mmsg/s): xen-ring(req+rsp) {:.1}, xen-ring-oneway {:.1}, rtrb {:.1}, crossbeam-arrayqueue {:.1}; ratio vs best: oneway {:.2}, req+rsp {:.2}",
-            x / 1e6,
+            "RING-SUMMARY {size}B one-way ({rounds} interleaved rounds x {msgs} msgs, median Mmsg/s): xen-ring-oneway {:.1}, rtrb {:.1}, crossbeam-arrayqueue {:.1}; ratio xen/best = {:.2}",
             o / 1e6,
             r / 1e6,
             q / 1e6,
-            o / best,
-            x / best
+            o / r.max(q)
+        );
+        println!(
+            "RING-SUMMARY {size}B request+response (median Mmsg/s): xen-ring {:.1}, rtrb-pair {:.1}, crossbeam-pair {:.1}; ratio xen/best = {:.2}",
+            x / 1e6,
+            rp / 1e6,
+            qp / 1e6,
+            x / rp.max(qp)
         );
     }
 }

@@ -46,7 +46,8 @@ pub const MAX_INDIRECT_PAGES_PER_REQUEST: usize = 8;
 /// Segments described by one indirect page.
 pub const SEGMENTS_PER_INDIRECT_PAGE: usize = PAGE_SIZE / SEGMENT_SIZE;
 /// Upper bound of `nr_segments` in an indirect request.
-pub const MAX_INDIRECT_SEGMENTS: usize = MAX_INDIRECT_PAGES_PER_REQUEST * SEGMENTS_PER_INDIRECT_PAGE;
+pub const MAX_INDIRECT_SEGMENTS: usize =
+    MAX_INDIRECT_PAGES_PER_REQUEST * SEGMENTS_PER_INDIRECT_PAGE;
 /// Sector size of all sector numbers in the protocol.
 pub const SECTOR_SIZE: usize = 512;
 /// Last valid sector number inside a 4 KiB page.
@@ -56,7 +57,8 @@ pub const DISCARD_SECURE: u8 = 1;
 
 const _: () = assert!(24 + MAX_SEGMENTS_PER_REQUEST * SEGMENT_SIZE == REQUEST_SIZE);
 const _: () = assert!(28 + MAX_INDIRECT_PAGES_PER_REQUEST * 4 <= INDIRECT_REQUEST_SIZE);
-const _: () = assert!(INDIRECT_REQUEST_SIZE <= REQUEST_SIZE && DISCARD_REQUEST_SIZE <= REQUEST_SIZE);
+const _: () =
+    assert!(INDIRECT_REQUEST_SIZE <= REQUEST_SIZE && DISCARD_REQUEST_SIZE <= REQUEST_SIZE);
 /// `BLK_RING_SIZE` on one page.
 pub const RING_SIZE: u32 = ring_entries(PAGE_SIZE, REQUEST_SIZE);
 const _: () = assert!(RING_SIZE == 32);
@@ -142,7 +144,11 @@ impl Segment {
         if b.len() < SEGMENT_SIZE {
             return Err(Error::Truncated);
         }
-        let s = Self { gref: field::u32(b, 0), first_sect: b[4], last_sect: b[5] };
+        let s = Self {
+            gref: field::u32(b, 0),
+            first_sect: b[4],
+            last_sect: b[5],
+        };
         if s.first_sect > s.last_sect || s.last_sect > MAX_SECT_IN_PAGE {
             return Err(Error::BadSector);
         }
@@ -289,7 +295,11 @@ impl Request {
                     _ => RwOp::FlushDiskcache,
                 };
                 let n = p.byte1();
-                let min = if matches!(rw, RwOp::Read | RwOp::Write) { 1 } else { 0 };
+                let min = if matches!(rw, RwOp::Read | RwOp::Write) {
+                    1
+                } else {
+                    0
+                };
                 if (n as usize) < min || n as usize > MAX_SEGMENTS_PER_REQUEST {
                     return Err(Error::BadSegmentCount);
                 }
@@ -334,7 +344,11 @@ impl Request {
                     return Err(Error::BadSegmentCount);
                 }
                 let mut indirect_grefs = [0; MAX_INDIRECT_PAGES_PER_REQUEST];
-                for (i, g) in indirect_grefs.iter_mut().enumerate().take(indirect_pages(n)) {
+                for (i, g) in indirect_grefs
+                    .iter_mut()
+                    .enumerate()
+                    .take(indirect_pages(n))
+                {
                     *g = p.indirect_gref(i);
                 }
                 Ok(Request::Indirect {
@@ -358,7 +372,9 @@ impl Request {
     /// The guest id.
     pub fn id(&self) -> u64 {
         match *self {
-            Request::Rw { id, .. } | Request::Discard { id, .. } | Request::Indirect { id, .. } => id,
+            Request::Rw { id, .. } | Request::Discard { id, .. } | Request::Indirect { id, .. } => {
+                id
+            }
         }
     }
 
@@ -383,7 +399,14 @@ impl Request {
     pub fn emit(&self, b: &mut [u8; REQUEST_SIZE]) {
         b.fill(0);
         match *self {
-            Request::Rw { op, handle, id, sector, nr_segments, segments } => {
+            Request::Rw {
+                op,
+                handle,
+                id,
+                sector,
+                nr_segments,
+                segments,
+            } => {
                 b[0] = op.code();
                 b[1] = nr_segments;
                 field::set_u16(b, 2, handle);
@@ -393,7 +416,13 @@ impl Request {
                     s.emit(&mut b[24 + i * SEGMENT_SIZE..24 + (i + 1) * SEGMENT_SIZE]);
                 }
             }
-            Request::Discard { secure, handle, id, sector, nr_sectors } => {
+            Request::Discard {
+                secure,
+                handle,
+                id,
+                sector,
+                nr_sectors,
+            } => {
                 b[0] = op::DISCARD;
                 b[1] = if secure { DISCARD_SECURE } else { 0 };
                 field::set_u16(b, 2, handle);
@@ -401,14 +430,25 @@ impl Request {
                 field::set_u64(b, 16, sector);
                 field::set_u64(b, 24, nr_sectors);
             }
-            Request::Indirect { op, handle, id, sector, nr_segments, indirect_grefs } => {
+            Request::Indirect {
+                op,
+                handle,
+                id,
+                sector,
+                nr_segments,
+                indirect_grefs,
+            } => {
                 b[0] = op::INDIRECT;
                 b[1] = op.code();
                 field::set_u16(b, 2, nr_segments);
                 field::set_u64(b, 8, id);
                 field::set_u64(b, 16, sector);
                 field::set_u16(b, 24, handle);
-                for (i, g) in indirect_grefs.iter().enumerate().take(indirect_pages(nr_segments)) {
+                for (i, g) in indirect_grefs
+                    .iter()
+                    .enumerate()
+                    .take(indirect_pages(nr_segments))
+                {
                     field::set_u32(b, 28 + 4 * i, *g);
                 }
             }
@@ -455,7 +495,11 @@ impl Response {
         if operation > op::INDIRECT || operation == op::RESERVED_1 {
             return Err(Error::UnknownOperation);
         }
-        Ok(Self { id: field::u64(b, 0), operation, status })
+        Ok(Self {
+            id: field::u64(b, 0),
+            operation,
+            status,
+        })
     }
     /// The 16 wire bytes.
     pub fn to_bytes(&self) -> [u8; RESPONSE_SIZE] {
@@ -472,7 +516,11 @@ mod tests {
     use super::*;
 
     fn seg(g: u32, f: u8, l: u8) -> Segment {
-        Segment { gref: g, first_sect: f, last_sect: l }
+        Segment {
+            gref: g,
+            first_sect: f,
+            last_sect: l,
+        }
     }
 
     #[test]
@@ -480,7 +528,14 @@ mod tests {
         let mut segments = [Segment::default(); 11];
         segments[0] = seg(0x10, 0, 7);
         segments[1] = seg(0x11, 2, 3);
-        let r = Request::Rw { op: RwOp::Write, handle: 0x51, id: 0xdead_beef, sector: 2048, nr_segments: 2, segments };
+        let r = Request::Rw {
+            op: RwOp::Write,
+            handle: 0x51,
+            id: 0xdead_beef,
+            sector: 2048,
+            nr_segments: 2,
+            segments,
+        };
         let b = r.to_bytes();
         assert_eq!(&b[..4], &[1, 2, 0x51, 0]);
         assert_eq!(&b[8..16], &0xdead_beefu64.to_le_bytes());
@@ -495,16 +550,28 @@ mod tests {
     fn rw_validation() {
         let mut b = [0u8; REQUEST_SIZE];
         b[0] = op::READ;
-        assert_eq!(Request::from_bytes(&b), Err(Error::BadSegmentCount), "read with 0 segments");
+        assert_eq!(
+            Request::from_bytes(&b),
+            Err(Error::BadSegmentCount),
+            "read with 0 segments"
+        );
         b[1] = 12;
         assert_eq!(Request::from_bytes(&b), Err(Error::BadSegmentCount));
         b[1] = 1;
         b[28] = 3;
         b[29] = 2;
-        assert_eq!(Request::from_bytes(&b), Err(Error::BadSector), "first > last");
+        assert_eq!(
+            Request::from_bytes(&b),
+            Err(Error::BadSector),
+            "first > last"
+        );
         b[28] = 0;
         b[29] = 8;
-        assert_eq!(Request::from_bytes(&b), Err(Error::BadSector), "last beyond the page");
+        assert_eq!(
+            Request::from_bytes(&b),
+            Err(Error::BadSector),
+            "last beyond the page"
+        );
         b[29] = 7;
         assert!(Request::from_bytes(&b).is_ok());
         b[0] = op::FLUSH_DISKCACHE;
@@ -519,7 +586,13 @@ mod tests {
 
     #[test]
     fn discard() {
-        let r = Request::Discard { secure: true, handle: 1, id: 5, sector: 100, nr_sectors: 8 };
+        let r = Request::Discard {
+            secure: true,
+            handle: 1,
+            id: 5,
+            sector: 100,
+            nr_sectors: 8,
+        };
         let b = r.to_bytes();
         assert_eq!(&b[..2], &[5, 1]);
         assert_eq!(&b[24..32], &8u64.to_le_bytes());
@@ -527,8 +600,17 @@ mod tests {
         let mut bad = b;
         bad[1] = 2;
         assert_eq!(Request::from_bytes(&bad), Err(Error::BadFlags));
-        let overflow = Request::Discard { secure: false, handle: 1, id: 5, sector: u64::MAX, nr_sectors: 2 };
-        assert_eq!(Request::from_bytes(&overflow.to_bytes()), Err(Error::BadValue));
+        let overflow = Request::Discard {
+            secure: false,
+            handle: 1,
+            id: 5,
+            sector: u64::MAX,
+            nr_sectors: 2,
+        };
+        assert_eq!(
+            Request::from_bytes(&overflow.to_bytes()),
+            Err(Error::BadValue)
+        );
     }
 
     #[test]
@@ -536,7 +618,14 @@ mod tests {
         let mut g = [0u32; 8];
         g[0] = 0x100;
         g[1] = 0x101;
-        let r = Request::Indirect { op: RwOp::Read, handle: 3, id: 9, sector: 64, nr_segments: 600, indirect_grefs: g };
+        let r = Request::Indirect {
+            op: RwOp::Read,
+            handle: 3,
+            id: 9,
+            sector: 64,
+            nr_segments: 600,
+            indirect_grefs: g,
+        };
         assert_eq!(r.indirect_pages(), 2);
         let b = r.to_bytes();
         assert_eq!(&b[..4], &[6, 0, 0x58, 0x02]);
@@ -546,14 +635,28 @@ mod tests {
         let mut bad = b;
         bad[1] = op::FLUSH_DISKCACHE;
         assert_eq!(Request::from_bytes(&bad), Err(Error::UnknownOperation));
-        let too_many = Request::Indirect { op: RwOp::Write, handle: 3, id: 9, sector: 0, nr_segments: 4097, indirect_grefs: g };
-        assert_eq!(Request::from_bytes(&too_many.to_bytes()), Err(Error::BadSegmentCount));
+        let too_many = Request::Indirect {
+            op: RwOp::Write,
+            handle: 3,
+            id: 9,
+            sector: 0,
+            nr_segments: 4097,
+            indirect_grefs: g,
+        };
+        assert_eq!(
+            Request::from_bytes(&too_many.to_bytes()),
+            Err(Error::BadSegmentCount)
+        );
         assert_eq!(indirect_pages(4096), 8);
     }
 
     #[test]
     fn response() {
-        let r = Response { id: 42, operation: op::WRITE, status: Status::EOpNotSupp };
+        let r = Response {
+            id: 42,
+            operation: op::WRITE,
+            status: Status::EOpNotSupp,
+        };
         let b = r.to_bytes();
         assert_eq!(b, [42, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0xfe, 0xff, 0, 0, 0, 0]);
         assert_eq!(Response::from_bytes(&b), Ok(r));

@@ -27,7 +27,13 @@ pub const TARGETS: &[(&str, Entry)] = &[
 /// TX request slots: each 12-byte chunk is parsed; the parsed slots of the input form one packet
 /// chain for [`netif::validate_tx_packet`].
 pub fn netif_tx(data: &[u8]) {
-    let mut slots = [netif::TxRequest { gref: 0, offset: 0, flags: 0, id: 0, size: 0 }; 32];
+    let mut slots = [netif::TxRequest {
+        gref: 0,
+        offset: 0,
+        flags: 0,
+        id: 0,
+        size: 0,
+    }; 32];
     let mut n = 0;
     for chunk in data.chunks(netif::TX_REQUEST_SIZE) {
         match netif::TxRequest::from_bytes(chunk) {
@@ -40,7 +46,9 @@ pub fn netif_tx(data: &[u8]) {
                     n += 1;
                 }
             }
-            Err(e) => assert!(chunk.len() == netif::TX_REQUEST_SIZE || e == crate::Error::Truncated),
+            Err(e) => {
+                assert!(chunk.len() == netif::TX_REQUEST_SIZE || e == crate::Error::Truncated)
+            }
         }
     }
     if let Ok(first_len) = netif::validate_tx_packet(&slots[..n], netif::NR_SLOTS_MIN) {
@@ -84,7 +92,12 @@ pub fn blkif_request(data: &[u8]) {
             if let Ok(r) = blkif::Request::parse(&p) {
                 assert_eq!(r.id(), id);
                 assert_eq!(blkif::Request::from_bytes(&r.to_bytes()), Ok(r));
-                if let blkif::Request::Rw { nr_segments, segments, .. } = r {
+                if let blkif::Request::Rw {
+                    nr_segments,
+                    segments,
+                    ..
+                } = r
+                {
                     assert!(nr_segments as usize <= blkif::MAX_SEGMENTS_PER_REQUEST);
                     for s in &segments[..nr_segments as usize] {
                         assert!(s.byte_offset() + s.byte_len() <= crate::PAGE_SIZE);
@@ -113,11 +126,16 @@ pub fn blkif_response(data: &[u8]) {
 /// Sound requests (64-byte chunks); the first 4 bytes of the input give a buffer size for the
 /// range check.
 pub fn sndif_request(data: &[u8]) {
-    let buffer_sz = data.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+    let buffer_sz = data
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0);
     for chunk in data.chunks(sndif::MSG_SIZE) {
         if let Ok(r) = sndif::Request::from_bytes(chunk) {
             assert_eq!(sndif::Request::from_bytes(&r.to_bytes()), Ok(r));
-            if let (Ok(()), sndif::Request::Buffer { offset, length, .. }) = (r.check_buffer_range(buffer_sz), r) {
+            if let (Ok(()), sndif::Request::Buffer { offset, length, .. }) =
+                (r.check_buffer_range(buffer_sz), r)
+            {
                 assert!(offset as u64 + length as u64 <= buffer_sz as u64);
             }
         }
@@ -159,7 +177,8 @@ pub fn xenbus_fsm(data: &[u8]) {
         xenbus::FrontendStyle::Net
     });
     for &b in data {
-        let st = xenbus::XenbusState::from_u32((b & 0x0f) as u32 % 9).unwrap_or(xenbus::XenbusState::Unknown);
+        let st = xenbus::XenbusState::from_u32((b & 0x0f) as u32 % 9)
+            .unwrap_or(xenbus::XenbusState::Unknown);
         match b >> 4 {
             0..=4 => {
                 let _ = be.on_input(xenbus::BackendInput::FrontendState(st));
@@ -212,7 +231,11 @@ mod ring_fuzz {
     impl<M: SharedMem> BoundsChecked<M> {
         #[inline]
         fn check(&self, off: usize, len: usize) {
-            assert!(off.checked_add(len).is_some_and(|e| e <= self.limit), "access {off}+{len} beyond {}", self.limit);
+            assert!(
+                off.checked_add(len).is_some_and(|e| e <= self.limit),
+                "access {off}+{len} beyond {}",
+                self.limit
+            );
         }
     }
 
@@ -260,17 +283,22 @@ mod ring_fuzz {
     /// value), `1` = a well-behaved frontend pushes and publishes up to N requests, `2` = the
     /// backend consumes up to N requests and parses them, `3` = the backend answers pending
     /// requests, `4`/`5` = publish with notify check / final check, `6` = the frontend consumes
-    /// responses, `7` = overwrite a whole slot with script bytes. Invariants: the backend never
+    /// responses, `7` = overwrite a whole slot with script bytes, `8` = the backend answers with
+    /// body-less responses, `9` = the frontend skips responses (opcodes are taken modulo 10). Invariants: the backend never
     /// touches memory outside its ring, never panics, never has more than `nr_ents` requests
     /// outstanding, and once it reports a violation it stays broken.
     pub fn ring_backend(data: &[u8]) {
         let mem = HostMem::pages(1);
-        let limit = RING_HEADER_SIZE + ring_entries(crate::PAGE_SIZE, TxRing::SLOT) as usize * TxRing::SLOT;
+        let limit =
+            RING_HEADER_SIZE + ring_entries(crate::PAGE_SIZE, TxRing::SLOT) as usize * TxRing::SLOT;
         let mut front = match FrontRing::<_, TxRing>::init(mem.clone()) {
             Ok(f) => f,
             Err(_) => return,
         };
-        let mut back = match BackRing::<_, TxRing>::attach(BoundsChecked { inner: mem.clone(), limit }) {
+        let mut back = match BackRing::<_, TxRing>::attach(BoundsChecked {
+            inner: mem.clone(),
+            limit,
+        }) {
             Ok(b) => b,
             Err(_) => return,
         };
@@ -281,7 +309,7 @@ mod ring_fuzz {
         let mut id: u16 = 0;
         while let Some(op) = next() {
             let arg = next().unwrap_or(0);
-            match op % 8 {
+            match op % 10 {
                 0 => {
                     let off = ((arg as usize) << 2) % crate::PAGE_SIZE;
                     let mut v = [0u8; 4];
@@ -292,7 +320,13 @@ mod ring_fuzz {
                 }
                 1 => {
                     for _ in 0..(arg % 64) {
-                        let r = netif::TxRequest { gref: 8, offset: 0, flags: 0, id, size: 60 };
+                        let r = netif::TxRequest {
+                            gref: 8,
+                            offset: 0,
+                            flags: 0,
+                            id,
+                            size: 60,
+                        };
                         id = id.wrapping_add(1);
                         if front.push_request(&r.to_bytes()).is_err() {
                             break;
@@ -312,7 +346,10 @@ mod ring_fuzz {
                 }
                 3 => {
                     for _ in 0..(arg % 64) {
-                        let rsp = netif::TxResponse { id: arg as u16, status: netif::Status::Okay };
+                        let rsp = netif::TxResponse {
+                            id: arg as u16,
+                            status: netif::Status::Okay,
+                        };
                         if back.push_response(&rsp.to_bytes()).is_err() {
                             break;
                         }
@@ -331,6 +368,12 @@ mod ring_fuzz {
                             _ => break,
                         }
                     }
+                }
+                8 => {
+                    let _ = back.push_null_responses(arg as u32 % 64);
+                }
+                9 => {
+                    let _ = front.skip_responses();
                 }
                 _ => {
                     let slot = (arg as u32 % nr) as usize;

@@ -116,7 +116,11 @@ impl Status {
 }
 
 fn check_len(b: &[u8], n: usize) -> Result<(), Error> {
-    if b.len() < n { Err(Error::Truncated) } else { Ok(()) }
+    if b.len() < n {
+        Err(Error::Truncated)
+    } else {
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,7 +206,13 @@ impl TxRequest {
     /// Validates a slot: only defined flags, offset inside the page, and (when the slot does not
     /// chain further) `offset + size <= 4096`.
     pub fn parse<T: AsRef<[u8]>>(p: &TxRequestPacket<T>) -> Result<Self, Error> {
-        let r = Self { gref: p.gref(), offset: p.offset(), flags: p.flags(), id: p.id(), size: p.size() };
+        let r = Self {
+            gref: p.gref(),
+            offset: p.offset(),
+            flags: p.flags(),
+            id: p.id(),
+            size: p.size(),
+        };
         if r.flags & !txf::ALL != 0 {
             return Err(Error::BadFlags);
         }
@@ -308,7 +318,10 @@ impl TxResponse {
     /// Parses 4 bytes.
     pub fn from_bytes(b: &[u8]) -> Result<Self, Error> {
         check_len(b, TX_RESPONSE_SIZE)?;
-        Ok(Self { id: field::u16(b, 0), status: Status::from_i16(field::i16(b, 2))? })
+        Ok(Self {
+            id: field::u16(b, 0),
+            status: Status::from_i16(field::i16(b, 2))?,
+        })
     }
     /// The 4 wire bytes.
     pub fn to_bytes(&self) -> [u8; TX_RESPONSE_SIZE] {
@@ -335,7 +348,10 @@ impl RxRequest {
     /// Parses 8 bytes (the pad is ignored, as Linux does).
     pub fn from_bytes(b: &[u8]) -> Result<Self, Error> {
         check_len(b, RX_REQUEST_SIZE)?;
-        Ok(Self { id: field::u16(b, 0), gref: field::u32(b, 4) })
+        Ok(Self {
+            id: field::u16(b, 0),
+            gref: field::u32(b, 4),
+        })
     }
     /// The 8 wire bytes.
     pub fn to_bytes(&self) -> [u8; RX_REQUEST_SIZE] {
@@ -488,7 +504,11 @@ impl ExtraInfo {
                 if mac[0] & 1 == 0 {
                     return Err(Error::BadValue);
                 }
-                if b[0] == extra_type::MCAST_ADD { Extra::McastAdd(mac) } else { Extra::McastDel(mac) }
+                if b[0] == extra_type::MCAST_ADD {
+                    Extra::McastAdd(mac)
+                } else {
+                    Extra::McastDel(mac)
+                }
             }
             extra_type::HASH => {
                 // Hash types are bit numbers 0..=3 (ipv4, ipv4+tcp, ipv6, ipv6+tcp); algorithm
@@ -496,11 +516,18 @@ impl ExtraInfo {
                 if b[2] > 3 || b[3] > 1 {
                     return Err(Error::BadValue);
                 }
-                Extra::Hash { htype: b[2], algorithm: b[3], value: field::u32(b, 4) }
+                Extra::Hash {
+                    htype: b[2],
+                    algorithm: b[3],
+                    value: field::u32(b, 4),
+                }
             }
             _ => return Err(Error::UnknownOperation),
         };
-        Ok(Self { more: flags & EXTRA_FLAG_MORE != 0, extra })
+        Ok(Self {
+            more: flags & EXTRA_FLAG_MORE != 0,
+            extra,
+        })
     }
 
     /// The 8 wire bytes (pad them to 12 for a TX slot).
@@ -521,7 +548,11 @@ impl ExtraInfo {
                 b[0] = extra_type::MCAST_DEL;
                 b[2..8].copy_from_slice(&m);
             }
-            Extra::Hash { htype, algorithm, value } => {
+            Extra::Hash {
+                htype,
+                algorithm,
+                value,
+            } => {
                 b[0] = extra_type::HASH;
                 b[2] = htype;
                 b[3] = algorithm;
@@ -538,52 +569,123 @@ mod tests {
 
     #[test]
     fn tx_request_layout() {
-        let r = TxRequest { gref: 0x11223344, offset: 0x100, flags: txf::CSUM_BLANK, id: 7, size: 60 };
+        let r = TxRequest {
+            gref: 0x11223344,
+            offset: 0x100,
+            flags: txf::CSUM_BLANK,
+            id: 7,
+            size: 60,
+        };
         let b = r.to_bytes();
-        assert_eq!(b, [0x44, 0x33, 0x22, 0x11, 0x00, 0x01, 0x01, 0x00, 7, 0, 60, 0]);
+        assert_eq!(
+            b,
+            [0x44, 0x33, 0x22, 0x11, 0x00, 0x01, 0x01, 0x00, 7, 0, 60, 0]
+        );
         assert_eq!(TxRequest::from_bytes(&b), Ok(r));
         assert_eq!(TxRequest::from_bytes(&b[..11]), Err(Error::Truncated));
     }
 
     #[test]
     fn tx_request_rejects_page_crossing_and_unknown_flags() {
-        let mut r = TxRequest { gref: 1, offset: 4000, flags: 0, id: 1, size: 97 };
+        let mut r = TxRequest {
+            gref: 1,
+            offset: 4000,
+            flags: 0,
+            id: 1,
+            size: 97,
+        };
         assert_eq!(TxRequest::from_bytes(&r.to_bytes()), Err(Error::BadOffset));
         r.size = 96;
         assert!(TxRequest::from_bytes(&r.to_bytes()).is_ok());
         r.flags = 0x10;
         assert_eq!(TxRequest::from_bytes(&r.to_bytes()), Err(Error::BadFlags));
         // A first slot of a chain may announce more than a page in total.
-        let first = TxRequest { gref: 1, offset: 0, flags: txf::MORE_DATA, id: 1, size: 6000 };
+        let first = TxRequest {
+            gref: 1,
+            offset: 0,
+            flags: txf::MORE_DATA,
+            id: 1,
+            size: 6000,
+        };
         assert!(TxRequest::from_bytes(&first.to_bytes()).is_ok());
-        r = TxRequest { gref: 1, offset: 4096, flags: txf::MORE_DATA, id: 1, size: 0 };
+        r = TxRequest {
+            gref: 1,
+            offset: 4096,
+            flags: txf::MORE_DATA,
+            id: 1,
+            size: 0,
+        };
         assert_eq!(TxRequest::from_bytes(&r.to_bytes()), Err(Error::BadOffset));
     }
 
     #[test]
     fn tx_chain_validation() {
-        let first = TxRequest { gref: 1, offset: 0, flags: txf::MORE_DATA, id: 1, size: 6000 };
-        let second = TxRequest { gref: 2, offset: 0, flags: 0, id: 2, size: 2000 };
+        let first = TxRequest {
+            gref: 1,
+            offset: 0,
+            flags: txf::MORE_DATA,
+            id: 1,
+            size: 6000,
+        };
+        let second = TxRequest {
+            gref: 2,
+            offset: 0,
+            flags: 0,
+            id: 2,
+            size: 2000,
+        };
         assert_eq!(validate_tx_packet(&[first, second], NR_SLOTS_MIN), Ok(4000));
-        let big = TxRequest { size: 7000, ..first };
-        assert_eq!(validate_tx_packet(&[big, second], NR_SLOTS_MIN), Err(Error::BadOffset));
-        let over = TxRequest { size: 1000, ..first };
-        assert_eq!(validate_tx_packet(&[over, second], NR_SLOTS_MIN), Err(Error::BadValue));
-        assert_eq!(validate_tx_packet(&[first], NR_SLOTS_MIN), Err(Error::BadFlags));
-        assert_eq!(validate_tx_packet(&[], NR_SLOTS_MIN), Err(Error::BadSegmentCount));
-        assert_eq!(validate_tx_packet(&[first, second], 1), Err(Error::BadSegmentCount));
+        let big = TxRequest {
+            size: 7000,
+            ..first
+        };
+        assert_eq!(
+            validate_tx_packet(&[big, second], NR_SLOTS_MIN),
+            Err(Error::BadOffset)
+        );
+        let over = TxRequest {
+            size: 1000,
+            ..first
+        };
+        assert_eq!(
+            validate_tx_packet(&[over, second], NR_SLOTS_MIN),
+            Err(Error::BadValue)
+        );
+        assert_eq!(
+            validate_tx_packet(&[first], NR_SLOTS_MIN),
+            Err(Error::BadFlags)
+        );
+        assert_eq!(
+            validate_tx_packet(&[], NR_SLOTS_MIN),
+            Err(Error::BadSegmentCount)
+        );
+        assert_eq!(
+            validate_tx_packet(&[first, second], 1),
+            Err(Error::BadSegmentCount)
+        );
     }
 
     #[test]
     fn responses_round_trip() {
-        let t = TxResponse { id: 9, status: Status::Dropped };
+        let t = TxResponse {
+            id: 9,
+            status: Status::Dropped,
+        };
         assert_eq!(t.to_bytes(), [9, 0, 0xfe, 0xff]);
         assert_eq!(TxResponse::from_bytes(&t.to_bytes()), Ok(t));
         assert_eq!(TxResponse::from_bytes(&[0, 0, 5, 0]), Err(Error::BadValue));
-        let r = RxResponse { id: 3, offset: 2, flags: rxf::DATA_VALIDATED, status: 1500 };
+        let r = RxResponse {
+            id: 3,
+            offset: 2,
+            flags: rxf::DATA_VALIDATED,
+            status: 1500,
+        };
         assert_eq!(RxResponse::from_bytes(&r.to_bytes()), Ok(r));
         let bad = RxResponse { offset: 4000, ..r };
-        assert_eq!(RxResponse::from_bytes(&bad.to_bytes()), Err(Error::BadOffset));
+        assert_eq!(
+            RxResponse::from_bytes(&bad.to_bytes()),
+            Err(Error::BadOffset)
+        );
         let q = RxRequest { id: 5, gref: 77 };
         assert_eq!(q.to_bytes(), [5, 0, 0, 0, 77, 0, 0, 0]);
         assert_eq!(RxRequest::from_bytes(&q.to_bytes()), Ok(q));
@@ -591,19 +693,53 @@ mod tests {
 
     #[test]
     fn extra_info() {
-        let g = ExtraInfo { more: true, extra: Extra::Gso { size: 1448, kind: GsoType::TcpV4 } };
+        let g = ExtraInfo {
+            more: true,
+            extra: Extra::Gso {
+                size: 1448,
+                kind: GsoType::TcpV4,
+            },
+        };
         let b = g.to_bytes();
         assert_eq!(b, [1, 1, 0xa8, 0x05, 1, 0, 0, 0]);
         assert_eq!(ExtraInfo::from_bytes(&b), Ok(g));
-        assert_eq!(ExtraInfo::from_bytes(&[1, 0, 0, 0, 1, 0, 0, 0]), Err(Error::BadValue));
-        assert_eq!(ExtraInfo::from_bytes(&[1, 0, 1, 0, 3, 0, 0, 0]), Err(Error::BadValue));
-        assert_eq!(ExtraInfo::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 0]), Err(Error::UnknownOperation));
-        assert_eq!(ExtraInfo::from_bytes(&[5, 0, 0, 0, 0, 0, 0, 0]), Err(Error::UnknownOperation));
-        let m = ExtraInfo { more: false, extra: Extra::McastAdd([0x01, 0, 0x5e, 0, 0, 1]) };
+        assert_eq!(
+            ExtraInfo::from_bytes(&[1, 0, 0, 0, 1, 0, 0, 0]),
+            Err(Error::BadValue)
+        );
+        assert_eq!(
+            ExtraInfo::from_bytes(&[1, 0, 1, 0, 3, 0, 0, 0]),
+            Err(Error::BadValue)
+        );
+        assert_eq!(
+            ExtraInfo::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(Error::UnknownOperation)
+        );
+        assert_eq!(
+            ExtraInfo::from_bytes(&[5, 0, 0, 0, 0, 0, 0, 0]),
+            Err(Error::UnknownOperation)
+        );
+        let m = ExtraInfo {
+            more: false,
+            extra: Extra::McastAdd([0x01, 0, 0x5e, 0, 0, 1]),
+        };
         assert_eq!(ExtraInfo::from_bytes(&m.to_bytes()), Ok(m));
-        assert_eq!(ExtraInfo::from_bytes(&[2, 0, 0x02, 0, 0, 0, 0, 1]), Err(Error::BadValue));
-        assert_eq!(ExtraInfo::from_bytes(&[2, 2, 0x01, 0, 0, 0, 0, 1]), Err(Error::BadFlags));
-        let h = ExtraInfo { more: false, extra: Extra::Hash { htype: 1, algorithm: 1, value: 0xdead } };
+        assert_eq!(
+            ExtraInfo::from_bytes(&[2, 0, 0x02, 0, 0, 0, 0, 1]),
+            Err(Error::BadValue)
+        );
+        assert_eq!(
+            ExtraInfo::from_bytes(&[2, 2, 0x01, 0, 0, 0, 0, 1]),
+            Err(Error::BadFlags)
+        );
+        let h = ExtraInfo {
+            more: false,
+            extra: Extra::Hash {
+                htype: 1,
+                algorithm: 1,
+                value: 0xdead,
+            },
+        };
         assert_eq!(ExtraInfo::from_bytes(&h.to_bytes()), Ok(h));
     }
 }

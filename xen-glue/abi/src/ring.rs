@@ -78,7 +78,11 @@ pub const fn ring_entries(region_bytes: usize, slot_bytes: usize) -> u32 {
     if n == 0 {
         return 0;
     }
-    let n = if n > u32::MAX as usize { u32::MAX } else { n as u32 };
+    let n = if n > u32::MAX as usize {
+        u32::MAX
+    } else {
+        n as u32
+    };
     1u32 << (31 - n.leading_zeros())
 }
 
@@ -167,7 +171,10 @@ impl Geometry {
         if nr_ents == 0 {
             return Err(Error::RegionTooSmall);
         }
-        Ok(Self { mask: nr_ents - 1, nr_ents })
+        Ok(Self {
+            mask: nr_ents - 1,
+            nr_ents,
+        })
     }
 
     #[inline(always)]
@@ -291,7 +298,8 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
     #[inline]
     pub fn publish_requests(&mut self) {
         if self.req_prod_pub != self.req_prod_pvt {
-            self.mem.store_u32(REQ_PROD_OFF, self.req_prod_pvt, Ordering::Release);
+            self.mem
+                .store_u32(REQ_PROD_OFF, self.req_prod_pvt, Ordering::Release);
             self.req_prod_pub = self.req_prod_pvt;
         }
     }
@@ -358,7 +366,11 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
         if self.unconsumed_responses()? > 0 {
             return Ok(true);
         }
-        self.mem.store_u32(RSP_EVENT_OFF, self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        self.mem.store_u32(
+            RSP_EVENT_OFF,
+            self.rsp_cons.wrapping_add(1),
+            Ordering::Relaxed,
+        );
         self.mem.full_fence();
         Ok(self.unconsumed_responses()? > 0)
     }
@@ -506,7 +518,8 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
     #[inline]
     pub fn publish_responses(&mut self) {
         if self.rsp_prod_pub != self.rsp_prod_pvt {
-            self.mem.store_u32(RSP_PROD_OFF, self.rsp_prod_pvt, Ordering::Release);
+            self.mem
+                .store_u32(RSP_PROD_OFF, self.rsp_prod_pvt, Ordering::Release);
             self.rsp_prod_pub = self.rsp_prod_pvt;
         }
     }
@@ -534,7 +547,11 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
         if self.unconsumed_requests()? > 0 {
             return Ok(true);
         }
-        self.mem.store_u32(REQ_EVENT_OFF, self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        self.mem.store_u32(
+            REQ_EVENT_OFF,
+            self.req_cons.wrapping_add(1),
+            Ordering::Relaxed,
+        );
         self.mem.full_fence();
         Ok(self.unconsumed_requests()? > 0)
     }
@@ -602,9 +619,15 @@ mod tests {
         assert!(!b.final_check_for_requests().unwrap());
         f.push_request(&[1; 16]).unwrap();
         f.push_request(&[2; 16]).unwrap();
-        assert!(f.publish_requests_and_check_notify(), "first request after idle notifies");
+        assert!(
+            f.publish_requests_and_check_notify(),
+            "first request after idle notifies"
+        );
         f.push_request(&[3; 16]).unwrap();
-        assert!(!f.publish_requests_and_check_notify(), "backend not idle yet: no kick");
+        assert!(
+            !f.publish_requests_and_check_notify(),
+            "backend not idle yet: no kick"
+        );
         assert_eq!(b.unconsumed_requests().unwrap(), 3);
         for i in 1..=3u8 {
             assert_eq!(b.pop_request().unwrap(), Some([i; 16]));
@@ -723,7 +746,13 @@ mod tests {
     #[test]
     fn too_small_region() {
         let m = HostMem::new(64);
-        assert_eq!(FrontRing::<_, P16>::init(m.clone()).err(), Some(Error::RegionTooSmall));
-        assert_eq!(BackRing::<_, P16>::attach(m).err(), Some(Error::RegionTooSmall));
+        assert_eq!(
+            FrontRing::<_, P16>::init(m.clone()).err(),
+            Some(Error::RegionTooSmall)
+        );
+        assert_eq!(
+            BackRing::<_, P16>::attach(m).err(),
+            Some(Error::RegionTooSmall)
+        );
     }
 }

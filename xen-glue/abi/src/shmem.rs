@@ -146,7 +146,9 @@ mod host {
         pub fn new(len: usize) -> Self {
             let n = len.div_ceil(8);
             let words: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
-            Self { words: words.into() }
+            Self {
+                words: words.into(),
+            }
         }
 
         /// A zero-filled region of `pages` 4 KiB pages.
@@ -296,7 +298,10 @@ mod host {
             let mut b = [0u8; 10];
             m.read_bytes(0, &mut b);
             assert_eq!(b, [0, 1, 2, 3, 4, 5, 6, 7, 0, 0]);
-            assert_eq!(m.load_u32(4, Ordering::Relaxed), u32::from_le_bytes([4, 5, 6, 7]));
+            assert_eq!(
+                m.load_u32(4, Ordering::Relaxed),
+                u32::from_le_bytes([4, 5, 6, 7])
+            );
             assert_eq!(m.load_u16(2), u16::from_le_bytes([2, 3]));
             m.store_u16(2, 0xbeef);
             assert_eq!(m.load_u16(2), 0xbeef);

@@ -69,7 +69,10 @@ pub const PCM_FORMAT_NAMES: [&str; MAX_PCM_FORMAT as usize + 1] = [
 
 /// The `XENSND_PCM_FORMAT_*` code of a format name (exact match).
 pub fn pcm_format_from_name(name: &str) -> Option<u8> {
-    PCM_FORMAT_NAMES.iter().position(|n| *n == name).map(|i| i as u8)
+    PCM_FORMAT_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .map(|i| i as u8)
 }
 
 /// Ring protocol marker (`xen_sndif_sring`).
@@ -175,8 +178,17 @@ pub struct HwParam {
 
 impl HwParam {
     fn parse(b: &[u8]) -> Result<Self, Error> {
-        let r = |o| Range { min: field::u32(b, o), max: field::u32(b, o + 4) };
-        let h = Self { formats: field::u64(b, 8), rates: r(16), channels: r(24), buffer: r(32), period: r(40) };
+        let r = |o| Range {
+            min: field::u32(b, o),
+            max: field::u32(b, o + 4),
+        };
+        let h = Self {
+            formats: field::u64(b, 8),
+            rates: r(16),
+            channels: r(24),
+            buffer: r(32),
+            period: r(40),
+        };
         if h.formats >> (MAX_PCM_FORMAT + 1) != 0 {
             return Err(Error::BadFlags);
         }
@@ -189,7 +201,12 @@ impl HwParam {
     }
     fn emit(&self, b: &mut [u8]) {
         field::set_u64(b, 8, self.formats);
-        for (o, x) in [(16, self.rates), (24, self.channels), (32, self.buffer), (40, self.period)] {
+        for (o, x) in [
+            (16, self.rates),
+            (24, self.channels),
+            (32, self.buffer),
+            (40, self.period),
+        ] {
             field::set_u32(b, o, x.min);
             field::set_u32(b, o + 4, x.max);
         }
@@ -257,7 +274,11 @@ pub enum Request {
 }
 
 fn check_len(b: &[u8]) -> Result<(), Error> {
-    if b.len() < MSG_SIZE { Err(Error::Truncated) } else { Ok(()) }
+    if b.len() < MSG_SIZE {
+        Err(Error::Truncated)
+    } else {
+        Ok(())
+    }
 }
 
 impl Request {
@@ -301,7 +322,12 @@ impl Request {
                 if offset.checked_add(length).is_none() {
                     return Err(Error::BadOffset);
                 }
-                Request::Buffer { id, op, offset, length }
+                Request::Buffer {
+                    id,
+                    op,
+                    offset,
+                    length,
+                }
             }
             op::TRIGGER => {
                 let kind = match b[8] {
@@ -313,7 +339,10 @@ impl Request {
                 };
                 Request::Trigger { id, kind }
             }
-            op::HW_PARAM_QUERY => Request::HwParamQuery { id, param: HwParam::parse(b)? },
+            op::HW_PARAM_QUERY => Request::HwParamQuery {
+                id,
+                param: HwParam::parse(b)?,
+            },
             _ => return Err(Error::UnknownOperation),
         })
     }
@@ -343,7 +372,9 @@ impl Request {
     /// For buffer operations: `offset + length <= buffer_sz` (the size given at OPEN).
     pub fn check_buffer_range(&self, buffer_sz: u32) -> Result<(), Error> {
         match *self {
-            Request::Buffer { offset, length, .. } if offset as u64 + length as u64 > buffer_sz as u64 => {
+            Request::Buffer { offset, length, .. }
+                if offset as u64 + length as u64 > buffer_sz as u64 =>
+            {
                 Err(Error::BadOffset)
             }
             _ => Ok(()),
@@ -401,8 +432,17 @@ impl Response {
         if status > 0 {
             return Err(Error::BadValue);
         }
-        let hw_param = if operation == op::HW_PARAM_QUERY && status == 0 { Some(HwParam::parse(b)?) } else { None };
-        Ok(Self { id: field::u16(b, 0), operation, status, hw_param })
+        let hw_param = if operation == op::HW_PARAM_QUERY && status == 0 {
+            Some(HwParam::parse(b)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            id: field::u16(b, 0),
+            operation,
+            status,
+            hw_param,
+        })
     }
     /// The 64 wire bytes.
     pub fn to_bytes(&self) -> [u8; MSG_SIZE] {
@@ -437,7 +477,10 @@ impl Event {
     pub fn from_bytes(b: &[u8]) -> Result<Self, Error> {
         check_len(b)?;
         match b[2] {
-            EVT_CUR_POS => Ok(Event::CurPos { id: field::u16(b, 0), position: field::u64(b, 8) }),
+            EVT_CUR_POS => Ok(Event::CurPos {
+                id: field::u16(b, 0),
+                position: field::u64(b, 8),
+            }),
             _ => Err(Error::UnknownOperation),
         }
     }
@@ -477,7 +520,14 @@ mod tests {
 
     #[test]
     fn open_layout() {
-        let open = Open { pcm_rate: 48000, pcm_format: 2, pcm_channels: 2, buffer_sz: 16384, gref_directory: 0x20, period_sz: 4096 };
+        let open = Open {
+            pcm_rate: 48000,
+            pcm_format: 2,
+            pcm_channels: 2,
+            buffer_sz: 16384,
+            gref_directory: 0x20,
+            period_sz: 4096,
+        };
         let r = Request::Open { id: 1, open };
         let b = r.to_bytes();
         assert_eq!(&b[..4], &[1, 0, 0, 0]);
@@ -485,15 +535,32 @@ mod tests {
         assert_eq!(&b[12..14], &[2, 2]);
         assert_eq!(&b[16..28], &[0, 0x40, 0, 0, 0x20, 0, 0, 0, 0, 0x10, 0, 0]);
         assert_eq!(Request::from_bytes(&b), Ok(r));
-        let bad = Request::Open { id: 1, open: Open { pcm_format: 25, ..open } };
+        let bad = Request::Open {
+            id: 1,
+            open: Open {
+                pcm_format: 25,
+                ..open
+            },
+        };
         assert_eq!(Request::from_bytes(&bad.to_bytes()), Err(Error::BadValue));
-        let bad = Request::Open { id: 1, open: Open { period_sz: 20000, ..open } };
+        let bad = Request::Open {
+            id: 1,
+            open: Open {
+                period_sz: 20000,
+                ..open
+            },
+        };
         assert_eq!(Request::from_bytes(&bad.to_bytes()), Err(Error::BadValue));
     }
 
     #[test]
     fn buffer_ops_and_trigger() {
-        let w = Request::Buffer { id: 7, op: BufferOp::Write, offset: 4096, length: 4096 };
+        let w = Request::Buffer {
+            id: 7,
+            op: BufferOp::Write,
+            offset: 4096,
+            length: 4096,
+        };
         let b = w.to_bytes();
         assert_eq!(b[2], op::WRITE);
         assert_eq!(Request::from_bytes(&b), Ok(w));
@@ -502,7 +569,10 @@ mod tests {
         let mut o = b;
         o[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Request::from_bytes(&o), Err(Error::BadOffset));
-        let t = Request::Trigger { id: 2, kind: Trigger::Resume };
+        let t = Request::Trigger {
+            id: 2,
+            kind: Trigger::Resume,
+        };
         assert_eq!(Request::from_bytes(&t.to_bytes()), Ok(t));
         let mut bt = t.to_bytes();
         bt[8] = 4;
@@ -510,7 +580,14 @@ mod tests {
         let mut u = [0u8; 64];
         u[2] = 10;
         assert_eq!(Request::from_bytes(&u), Err(Error::UnknownOperation));
-        for code in [op::SET_VOLUME, op::GET_VOLUME, op::MUTE, op::UNMUTE, op::READ, op::CLOSE] {
+        for code in [
+            op::SET_VOLUME,
+            op::GET_VOLUME,
+            op::MUTE,
+            op::UNMUTE,
+            op::READ,
+            op::CLOSE,
+        ] {
             u[2] = code;
             let r = Request::from_bytes(&u).unwrap();
             assert_eq!(r.operation(), code);
@@ -521,30 +598,64 @@ mod tests {
     fn hw_param_and_response() {
         let param = HwParam {
             formats: 1 << 2,
-            rates: Range { min: 8000, max: 48000 },
+            rates: Range {
+                min: 8000,
+                max: 48000,
+            },
             channels: Range { min: 1, max: 2 },
-            buffer: Range { min: 4096, max: 65536 },
-            period: Range { min: 1024, max: 8192 },
+            buffer: Range {
+                min: 4096,
+                max: 65536,
+            },
+            period: Range {
+                min: 1024,
+                max: 8192,
+            },
         };
         let q = Request::HwParamQuery { id: 3, param };
         let b = q.to_bytes();
         assert_eq!(&b[8..16], &4u64.to_le_bytes());
         assert_eq!(&b[40..48], &[0, 4, 0, 0, 0, 0x20, 0, 0]);
         assert_eq!(Request::from_bytes(&b), Ok(q));
-        let rsp = Response { id: 3, operation: op::HW_PARAM_QUERY, status: 0, hw_param: Some(param) };
+        let rsp = Response {
+            id: 3,
+            operation: op::HW_PARAM_QUERY,
+            status: 0,
+            hw_param: Some(param),
+        };
         assert_eq!(Response::from_bytes(&rsp.to_bytes()), Ok(rsp));
-        let err = Response { id: 4, operation: op::OPEN, status: -22, hw_param: None };
+        let err = Response {
+            id: 4,
+            operation: op::OPEN,
+            status: -22,
+            hw_param: None,
+        };
         assert_eq!(&err.to_bytes()[4..8], &(-22i32).to_le_bytes());
         assert_eq!(Response::from_bytes(&err.to_bytes()), Ok(err));
-        let bad = HwParam { rates: Range { min: 2, max: 1 }, ..param };
-        assert_eq!(Request::from_bytes(&Request::HwParamQuery { id: 1, param: bad }.to_bytes()), Err(Error::BadValue));
-        let bad = HwParam { formats: 1 << 25, ..param };
-        assert_eq!(Request::from_bytes(&Request::HwParamQuery { id: 1, param: bad }.to_bytes()), Err(Error::BadFlags));
+        let bad = HwParam {
+            rates: Range { min: 2, max: 1 },
+            ..param
+        };
+        assert_eq!(
+            Request::from_bytes(&Request::HwParamQuery { id: 1, param: bad }.to_bytes()),
+            Err(Error::BadValue)
+        );
+        let bad = HwParam {
+            formats: 1 << 25,
+            ..param
+        };
+        assert_eq!(
+            Request::from_bytes(&Request::HwParamQuery { id: 1, param: bad }.to_bytes()),
+            Err(Error::BadFlags)
+        );
     }
 
     #[test]
     fn events() {
-        let e = Event::CurPos { id: 9, position: 123_456 };
+        let e = Event::CurPos {
+            id: 9,
+            position: 123_456,
+        };
         assert_eq!(Event::from_bytes(&e.to_bytes()), Ok(e));
         assert_eq!(event_offset(0), 64);
         assert_eq!(event_offset(63), 64);

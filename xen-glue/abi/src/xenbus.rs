@@ -149,7 +149,12 @@ impl Default for BackendFsm {
 impl BackendFsm {
     /// A new device: state Initialising, online.
     pub const fn new() -> Self {
-        Self { state: XenbusState::Initialising, online: true, connecting: false, removed: false }
+        Self {
+            state: XenbusState::Initialising,
+            online: true,
+            connecting: false,
+            removed: false,
+        }
     }
 
     /// Our current (last written) state.
@@ -306,7 +311,13 @@ pub struct FrontendFsm {
 impl FrontendFsm {
     /// A new device in state Initialising.
     pub const fn new(style: FrontendStyle) -> Self {
-        Self { style, state: XenbusState::Initialising, set_up: false, setting_up: false, backend: XenbusState::Unknown }
+        Self {
+            style,
+            state: XenbusState::Initialising,
+            set_up: false,
+            setting_up: false,
+            backend: XenbusState::Unknown,
+        }
     }
 
     /// Our current (last written) state.
@@ -493,7 +504,11 @@ mod tests {
             let mut bus = Bus::new(style);
             let o = bus.be.on_input(BackendInput::Probed);
             bus.be_out(o);
-            assert_eq!((bus.fe_node, bus.be_node), (Connected, Connected), "{style:?}");
+            assert_eq!(
+                (bus.fe_node, bus.be_node),
+                (Connected, Connected),
+                "{style:?}"
+            );
             assert_eq!((bus.setups, bus.connects), (1, 1));
             assert!(bus.ready);
         }
@@ -528,7 +543,10 @@ mod tests {
         assert!(o.disconnect && o.remove);
         assert_eq!(o.write_state, Some(Closed));
         assert!(bus.be.is_removed());
-        assert_eq!(bus.be.on_input(BackendInput::FrontendState(Connected)), BackendOutput::default());
+        assert_eq!(
+            bus.be.on_input(BackendInput::FrontendState(Connected)),
+            BackendOutput::default()
+        );
     }
 
     #[test]
@@ -549,7 +567,10 @@ mod tests {
         bus.setup_ok = false;
         let o = bus.be.on_input(BackendInput::Probed);
         bus.be_out(o);
-        assert_eq!(bus.fe_node, Closed, "frontend gave up and the backend closed too");
+        assert_eq!(
+            bus.fe_node, Closed,
+            "frontend gave up and the backend closed too"
+        );
         assert_eq!(bus.connects, 0);
         let mut be = BackendFsm::new();
         be.on_input(BackendInput::Probed);
@@ -564,9 +585,19 @@ mod tests {
     fn connect_is_requested_once() {
         let mut be = BackendFsm::new();
         be.on_input(BackendInput::Probed);
-        assert!(be.on_input(BackendInput::FrontendState(Initialised)).connect);
+        assert!(
+            be.on_input(BackendInput::FrontendState(Initialised))
+                .connect
+        );
         assert!(!be.on_input(BackendInput::FrontendState(Connected)).connect);
-        assert_eq!(be.on_input(BackendInput::ConnectDone { ok: true }).write_state, Some(Connected));
-        assert_eq!(be.on_input(BackendInput::FrontendState(Connected)), BackendOutput::default());
+        assert_eq!(
+            be.on_input(BackendInput::ConnectDone { ok: true })
+                .write_state,
+            Some(Connected)
+        );
+        assert_eq!(
+            be.on_input(BackendInput::FrontendState(Connected)),
+            BackendOutput::default()
+        );
     }
 }

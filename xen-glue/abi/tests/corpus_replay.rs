@@ -10,7 +10,8 @@ fn replay_fuzz_corpus() {
     for (name, entry) in xen_abi::fuzzing::TARGETS {
         let dir = root.join(name);
         let mut n = 0;
-        for f in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display())) {
+        for f in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        {
             let path = f.unwrap().path();
             let data = std::fs::read(&path).unwrap();
             let r = std::panic::catch_unwind(|| entry(&data));

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use xen_abi::Error;
 use xen_abi::fuzzing::{BoundsChecked, ring_backend};
 use xen_abi::ring::{
-    BackRing, FrontRing, RING_HEADER_SIZE, RawProtocol, REQ_PROD_OFF, RingProtocol, ring_entries,
+    BackRing, FrontRing, REQ_PROD_OFF, RING_HEADER_SIZE, RawProtocol, RingProtocol, ring_entries,
 };
 use xen_abi::shmem::{HostMem, SharedMem};
 
@@ -101,7 +101,10 @@ impl Model {
                 let new = self.pushed > self.published;
                 self.published = self.pushed;
                 if self.backend_asleep && new {
-                    assert!(notify, "lost wakeup: backend asleep, new requests, no notification");
+                    assert!(
+                        notify,
+                        "lost wakeup: backend asleep, new requests, no notification"
+                    );
                     self.backend_asleep = false;
                 }
             }
@@ -113,7 +116,10 @@ impl Model {
                             self.received += 1;
                         }
                         None => {
-                            assert_eq!(self.received, self.published, "every published request is seen");
+                            assert_eq!(
+                                self.received, self.published,
+                                "every published request is seen"
+                            );
                             break;
                         }
                     }
@@ -137,7 +143,10 @@ impl Model {
                 let new = self.answered > self.resp_published;
                 self.resp_published = self.answered;
                 if self.frontend_asleep && new {
-                    assert!(notify, "lost wakeup: frontend asleep, new responses, no notification");
+                    assert!(
+                        notify,
+                        "lost wakeup: frontend asleep, new responses, no notification"
+                    );
                     self.frontend_asleep = false;
                 }
             }
@@ -187,8 +196,14 @@ impl Model {
                 }
             }
         }
-        assert_eq!(self.received, self.pushed, "every request moved exactly once");
-        assert_eq!(self.completed, self.pushed, "every response moved exactly once");
+        assert_eq!(
+            self.received, self.pushed,
+            "every request moved exactly once"
+        );
+        assert_eq!(
+            self.completed, self.pushed,
+            "every response moved exactly once"
+        );
         assert!(!self.back.is_broken() && !self.front.is_broken());
     }
 }

@@ -39,7 +39,10 @@ impl EvtChn {
 fn request<const N: usize>(seq: u64) -> [u8; N] {
     let mut b = [0u8; N];
     for (i, c) in b.iter_mut().enumerate() {
-        *c = (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(i as u32 * 7) >> 13) as u8;
+        *c = (seq
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(i as u32 * 7)
+            >> 13) as u8;
     }
     b
 }
@@ -67,7 +70,11 @@ fn run<const REQ: usize, const RSP: usize>(total: u64, order: u32) {
             let (mut seen, mut lost, mut kicks) = (0u64, 0u32, 0u64);
             while seen < total {
                 while let Some(r) = back.pop_request().unwrap() {
-                    assert_eq!(r, request::<REQ>(seen), "request {seen} corrupted or out of order");
+                    assert_eq!(
+                        r,
+                        request::<REQ>(seen),
+                        "request {seen} corrupted or out of order"
+                    );
                     back.push_response(&response::<RSP>(seen)).unwrap();
                     seen += 1;
                 }
@@ -92,7 +99,11 @@ fn run<const REQ: usize, const RSP: usize>(total: u64, order: u32) {
             to_back.notify();
         }
         while let Some(r) = front.pop_response().unwrap() {
-            assert_eq!(r, response::<RSP>(done), "response {done} corrupted or out of order");
+            assert_eq!(
+                r,
+                response::<RSP>(done),
+                "response {done} corrupted or out of order"
+            );
             done += 1;
         }
         if done < total && !front.is_full() && sent < total {
