@@ -24,7 +24,7 @@
 //! | `iconnect-media-class` | as `iconnect-qos-class` | priority/latency class |
 //!
 //! Xen's own `rate = "<bytes>,<usecs>"` key, which `xl` writes into the *backend* directory for a
-//! vif `rate=` setting, is read as an administrative ceiling ([`XenRate`]); the effective ceiling
+//! vif `rate=` setting, is read as an administrative ceiling ([`qos::XenRate`]); the effective ceiling
 //! is the lower of it and `iconnect-qos-ceiling-bps`.
 //!
 //! ## Keys written by the backend (backend device directory)

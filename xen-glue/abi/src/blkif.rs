@@ -13,10 +13,10 @@
 //! | 6 | INDIRECT | READ/WRITE with segments listed in up to 8 granted pages |
 //!
 //! Layouts: `blkif_request` = operation u8 @0, nr_segments u8 @1, handle u16 @2, id u64 @8,
-//! sector_number u64 @16, seg[11] @24 (each: gref u32, first_sect u8, last_sect u8, 2 pad).
+//! sector_number u64 @16, `seg[11]` @24 (each: gref u32, first_sect u8, last_sect u8, 2 pad).
 //! `blkif_request_discard` = operation @0, flag @1, handle @2, id @8, sector @16, nr_sectors @24.
 //! `blkif_request_indirect` = operation @0, indirect_op @1, nr_segments u16 @2, id @8,
-//! sector @16, handle u16 @24, indirect_grefs[8] @28 (64 bytes).
+//! sector @16, handle u16 @24, `indirect_grefs[8]` @28 (64 bytes).
 //! `blkif_response` = id u64 @0, operation u8 @8, status i16 @10 (16 bytes).
 //! Sectors are always 512 bytes.
 //!

@@ -4,6 +4,17 @@
 //! them and checks invariants with assertions: a panic is a finding. The cargo-fuzz targets in
 //! `xen-glue/abi/fuzz/` call exactly these functions, and the `corpus_replay` integration test
 //! replays the committed corpus through them, so `cargo test` re-runs every saved input.
+//!
+//! Running a target (stable toolchain; cargo-fuzz needs the nightly-only sanitizer flags, which
+//! `RUSTC_BOOTSTRAP=1` unlocks):
+//!
+//! ```text
+//! cargo install cargo-fuzz
+//! cd xen-glue/abi/fuzz
+//! RUSTC_BOOTSTRAP=1 cargo fuzz run ring_backend -O -- -max_total_time=60 -max_len=2048
+//! # keep the committed corpus small: set-cover merge into a fresh directory, then replace
+//! ./target/x86_64-unknown-linux-gnu/release/ring_backend -set_cover_merge=1 NEW corpus/ring_backend
+//! ```
 
 use crate::{blkif, netif, sndif, xenbus};
 

@@ -17,6 +17,15 @@
 //! Consumers are generic over `M: SharedMem` (static dispatch), so the hot path has no dynamic
 //! calls and the copy loops inline into the ring code.
 //!
+//! ## Notes for the pointer-backed implementation (`hal`)
+//! Hold a base pointer and a length for a mapping that stays valid for the implementor's
+//! lifetime. Check `off + size <= len` (and alignment) on every call, then: `u32` accesses via
+//! `AtomicU32::from_ptr(base.add(off).cast())` with the given ordering (the peer runs on another
+//! CPU; plain volatile accesses plus fences would also do on x86, atomics are portable);
+//! `u16`/`u64` via `read_volatile`/`write_volatile`; byte copies as a loop of aligned `u64`
+//! volatile accesses with ragged ends (never `copy_nonoverlapping`, which may be elided or
+//! re-read, and never a slice over the mapping). `full_fence` can stay the default.
+//!
 //! ## Contract for implementors
 //! * Offsets are byte offsets from the start of the region. A `u16`/`u32`/`u64` access must be at
 //!   an offset that is a multiple of its size and lie inside the region, a byte copy must lie
