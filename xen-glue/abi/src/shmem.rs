@@ -8,7 +8,7 @@
 //! private buffers.
 //!
 //! Implementations:
-//! * [`HostMem`] (feature `alloc`, on by default): a heap region of `AtomicU64` words, shareable
+//! * [`HostMem`] (feature `alloc`, on by default): a cache-line-aligned heap region of `AtomicU64` words, shareable
 //!   between threads by cloning. No `unsafe`. Used by tests, fuzzing and benchmarks.
 //! * `hal` (later): granted pages and ivshmem regions accessed through raw pointers with
 //!   `core::ptr::read_volatile`/atomic-from-pointer operations. The trait is shaped so that such an
@@ -137,7 +137,14 @@ mod host {
     /// that word is never clobbered; `u32` loads/stores honour the requested ordering.
     #[derive(Clone, Debug)]
     pub struct HostMem {
+        /// Backing words; the region is `words[base..base + len / 8]`.
         words: Arc<[AtomicU64]>,
+        /// First word of the region: chosen so the region starts on a 64-byte boundary, like a
+        /// real page, so that the ring header and 64-byte slots each occupy exactly one cache
+        /// line.
+        base: usize,
+        /// Region length in words.
+        nwords: usize,
     }
 
     /// CAS ordering pair for a store with ordering `order`.
@@ -151,12 +158,20 @@ mod host {
     }
 
     impl HostMem {
-        /// A zero-filled region of `len` bytes (rounded up to a multiple of 8).
+        /// A zero-filled region of `len` bytes (rounded up to a multiple of 8), starting on a
+        /// 64-byte boundary.
         pub fn new(len: usize) -> Self {
-            let n = len.div_ceil(8);
-            let words: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            let nwords = len.div_ceil(8);
+            let words: Vec<AtomicU64> = (0..nwords + 7).map(|_| AtomicU64::new(0)).collect();
+            let words: Arc<[AtomicU64]> = words.into();
+            // Address arithmetic only (no dereference): how many words to skip to reach a
+            // 64-byte boundary. The Arc's heap block never moves.
+            let addr = words.as_ptr() as usize;
+            let base = (64 - addr % 64) % 64 / 8;
             Self {
-                words: words.into(),
+                words,
+                base,
+                nwords,
             }
         }
 
@@ -169,7 +184,7 @@ mod host {
         /// respect to concurrent writers of its other bytes.
         #[inline]
         fn merge(&self, idx: usize, lo: usize, bytes: &[u8], order: Ordering) {
-            let w = &self.words[idx];
+            let w = &self.words[self.base + idx];
             let (ok, fail) = cas_orders(order);
             let mut cur = w.load(Ordering::Relaxed);
             loop {
@@ -185,7 +200,7 @@ mod host {
 
         #[inline(always)]
         fn bytes_of(&self, idx: usize, order: Ordering) -> [u8; 8] {
-            self.words[idx].load(order).to_le_bytes()
+            self.words[self.base + idx].load(order).to_le_bytes()
         }
 
         #[inline(always)]
@@ -198,7 +213,7 @@ mod host {
     impl SharedMem for HostMem {
         #[inline]
         fn len(&self) -> usize {
-            self.words.len() * 8
+            self.nwords * 8
         }
 
         #[inline]
@@ -232,13 +247,13 @@ mod host {
         #[inline]
         fn load_u64(&self, off: usize) -> u64 {
             assert!(off.is_multiple_of(8), "misaligned u64 access");
-            self.words[off / 8].load(Ordering::Relaxed)
+            self.words[self.base + off / 8].load(Ordering::Relaxed)
         }
 
         #[inline]
         fn store_u64(&self, off: usize, val: u64) {
             assert!(off.is_multiple_of(8), "misaligned u64 access");
-            self.words[off / 8].store(val, Ordering::Relaxed)
+            self.words[self.base + off / 8].store(val, Ordering::Relaxed)
         }
 
         #[inline]
@@ -257,7 +272,8 @@ mod host {
             }
             // Whole words.
             let full = rest.len() / 8;
-            let words = &self.words[pos / 8..pos / 8 + full];
+            let first = self.base + pos / 8;
+            let words = &self.words[first..first + full];
             let (body, tail) = rest.split_at_mut(full * 8);
             for (c, w) in body.chunks_exact_mut(8).zip(words) {
                 c.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
@@ -283,7 +299,8 @@ mod host {
                 rest = &rest[n..];
             }
             let full = rest.len() / 8;
-            let words = &self.words[pos / 8..pos / 8 + full];
+            let first = self.base + pos / 8;
+            let words = &self.words[first..first + full];
             let (body, tail) = rest.split_at(full * 8);
             for (w, c) in words.iter().zip(body.chunks_exact(8)) {
                 let mut a = [0u8; 8];
@@ -326,6 +343,7 @@ mod host {
         #[should_panic]
         fn out_of_bounds_read_panics_instead_of_escaping() {
             let m = HostMem::new(16);
+            assert_eq!(m.len(), 16);
             let mut b = [0u8; 4];
             m.read_bytes(14, &mut b);
         }
@@ -363,6 +381,16 @@ mod host {
             t.join().unwrap();
             assert_eq!(m.load_u32(0, Ordering::Acquire), 99_999);
             assert_eq!(m.load_u32(4, Ordering::Acquire), 99_999);
+        }
+
+        #[test]
+        fn region_is_cache_line_aligned() {
+            for len in [8, 64, 4096, 12345] {
+                let m = HostMem::new(len);
+                let start = m.words[m.base..].as_ptr() as usize;
+                assert_eq!(start % 64, 0);
+                assert!(m.len() >= len && m.base + m.nwords <= m.words.len());
+            }
         }
 
         #[test]
