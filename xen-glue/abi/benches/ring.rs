@@ -18,7 +18,12 @@
 //!
 //! For the request+response mode the like-for-like baseline is a *pair* of SPSC queues
 //! (requests one way, 8-byte responses back, at most 512 outstanding): "rtrb-pair" and
-//! "crossbeam-pair".
+//! "crossbeam-pair". Expect the Xen ring to trail the rtrb pair there: `io/ring.h` puts each
+//! response into its request's slot, so a slot's cache line goes producer -> consumer (read),
+//! is upgraded by the consumer (response write), goes back (response read) and is upgraded
+//! again (next request): 4 coherence events per line where a queue pair needs about 3 (its
+//! response lines are shared by twice as many messages). That is the ABI's price, not the
+//! implementation's.
 //!
 //! Quick mode for CI smoke runs: `ICONNECT_BENCH_QUICK=1` (few samples, short measurement).
 //! After criterion's per-implementation reports, an interleaved comparison (every
