@@ -94,3 +94,28 @@ xt_console_log() {
 }
 
 xt_destroy() { xl destroy "$1" > /dev/null 2>&1; }
+
+# Follow a domain's PV console (xenconsoled's log) onto dom0's console, prefixed `[console <name>]`,
+# in the background until power-off (Linux PV guests cannot print through Xen's own console).
+xt_follow() {
+    f="/var/log/xen/console/guest-$1.log"
+    (
+        i=0
+        while [ ! -f "$f" ] && [ $i -lt 600 ]; do usleep 100000; i=$((i + 1)); done
+        # A read/echo loop, not sed: it writes each line at once whatever stdout is.
+        tail -n +1 -f "$f" | while IFS= read -r l; do echo "[console $1] $l"; done
+    ) &
+}
+
+# The value of `key=value` on the kernel command line (guests read their job parameters so).
+xt_arg() {
+    for w in $(cat /proc/cmdline); do
+        case "$w" in "$1"=*) echo "${w#*=}" ;; esac
+    done
+}
+
+# xt_bridge <name> <address/prefix>: a bridge in dom0 for dom0-backed vifs.
+xt_bridge() {
+    brctl addbr "$1" && ip addr add "$2" dev "$1" && ip link set "$1" up \
+        || echo "XENTEST-WARN bridge $1 setup failed"
+}

@@ -45,7 +45,12 @@ pub const MODULES: &[&str] = &[
     "bridge",
 ];
 
+/// Kernel modules for Linux PV guests.
+pub const GUEST_MODULES: &[&str] = &["xen-netfront", "xen-blkfront"];
+
 pub const DOM0_INIT: &str = include_str!("../../../images/xen/dom0-init.sh");
+pub const GUEST_INIT: &str = include_str!("../../../images/xen/guest-init.sh");
+pub const VIF_HOTPLUG: &str = include_str!("../../../images/xen/vif-hotplug.sh");
 pub const XENTEST_LIB: &str = include_str!("../../../images/xen/xentest-lib.sh");
 
 /// What a run boots.
@@ -54,6 +59,8 @@ pub struct Dom0 {
     pub xen: PathBuf,
     pub kernel: PathBuf,
     pub base_initrd: PathBuf,
+    /// Base initramfs of Linux PV guests (a scenario appends its `/job.sh`).
+    pub guest_initrd: PathBuf,
 }
 
 /// Gunzip Xen once, locate the dom0 kernel, build (or reuse) the base initramfs.
@@ -75,41 +82,42 @@ pub fn prepare(cache: &Path, sys: &Sysroot) -> Result<Dom0> {
     }
     let kernel = sys.require(&format!("/boot/vmlinuz-{}", sys.kernel_release()))?;
 
-    let base = cache.join("dom0-base.cpio");
-    let stamp = cache.join("dom0-base.stamp");
-    let recipe = recipe(sys);
-    if base.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(recipe.as_str()) {
-        println!("xen: dom0 initramfs cached: {} ({})", base.display(), fmt_bytes(std::fs::metadata(&base)?.len()));
-    } else {
-        let t = Instant::now();
-        let tree = base_tree(sys)?;
-        let tmp = cache.join("dom0-base.cpio.tmp");
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        let n = tree.write(&mut f)?;
-        std::io::Write::flush(&mut f)?;
-        drop(f);
-        std::fs::rename(&tmp, &base)?;
-        std::fs::write(&stamp, &recipe)?;
-        println!(
-            "xen: built dom0 initramfs {} ({} entries, {}) in {}",
-            base.display(),
-            tree.len(),
-            fmt_bytes(n),
-            fmt_dur(t.elapsed())
-        );
-    }
-    Ok(Dom0 { xen, kernel, base_initrd: base })
+    let base_initrd = cached_archive(cache, "dom0-base", &recipe(sys, "dom0"), || base_tree(sys))?;
+    let guest_initrd = cached_archive(cache, "guest-base", &recipe(sys, "guest"), || guest_tree(sys))?;
+    Ok(Dom0 { xen, kernel, base_initrd, guest_initrd })
 }
 
-fn recipe(sys: &Sysroot) -> String {
-    let mut s = format!("recipe {RECIPE_VERSION}\n");
+/// `<cache>/<name>.cpio`, rebuilt by `build` only when `recipe` differs from the stored stamp.
+fn cached_archive(cache: &Path, name: &str, recipe: &str, build: impl FnOnce() -> Result<Tree>) -> Result<PathBuf> {
+    let out = cache.join(format!("{name}.cpio"));
+    let stamp = cache.join(format!("{name}.stamp"));
+    if out.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(recipe) {
+        println!("xen: {name} initramfs cached: {} ({})", out.display(), fmt_bytes(std::fs::metadata(&out)?.len()));
+        return Ok(out);
+    }
+    let t = Instant::now();
+    let tree = build()?;
+    let tmp = cache.join(format!("{name}.cpio.tmp"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let n = tree.write(&mut f)?;
+    std::io::Write::flush(&mut f)?;
+    drop(f);
+    std::fs::rename(&tmp, &out)?;
+    std::fs::write(&stamp, recipe)?;
+    println!("xen: built {name} initramfs {} ({} entries, {}) in {}", out.display(), tree.len(), fmt_bytes(n), fmt_dur(t.elapsed()));
+    Ok(out)
+}
+
+fn recipe(sys: &Sysroot, which: &str) -> String {
+    let mut s = format!("recipe {RECIPE_VERSION} {which}\n");
     for p in &sys.pkgs {
         s.push_str(&p.deb);
         s.push('\n');
     }
-    s.push_str(&format!("programs {XEN_PROGRAMS:?}\nmodules {MODULES:?}\nlibs {EXTRA_LIBS:?}\n"));
-    s.push_str(DOM0_INIT);
-    s.push_str(XENTEST_LIB);
+    s.push_str(&format!("programs {XEN_PROGRAMS:?}\nmodules {MODULES:?} {GUEST_MODULES:?}\nlibs {EXTRA_LIBS:?}\n"));
+    for part in [DOM0_INIT, GUEST_INIT, VIF_HOTPLUG, XENTEST_LIB] {
+        s.push_str(part);
+    }
     s
 }
 
@@ -232,27 +240,53 @@ pub fn modules_in_order(sys: &Sysroot, wanted: &[&str]) -> Result<Vec<(String, P
     Ok(order)
 }
 
-fn base_tree(sys: &Sysroot) -> Result<Tree> {
+/// busybox, /init, the scenario helpers and the basic /etc files.
+fn common_tree(sys: &Sysroot, init: &str, hostname: &str) -> Result<Tree> {
     let mut t = Tree::new();
     for d in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/root", "/mnt"] {
         t.dir(d)?;
     }
     t.host_file("/bin/busybox", 0o755, resolve_in(sys, "/bin/busybox")?.1)?;
-    t.file("/init", 0o755, DOM0_INIT.as_bytes().to_vec())?;
+    t.file("/init", 0o755, init.as_bytes().to_vec())?;
     t.file("/etc/xentest/lib.sh", 0o644, XENTEST_LIB.as_bytes().to_vec())?;
     t.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec())?;
     t.file("/etc/group", 0o644, b"root:x:0:\n".to_vec())?;
-    t.file("/etc/hostname", 0o644, b"dom0\n".to_vec())?;
-    if let Some(xl_conf) = sys.find("/etc/xen/xl.conf") {
-        t.host_file("/etc/xen/xl.conf", 0o644, xl_conf)?;
-    }
+    t.file("/etc/hostname", 0o644, format!("{hostname}\n").into_bytes())?;
+    Ok(t)
+}
 
-    let mut programs = Vec::new();
-    for p in XEN_PROGRAMS {
-        let path = format!("{XEN_BIN}/{p}");
-        programs.push((path.clone(), resolve_in(sys, &path)?.1));
+/// Kernel modules (with dependencies) under /lib/modules and their load order in
+/// /etc/xentest/modules. Returns their names.
+fn add_modules(t: &mut Tree, sys: &Sysroot, wanted: &[&str]) -> Result<Vec<String>> {
+    let mods = modules_in_order(sys, wanted)?;
+    let mut list = String::new();
+    for (file, host) in &mods {
+        t.host_file(&format!("/lib/modules/{file}"), 0o644, host)?;
+        list.push_str(file);
+        list.push('\n');
     }
-    // xenstore-read/-write/-ls/... (the scenarios use them).
+    t.file("/etc/xentest/modules", 0o644, list.into_bytes())?;
+    Ok(mods.iter().map(|m| m.0.trim_end_matches(".ko").to_string()).collect())
+}
+
+/// The Linux PV guest's initramfs: busybox, the Xen frontends, xenstore-utils.
+fn guest_tree(sys: &Sysroot) -> Result<Tree> {
+    let mut t = common_tree(sys, GUEST_INIT, "guest")?;
+    let programs = xenstore_utils(sys)?;
+    let nlibs = add_programs(&mut t, sys, &programs)?;
+    let mods = add_modules(&mut t, sys, GUEST_MODULES)?;
+    println!(
+        "xen: guest initramfs: busybox, {} programs, {nlibs} libraries + loader, {} modules ({})",
+        programs.len(),
+        mods.len(),
+        mods.join(" ")
+    );
+    Ok(t)
+}
+
+/// xenstore-read/-write/-ls/... from xenstore-utils (ELF programs only).
+fn xenstore_utils(sys: &Sysroot) -> Result<Vec<(String, PathBuf)>> {
+    let mut programs = Vec::new();
     let xs_dir = sys.package_dir("xenstore-utils")?.join("usr/bin");
     let mut xs: Vec<_> = std::fs::read_dir(&xs_dir)
         .with_context(|| format!("reading {}", xs_dir.display()))?
@@ -268,30 +302,37 @@ fn base_tree(sys: &Sysroot) -> Result<Tree> {
             programs.push((path, host));
         }
     }
-    let nlibs = add_programs(&mut t, sys, &programs)?;
+    Ok(programs)
+}
 
-    let mods = modules_in_order(sys, MODULES)?;
-    let mut list = String::new();
-    for (file, host) in &mods {
-        t.host_file(&format!("/lib/modules/{file}"), 0o644, host)?;
-        list.push_str(file);
-        list.push('\n');
+fn base_tree(sys: &Sysroot) -> Result<Tree> {
+    let mut t = common_tree(sys, DOM0_INIT, "dom0")?;
+    t.file("/etc/xentest/vif-hotplug.sh", 0o755, VIF_HOTPLUG.as_bytes().to_vec())?;
+    if let Some(xl_conf) = sys.find("/etc/xen/xl.conf") {
+        t.host_file("/etc/xen/xl.conf", 0o644, xl_conf)?;
     }
-    t.file("/etc/xentest/modules", 0o644, list.into_bytes())?;
+    let mut programs = Vec::new();
+    for p in XEN_PROGRAMS {
+        let path = format!("{XEN_BIN}/{p}");
+        programs.push((path.clone(), resolve_in(sys, &path)?.1));
+    }
+    programs.extend(xenstore_utils(sys)?);
+    let nlibs = add_programs(&mut t, sys, &programs)?;
+    let mods = add_modules(&mut t, sys, MODULES)?;
     println!(
         "xen: dom0 initramfs: busybox, {} programs, {nlibs} libraries + loader, {} modules ({})",
         programs.len(),
         mods.len(),
-        mods.iter().map(|m| m.0.trim_end_matches(".ko")).collect::<Vec<_>>().join(" ")
+        mods.join(" ")
     );
     Ok(t)
 }
 
-/// Write `<run_dir>/initrd.cpio` = base archive + overlay archive. Returns its size.
-pub fn write_initrd(dom0: &Dom0, overlay: &Tree, out: &Path) -> Result<u64> {
+/// Write `out` = base archive + overlay archive. Returns its size.
+pub fn write_initrd(base: &Path, overlay: &Tree, out: &Path) -> Result<u64> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
-    let mut base = std::fs::File::open(&dom0.base_initrd)?;
-    let mut n = std::io::copy(&mut base, &mut f)?;
+    let mut b = std::fs::File::open(base).with_context(|| format!("opening {}", base.display()))?;
+    let mut n = std::io::copy(&mut b, &mut f)?;
     n += overlay.write(&mut f)?;
     std::io::Write::flush(&mut f)?;
     Ok(n)
@@ -316,5 +357,9 @@ mod tests {
             assert!(DOM0_INIT.contains(needle), "dom0 init lacks `{needle}`");
         }
         assert!(XENTEST_LIB.contains("XENTEST-RESULT"));
+        for needle in ["/job.sh", "poweroff -f", "/etc/xentest/modules"] {
+            assert!(GUEST_INIT.contains(needle), "guest init lacks `{needle}`");
+        }
+        assert!(VIF_HOTPLUG.contains("hotplug-status") && VIF_HOTPLUG.contains("connected"));
     }
 }

@@ -36,8 +36,8 @@ use crate::util::{self, fmt_bytes, fmt_dur, header};
 
 /// Default per-scenario QEMU timeout: a nested run takes 60–90 s on 2 cores; this bounds hangs.
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
-/// The scenario the test suite runs (it covers the boot checks too).
-pub const SUITE_SCENARIOS: &[&str] = &["ktest"];
+/// The scenarios the test suite runs (`ktest` covers the boot checks too).
+pub const SUITE_SCENARIOS: &[&str] = &["ktest", "linux-pv"];
 
 #[derive(Args, Debug)]
 pub struct XenArgs {
@@ -103,7 +103,7 @@ fn config_value(text: &str, key: &str) -> Option<String> {
 }
 
 /// The per-run archive: scenario script, xl configs, images.
-fn overlay(sc: &Scenario) -> Result<Tree> {
+fn overlay(h: &Harness, sc: &Scenario, dir: &std::path::Path) -> Result<Tree> {
     let mut t = Tree::new();
     let script = format!("#!/bin/sh\n# scenario `{}`: {}\n. /etc/xentest/lib.sh\n{}", sc.name, sc.about, sc.script);
     t.file("/scenario.sh", 0o755, script.into_bytes())?;
@@ -114,6 +114,14 @@ fn overlay(sc: &Scenario) -> Result<Tree> {
             bail!("{}: PVH/HVM configs need tsc_mode = \"native\" under nested Xen", p.display());
         }
         t.file(&format!("/etc/xentest/{c}"), 0o644, text.into_bytes())?;
+    }
+    if let Some(job) = sc.guest_job {
+        let mut g = Tree::new();
+        g.file("/job.sh", 0o755, format!("# guest job of scenario `{}`\n. /etc/xentest/lib.sh\n{job}", sc.name).into_bytes())?;
+        let guest_initrd = dir.join("guest-initrd.cpio");
+        initramfs::write_initrd(&h.dom0.guest_initrd, &g, &guest_initrd)?;
+        t.host_file("/guest/vmlinuz", 0o644, &h.dom0.kernel)?;
+        t.host_file("/guest/initrd.cpio", 0o644, guest_initrd)?;
     }
     if !sc.images.is_empty() {
         let imgs = sc.images.iter().map(|n| images::find(n)).collect::<Result<Vec<_>>>()?;
@@ -129,11 +137,11 @@ pub fn run_scenario(h: &Harness, sc: &Scenario, timeout: Duration, echo: bool) -
     let dir = h.cache.join("runs").join(sc.name);
     std::fs::create_dir_all(&dir)?;
     let t = Instant::now();
-    let ov = overlay(sc)?;
+    let ov = overlay(h, sc, &dir)?;
     let t_overlay = t.elapsed();
     let t = Instant::now();
     let initrd = dir.join("initrd.cpio");
-    let n = initramfs::write_initrd(&h.dom0, &ov, &initrd)?;
+    let n = initramfs::write_initrd(&h.dom0.base_initrd, &ov, &initrd)?;
     std::fs::write(dir.join("scenario.sh"), format!(". /etc/xentest/lib.sh\n{}", sc.script))?;
     println!(
         "xen: scenario `{}`: images + overlay in {}, initrd {} ({}) written in {}",

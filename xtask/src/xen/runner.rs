@@ -242,6 +242,12 @@ impl XenRun {
         self.outcome.serial.iter().filter_map(|l| domain_line(l, domid)).map(|s| s.trim_end().to_string()).collect()
     }
 
+    /// A domain's PV console lines as followed by dom0 (`[console <name>] ...`, see `xt_follow`).
+    pub fn pv_console(&self, name: &str) -> Vec<String> {
+        let p = format!("[console {name}] ");
+        self.outcome.serial.iter().filter_map(|l| l.find(&p).map(|i| l[i + p.len()..].trim_end().to_string())).collect()
+    }
+
     /// Failure report for a domain: what the scenario saw and the domain's console lines, plus
     /// Xen's own lines that name the domain.
     pub fn domain_report(&self, name: &str) -> String {
@@ -286,6 +292,13 @@ impl XenRun {
         s.push_str(&format!("\n--- console of {name} ({tag}), last {} of {} lines ---", con.len().min(40), con.len()));
         for l in &con[con.len().saturating_sub(40)..] {
             s.push_str(&format!("\n{l}"));
+        }
+        let pv = self.pv_console(name);
+        if !pv.is_empty() {
+            s.push_str(&format!("\n--- PV console of {name}, last {} of {} lines ---", pv.len().min(40), pv.len()));
+            for l in &pv[pv.len().saturating_sub(40)..] {
+                s.push_str(&format!("\n{l}"));
+            }
         }
         for l in self.outcome.serial.iter().filter(|l| l.contains(&format!("[hvmctx {name}]"))) {
             s.push_str(&format!("\n{l}"));

@@ -24,6 +24,9 @@ pub struct Scenario {
     pub configs: &'static [&'static str],
     /// Body of `/scenario.sh`.
     pub script: &'static str,
+    /// `/job.sh` of the Linux PV guests; when set, dom0 gets `/guest/vmlinuz` (dom0's kernel)
+    /// and `/guest/initrd.cpio` (the guest initramfs with this job).
+    pub guest_job: Option<&'static str>,
     pub checks: fn(&XenRun) -> Vec<Check>,
 }
 
@@ -34,6 +37,7 @@ pub const SCENARIOS: &[Scenario] = &[
         images: &[],
         configs: &[],
         script: "xt_info\nxl list | sed 's/^/[xl list] /'\nif xl list Domain-0 >/dev/null 2>&1; then xt_result ok dom0-listed; else xt_result FAIL dom0-listed 'xl list does not show Domain-0'; fi\n",
+        guest_job: None,
         checks: checks_boot,
     },
     Scenario {
@@ -53,7 +57,37 @@ if xt_create ktest-fault /etc/xentest/ktest-fault.cfg; then
     xt_destroy ktest-fault
 fi
 ",
+        guest_job: None,
         checks: checks_ktest,
+    },
+    Scenario {
+        name: "linux-pv",
+        about: "a Linux PV guest (netfront, vif on a dom0 bridge via netback) boots and pings dom0",
+        images: &[],
+        configs: &["linux-pv.cfg"],
+        script: "xt_bridge xenbr0 10.99.0.1/24
+if xt_create linux1 /etc/xentest/linux-pv.cfg; then
+    xt_follow linux1
+    xt_wait_end linux1 150
+    xt_destroy linux1
+fi
+",
+        guest_job: Some(
+            "ip=$(xt_arg xentest_ip)
+peer=$(xt_arg xentest_peer)
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
+ip link set lo up
+ip addr add \"$ip\" dev eth0 && ip link set eth0 up
+if ping -c 5 -W 2 \"$peer\" > /tmp/ping 2>&1; then
+    xt_result ok guest-ping-dom0
+    grep -E 'transmitted|round-trip' /tmp/ping
+else
+    xt_result FAIL guest-ping-dom0 \"$(tail -n 2 /tmp/ping | tr '\\n' ' ')\"
+fi
+",
+        ),
+        checks: checks_linux_pv,
     },
 ];
 
@@ -130,6 +164,29 @@ pub fn check_fault_domain(run: &XenRun) -> Result<String> {
     ensure!(!con.iter().any(|l| l.contains("KTEST-DONE")), "ktest ran its tests although fault=page was given");
     let addr = f.addr.map_or("none".to_string(), |a| format!("{a:#x}"));
     Ok(format!("{} reported (addr={addr}, expected {:#x}), domain {} crashed", f.name, suite::FAULT_ADDR, d.domid))
+}
+
+/// The Linux PV guest booted, pinged dom0 through netfront/netback/bridge (its own
+/// XENTEST-RESULT, printed on its PV console and followed by dom0) and powered off.
+pub fn check_linux_pv(run: &XenRun) -> Result<String> {
+    let name = "linux1";
+    let report = || run.domain_report(name);
+    let Some(d) = run.domains.get(name) else { bail!("{}", report()) };
+    let Some(end) = &d.end else { bail!("{name} never ended\n{}", report()) };
+    let con = run.pv_console(name);
+    ensure!(con.iter().any(|l| l.contains("XENTEST-GUEST up")), "the guest's init never ran\n{}", report());
+    match run.results.iter().find(|r| r.0 == "guest-ping-dom0") {
+        Some((_, Ok(()))) => {}
+        Some((_, Err(why))) => bail!("guest could not ping dom0: {why}\n{}", report()),
+        None => bail!("the guest reported no ping result\n{}", report()),
+    }
+    ensure!(end.how == "poweroff", "the guest ended with `{}` (state {})\n{}", end.how, end.state, report());
+    let rtt = con.iter().find(|l| l.contains("round-trip")).map_or("", |l| l.as_str());
+    Ok(format!("domain {} created in {} ms, pinged dom0 ({}), powered off", d.domid, d.create_ms, rtt.trim()))
+}
+
+fn checks_linux_pv(run: &XenRun) -> Vec<Check> {
+    vec![check("xen: Linux PV guest pings dom0 over netfront/netback", || check_linux_pv(run))]
 }
 
 fn checks_ktest(run: &XenRun) -> Vec<Check> {
@@ -210,6 +267,23 @@ XENTEST-DOMAIN-END ktest-fault state=---sc- how=crash after_ms=300
         assert!(check_fault_domain(&run_of(&fault_poweroff)).is_err());
         let never_created = KTEST_OK.replace("XENTEST-DOMAIN ktest domid=1", "XENTEST-WARN ktest domid=1");
         assert!(check_ktest_domain(&run_of(&never_created)).unwrap_err().to_string().contains("never created"));
+    }
+
+    #[test]
+    fn linux_pv_check() {
+        let good = "XENTEST-DOMAIN linux1 domid=1 tries=1 create_ms=9000 rc=0
+[console linux1] XENTEST-GUEST up linux1 uptime_ms=9000
+[console linux1] XENTEST-RESULT ok guest-ping-dom0
+[console linux1] round-trip min/avg/max = 1/2/3 ms
+XENTEST-DOMAIN-END linux1 state=---s-- how=poweroff after_ms=15000
+";
+        assert!(check_linux_pv(&run_of(good)).unwrap().contains("round-trip"));
+        let no_ping = good.replace("XENTEST-RESULT ok guest-ping-dom0", "XENTEST-RESULT FAIL guest-ping-dom0: 100% loss");
+        assert!(check_linux_pv(&run_of(&no_ping)).unwrap_err().to_string().contains("100% loss"));
+        let no_init = good.replace("XENTEST-GUEST up", "something else");
+        assert!(check_linux_pv(&run_of(&no_init)).is_err());
+        let crashed = good.replace("how=poweroff", "how=crash");
+        assert!(check_linux_pv(&run_of(&crashed)).is_err());
     }
 
     /// Every PVH/HVM xl config must keep the guest's TSC accesses from trapping (QEMU reports a
