@@ -36,6 +36,10 @@ pub fn run(accel: Option<Accel>) -> Result<()> {
     let start = Instant::now();
     let mut d = Demo { requested: accel, ..Demo::default() };
     for (i, (title, step)) in STEPS.iter().enumerate() {
+        if crate::util::interrupted() {
+            d.net = None;
+            anyhow::bail!("interrupted");
+        }
         header(&format!("demo step {}/{}: {title}", i + 1, STEPS.len()));
         let t = Instant::now();
         if let Err(e) = step(&mut d) {

@@ -88,6 +88,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Probe { .. }) {
+        util::install_interrupt_handler();
+    }
     let result = match cli.cmd {
         Cmd::Build { images } => images::build_cmd(&images).map(|_| ()),
         Cmd::Run { image, append, accel, timeout, memory, no_build } => {
@@ -99,6 +102,10 @@ fn main() -> ExitCode {
         Cmd::Probe { probe } => probe::run(&probe),
         Cmd::Xen(args) => xen::run_cmd(&args),
     };
+    if util::interrupted() {
+        eprintln!("xtask: interrupted");
+        return ExitCode::from(130);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

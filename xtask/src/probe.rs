@@ -282,7 +282,7 @@ pub fn run_in(ns: &Netns, args: &[String], limit: Duration) -> Result<Vec<String
         if let Some(s) = child.try_wait()? {
             break Some(s);
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || util::interrupted() {
             let _ = child.kill();
             let _ = child.wait();
             break None;

@@ -382,6 +382,8 @@ pub enum WaitError {
     Exited,
     /// QEMU reported a fatal accelerator error (the VM is stopped).
     HostError,
+    /// Ctrl-C.
+    Interrupted,
 }
 
 impl fmt::Display for WaitError {
@@ -390,6 +392,7 @@ impl fmt::Display for WaitError {
             WaitError::Deadline(d) => write!(f, "not within {}", fmt_dur(*d)),
             WaitError::Exited => write!(f, "QEMU exited first"),
             WaitError::HostError => write!(f, "QEMU reported a fatal error (VM stopped), see its stderr"),
+            WaitError::Interrupted => write!(f, "interrupted"),
         }
     }
 }
@@ -415,6 +418,9 @@ impl Running {
             if self.fatal.load(Ordering::SeqCst) {
                 return Err(WaitError::HostError);
             }
+            if util::interrupted() {
+                return Err(WaitError::Interrupted);
+            }
             if self.eof {
                 return Err(WaitError::Exited);
             }
@@ -422,7 +428,7 @@ impl Running {
             if now >= deadline {
                 return Err(WaitError::Deadline(within));
             }
-            match self.rx.recv_timeout(deadline - now) {
+            match self.rx.recv_timeout((deadline - now).min(Duration::from_millis(100))) {
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => self.eof = true,
@@ -445,7 +451,7 @@ impl Running {
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if self.fatal.load(Ordering::SeqCst) => {
+                Ok(None) if self.fatal.load(Ordering::SeqCst) || util::interrupted() => {
                     self.kill_now();
                     break;
                 }

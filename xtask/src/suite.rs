@@ -75,6 +75,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         if !want(tier) {
             continue;
         }
+        if util::interrupted() {
+            bail!("interrupted");
+        }
         header(title);
         let t = Instant::now();
         let r = f();
@@ -227,6 +230,9 @@ fn tier_qemu(accel: Option<Accel>) -> Result<(u32, u32)> {
     let (mut passed, mut failed) = (0, 0);
     let mut lines = Vec::new();
     for (name, f) in tests {
+        if util::interrupted() {
+            bail!("interrupted");
+        }
         println!("\n--- qemu test: {name} ---");
         let t = Instant::now();
         match f(accel) {
