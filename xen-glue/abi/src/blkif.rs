@@ -162,8 +162,11 @@ impl Segment {
         b[6] = 0;
         b[7] = 0;
     }
-    /// Number of sectors covered.
+    /// Number of sectors covered (0 for a segment that would not validate).
     pub fn sectors(&self) -> u32 {
+        if self.first_sect > self.last_sect {
+            return 0;
+        }
         (self.last_sect - self.first_sect) as u32 + 1
     }
     /// Byte offset of the first sector in the page.
@@ -213,7 +216,7 @@ impl<T: AsRef<[u8]>> RequestPacket<T> {
     pub fn handle(&self) -> u16 {
         field::u16(self.b(), 2)
     }
-    /// Raw direct segment `i` (0..11).
+    /// Raw direct segment `i` (panics unless `i < 11`).
     pub fn segment_bytes(&self, i: usize) -> &[u8] {
         &self.b()[24 + i * SEGMENT_SIZE..24 + (i + 1) * SEGMENT_SIZE]
     }
@@ -229,7 +232,7 @@ impl<T: AsRef<[u8]>> RequestPacket<T> {
     pub fn indirect_handle(&self) -> u16 {
         field::u16(self.b(), 24)
     }
-    /// `indirect_grefs[i]` (0..8).
+    /// `indirect_grefs[i]` (panics unless `i < 8`).
     pub fn indirect_gref(&self, i: usize) -> u32 {
         field::u32(self.b(), 28 + 4 * i)
     }
