@@ -22,6 +22,8 @@ pub const ROOTS: &[&str] = &[
     "xen-utils-common",
     "xenstore-utils",
     "busybox-static",
+    // Traffic tool for guests and dom0 (throughput figures; the transfers are the assertion).
+    "iperf3",
     // xl needs libgcc_s.so.1 at run time (pthread_cancel) although it is not in its DT_NEEDED.
     "libgcc-s1",
 ];

@@ -30,6 +30,9 @@ const LOADER: &str = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
 pub const XEN_PROGRAMS: &[&str] =
     &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole", "xen-hvmctx", "xenctx", "xenstore-control"];
 
+/// Other programs for dom0 and the guests (absolute paths inside the packages).
+pub const TOOLS: &[&str] = &["/usr/bin/iperf3"];
+
 /// Libraries loaded at run time without being in any DT_NEEDED list.
 const EXTRA_LIBS: &[&str] = &["libgcc_s.so.1"];
 
@@ -114,7 +117,7 @@ fn recipe(sys: &Sysroot, which: &str) -> String {
         s.push_str(&p.deb);
         s.push('\n');
     }
-    s.push_str(&format!("programs {XEN_PROGRAMS:?}\nmodules {MODULES:?} {GUEST_MODULES:?}\nlibs {EXTRA_LIBS:?}\n"));
+    s.push_str(&format!("programs {XEN_PROGRAMS:?} {TOOLS:?}\nmodules {MODULES:?} {GUEST_MODULES:?}\nlibs {EXTRA_LIBS:?}\n"));
     for part in [DOM0_INIT, GUEST_INIT, VIF_HOTPLUG, XENTEST_LIB] {
         s.push_str(part);
     }
@@ -272,7 +275,8 @@ fn add_modules(t: &mut Tree, sys: &Sysroot, wanted: &[&str]) -> Result<Vec<Strin
 /// The Linux PV guest's initramfs: busybox, the Xen frontends, xenstore-utils.
 fn guest_tree(sys: &Sysroot) -> Result<Tree> {
     let mut t = common_tree(sys, GUEST_INIT, "guest")?;
-    let programs = xenstore_utils(sys)?;
+    let mut programs = xenstore_utils(sys)?;
+    programs.extend(tools(sys)?);
     let nlibs = add_programs(&mut t, sys, &programs)?;
     let mods = add_modules(&mut t, sys, GUEST_MODULES)?;
     println!(
@@ -282,6 +286,10 @@ fn guest_tree(sys: &Sysroot) -> Result<Tree> {
         mods.join(" ")
     );
     Ok(t)
+}
+
+fn tools(sys: &Sysroot) -> Result<Vec<(String, PathBuf)>> {
+    TOOLS.iter().map(|p| Ok((p.to_string(), resolve_in(sys, p)?.1))).collect()
 }
 
 /// xenstore-read/-write/-ls/... from xenstore-utils (ELF programs only).
@@ -317,6 +325,7 @@ fn base_tree(sys: &Sysroot) -> Result<Tree> {
         programs.push((path.clone(), resolve_in(sys, &path)?.1));
     }
     programs.extend(xenstore_utils(sys)?);
+    programs.extend(tools(sys)?);
     let nlibs = add_programs(&mut t, sys, &programs)?;
     let mods = add_modules(&mut t, sys, MODULES)?;
     println!(

@@ -62,10 +62,12 @@ fi
     },
     Scenario {
         name: "linux-pv",
-        about: "a Linux PV guest (netfront, vif on a dom0 bridge via netback) boots and pings dom0",
+        about: "a Linux PV guest (netfront, vif on a dom0 bridge via netback) boots, pings dom0 and \
+                sends TCP to it (iperf3)",
         images: &[],
         configs: &["linux-pv.cfg"],
         script: "xt_bridge xenbr0 10.99.0.1/24
+iperf3 -s -1 > /tmp/iperf3-server.log 2>&1 &
 if xt_create linux1 /etc/xentest/linux-pv.cfg; then
     xt_follow linux1
     xt_wait_end linux1 150
@@ -84,6 +86,12 @@ if ping -c 5 -W 2 \"$peer\" > /tmp/ping 2>&1; then
     grep -E 'transmitted|round-trip' /tmp/ping
 else
     xt_result FAIL guest-ping-dom0 \"$(tail -n 2 /tmp/ping | tr '\\n' ' ')\"
+fi
+if iperf3 -c \"$peer\" -t 3 -f m > /tmp/iperf3 2>&1; then
+    xt_result ok guest-iperf3-dom0
+    grep -E 'sender|receiver' /tmp/iperf3
+else
+    xt_result FAIL guest-iperf3-dom0 \"$(tail -n 2 /tmp/iperf3 | tr '\\n' ' ')\"
 fi
 ",
         ),
@@ -185,8 +193,30 @@ pub fn check_linux_pv(run: &XenRun) -> Result<String> {
     Ok(format!("domain {} created in {} ms, pinged dom0 ({}), powered off", d.domid, d.create_ms, rtt.trim()))
 }
 
+/// The guest's iperf3 client finished a TCP transfer to dom0's server; the rate is reported, not
+/// judged (performance belongs to benchmarks).
+pub fn check_linux_pv_tcp(run: &XenRun) -> Result<String> {
+    let name = "linux1";
+    match run.results.iter().find(|r| r.0 == "guest-iperf3-dom0") {
+        Some((_, Ok(()))) => {}
+        Some((_, Err(why))) => bail!("iperf3 from the guest to dom0 failed: {why}\n{}", run.domain_report(name)),
+        None => bail!("the guest reported no iperf3 result\n{}", run.domain_report(name)),
+    }
+    let con = run.pv_console(name);
+    let Some(rx) = con.iter().find(|l| l.contains("receiver")) else {
+        bail!("iperf3 printed no receiver summary\n{}", run.domain_report(name))
+    };
+    let rate = rx.split_whitespace().collect::<Vec<_>>();
+    let rate = rate.windows(2).find(|w| w[1].ends_with("bits/sec")).map_or(String::new(), |w| format!("{} {}", w[0], w[1]));
+    ensure!(!rate.is_empty(), "no rate in the iperf3 receiver line: {rx}");
+    Ok(format!("3 s TCP guest -> dom0 through netfront/netback: {rate}"))
+}
+
 fn checks_linux_pv(run: &XenRun) -> Vec<Check> {
-    vec![check("xen: Linux PV guest pings dom0 over netfront/netback", || check_linux_pv(run))]
+    vec![
+        check("xen: Linux PV guest pings dom0 over netfront/netback", || check_linux_pv(run)),
+        check("xen: Linux PV guest TCP to dom0 (iperf3)", || check_linux_pv_tcp(run)),
+    ]
 }
 
 fn checks_ktest(run: &XenRun) -> Vec<Check> {
@@ -275,6 +305,9 @@ XENTEST-DOMAIN-END ktest-fault state=---sc- how=crash after_ms=300
 [console linux1] XENTEST-GUEST up linux1 uptime_ms=9000
 [console linux1] XENTEST-RESULT ok guest-ping-dom0
 [console linux1] round-trip min/avg/max = 1/2/3 ms
+[console linux1] XENTEST-RESULT ok guest-iperf3-dom0
+[console linux1] [  5]   0.00-3.00   sec  30.0 MBytes  83.9 Mbits/sec    0             sender
+[console linux1] [  5]   0.00-3.05   sec  29.5 MBytes  81.2 Mbits/sec                  receiver
 XENTEST-DOMAIN-END linux1 state=---s-- how=poweroff after_ms=15000
 ";
         assert!(check_linux_pv(&run_of(good)).unwrap().contains("round-trip"));
@@ -284,6 +317,9 @@ XENTEST-DOMAIN-END linux1 state=---s-- how=poweroff after_ms=15000
         assert!(check_linux_pv(&run_of(&no_init)).is_err());
         let crashed = good.replace("how=poweroff", "how=crash");
         assert!(check_linux_pv(&run_of(&crashed)).is_err());
+        assert_eq!(check_linux_pv_tcp(&run_of(good)).unwrap(), "3 s TCP guest -> dom0 through netfront/netback: 81.2 Mbits/sec");
+        let no_tcp = good.replace("XENTEST-RESULT ok guest-iperf3-dom0", "XENTEST-RESULT FAIL guest-iperf3-dom0: refused");
+        assert!(check_linux_pv_tcp(&run_of(&no_tcp)).unwrap_err().to_string().contains("refused"));
     }
 
     /// Every PVH/HVM xl config must keep the guest's TSC accesses from trapping (QEMU reports a
