@@ -62,6 +62,24 @@ pub fn netif_tx(data: &[u8]) {
             }
         }
     }
+    // The streaming reader over the same chunks.
+    let mut rd = netif::TxPacketReader::new(netif::NR_SLOTS_MIN);
+    for chunk in data.chunks(netif::TX_REQUEST_SIZE) {
+        let before = rd.slots_consumed();
+        match rd.push(chunk) {
+            Ok(_) => assert_eq!(rd.slots_consumed(), before + 1),
+            Err(_) => {
+                assert!(rd.finish().is_err());
+                break;
+            }
+        }
+        if let Ok(info) = rd.finish() {
+            assert!(info.data_slots <= netif::NR_SLOTS_MIN && info.data_slots >= 1);
+            assert!(info.first.offset as usize + info.first_len as usize <= crate::PAGE_SIZE);
+            assert!(info.first.size >= netif::MIN_PACKET_SIZE);
+            break;
+        }
+    }
     if let Ok(first_len) = netif::validate_tx_packet(&slots[..n], netif::NR_SLOTS_MIN) {
         assert!(slots[0].offset as usize + first_len as usize <= crate::PAGE_SIZE);
         let frags: u32 = slots[1..n].iter().map(|s| s.size as u32).sum();

@@ -302,6 +302,215 @@ pub fn validate_tx_packet(slots: &[TxRequest], max_slots: usize) -> Result<u16, 
     Ok(first_len)
 }
 
+/// Smallest packet a backend accepts (an Ethernet header, as Linux netback requires).
+pub const MIN_PACKET_SIZE: u16 = 14;
+
+/// What one TX slot turned out to be, as returned by [`TxPacketReader::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxSlot {
+    /// The first slot: gref/offset of the first data, and the whole packet size.
+    First(TxRequest),
+    /// An extra-info slot (answer it with a `NETIF_RSP_NULL` response).
+    Extra(ExtraInfo),
+    /// A following data fragment (lies within its page, non-empty).
+    Fragment(TxRequest),
+}
+
+/// Summary of a complete, validated TX packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TxPacketInfo {
+    /// The first slot.
+    pub first: TxRequest,
+    /// Bytes held by the first slot itself (`first.size` minus the fragments).
+    pub first_len: u16,
+    /// Number of data slots (first + fragments).
+    pub data_slots: usize,
+    /// Number of extra-info slots.
+    pub extra_slots: usize,
+    /// GSO request, if any.
+    pub gso: Option<(u16, GsoType)>,
+    /// Multicast address to add, if any.
+    pub mcast_add: Option<[u8; 6]>,
+    /// Multicast address to remove, if any.
+    pub mcast_del: Option<[u8; 6]>,
+    /// Hash from the frontend, if any.
+    pub hash: Option<Extra>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxState {
+    Start,
+    Extras,
+    Fragments,
+    Done,
+}
+
+/// Streaming validator for one TX packet, fed the slots in ring order (Linux netback's
+/// `xenvif_get_extras` + `xenvif_count_requests` rules): first slot; then, if it has
+/// `extra_info`, extra-info slots chained by `XEN_NETIF_EXTRA_FLAG_MORE` (each type at most once);
+/// then, while `more_data`, fragments. Checks every slot, at most `max_slots` data slots, packet
+/// size at least [`MIN_PACKET_SIZE`], fragments fitting in the announced size, and the first
+/// slot's own bytes inside its page. After an error the reader stays failed; the caller answers
+/// every slot it consumed for this packet with an error (`NETIF_RSP_ERROR`, `NETIF_RSP_NULL`
+/// for extra slots) and may treat the frontend as hostile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxPacketReader {
+    state: TxState,
+    failed: bool,
+    max_slots: usize,
+    info: TxPacketInfo,
+    frag_total: u32,
+    more_extras: bool,
+}
+
+impl TxPacketReader {
+    /// A reader accepting up to `max_slots` data slots per packet (at least
+    /// [`NR_SLOTS_MIN`] to interoperate).
+    pub fn new(max_slots: usize) -> Self {
+        let empty = TxRequest {
+            gref: 0,
+            offset: 0,
+            flags: 0,
+            id: 0,
+            size: 0,
+        };
+        Self {
+            state: TxState::Start,
+            failed: false,
+            max_slots,
+            info: TxPacketInfo {
+                first: empty,
+                first_len: 0,
+                data_slots: 0,
+                extra_slots: 0,
+                gso: None,
+                mcast_add: None,
+                mcast_del: None,
+                hash: None,
+            },
+            frag_total: 0,
+            more_extras: false,
+        }
+    }
+
+    /// Whether the packet is complete ([`finish`](Self::finish) will succeed).
+    pub fn is_complete(&self) -> bool {
+        self.state == TxState::Done && !self.failed
+    }
+
+    /// Number of slots consumed so far (to answer them all on error).
+    pub fn slots_consumed(&self) -> usize {
+        self.info.data_slots + self.info.extra_slots
+    }
+
+    fn fail(&mut self, e: Error) -> Result<TxSlot, Error> {
+        self.failed = true;
+        Err(e)
+    }
+
+    fn after_first_part(&mut self) {
+        self.state = if self.info.first.more_data() {
+            TxState::Fragments
+        } else {
+            TxState::Done
+        };
+    }
+
+    /// Feeds the next slot of the packet.
+    pub fn push(&mut self, slot: &[u8]) -> Result<TxSlot, Error> {
+        if self.failed {
+            return Err(Error::BadValue);
+        }
+        match self.state {
+            TxState::Start => {
+                let r = match TxRequest::from_bytes(slot) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(e),
+                };
+                if r.size < MIN_PACKET_SIZE {
+                    return self.fail(Error::BadValue);
+                }
+                self.info.first = r;
+                self.info.data_slots = 1;
+                if r.extra_info() {
+                    self.state = TxState::Extras;
+                } else {
+                    self.after_first_part();
+                }
+                self.finish_if_done()?;
+                Ok(TxSlot::First(r))
+            }
+            TxState::Extras => {
+                let e = match ExtraInfo::from_bytes(slot) {
+                    Ok(e) => e,
+                    Err(e) => return self.fail(e),
+                };
+                let dup = match e.extra {
+                    Extra::Gso { size, kind } => self.info.gso.replace((size, kind)).is_some(),
+                    Extra::McastAdd(m) => self.info.mcast_add.replace(m).is_some(),
+                    Extra::McastDel(m) => self.info.mcast_del.replace(m).is_some(),
+                    Extra::Hash { .. } => self.info.hash.replace(e.extra).is_some(),
+                };
+                if dup {
+                    return self.fail(Error::BadValue);
+                }
+                self.info.extra_slots += 1;
+                self.more_extras = e.more;
+                if !e.more {
+                    self.after_first_part();
+                    self.finish_if_done()?;
+                }
+                Ok(TxSlot::Extra(e))
+            }
+            TxState::Fragments => {
+                let r = match TxRequest::from_bytes(slot) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(e),
+                };
+                if r.extra_info() || r.size == 0 || r.check_in_page().is_err() {
+                    return self.fail(Error::BadValue);
+                }
+                self.info.data_slots += 1;
+                self.frag_total += r.size as u32;
+                if self.info.data_slots > self.max_slots {
+                    return self.fail(Error::BadSegmentCount);
+                }
+                if self.frag_total > self.info.first.size as u32 {
+                    return self.fail(Error::BadValue);
+                }
+                if !r.more_data() {
+                    self.state = TxState::Done;
+                    self.finish_if_done()?;
+                }
+                Ok(TxSlot::Fragment(r))
+            }
+            TxState::Done => self.fail(Error::BadValue),
+        }
+    }
+
+    fn finish_if_done(&mut self) -> Result<(), Error> {
+        if self.state != TxState::Done {
+            return Ok(());
+        }
+        let first_len = self.info.first.size as u32 - self.frag_total;
+        if self.info.first.offset as usize + first_len as usize > PAGE_SIZE {
+            self.failed = true;
+            return Err(Error::BadOffset);
+        }
+        self.info.first_len = first_len as u16;
+        Ok(())
+    }
+
+    /// The packet summary once complete.
+    pub fn finish(&self) -> Result<TxPacketInfo, Error> {
+        if self.is_complete() {
+            Ok(self.info)
+        } else {
+            Err(Error::Truncated)
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // TX response
 
@@ -663,6 +872,152 @@ mod tests {
             validate_tx_packet(&[first, second], 1),
             Err(Error::BadSegmentCount)
         );
+    }
+
+    #[test]
+    fn tx_reader_with_extras_and_fragments() {
+        let first = TxRequest {
+            gref: 1,
+            offset: 100,
+            flags: txf::MORE_DATA | txf::EXTRA_INFO | txf::CSUM_BLANK,
+            id: 1,
+            size: 9000,
+        };
+        let gso = ExtraInfo {
+            more: true,
+            extra: Extra::Gso {
+                size: 1448,
+                kind: GsoType::TcpV4,
+            },
+        };
+        let mc = ExtraInfo {
+            more: false,
+            extra: Extra::McastAdd([1, 0, 0x5e, 0, 0, 9]),
+        };
+        let f1 = TxRequest {
+            gref: 2,
+            offset: 0,
+            flags: txf::MORE_DATA,
+            id: 2,
+            size: 4096,
+        };
+        let f2 = TxRequest {
+            gref: 3,
+            offset: 0,
+            flags: 0,
+            id: 3,
+            size: 1000,
+        };
+        let mut rd = TxPacketReader::new(NR_SLOTS_MIN);
+        assert_eq!(rd.push(&first.to_bytes()), Ok(TxSlot::First(first)));
+        let mut e = [0u8; 12];
+        e[..8].copy_from_slice(&gso.to_bytes());
+        assert_eq!(rd.push(&e), Ok(TxSlot::Extra(gso)));
+        e[..8].copy_from_slice(&mc.to_bytes());
+        assert_eq!(rd.push(&e), Ok(TxSlot::Extra(mc)));
+        assert!(!rd.is_complete());
+        assert_eq!(rd.push(&f1.to_bytes()), Ok(TxSlot::Fragment(f1)));
+        assert_eq!(rd.push(&f2.to_bytes()), Ok(TxSlot::Fragment(f2)));
+        let info = rd.finish().unwrap();
+        assert_eq!(info.first_len, 9000 - 5096);
+        assert_eq!((info.data_slots, info.extra_slots), (3, 2));
+        assert_eq!(info.gso, Some((1448, GsoType::TcpV4)));
+        assert_eq!(info.mcast_add, Some([1, 0, 0x5e, 0, 0, 9]));
+        assert_eq!(
+            rd.push(&f2.to_bytes()),
+            Err(Error::BadValue),
+            "packet already complete"
+        );
+    }
+
+    #[test]
+    fn tx_reader_rejects() {
+        let single = TxRequest {
+            gref: 1,
+            offset: 0,
+            flags: 0,
+            id: 1,
+            size: 60,
+        };
+        let mut rd = TxPacketReader::new(NR_SLOTS_MIN);
+        rd.push(&single.to_bytes()).unwrap();
+        assert!(rd.is_complete());
+        // Runt packet.
+        let mut rd = TxPacketReader::new(NR_SLOTS_MIN);
+        assert!(
+            rd.push(&TxRequest { size: 13, ..single }.to_bytes())
+                .is_err()
+        );
+        assert!(rd.finish().is_err());
+        // First slot's own part crosses its page.
+        let first = TxRequest {
+            gref: 1,
+            offset: 4000,
+            flags: txf::MORE_DATA,
+            id: 1,
+            size: 300,
+        };
+        let frag = TxRequest {
+            gref: 2,
+            offset: 0,
+            flags: 0,
+            id: 2,
+            size: 100,
+        };
+        let mut rd = TxPacketReader::new(NR_SLOTS_MIN);
+        rd.push(&first.to_bytes()).unwrap();
+        assert_eq!(rd.push(&frag.to_bytes()), Err(Error::BadOffset));
+        assert_eq!(rd.slots_consumed(), 2);
+        // Fragments larger than announced.
+        let first = TxRequest {
+            gref: 1,
+            offset: 0,
+            flags: txf::MORE_DATA,
+            id: 1,
+            size: 50,
+        };
+        let mut rd = TxPacketReader::new(NR_SLOTS_MIN);
+        rd.push(&first.to_bytes()).unwrap();
+        assert_eq!(rd.push(&frag.to_bytes()), Err(Error::BadValue));
+        // Too many slots.
+        let first = TxRequest {
+            gref: 1,
+            offset: 0,
+            flags: txf::MORE_DATA,
+            id: 1,
+            size: 60000,
+        };
+        let more = TxRequest {
+            gref: 2,
+            offset: 0,
+            flags: txf::MORE_DATA,
+            id: 2,
+            size: 10,
+        };
+        let mut rd = TxPacketReader::new(3);
+        rd.push(&first.to_bytes()).unwrap();
+        rd.push(&more.to_bytes()).unwrap();
+        rd.push(&more.to_bytes()).unwrap();
+        assert_eq!(rd.push(&more.to_bytes()), Err(Error::BadSegmentCount));
+        // Duplicate extra type.
+        let first = TxRequest {
+            gref: 1,
+            offset: 0,
+            flags: txf::EXTRA_INFO,
+            id: 1,
+            size: 60,
+        };
+        let gso = ExtraInfo {
+            more: true,
+            extra: Extra::Gso {
+                size: 1448,
+                kind: GsoType::TcpV6,
+            },
+        };
+        let mut rd = TxPacketReader::new(NR_SLOTS_MIN);
+        rd.push(&first.to_bytes()).unwrap();
+        rd.push(&gso.to_bytes()).unwrap();
+        assert_eq!(rd.push(&gso.to_bytes()), Err(Error::BadValue));
     }
 
     #[test]
