@@ -72,7 +72,7 @@ fn build(d: &mut Demo) -> Result<()> {
     d.built = images::build(&IMAGES.iter().collect::<Vec<_>>())?;
     for b in &d.built {
         d.facts.push(format!(
-            "image {}: {} on disk, {} loaded (limit 1 MiB)",
+            "image {}: {} ELF file (limit 1 MiB), {} in memory once loaded",
             b.name,
             fmt_bytes(b.file_bytes),
             fmt_bytes(b.elf.load_bytes)
