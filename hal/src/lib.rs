@@ -25,6 +25,7 @@ pub mod ecam;
 mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod ivshmem;
 pub mod mmio;
 pub mod pci;
 pub mod virtio;
