@@ -25,6 +25,10 @@
 //! response lines are shared by twice as many messages). That is the ABI's price, not the
 //! implementation's.
 //!
+//! Knobs: `RING_BATCH` (entries per index publication, default 64), `RING_SPIN` (spins before a
+//! yield, default 64; larger values help on an idle machine and hurt badly when other processes
+//! share the two CPUs).
+//!
 //! Quick mode for CI smoke runs: `ICONNECT_BENCH_QUICK=1` (few samples, short measurement).
 //! After criterion's per-implementation reports, an interleaved comparison (every
 //! implementation runs the same message count in each round, rounds repeated) prints one
@@ -64,11 +68,22 @@ fn pin(i: usize) {
 #[derive(Default)]
 struct Backoff(u32);
 
+/// Spins before a yield (`RING_SPIN` overrides).
+fn spin_limit() -> u32 {
+    static S: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        std::env::var("RING_SPIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    })
+}
+
 impl Backoff {
     #[inline]
     fn wait(&mut self) {
         self.0 += 1;
-        if self.0 < 64 {
+        if self.0 < spin_limit() {
             std::hint::spin_loop();
         } else {
             self.0 = 0;
