@@ -251,7 +251,9 @@ pub fn prepare(cache: &Path) -> Result<Sysroot> {
     let (pkgs, kernel, files) = resolve_cached(cache)?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let missing: Vec<&String> = pkgs.iter().filter(|p| !debs.join(&files[*p].0).is_file()).collect();
+    // A .deb counts as cached only with the size apt expects (an interrupted download is redone).
+    let have = |p: &String| std::fs::metadata(debs.join(&files[p].0)).is_ok_and(|m| m.len() == files[p].1);
+    let missing: Vec<&String> = pkgs.iter().filter(|p| !have(p)).collect();
     let total: u64 = files.values().map(|f| f.1).sum();
     println!(
         "xen: {} packages ({} of .debs), {} cached, {} to fetch; resolved in {}",
@@ -271,7 +273,7 @@ pub fn prepare(cache: &Path) -> Result<Sysroot> {
         util::run(&mut c).context("apt-get download")?;
         let bytes: u64 = missing.iter().map(|p| files[*p].1).sum();
         for p in &missing {
-            ensure!(debs.join(&files[*p].0).is_file(), "apt-get download did not produce {}", files[*p].0);
+            ensure!(have(p), "apt-get download did not produce {} ({} bytes)", files[*p].0, files[*p].1);
         }
         println!("xen: fetched {} packages, {} in {}", missing.len(), fmt_bytes(bytes), fmt_dur(t.elapsed()));
     }
