@@ -39,6 +39,9 @@ pub const IMAGES: &[Image] = &[
     },
     // ktest's `cmdline_reaches_image` test expects `ktest-arg=42`.
     Image { name: "ktest", package: "ktest", devices: Devices::None, default_append: "ktest-arg=42" },
+    // Needs an ivshmem-doorbell channel (tools/ivshmem-server): the QEMU tier boots it in pairs
+    // (role=a, role=b), see `chan.rs`.
+    Image { name: "chan-test", package: "chan-test", devices: Devices::None, default_append: "role=a" },
 ];
 
 /// Images must stay within 1 MiB.

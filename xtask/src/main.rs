@@ -11,6 +11,7 @@
 //! re-executing this binary); [`suite`] (`cargo xtask test`), [`demo`] and [`bench`] are the subcommands built on them.
 
 mod bench;
+mod chan;
 mod demo;
 mod markers;
 mod netdd;

@@ -225,8 +225,12 @@ type QemuTest = fn(Accel) -> Result<String>;
 
 fn tier_qemu(accel: Option<Accel>) -> Result<(u32, u32)> {
     let accel = Accel::choose(accel)?;
-    let tests: [(&str, QemuTest); 3] =
-        [("ktest", qemu_ktest), ("fault-page", qemu_fault_page), ("net-dd ping+tcp (16 MiB RAM)", qemu_net_dd)];
+    let tests: [(&str, QemuTest); 4] = [
+        ("ktest", qemu_ktest),
+        ("fault-page", qemu_fault_page),
+        ("net-dd ping+tcp (16 MiB RAM)", qemu_net_dd),
+        ("chan-test: 2 VMs over ivshmem-server", qemu_chan),
+    ];
     let (mut passed, mut failed) = (0, 0);
     let mut lines = Vec::new();
     for (name, f) in tests {
@@ -318,6 +322,11 @@ fn qemu_fault_page(accel: Accel) -> Result<String> {
         Ok(line) => Ok(format!("exit 39, reported: {line}")),
         Err(e) => bail!("{e:#}\n{}", out.diagnostics()),
     }
+}
+
+/// Two `chan-test` VMs on one ivshmem-doorbell channel served by our ivshmem-server.
+fn qemu_chan(accel: Accel) -> Result<String> {
+    crate::chan::qemu_chan(accel, &image_path("chan-test")?)
 }
 
 fn qemu_net_dd(accel: Accel) -> Result<String> {

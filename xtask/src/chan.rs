@@ -1,0 +1,372 @@
+//! The QEMU channel test: our `ivshmem-server` (tools/ivshmem-server) serves one channel, two
+//! `chan-test` VMs (`role=a`, `role=b`) join it with an `ivshmem-doorbell` device each, ping-pong
+//! over doorbells and shared memory, move a bulk payload, and exit. Both must print
+//! `CHAN-RESULT ok` and exit with status 33. The measured round-trip latency and bandwidth are
+//! reported (never asserted: performance lives in benchmarks).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::qemu::{Accel, GuestExit, Outcome, Qemu};
+use crate::util;
+
+/// Ping-pong rounds run by `role=a`.
+pub const ROUNDS: u32 = 1000;
+/// MiB moved from a to b through the region.
+pub const BULK_MIB: u32 = 16;
+/// Region size (a power of two; BAR2 of each VM).
+pub const REGION: &str = "4M";
+/// Bounds a hang only (both VMs finish in well under a second under TCG).
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Builds the server (host binary) and returns its path.
+pub fn build_server() -> Result<PathBuf> {
+    let mut cmd = util::cargo();
+    cmd.args(["build", "-p", "ivshmem-server", "--bin", "ivshmem-server"]);
+    util::run(&mut cmd).context("building ivshmem-server")?;
+    let bin = util::target_dir()?.join("debug").join("ivshmem-server");
+    ensure!(bin.is_file(), "{} was not built", bin.display());
+    Ok(bin)
+}
+
+/// A running `ivshmem-server`: killed (by PID) when dropped; its log is kept.
+pub struct Server {
+    child: Child,
+    pub socket: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the server on `socket` and waits for its `listening on` line.
+    pub fn start(bin: &Path, socket: &Path, size: &str, vectors: u16) -> Result<Server> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--socket")
+            .arg(socket)
+            .args(["--size", size, "--vectors", &vectors.to_string()]);
+        println!("$ {}", util::show(&cmd));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: runs in the forked child before exec and only calls prctl(2) (async-signal-safe):
+        // the server dies with us.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let log1 = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+                log1.lock()
+                    .expect("log lock")
+                    .push_str(&format!("{line}\n"));
+            }
+        });
+        let mut stderr = child.stderr.take().context("no stderr pipe")?;
+        let log2 = Arc::clone(&log);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                log2.lock()
+                    .expect("log lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let server = Server {
+            child,
+            socket: socket.to_path_buf(),
+            log,
+        };
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            bail!(
+                "ivshmem-server did not start listening within 10 s:\n{}",
+                server.log()
+            );
+        }
+        Ok(server)
+    }
+
+    /// What the server printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A socket path under the target dir (or the temp dir if that path is too long for a UNIX
+/// socket).
+pub fn socket_path(name: &str) -> Result<PathBuf> {
+    let dir = util::target_dir()?.join("chan");
+    let p = dir.join(format!("{name}-{}.sock", std::process::id()));
+    if p.as_os_str().len() < 100 {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        return Ok(p);
+    }
+    Ok(std::env::temp_dir().join(format!("iconnect-{name}-{}.sock", std::process::id())))
+}
+
+/// QEMU arguments joining a VM to the channel served on `socket`.
+pub fn ivshmem_args(socket: &Path, vectors: u16) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,path={},id=ivs", socket.display()),
+        "-device".into(),
+        format!("ivshmem-doorbell,chardev=ivs,vectors={vectors}"),
+    ]
+}
+
+/// The `key=value` fields of a `CHAN-RESULT ok ...` line, or the reason of a
+/// `CHAN-RESULT FAIL <why>` line as `Err`. `None` when the line has no marker.
+pub fn parse_result(line: &str) -> Option<std::result::Result<BTreeMap<String, String>, String>> {
+    let rest = &line[line.find("CHAN-RESULT ")? + "CHAN-RESULT ".len()..];
+    if let Some(why) = rest.strip_prefix("FAIL") {
+        return Some(Err(why.trim().to_string()));
+    }
+    let rest = rest.strip_prefix("ok")?;
+    Some(Ok(rest
+        .split_whitespace()
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()))
+}
+
+/// The TSC rate `rt` calibrated (its first log line says `TSC <N> kHz`).
+pub fn tsc_khz(serial: &[String]) -> Option<u64> {
+    serial.iter().find_map(|l| {
+        let i = l.find("TSC ")?;
+        l[i + 4..].split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Checks both VMs' results; returns a one-line summary of the measurements.
+pub fn check_pair(
+    a_serial: &[String],
+    a_exit: GuestExit,
+    b_serial: &[String],
+    b_exit: GuestExit,
+    rounds: u32,
+) -> Result<String> {
+    let result = |serial: &[String], role: &str| -> Result<BTreeMap<String, String>> {
+        match serial.iter().find_map(|l| parse_result(l)) {
+            None => bail!("{role}: no CHAN-RESULT line"),
+            Some(Err(why)) => bail!("{role}: CHAN-RESULT FAIL {why}"),
+            Some(Ok(f)) => {
+                ensure!(
+                    f.get("role").map(String::as_str) == Some(role),
+                    "{role}: CHAN-RESULT line is for role {:?}",
+                    f.get("role")
+                );
+                Ok(f)
+            }
+        }
+    };
+    let a = result(a_serial, "a")?;
+    let b = result(b_serial, "b")?;
+    let num = |f: &BTreeMap<String, String>, k: &str| -> Result<u64> {
+        f.get(k)
+            .with_context(|| format!("CHAN-RESULT has no {k}="))?
+            .parse()
+            .with_context(|| format!("bad {k}="))
+    };
+    ensure!(
+        num(&a, "rounds")? == u64::from(rounds),
+        "a ran {} rounds, expected {rounds}",
+        num(&a, "rounds")?
+    );
+    ensure!(
+        num(&b, "rounds")? == u64::from(rounds),
+        "b answered {} pings, expected {rounds}",
+        num(&b, "rounds")?
+    );
+    ensure!(
+        num(&a, "bulk_mib")? == num(&b, "bulk_mib")?,
+        "a sent {} MiB, b received {} MiB",
+        num(&a, "bulk_mib")?,
+        num(&b, "bulk_mib")?
+    );
+    ensure!(
+        a_exit == GuestExit::Success,
+        "a ended with {a_exit}, expected success (status 33)"
+    );
+    ensure!(
+        b_exit == GuestExit::Success,
+        "b ended with {b_exit}, expected success (status 33)"
+    );
+    let mut s = format!(
+        "{rounds} doorbell round trips: median {} us (min {}, p99 {}); {} MiB a->b at {} MiB/s (a's copy-in {} MiB/s); resent {}",
+        num(&a, "rtt_us_median")?,
+        num(&a, "rtt_us_min")?,
+        num(&a, "rtt_us_p99")?,
+        num(&a, "bulk_mib")?,
+        num(&a, "bw_mib_s")?,
+        num(&a, "write_mib_s")?,
+        num(&a, "resent")?,
+    );
+    if let (Some(ta), Some(tb)) = (tsc_khz(a_serial), tsc_khz(b_serial)) {
+        let (lo, hi) = (ta.min(tb), ta.max(tb));
+        if hi * 4 > lo * 5 {
+            s.push_str(&format!(
+                " [timings unreliable: the VMs calibrated their TSC at {ta} and {tb} kHz]"
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// The test: server + two VMs on one channel.
+pub fn qemu_chan(accel: Accel, image: &Path) -> Result<String> {
+    let bin = build_server()?;
+    let socket = socket_path("chan-test")?;
+    let server = Server::start(&bin, &socket, REGION, 2)?;
+    let vm = |role: &str| {
+        let append = match role {
+            "a" => format!("role=a rounds={ROUNDS} bulk_mib={BULK_MIB}"),
+            _ => "role=b".to_string(),
+        };
+        Qemu::new(image, accel)
+            .append(&append)
+            .args_extra(ivshmem_args(&socket, 2))
+            .timeout(TIMEOUT)
+    };
+    // Both join before either finishes: each waits (in the guest) for the other's id.
+    let a = vm("a").spawn()?;
+    let b = vm("b").spawn()?;
+    let (oa, ob): (Outcome, Outcome) = (a.wait(), b.wait());
+    let log = server.log();
+    drop(server);
+    match check_pair(&oa.serial, oa.exit, &ob.serial, ob.exit, ROUNDS) {
+        Ok(summary) => Ok(summary),
+        Err(e) => bail!(
+            "{e:#}\n=== VM a ===\n{}\n=== VM b ===\n{}\n=== ivshmem-server ===\n{log}",
+            oa.diagnostics(),
+            ob.diagnostics()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(str::to_string).collect()
+    }
+
+    const A_OK: &str = "[ 0.01] INFO  rt: Tcg; TSC 2596236 kHz (pit)\n[ 0.3] INFO  chan_test: CHAN-RESULT ok role=a rounds=1000 rtt_us_median=50 rtt_us_min=33 rtt_us_p99=158 pings_ms=62 bulk_mib=16 chunk_kib=1024 bw_mib_s=166 write_mib_s=2001 irqs=1015+1 resent=0";
+    const B_OK: &str = "[ 0.01] INFO  rt: Tcg; TSC 2596210 kHz (pit)\nCHAN-RESULT ok role=b rounds=1000 bulk_chunks=16 bulk_mib=16 irqs=1016+1 reanswered=0";
+
+    #[test]
+    fn result_lines_parse() {
+        let f = parse_result("x CHAN-RESULT ok role=a rounds=3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(f["role"], "a");
+        assert_eq!(f["rounds"], "3");
+        assert_eq!(
+            parse_result("[1] ERROR c: CHAN-RESULT FAIL timed out").unwrap(),
+            Err("timed out".into())
+        );
+        assert!(parse_result("nothing here").is_none());
+        assert_eq!(tsc_khz(&lines(A_OK)), Some(2596236));
+    }
+
+    #[test]
+    fn pair_check_accepts_real_output() {
+        let s = check_pair(
+            &lines(A_OK),
+            GuestExit::Success,
+            &lines(B_OK),
+            GuestExit::Success,
+            1000,
+        )
+        .unwrap();
+        assert!(s.contains("median 50 us") && s.contains("166 MiB/s"), "{s}");
+        assert!(!s.contains("unreliable"));
+    }
+
+    #[test]
+    fn pair_check_rejects_failures() {
+        let (a, b) = (lines(A_OK), lines(B_OK));
+        assert!(check_pair(&a, GuestExit::Failure, &b, GuestExit::Success, 1000).is_err());
+        assert!(check_pair(&a, GuestExit::Success, &b, GuestExit::TimedOut, 1000).is_err());
+        assert!(check_pair(&a, GuestExit::Success, &b, GuestExit::Success, 999).is_err());
+        // Roles swapped, missing line, FAIL line.
+        assert!(check_pair(&b, GuestExit::Success, &a, GuestExit::Success, 1000).is_err());
+        assert!(
+            check_pair(
+                &a,
+                GuestExit::Success,
+                &lines("boot"),
+                GuestExit::Success,
+                1000
+            )
+            .is_err()
+        );
+        let fail = lines("CHAN-RESULT FAIL the peer never published its id");
+        let e = check_pair(&a, GuestExit::Success, &fail, GuestExit::Failure, 1000).unwrap_err();
+        assert!(e.to_string().contains("never published"), "{e}");
+        // b answered fewer pings than a claims.
+        let short_b = lines(&B_OK.replace("rounds=1000", "rounds=10"));
+        assert!(check_pair(&a, GuestExit::Success, &short_b, GuestExit::Success, 1000).is_err());
+        let short_bulk = lines(&B_OK.replace("bulk_mib=16", "bulk_mib=15"));
+        assert!(
+            check_pair(
+                &a,
+                GuestExit::Success,
+                &short_bulk,
+                GuestExit::Success,
+                1000
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn tsc_disagreement_is_flagged() {
+        let a = lines(&A_OK.replace("2596236", "9163095"));
+        let s = check_pair(
+            &a,
+            GuestExit::Success,
+            &lines(B_OK),
+            GuestExit::Success,
+            1000,
+        )
+        .unwrap();
+        assert!(s.contains("unreliable"), "{s}");
+    }
+}
