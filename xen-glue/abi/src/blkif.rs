@@ -466,6 +466,23 @@ impl Request {
     }
 }
 
+/// Parses the segment descriptors of an indirect request: `pages` holds the copied contents of
+/// its indirect pages back to back (4 KiB each, in `indirect_grefs` order); the first
+/// `out.len()` descriptors are validated into `out`. [`Error::Truncated`] if `pages` is too
+/// short, [`Error::BadSegmentCount`] above [`MAX_INDIRECT_SEGMENTS`].
+pub fn parse_indirect_segments(pages: &[u8], out: &mut [Segment]) -> Result<(), Error> {
+    if out.len() > MAX_INDIRECT_SEGMENTS {
+        return Err(Error::BadSegmentCount);
+    }
+    if pages.len() < out.len() * SEGMENT_SIZE {
+        return Err(Error::Truncated);
+    }
+    for (s, chunk) in out.iter_mut().zip(pages.chunks_exact(SEGMENT_SIZE)) {
+        *s = Segment::from_bytes(chunk)?;
+    }
+    Ok(())
+}
+
 /// Number of indirect pages needed for `nr_segments` segments.
 pub const fn indirect_pages(nr_segments: u16) -> usize {
     (nr_segments as usize).div_ceil(SEGMENTS_PER_INDIRECT_PAGE)
@@ -651,6 +668,29 @@ mod tests {
             Err(Error::BadSegmentCount)
         );
         assert_eq!(indirect_pages(4096), 8);
+    }
+
+    #[test]
+    fn indirect_segment_pages() {
+        let mut page = [0u8; 4096 + 16];
+        seg(7, 0, 7).emit(&mut page[0..8]);
+        seg(8, 1, 1).emit(&mut page[4096..4104]);
+        let mut out = [Segment::default(); 513];
+        assert_eq!(
+            parse_indirect_segments(&page[..4096], &mut out),
+            Err(Error::Truncated)
+        );
+        let mut out = [Segment::default(); 512];
+        assert_eq!(parse_indirect_segments(&page[..4096], &mut out), Ok(()));
+        assert_eq!(out[0], seg(7, 0, 7));
+        let mut out = [Segment::default(); 513];
+        assert_eq!(parse_indirect_segments(&page, &mut out), Ok(()));
+        assert_eq!(out[512], seg(8, 1, 1));
+        page[4100] = 2; // first_sect 2 > last_sect 1
+        assert_eq!(
+            parse_indirect_segments(&page, &mut out),
+            Err(Error::BadSector)
+        );
     }
 
     #[test]

@@ -141,6 +141,15 @@ pub fn blkif_request(data: &[u8]) {
             assert!(s.byte_offset() + s.byte_len() <= crate::PAGE_SIZE);
         }
     }
+    let mut segs = [blkif::Segment::default(); 64];
+    let n = (data.len() / blkif::SEGMENT_SIZE).min(segs.len());
+    if blkif::parse_indirect_segments(data, &mut segs[..n]).is_ok() {
+        assert!(
+            segs[..n]
+                .iter()
+                .all(|s| s.sectors() >= 1 && s.last_sect <= blkif::MAX_SECT_IN_PAGE)
+        );
+    }
 }
 
 /// Block responses (16-byte chunks).
@@ -188,6 +197,41 @@ pub fn sndif_response(data: &[u8]) {
             assert!(space <= sndif::EVENT_RING_LEN);
         }
         assert!(sndif::event_offset(prod) + sndif::MSG_SIZE <= crate::PAGE_SIZE);
+    }
+    // The backend's event producer against a frontend writing arbitrary `in_cons` values.
+    #[cfg(feature = "alloc")]
+    {
+        use crate::shmem::{HostMem, SharedMem};
+        let mem = HostMem::pages(1);
+        let limit = crate::PAGE_SIZE;
+        let checked = BoundsChecked {
+            inner: mem.clone(),
+            limit,
+        };
+        if let Ok(mut p) = sndif::EventProducer::attach(checked) {
+            let mut was_broken = false;
+            for (i, c) in data.chunks(5).enumerate() {
+                if c[0] & 1 == 1 && c.len() == 5 {
+                    let v = u32::from_le_bytes([c[1], c[2], c[3], c[4]]);
+                    mem.store_u32(
+                        sndif::EVENT_IN_CONS_OFF,
+                        v,
+                        core::sync::atomic::Ordering::Release,
+                    );
+                }
+                let r = p.push(&sndif::Event::CurPos {
+                    id: i as u16,
+                    position: i as u64,
+                });
+                if was_broken {
+                    assert_eq!(r, Err(crate::Error::RingBroken));
+                }
+                was_broken = matches!(
+                    r,
+                    Err(crate::Error::RingOverflow | crate::Error::RingBroken)
+                );
+            }
+        }
     }
 }
 

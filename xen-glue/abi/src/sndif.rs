@@ -514,6 +514,64 @@ pub fn event_space(in_prod: u32, in_cons: u32) -> Result<u32, Error> {
     Ok(EVENT_RING_LEN - used)
 }
 
+/// Offset of `in_cons` in the event page.
+pub const EVENT_IN_CONS_OFF: usize = 0;
+/// Offset of `in_prod` in the event page.
+pub const EVENT_IN_PROD_OFF: usize = 4;
+
+/// Backend side of the event page: produces [`Event`]s for the frontend. The frontend writes
+/// `in_cons`; a value claiming more events consumed than produced, or lagging more than the
+/// ring, breaks the channel ([`Error::RingOverflow`], then [`Error::RingBroken`]).
+#[derive(Debug)]
+pub struct EventProducer<M: crate::shmem::SharedMem> {
+    mem: M,
+    in_prod: u32,
+    broken: bool,
+}
+
+impl<M: crate::shmem::SharedMem> EventProducer<M> {
+    /// Attaches to an event page (one 4 KiB page the frontend granted; it initialised it).
+    pub fn attach(mem: M) -> Result<Self, Error> {
+        if mem.len() < PAGE_SIZE {
+            return Err(Error::RegionTooSmall);
+        }
+        let in_prod = mem.load_u32(EVENT_IN_PROD_OFF, core::sync::atomic::Ordering::Relaxed);
+        Ok(Self {
+            mem,
+            in_prod,
+            broken: false,
+        })
+    }
+
+    /// Free event slots, after validating the frontend's `in_cons`.
+    pub fn space(&mut self) -> Result<u32, Error> {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        let cons = self
+            .mem
+            .load_u32(EVENT_IN_CONS_OFF, core::sync::atomic::Ordering::Acquire);
+        event_space(self.in_prod, cons).inspect_err(|_| self.broken = true)
+    }
+
+    /// Writes one event and publishes it (the caller then notifies the event channel).
+    /// [`Error::RingFull`] if the frontend has not consumed enough.
+    pub fn push(&mut self, ev: &Event) -> Result<(), Error> {
+        if self.space()? == 0 {
+            return Err(Error::RingFull);
+        }
+        self.mem
+            .write_bytes(event_offset(self.in_prod), &ev.to_bytes());
+        self.in_prod = self.in_prod.wrapping_add(1);
+        self.mem.store_u32(
+            EVENT_IN_PROD_OFF,
+            self.in_prod,
+            core::sync::atomic::Ordering::Release,
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +705,58 @@ mod tests {
         assert_eq!(
             Request::from_bytes(&Request::HwParamQuery { id: 1, param: bad }.to_bytes()),
             Err(Error::BadFlags)
+        );
+    }
+
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn event_producer() {
+        use crate::shmem::{HostMem, SharedMem};
+        use core::sync::atomic::Ordering;
+        let m = HostMem::pages(1);
+        let mut p = EventProducer::attach(m.clone()).unwrap();
+        for i in 0..63u64 {
+            p.push(&Event::CurPos {
+                id: i as u16,
+                position: i * 10,
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            p.push(&Event::CurPos { id: 0, position: 0 }),
+            Err(Error::RingFull)
+        );
+        let mut b = [0u8; 64];
+        m.read_bytes(event_offset(5), &mut b);
+        assert_eq!(
+            Event::from_bytes(&b),
+            Ok(Event::CurPos {
+                id: 5,
+                position: 50
+            })
+        );
+        assert_eq!(m.load_u32(EVENT_IN_PROD_OFF, Ordering::Acquire), 63);
+        m.store_u32(EVENT_IN_CONS_OFF, 10, Ordering::Release);
+        p.push(&Event::CurPos {
+            id: 63,
+            position: 630,
+        })
+        .unwrap();
+        m.read_bytes(event_offset(63), &mut b);
+        assert_eq!(event_offset(63), event_offset(0));
+        assert_eq!(
+            Event::from_bytes(&b),
+            Ok(Event::CurPos {
+                id: 63,
+                position: 630
+            })
+        );
+        // A hostile in_cons beyond in_prod breaks only this channel.
+        m.store_u32(EVENT_IN_CONS_OFF, 100, Ordering::Release);
+        assert_eq!(p.space(), Err(Error::RingOverflow));
+        assert_eq!(
+            p.push(&Event::CurPos { id: 0, position: 0 }),
+            Err(Error::RingBroken)
         );
     }
 
