@@ -415,7 +415,13 @@ mod device {
             pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
             let regs = Registers::new(platform::map_bar(&layout.regs, 0, reg::LEN)?)?;
             let len = usize::try_from(layout.shmem.size).map_err(|_| Error::OutOfRange)?;
-            let shm = platform::map_bar(&layout.shmem, 0, len)?;
+            let shm = platform::map_bar(&layout.shmem, 0, len).inspect_err(|e| {
+                log::error!(
+                    "{bdf}: cannot map BAR2 ({:#x} bytes at {:#x}): {e}",
+                    layout.shmem.size,
+                    layout.shmem.address
+                );
+            })?;
             if !(shm.base().as_ptr() as usize).is_multiple_of(8) {
                 return Err(Error::Invalid);
             }
