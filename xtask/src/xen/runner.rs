@@ -12,8 +12,10 @@ use crate::qemu::{Accel, GuestExit, Outcome, Qemu};
 use crate::util::fmt_dur;
 
 /// Xen's command line: serial console on COM1 (QEMU's stdio), a fixed dom0 size, every log level
-/// (guest_loglvl=all makes Xen print the domains' port-0xe9 output).
-pub const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M loglvl=all guest_loglvl=all";
+/// (guest_loglvl=all makes Xen print the domains' port-0xe9 output), and no boot-time scrubbing of
+/// free memory (under TCG it costs CPU and makes QEMU touch all 1.5 GiB: RSS 1.7 GB -> 0.46 GB).
+pub const XEN_CMDLINE: &str =
+    "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M loglvl=all guest_loglvl=all bootscrub=false";
 /// dom0 Linux: console on Xen's hvc0 (which Xen mirrors to its serial line), quiet kernel.
 pub const DOM0_CMDLINE: &str = "console=hvc0 earlyprintk=xen loglevel=4";
 /// Guest RAM of the QEMU machine (dom0 gets 512 MiB, the rest is for domUs).
