@@ -8,6 +8,7 @@ use crate::arch::{self, apic};
 use crate::time::{self, Instant};
 
 static PENDING: AtomicBool = AtomicBool::new(false);
+static SIGNALS: AtomicU64 = AtomicU64::new(0);
 static APIC_HZ: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn set_apic_hz(hz: u64) {
@@ -21,7 +22,14 @@ pub fn apic_hz() -> u64 {
 
 /// Marks an event pending: the current or next [`wait_until`] returns.
 pub fn signal() {
+    SIGNALS.fetch_add(1, Ordering::Relaxed);
     PENDING.store(true, Ordering::Release);
+}
+
+/// How many times [`signal`] was called since boot (to tell an early wake-up caused by an event
+/// from one that is not).
+pub fn signal_count() -> u64 {
+    SIGNALS.load(Ordering::Relaxed)
 }
 
 /// Sleeps (HLT) until an event is signalled or `deadline` passes; returns at once if an event was
