@@ -167,6 +167,37 @@ pub struct ElfInfo {
     pub pvh_entry: Option<u64>,
 }
 
+/// The value of symbol `name` in an ELF64 little-endian file's `.symtab`, if present.
+pub fn symbol(b: &[u8], name: &str) -> Option<u64> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o.checked_add(2)?)?.try_into().ok()?) as usize);
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o.checked_add(4)?)?.try_into().ok()?) as usize);
+    let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o.checked_add(8)?)?.try_into().ok()?));
+    if b.get(..4) != Some(b"\x7fELF") {
+        return None;
+    }
+    let shoff = u64_at(0x28)? as usize;
+    let (shentsize, shnum) = (u16_at(0x3a)?, u16_at(0x3c)?);
+    let section = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+    for i in 0..shnum {
+        let sh = section(i)?;
+        if u32_at(sh + 4)? != 2 {
+            continue; // not SHT_SYMTAB
+        }
+        let (off, size) = (u64_at(sh + 0x18)? as usize, u64_at(sh + 0x20)? as usize);
+        let strtab = section(u32_at(sh + 0x28)?)?;
+        let str_off = u64_at(strtab + 0x18)? as usize;
+        for sym in (off..off.checked_add(size)?).step_by(24) {
+            let name_at = str_off.checked_add(u32_at(sym)?)?;
+            let tail = b.get(name_at..)?;
+            let end = tail.iter().position(|&c| c == 0)?;
+            if &tail[..end] == name.as_bytes() {
+                return u64_at(sym + 8);
+            }
+        }
+    }
+    None
+}
+
 /// Minimal ELF64 little-endian parser: PT_LOAD sizes and the Xen PHYS32_ENTRY note.
 pub fn parse_elf(b: &[u8]) -> Result<ElfInfo> {
     let u16_at = |o: usize| -> Result<u64> {

@@ -225,9 +225,10 @@ type QemuTest = fn(Accel) -> Result<String>;
 
 fn tier_qemu(accel: Option<Accel>) -> Result<(u32, u32)> {
     let accel = Accel::choose(accel)?;
-    let tests: [(&str, QemuTest); 4] = [
+    let tests: [(&str, QemuTest); 5] = [
         ("ktest", qemu_ktest),
         ("fault-page", qemu_fault_page),
+        ("fault-stack (guard page)", qemu_fault_stack),
         ("net-dd ping+tcp (16 MiB RAM)", qemu_net_dd),
         ("chan-test: 2 VMs over ivshmem-server", qemu_chan),
     ];
@@ -322,6 +323,29 @@ fn qemu_fault_page(accel: Accel) -> Result<String> {
         Ok(line) => Ok(format!("exit 39, reported: {line}")),
         Err(e) => bail!("{e:#}\n{}", out.diagnostics()),
     }
+}
+
+/// Stack overflow: ktest with `fault=stack` recurses until it hits the unmapped guard page under
+/// rt's boot stack; the report must be a double fault whose address lies in that page (the
+/// symbol `rt_stack_guard` of the image), and the exit status 39.
+fn qemu_fault_stack(accel: Accel) -> Result<String> {
+    let path = image_path("ktest")?;
+    let elf = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let guard = images::symbol(&elf, "rt_stack_guard").context("ktest has no rt_stack_guard symbol")?;
+    let out = run_image(&path, accel, "fault=stack", KTEST_TIMEOUT)?;
+    let check = || -> Result<String> {
+        let line = out
+            .serial
+            .iter()
+            .find(|l| l.contains("ICONNECT-FAULT double-fault"))
+            .context("no ICONNECT-FAULT double-fault line")?;
+        let f = markers::parse_fault(line).context("unparsable fault line")?;
+        let addr = f.addr.context("double-fault line without addr=")?;
+        ensure!((guard..guard + 4096).contains(&addr), "fault at {addr:#x}, guard page is {guard:#x}..+4096");
+        ensure!(out.exit == GuestExit::Exception, "ended with {}, expected CPU exception (status 39)", out.exit);
+        Ok(format!("exit 39, overflow caught at {addr:#x} in the guard page {guard:#x}"))
+    };
+    check().map_err(|e| anyhow::anyhow!("{e:#}\n{}", out.diagnostics()))
 }
 
 /// Two `chan-test` VMs on one ivshmem-doorbell channel served by our ivshmem-server.
