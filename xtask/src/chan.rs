@@ -1,8 +1,10 @@
 //! The QEMU channel test: our `ivshmem-server` (tools/ivshmem-server) serves one channel, two
 //! `chan-test` VMs (`role=a`, `role=b`) join it with an `ivshmem-doorbell` device each, ping-pong
 //! over doorbells and shared memory, move a bulk payload, and exit. Both must print
-//! `CHAN-RESULT ok` and exit with status 33. The measured round-trip latency and bandwidth are
-//! reported (never asserted: performance lives in benchmarks).
+//! `CHAN-RESULT ok` and exit with status 33. While they run, a third VM tries to join the full
+//! channel and must be refused (QEMU exits 1 with "server sent version -2"). The measured
+//! round-trip latency and bandwidth are reported (never asserted: performance lives in
+//! benchmarks).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -248,7 +250,22 @@ pub fn check_pair(
     Ok(s)
 }
 
-/// The test: server + two VMs on one channel.
+/// Checks that a third VM was refused by the full channel: QEMU itself fails (status 1) on the
+/// refusal version the server sends.
+pub fn check_refused(exit: GuestExit, stderr: &str) -> Result<()> {
+    ensure!(
+        stderr.contains("server sent version -2"),
+        "the third VM was not refused by the server (ended with {exit}; stderr: {:?})",
+        stderr.trim()
+    );
+    ensure!(
+        exit == GuestExit::Other(1),
+        "refused QEMU ended with {exit}, expected status 1"
+    );
+    Ok(())
+}
+
+/// The test: server + two VMs on one channel (+ a third, refused).
 pub fn qemu_chan(accel: Accel, image: &Path) -> Result<String> {
     let bin = build_server()?;
     let socket = socket_path("chan-test")?;
@@ -264,13 +281,30 @@ pub fn qemu_chan(accel: Accel, image: &Path) -> Result<String> {
             .timeout(TIMEOUT)
     };
     // Both join before either finishes: each waits (in the guest) for the other's id.
-    let a = vm("a").spawn()?;
-    let b = vm("b").spawn()?;
+    let mut a = vm("a").spawn()?;
+    let mut b = vm("b").spawn()?;
+    // QEMU joins the channel before the guest runs: once both guests are up, the channel is
+    // full and a third VM must be refused. (Its role is invalid, so if it were admitted it would
+    // fail at once rather than disturb the pair.)
+    let ready = |l: &str| l.contains("ICONNECT-READY");
+    let third = match (a.wait_for(ready, TIMEOUT), b.wait_for(ready, TIMEOUT)) {
+        (Ok(_), Ok(_)) => {
+            let c = Qemu::new(image, accel)
+                .append("role=third")
+                .args_extra(ivshmem_args(&socket, 2))
+                .timeout(Duration::from_secs(30))
+                .run()?;
+            check_refused(c.exit, &c.stderr)
+        }
+        _ => Ok(()), // the pair's own failure is reported below
+    };
     let (oa, ob): (Outcome, Outcome) = (a.wait(), b.wait());
     let log = server.log();
     drop(server);
-    match check_pair(&oa.serial, oa.exit, &ob.serial, ob.exit, ROUNDS) {
-        Ok(summary) => Ok(summary),
+    match check_pair(&oa.serial, oa.exit, &ob.serial, ob.exit, ROUNDS)
+        .and_then(|s| third.map(|()| s))
+    {
+        Ok(summary) => Ok(format!("{summary}; a third VM was refused")),
         Err(e) => bail!(
             "{e:#}\n=== VM a ===\n{}\n=== VM b ===\n{}\n=== ivshmem-server ===\n{log}",
             oa.diagnostics(),
@@ -354,6 +388,18 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn refusal_check() {
+        let msg = "qemu-system-x86_64: -device ivshmem-doorbell,chardev=ivs,vectors=2: server sent version -2, expecting 0\n";
+        assert!(check_refused(GuestExit::Other(1), msg).is_ok());
+        assert!(
+            check_refused(GuestExit::Failure, "").is_err(),
+            "admitted and ran"
+        );
+        assert!(check_refused(GuestExit::TimedOut, "").is_err());
+        assert!(check_refused(GuestExit::Success, msg).is_err());
     }
 
     #[test]

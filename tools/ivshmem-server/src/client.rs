@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::os::{self, Mapping};
-use crate::protocol::{SHM_MARKER, VERSION};
+use crate::protocol::{REFUSED_VERSION, SHM_MARKER, VERSION};
 
 /// A change announced by the server after the handshake.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
@@ -38,8 +38,8 @@ pub struct Client {
 
 impl Client {
     /// Connects and runs the handshake until this client's own `vectors` eventfds arrived
-    /// (peers announced on the way are recorded). Fails with [`Error::Closed`] if the server
-    /// refuses (closes) the connection.
+    /// (peers announced on the way are recorded). Fails with [`Error::Refused`] if the channel
+    /// is full.
     pub fn connect(path: &Path, vectors: u16, timeout: Duration) -> Result<Client, Error> {
         let deadline = Instant::now() + timeout;
         let conn = UnixStream::connect(path)?;
@@ -51,6 +51,9 @@ impl Client {
             os::recv_msg(conn.as_fd())?.ok_or(Error::Closed)
         };
         let (version, _) = next()?;
+        if version == REFUSED_VERSION {
+            return Err(Error::Refused);
+        }
         if version != VERSION {
             return Err(Error::Protocol("unsupported protocol version"));
         }

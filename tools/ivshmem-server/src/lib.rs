@@ -16,6 +16,9 @@
 //! (memfd, eventfd, `SCM_RIGHTS`, mmap: the only `unsafe` of the crate), and [`client`] is a
 //! client of the protocol used by the tests (it can also act as a host-side peer).
 //!
+//! A client beyond `max_peers` receives the version [`protocol::REFUSED_VERSION`] and is
+//! disconnected: QEMU then fails to start with "server sent version -2, expecting 0".
+//!
 //! Robustness: clients never send anything in this protocol, so a client that sends a byte is
 //! disconnected (protocol violation) like one that closes or whose socket fails; sends never
 //! block (a client that does not read is dropped); the region is sealed against resizing, so a
@@ -44,6 +47,8 @@ pub enum Error {
     Protocol(&'static str),
     /// The connection was closed.
     Closed,
+    /// The server refused the client: the channel already has its peers.
+    Refused,
     /// Nothing arrived in time.
     Timeout,
 }
@@ -56,6 +61,7 @@ impl fmt::Display for Error {
             Error::Os(e) => write!(f, "system call failed: {e}"),
             Error::Protocol(why) => write!(f, "protocol violation: {why}"),
             Error::Closed => f.write_str("connection closed"),
+            Error::Refused => f.write_str("refused: the channel is full"),
             Error::Timeout => f.write_str("timed out"),
         }
     }
@@ -187,7 +193,7 @@ pub const USAGE: &str =
   N eventfds per peer, over QEMU's ivshmem server protocol on the UNIX socket PATH.
   --size SIZE     region size, a power of two, 4K..1G (suffix K/M/G), default 4M
   --vectors N     interrupt vectors per peer (QEMU device vectors=N), default 2
-  --max-peers N   peers admitted at once; more are refused (connection closed), default 2
+  --max-peers N   peers admitted at once; more are refused (version -2, then closed), default 2
   --quiet         do not log connects and disconnects
 QEMU: -chardev socket,path=PATH,id=ivs -device ivshmem-doorbell,chardev=ivs,vectors=N
 Prints `ivshmem-server: listening on PATH ...` on stdout once clients can connect.";

@@ -4,6 +4,12 @@
 /// The protocol version this server speaks (QEMU 2.5 and later).
 pub const VERSION: i64 = 0;
 
+/// Sent instead of [`VERSION`] to a client the channel refuses (it is full), just before closing
+/// the connection. No client speaks this version, so QEMU's device fails its start with "server
+/// sent version -2, expecting 0". (Merely closing is worse: QEMU's device keeps re-reading a
+/// closed socket during its start, spinning forever.)
+pub const REFUSED_VERSION: i64 = -2;
+
 /// The number sent with the shared-memory descriptor.
 pub const SHM_MARKER: i64 = -1;
 

@@ -204,6 +204,9 @@ impl Server {
                 self.peers.len(),
                 self.cfg.max_peers
             ));
+            // Best effort: the client may be gone already.
+            let _ = conn.set_nonblocking(true);
+            let _ = os::send_msg(conn.as_fd(), protocol::REFUSED_VERSION, None);
             return Admission::Full;
         }
         let used = self.peer_ids();

@@ -123,8 +123,8 @@ fn third_peer_is_refused_and_a_freed_slot_is_reused() {
     let mut a = s.connect(2).unwrap();
     let b = s.connect(2).unwrap();
     a.wait_peer(1, 2, T).unwrap();
-    // The channel joins exactly two peers: the third sees the connection closed at once.
-    assert_eq!(s.connect(2).unwrap_err(), Error::Closed);
+    // The channel joins exactly two peers: the third is refused (a version nobody speaks).
+    assert_eq!(s.connect(2).unwrap_err(), Error::Refused);
     // The refusal disturbed nobody.
     assert!(!a.closed_within(SHORT).unwrap());
     // b leaves: a is told (its id, no descriptor), and a newcomer gets id 1 again.
