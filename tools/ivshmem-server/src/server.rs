@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
@@ -87,6 +87,8 @@ impl Server {
         );
         let shm = os::create_shm(&name, cfg.size)?;
         let listener = UnixListener::bind(&cfg.socket)?;
+        // Whoever connects gets the region: only our user may (QEMU runs as the same user).
+        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let m = std::fs::symlink_metadata(&cfg.socket)?;
         let stop = os::create_eventfd()?;

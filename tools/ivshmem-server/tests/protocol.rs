@@ -76,6 +76,14 @@ fn handshake_gives_version_id_region_and_vectors() {
 }
 
 #[test]
+fn socket_is_private_to_our_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Running::start("mode", |_| {});
+    let mode = std::fs::metadata(&s.path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
 fn region_is_shared_between_peers() {
     let s = Running::start("shared", |_| {});
     let a = s.connect(2).unwrap();
