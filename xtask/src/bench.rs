@@ -9,6 +9,8 @@ use crate::util::{self, header};
 pub enum Which {
     /// xen-abi shared ring vs rtrb / crossbeam ArrayQueue (two threads).
     Ring,
+    /// Two QEMU VMs on an ivshmem-doorbell channel: doorbell round trip, shared-memory bandwidth.
+    Chan,
     /// Every benchmark.
     All,
 }
@@ -41,6 +43,10 @@ pub fn run(which: Which) -> Result<()> {
         let mut c = util::cargo();
         c.args(["bench", "-p", pkg, "--bench", bench]);
         util::run(&mut c)?;
+    }
+    if matches!(which, Which::Chan | Which::All) {
+        header("bench chan: doorbell round trip and bandwidth between two QEMU VMs (ivshmem)");
+        crate::chan::bench()?;
     }
     if !missing.is_empty() {
         bail!("benchmark(s) not available yet: {}", missing.join(", "));

@@ -27,6 +27,10 @@ pub const ROUNDS: u32 = 1000;
 pub const BULK_MIB: u32 = 16;
 /// Region size (a power of two; BAR2 of each VM).
 pub const REGION: &str = "4M";
+/// `cargo xtask bench chan`: round trips and MiB per run, and runs.
+const BENCH_ROUNDS: u32 = 10_000;
+const BENCH_MIB: u32 = 64;
+const BENCH_RUNS: usize = 5;
 /// Bounds a hang only (both VMs finish in well under a second under TCG).
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -175,14 +179,63 @@ pub fn tsc_khz(serial: &[String]) -> Option<u64> {
     })
 }
 
-/// Checks both VMs' results; returns a one-line summary of the measurements.
+/// What one pair of VMs measured (times by `a`'s TSC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Measured {
+    pub rounds: u64,
+    pub rtt_us_median: u64,
+    pub rtt_us_min: u64,
+    pub rtt_us_p99: u64,
+    pub bulk_mib: u64,
+    /// a writes a chunk, b copies it out and checksums it, a gets the answer: end to end.
+    pub bw_mib_s: u64,
+    /// a's copy into the region alone.
+    pub write_mib_s: u64,
+    pub resent: u64,
+    /// The TSC rates the two VMs calibrated (kHz).
+    pub tsc_khz: (Option<u64>, Option<u64>),
+}
+
+impl Measured {
+    /// Whether both VMs agree on the TSC rate within 25% (TCG calibration can be far off).
+    pub fn timings_reliable(&self) -> bool {
+        match self.tsc_khz {
+            (Some(a), Some(b)) => a.max(b) * 4 <= a.min(b) * 5,
+            _ => false,
+        }
+    }
+
+    /// One line for the test report.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} doorbell round trips: median {} us (min {}, p99 {}); {} MiB a->b at {} MiB/s (a's copy-in {} MiB/s); resent {}",
+            self.rounds,
+            self.rtt_us_median,
+            self.rtt_us_min,
+            self.rtt_us_p99,
+            self.bulk_mib,
+            self.bw_mib_s,
+            self.write_mib_s,
+            self.resent,
+        );
+        if !self.timings_reliable() {
+            s.push_str(&format!(
+                " [timings unreliable: the VMs calibrated their TSC at {:?} and {:?} kHz]",
+                self.tsc_khz.0, self.tsc_khz.1
+            ));
+        }
+        s
+    }
+}
+
+/// Checks both VMs' results and returns what they measured.
 pub fn check_pair(
     a_serial: &[String],
     a_exit: GuestExit,
     b_serial: &[String],
     b_exit: GuestExit,
     rounds: u32,
-) -> Result<String> {
+) -> Result<Measured> {
     let result = |serial: &[String], role: &str| -> Result<BTreeMap<String, String>> {
         match serial.iter().find_map(|l| parse_result(l)) {
             None => bail!("{role}: no CHAN-RESULT line"),
@@ -229,25 +282,17 @@ pub fn check_pair(
         b_exit == GuestExit::Success,
         "b ended with {b_exit}, expected success (status 33)"
     );
-    let mut s = format!(
-        "{rounds} doorbell round trips: median {} us (min {}, p99 {}); {} MiB a->b at {} MiB/s (a's copy-in {} MiB/s); resent {}",
-        num(&a, "rtt_us_median")?,
-        num(&a, "rtt_us_min")?,
-        num(&a, "rtt_us_p99")?,
-        num(&a, "bulk_mib")?,
-        num(&a, "bw_mib_s")?,
-        num(&a, "write_mib_s")?,
-        num(&a, "resent")?,
-    );
-    if let (Some(ta), Some(tb)) = (tsc_khz(a_serial), tsc_khz(b_serial)) {
-        let (lo, hi) = (ta.min(tb), ta.max(tb));
-        if hi * 4 > lo * 5 {
-            s.push_str(&format!(
-                " [timings unreliable: the VMs calibrated their TSC at {ta} and {tb} kHz]"
-            ));
-        }
-    }
-    Ok(s)
+    Ok(Measured {
+        rounds: u64::from(rounds),
+        rtt_us_median: num(&a, "rtt_us_median")?,
+        rtt_us_min: num(&a, "rtt_us_min")?,
+        rtt_us_p99: num(&a, "rtt_us_p99")?,
+        bulk_mib: num(&a, "bulk_mib")?,
+        bw_mib_s: num(&a, "bw_mib_s")?,
+        write_mib_s: num(&a, "write_mib_s")?,
+        resent: num(&a, "resent")?,
+        tsc_khz: (tsc_khz(a_serial), tsc_khz(b_serial)),
+    })
 }
 
 /// Checks that a third VM was refused by the full channel: QEMU itself fails (status 1) on the
@@ -268,11 +313,26 @@ pub fn check_refused(exit: GuestExit, stderr: &str) -> Result<()> {
 /// The test: server + two VMs on one channel (+ a third, refused).
 pub fn qemu_chan(accel: Accel, image: &Path) -> Result<String> {
     let bin = build_server()?;
+    Ok(
+        run_pair(accel, image, &bin, ROUNDS, BULK_MIB, true)?.summary()
+            + "; a third VM was refused",
+    )
+}
+
+/// Runs one pair on a fresh server (and, with `third`, checks a third VM is refused).
+pub fn run_pair(
+    accel: Accel,
+    image: &Path,
+    server_bin: &Path,
+    rounds: u32,
+    bulk_mib: u32,
+    third: bool,
+) -> Result<Measured> {
     let socket = socket_path("chan-test")?;
-    let server = Server::start(&bin, &socket, REGION, 2)?;
+    let server = Server::start(server_bin, &socket, REGION, 2)?;
     let vm = |role: &str| {
         let append = match role {
-            "a" => format!("role=a rounds={ROUNDS} bulk_mib={BULK_MIB}"),
+            "a" => format!("role=a rounds={rounds} bulk_mib={bulk_mib}"),
             _ => "role=b".to_string(),
         };
         Qemu::new(image, accel)
@@ -288,7 +348,7 @@ pub fn qemu_chan(accel: Accel, image: &Path) -> Result<String> {
     // fail at once rather than disturb the pair.)
     let ready = |l: &str| l.contains("ICONNECT-READY");
     let third = match (a.wait_for(ready, TIMEOUT), b.wait_for(ready, TIMEOUT)) {
-        (Ok(_), Ok(_)) => {
+        (Ok(_), Ok(_)) if third => {
             let c = Qemu::new(image, accel)
                 .append("role=third")
                 .args_extra(ivshmem_args(&socket, 2))
@@ -301,16 +361,56 @@ pub fn qemu_chan(accel: Accel, image: &Path) -> Result<String> {
     let (oa, ob): (Outcome, Outcome) = (a.wait(), b.wait());
     let log = server.log();
     drop(server);
-    match check_pair(&oa.serial, oa.exit, &ob.serial, ob.exit, ROUNDS)
-        .and_then(|s| third.map(|()| s))
+    match check_pair(&oa.serial, oa.exit, &ob.serial, ob.exit, rounds)
+        .and_then(|m| third.map(|()| m))
     {
-        Ok(summary) => Ok(format!("{summary}; a third VM was refused")),
+        Ok(m) => Ok(m),
         Err(e) => bail!(
             "{e:#}\n=== VM a ===\n{}\n=== VM b ===\n{}\n=== ivshmem-server ===\n{log}",
             oa.diagnostics(),
             ob.diagnostics()
         ),
     }
+}
+
+/// `cargo xtask bench chan`: several pairs of VMs (more round trips and data than the test);
+/// prints every run and the medians over the runs whose VMs agree on the TSC rate.
+pub fn bench() -> Result<()> {
+    crate::prereq::ensure_qemu()?;
+    let accel = Accel::choose(None)?;
+    let image = crate::images::build(&[crate::images::find("chan-test")?])?
+        .remove(0)
+        .path;
+    let bin = build_server()?;
+    let mut good = Vec::new();
+    for i in 1..=BENCH_RUNS {
+        let m = run_pair(accel, &image, &bin, BENCH_ROUNDS, BENCH_MIB, false)?;
+        println!("run {i}/{BENCH_RUNS}: {}", m.summary());
+        if m.timings_reliable() {
+            good.push(m);
+        }
+    }
+    ensure!(
+        !good.is_empty(),
+        "no run where both VMs calibrated the same TSC rate"
+    );
+    let median = |f: fn(&Measured) -> u64| {
+        let mut v: Vec<u64> = good.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    println!(
+        "chan ({accel}, medians of {} runs with agreeing TSCs; {BENCH_ROUNDS} round trips, {BENCH_MIB} MiB each): \
+         doorbell round trip {} us (min {} us, p99 {} us); a->b through the region {} MiB/s end to end, \
+         a's copy-in {} MiB/s",
+        good.len(),
+        median(|m| m.rtt_us_median),
+        median(|m| m.rtt_us_min),
+        median(|m| m.rtt_us_p99),
+        median(|m| m.bw_mib_s),
+        median(|m| m.write_mib_s),
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -341,7 +441,7 @@ mod tests {
 
     #[test]
     fn pair_check_accepts_real_output() {
-        let s = check_pair(
+        let m = check_pair(
             &lines(A_OK),
             GuestExit::Success,
             &lines(B_OK),
@@ -349,6 +449,12 @@ mod tests {
             1000,
         )
         .unwrap();
+        assert_eq!(
+            (m.rtt_us_median, m.rtt_us_p99, m.bw_mib_s, m.resent),
+            (50, 158, 166, 0)
+        );
+        assert!(m.timings_reliable());
+        let s = m.summary();
         assert!(s.contains("median 50 us") && s.contains("166 MiB/s"), "{s}");
         assert!(!s.contains("unreliable"));
     }
@@ -412,7 +518,8 @@ mod tests {
             GuestExit::Success,
             1000,
         )
-        .unwrap();
+        .unwrap()
+        .summary();
         assert!(s.contains("unreliable"), "{s}");
     }
 }
