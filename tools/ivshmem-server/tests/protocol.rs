@@ -209,6 +209,7 @@ fn live_socket_is_not_stolen_and_stale_socket_is_replaced() {
         Err(Error::BadConfig(_))
     ));
     assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    std::fs::remove_file(&file).unwrap();
 }
 
 #[test]
