@@ -88,6 +88,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    util::ensure_stdin_open();
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Probe { .. }) {
         util::install_interrupt_handler();

@@ -47,8 +47,23 @@ pub fn project_root() -> PathBuf {
 pub fn cargo() -> Command {
     let bin = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut c = Command::new(bin);
-    c.current_dir(project_root());
+    // Never hand our stdin to cargo: its rustc probe (`rustc -`) reads source from stdin.
+    c.current_dir(project_root()).stdin(Stdio::null());
     c
+}
+
+/// Makes sure file descriptor 0 is open (on /dev/null when it was closed). With fd 0 closed,
+/// the next file anyone opens becomes "standard input" of every child process: cargo's rustc
+/// probe (`rustc -`) then compiles whatever source file cargo had open (seen in CI runs started
+/// without standard input).
+pub fn ensure_stdin_open() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::File::open("/dev/null")
+        && null.as_raw_fd() == 0
+    {
+        // fd 0 was closed and is now /dev/null: keep it open for the process's lifetime.
+        std::mem::forget(null);
+    }
 }
 
 /// The workspace's target directory as cargo sees it (honours `CARGO_TARGET_DIR` and config).
@@ -99,7 +114,7 @@ fn quote(a: &OsStr) -> String {
 /// Run a command with inherited stdio, echoing it first; error if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("cannot start `{}`", show(cmd)))?;
+    let status = cmd.stdin(Stdio::null()).status().with_context(|| format!("cannot start `{}`", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
