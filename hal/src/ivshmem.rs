@@ -379,19 +379,31 @@ mod device {
     use super::*;
     use crate::ecam::Ecam;
     use crate::mmio::Mmio;
-    use crate::pci::{Bdf, command};
+    use crate::pci::{Bdf, MsixTable, command};
     use crate::platform;
 
     /// An opened ivshmem-doorbell device: registers mapped, region mapped, MSI-X vectors
-    /// counting into [`Doorbells`].
+    /// counting into [`Doorbells`]. Dropping it masks its MSI-X entries before the counter slot
+    /// is released (the `rt` vectors stay allocated: rt has no way to free them).
     pub struct Ivshmem {
         bdf: Bdf,
         id: u16,
         regs: Registers<Mmio>,
         region: SharedRegion,
+        msix: Option<MsixTable<Mmio>>,
         doorbells: Doorbells,
         vectors: u16,
         layout: Layout,
+    }
+
+    impl Drop for Ivshmem {
+        fn drop(&mut self) {
+            if let Some(t) = self.msix.as_mut() {
+                for e in 0..t.entries() {
+                    let _ = t.set_masked(e, true);
+                }
+            }
+        }
     }
 
     impl Ivshmem {
@@ -435,6 +447,7 @@ mod device {
                 id,
                 regs,
                 region,
+                msix: None,
                 doorbells,
                 vectors: 0,
                 layout,
@@ -448,7 +461,19 @@ mod device {
 
         /// Programs MSI-X entries `0..n`; returns how many work (stops at the first failure).
         fn setup_msix(&mut self, ecam: &mut Ecam, bars: &[Option<Bar>; 6], n: u16) -> u16 {
-            let mut table = None;
+            let mut table: Option<MsixTable<Mmio>> = None;
+            let n = self.program_vectors(ecam, bars, n, &mut table);
+            self.msix = table;
+            n
+        }
+
+        fn program_vectors(
+            &mut self,
+            ecam: &mut Ecam,
+            bars: &[Option<Bar>; 6],
+            n: u16,
+            table: &mut Option<MsixTable<Mmio>>,
+        ) -> u16 {
             for v in 0..n {
                 let Some(handler) = self.doorbells.handler(v) else {
                     return v;
@@ -459,7 +484,7 @@ mod device {
                 };
                 let r = match table.as_mut() {
                     None => platform::enable_msix(ecam, self.bdf, bars, v, msg).map(|t| {
-                        table = Some(t);
+                        *table = Some(t);
                     }),
                     Some(t) => platform::program_msi(t, v, msg),
                 };

@@ -10,7 +10,8 @@
 //! A lost doorbell is retransmitted after 200 ms (counted, and only a few are tolerated: the
 //! test must run on interrupts, not on timeouts).
 //!
-//! Command line: `role=a|b rounds=1000 bulk_mib=16 timeout_s=120`. Prints
+//! Command line: `role=a|b rounds=1000 bulk_mib=16 timeout_s=120 chan=0` (`chan`: which of
+//! the VM's ivshmem devices, in PCI order, carries the test; all of them are opened). Prints
 //! `CHAN-RESULT ok role=a rounds=N rtt_us_median=M ...` (or `CHAN-RESULT FAIL <why>`).
 //! The server must be fresh for each pair of runs (a reused region holds the old ids).
 #![no_std]
@@ -154,15 +155,43 @@ fn run(boot: &'static rt::BootInfo) -> Result<()> {
     let rounds: u32 = arg(boot, "rounds", 1000)?;
     let bulk_mib: usize = arg(boot, "bulk_mib", 16)?;
     let timeout_s: u64 = arg(boot, "timeout_s", 120)?;
+    let chan: usize = arg(boot, "chan", 0)?;
 
     let mcfg = platform::find_ecam(boot);
     let mut ecam = platform::map_ecam(&mcfg).map_err(|e| alloc::format!("ECAM: {e}"))?;
     let funcs = ivshmem::find_all(&ecam, mcfg.start_bus, mcfg.end_bus);
-    let func = funcs
-        .first()
-        .ok_or("no ivshmem device (1af4:1110) on PCI")?;
-    let dev = Ivshmem::open(&mut ecam, func, 2, BAR_WINDOW)
-        .map_err(|e| alloc::format!("{}: cannot open ivshmem: {e}", func.bdf))?;
+    if funcs.is_empty() {
+        return Err("no ivshmem device (1af4:1110) on PCI".into());
+    }
+    // Every channel device is opened (as a driver domain serving several guests would), the
+    // test runs on device number `chan`.
+    let mut devs = Vec::new();
+    for func in &funcs {
+        let dev = Ivshmem::open(&mut ecam, func, 2, BAR_WINDOW)
+            .map_err(|e| alloc::format!("{}: cannot open ivshmem: {e}", func.bdf))?;
+        devs.push(dev);
+    }
+    if devs.len() > 1 {
+        for (i, d) in devs.iter().enumerate() {
+            log::info!(
+                "ivshmem #{i} {}: peer id {}, {} KiB at {:#x}, {} vectors",
+                d.bdf(),
+                d.id(),
+                d.layout().shmem_len() / 1024,
+                d.layout().shmem.address,
+                d.vectors()
+            );
+        }
+    }
+    if chan >= devs.len() {
+        return Err(alloc::format!(
+            "chan={chan} but only {} ivshmem devices",
+            devs.len()
+        ));
+    }
+    let dev = devs.swap_remove(chan);
+    // The other channels stay open (their interrupts keep counting) until the test ends.
+    let _others = devs;
     let l = dev.layout();
     log::info!(
         "chan-test role={role}: ivshmem {} peer id {} region {} KiB at {:#x} (BAR2 {:?}), {} MSI-X vectors",
