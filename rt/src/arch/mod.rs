@@ -39,25 +39,7 @@ pub unsafe fn inb(port: u16) -> u8 {
     value
 }
 
-/// The CPUID instruction: (eax, ebx, ecx, edx) of `leaf`/`subleaf`.
-pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    let (a, b, c, d): (u32, u32, u32, u32);
-    // SAFETY: CPUID is always available on x86-64 and only writes registers. RBX is reserved by
-    // LLVM, so it is saved in a scratch register around the instruction.
-    unsafe {
-        asm!(
-            "mov {tmp:r}, rbx",
-            "cpuid",
-            "xchg {tmp:r}, rbx",
-            tmp = out(reg) b,
-            inout("eax") leaf => a,
-            inout("ecx") subleaf => c,
-            out("edx") d,
-            options(nomem, nostack, preserves_flags),
-        )
-    };
-    [a, b, c, d]
-}
+pub use xen_hypercall::cpuid;
 
 /// Reads the time-stamp counter, ordered after earlier loads (LFENCE; RDTSC). RDTSCP is avoided on
 /// purpose: nested Xen under QEMU TCG mis-emulates it.

@@ -113,8 +113,9 @@ pub struct Xen {
     pub instruction: CallInstruction,
 }
 
+/// The CPUID instruction: (eax, ebx, ecx, edx) of `leaf`/`subleaf`.
 #[cfg(target_arch = "x86_64")]
-fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     let (a, b, c, d): (u32, u32, u32, u32);
     // SAFETY: CPUID exists on every x86-64 CPU and only writes registers; RBX (reserved by LLVM)
     // is preserved through a scratch register.
