@@ -427,7 +427,7 @@ mod device {
             pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
             let regs = Registers::new(platform::map_bar(&layout.regs, 0, reg::LEN)?)?;
             let len = usize::try_from(layout.shmem.size).map_err(|_| Error::OutOfRange)?;
-            let shm = platform::map_bar(&layout.shmem, 0, len).inspect_err(|e| {
+            let shm = platform::map_bar_memory(&layout.shmem, 0, len).inspect_err(|e| {
                 log::error!(
                     "{bdf}: cannot map BAR2 ({:#x} bytes at {:#x}): {e}",
                     layout.shmem.size,
@@ -437,7 +437,7 @@ mod device {
             if !(shm.base().as_ptr() as usize).is_multiple_of(8) {
                 return Err(Error::Invalid);
             }
-            // SAFETY: `map_bar` mapped BAR2 (len bytes, 8-aligned, checked) for the rest of the
+            // SAFETY: `map_bar_memory` mapped BAR2 (len bytes, 8-aligned, checked) for the rest of the
             // domain's life (rt never unmaps); it is device memory nobody references.
             let region = unsafe { SharedRegion::new(shm.base(), len) };
             let id = regs.position()?;

@@ -72,6 +72,16 @@ pub fn map_ecam(entry: &McfgEntry) -> Result<Ecam, Error> {
 
 /// Maps `len` bytes at `offset` inside memory BAR `bar`.
 pub fn map_bar(bar: &Bar, offset: u64, len: usize) -> Result<Mmio, Error> {
+    map_bar_with(bar, offset, len, rt::mem::Caching::Uncached)
+}
+
+/// Like [`map_bar`] for a BAR that behaves like RAM (an ivshmem region): write-back where the
+/// range covers whole 2 MiB pages.
+pub fn map_bar_memory(bar: &Bar, offset: u64, len: usize) -> Result<Mmio, Error> {
+    map_bar_with(bar, offset, len, rt::mem::Caching::WriteBack)
+}
+
+fn map_bar_with(bar: &Bar, offset: u64, len: usize, caching: rt::mem::Caching) -> Result<Mmio, Error> {
     if !bar.is_memory() {
         return Err(Error::Invalid);
     }
@@ -82,12 +92,13 @@ pub fn map_bar(bar: &Bar, offset: u64, len: usize) -> Result<Mmio, Error> {
         return Err(Error::OutOfRange);
     }
     let paddr = bar.address.checked_add(offset).ok_or(Error::OutOfRange)?;
-    let base = rt::mem::map_mmio(paddr, len).ok_or(Error::OutOfRange)?;
+    let base = rt::mem::map_physical(paddr, len, caching).ok_or(Error::OutOfRange)?;
     if !(base.as_ptr() as usize).is_multiple_of(4) {
         return Err(Error::Invalid);
     }
-    // SAFETY: `map_mmio` mapped the range uncached; it lies inside the device's BAR (checked
-    // above), is 4-byte aligned, and only volatile accesses are made through `Mmio`.
+    // SAFETY: `map_physical` mapped the range (uncached, or write-back for RAM-like BARs); it
+    // lies inside the device's BAR (checked above), is 4-byte aligned, and only volatile accesses
+    // are made through `Mmio`.
     Ok(unsafe { Mmio::new(base, len) })
 }
 

@@ -22,7 +22,6 @@ static HEAP: LockedHeap = LockedHeap::empty();
 static MMIO_MAP_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 unsafe extern "C" {
-    static mut rt_pdpt: [u64; 512];
     static mut rt_pd: [u64; 2048];
     static rt_pml4: u8;
     static rt_stack_guard: u8;
@@ -76,32 +75,6 @@ pub(crate) fn note_ram(start: u64, end: u64) {
 fn overlaps_ram(start: u64, end: u64) -> bool {
     let ram = RAM.lock();
     ram.0[..ram.1].iter().any(|&(s, e)| s < end && start < e)
-}
-
-/// Makes the boot 2 MiB pages covering `[start, end)` (below 4 GiB) uncached, except those that
-/// hold RAM.
-fn uncache_low(start: u64, end: u64) {
-    const TWO_MIB: u64 = 2 << 20;
-    let _guard = MMIO_MAP_LOCK.lock();
-    for page in (start / TWO_MIB)..end.div_ceil(TWO_MIB).min(2048) {
-        let base = page * TWO_MIB;
-        if overlaps_ram(base, base + TWO_MIB) {
-            log::warn!("map_mmio: {base:#x} shares a 2 MiB page with RAM; left write-back");
-            continue;
-        }
-        // SAFETY: `rt_pd` holds the boot page directories (identity-mapped, in .bss); entries are
-        // changed only here and under MMIO_MAP_LOCK.
-        let entry = unsafe { core::ptr::addr_of_mut!(rt_pd[page as usize]) };
-        // SAFETY: as above.
-        let old = unsafe { entry.read_volatile() };
-        if old & 0x18 != 0x18 {
-            // SAFETY: as above; then the stale translation is flushed for this page.
-            unsafe {
-                entry.write_volatile(old | 0x18);
-                core::arch::asm!("invlpg [{}]", in(reg) base, options(nostack, preserves_flags));
-            }
-        }
-    }
 }
 
 /// Hands `[start, end)` to the frame allocator.
@@ -161,39 +134,115 @@ pub fn virt_to_phys(vaddr: *const u8) -> PhysAddr {
     vaddr as PhysAddr
 }
 
-/// Makes `[paddr, paddr + len)` accessible, uncached, at the same virtual address. Below 4 GiB
-/// the boot mapping's 2 MiB pages are switched to uncached (unless one holds RAM: then it stays
-/// write-back, with a warning); above it, 1 GiB windows of uncached 2 MiB pages are added, up to
-/// 512 GiB.
-pub fn map_mmio(paddr: PhysAddr, len: usize) -> Option<NonNull<u8>> {
-    let end = paddr.checked_add(len as u64)?;
-    if end > (512u64 << 30) {
-        return None;
+/// How a mapping may be cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caching {
+    /// Device registers: uncached (PCD|PWT).
+    Uncached,
+    /// Memory behind a BAR that behaves like RAM (e.g. an ivshmem region): write-back, for the
+    /// 2 MiB pages the range covers entirely; partial pages stay uncached, since they may hold
+    /// other devices' registers.
+    WriteBack,
+}
+
+/// Highest identity-mappable address + 1: the lower canonical half of 4-level paging.
+const MAP_LIMIT: u64 = 1 << 47;
+
+/// One past the highest physical address this CPU can address (CPUID 0x80000008 MAXPHYADDR,
+/// 36 bits when the leaf is missing), capped at what 4-level identity paging reaches.
+pub fn phys_limit() -> u64 {
+    let bits = if crate::arch::cpuid(0x8000_0000, 0)[0] >= 0x8000_0008 {
+        crate::arch::cpuid(0x8000_0008, 0)[0] & 0xff
+    } else {
+        36
+    };
+    (1u64 << bits.clamp(32, 52)).min(MAP_LIMIT)
+}
+const TWO_MIB: u64 = 2 << 20;
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 2;
+const HUGE: u64 = 1 << 7;
+const UNCACHED: u64 = 0x18; // PWT | PCD
+
+/// The page-table entry for `index` of the table at `table`, creating the next-level table
+/// (zeroed: nothing present) when absent.
+///
+/// # Safety
+/// `table` must be one of our identity-mapped page tables, and MMIO_MAP_LOCK must be held.
+unsafe fn next_table(table: *mut u64, index: usize) -> Option<*mut u64> {
+    // SAFETY: in bounds (index < 512, the callers mask it) of a page table we own (contract).
+    let entry = unsafe { table.add(index) };
+    // SAFETY: as above.
+    let value = unsafe { entry.read_volatile() };
+    if value & PRESENT != 0 {
+        if value & HUGE != 0 {
+            return None; // a 1 GiB page: not something we create
+        }
+        return Some(phys_to_virt(value & 0x000f_ffff_ffff_f000) as *mut u64);
     }
-    if paddr < (4u64 << 30) {
-        uncache_low(paddr, end.min(4u64 << 30));
-    }
-    if end > (4u64 << 30) {
-        let _guard = MMIO_MAP_LOCK.lock();
-        for gib in (paddr >> 30).max(4)..=((end - 1) >> 30) {
-            // SAFETY: `rt_pdpt` is the boot PDPT (identity-mapped, in .bss); entries 4..512 are
-            // only written here, under MMIO_MAP_LOCK.
-            let entry = unsafe { core::ptr::addr_of_mut!(rt_pdpt[gib as usize]) };
-            // SAFETY: as above; a plain read of our own page-table entry.
-            if unsafe { entry.read_volatile() } & 1 != 0 {
-                continue;
+    let frame = FRAMES.lock().alloc(1, 1).ok()?;
+    let new = phys_to_virt(frame) as *mut u64;
+    // SAFETY: a fresh frame we own; clearing it makes every entry not-present.
+    unsafe { core::ptr::write_bytes(new, 0, 512) };
+    // SAFETY: publishing a fully initialised (empty) table in our own table (contract).
+    unsafe { entry.write_volatile(frame | PRESENT | WRITABLE) };
+    Some(new)
+}
+
+/// Maps (or re-flags) the 2 MiB identity pages covering `[start, end)`.
+fn map_identity(start: u64, end: u64, caching: Caching) -> Option<()> {
+    let _guard = MMIO_MAP_LOCK.lock();
+    let pml4 = core::ptr::addr_of!(rt_pml4) as *mut u64;
+    for page in (start / TWO_MIB)..end.div_ceil(TWO_MIB) {
+        let base = page * TWO_MIB;
+        if overlaps_ram(base, base + TWO_MIB) {
+            if caching == Caching::Uncached {
+                log::warn!("map_mmio: {base:#x} shares a 2 MiB page with RAM; left write-back");
             }
-            let pd = FRAMES.lock().alloc(1, 1).ok()?;
-            let table = phys_to_virt(pd) as *mut u64;
-            for i in 0..512u64 {
-                let frame = (gib << 30) | (i << 21);
-                // SAFETY: `pd` is a fresh frame we own: 512 entries fit in it.
-                unsafe { table.add(i as usize).write_volatile(frame | 0x9b) }; // P|W|PWT|PCD|PS
+            continue;
+        }
+        let whole = base >= start && base + TWO_MIB <= end;
+        let flags = match caching {
+            Caching::WriteBack if whole => PRESENT | WRITABLE | HUGE,
+            _ => PRESENT | WRITABLE | HUGE | UNCACHED,
+        };
+        // SAFETY: the boot PML4 and every table below it are ours, identity-mapped; we hold
+        // MMIO_MAP_LOCK (the only writer after boot).
+        let pdpt = unsafe { next_table(pml4, ((base >> 39) & 511) as usize)? };
+        // SAFETY: as above.
+        let pd = unsafe { next_table(pdpt, ((base >> 30) & 511) as usize)? };
+        // SAFETY: as above; index masked to the table.
+        let entry = unsafe { pd.add(((base >> 21) & 511) as usize) };
+        // SAFETY: as above.
+        let old = unsafe { entry.read_volatile() };
+        if old & PRESENT != 0 && old & HUGE == 0 {
+            continue; // split into 4 KiB pages (the image's own region): never remapped
+        }
+        let new = base | flags;
+        if old != new {
+            // SAFETY: as above; the old translation (if any) is flushed for this page.
+            unsafe {
+                entry.write_volatile(new);
+                core::arch::asm!("invlpg [{}]", in(reg) base, options(nostack, preserves_flags));
             }
-            // SAFETY: as above; publishing a fully initialised page directory. Not-present entries
-            // are never cached by the TLB, so no flush is needed.
-            unsafe { entry.write_volatile(pd | 0x3) };
         }
     }
+    Some(())
+}
+
+/// Makes `[paddr, paddr + len)` accessible, uncached, at the same virtual address: the 2 MiB
+/// pages it covers are mapped (or re-flagged) uncached, except pages that hold RAM, which stay
+/// write-back (with a warning). Any address below [`phys_limit`] can be mapped.
+pub fn map_mmio(paddr: PhysAddr, len: usize) -> Option<NonNull<u8>> {
+    map_physical(paddr, len, Caching::Uncached)
+}
+
+/// Like [`map_mmio`] with a choice of caching ([`Caching::WriteBack`] for RAM-like BARs).
+pub fn map_physical(paddr: PhysAddr, len: usize, caching: Caching) -> Option<NonNull<u8>> {
+    let end = paddr.checked_add(len as u64)?;
+    if end > phys_limit() || len == 0 {
+        return None;
+    }
+    map_identity(paddr, end, caching)?;
     NonNull::new(phys_to_virt(paddr))
 }

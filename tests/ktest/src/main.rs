@@ -273,10 +273,19 @@ fn mmio_high() -> Result<(), alloc::string::String> {
     let apic = rt::mem::map_mmio(0xfee0_0000, 0x1000).ok_or("map of the LAPIC page failed")?;
     ensure!(apic.as_ptr() as u64 == 0xfee0_0000, "low MMIO not identity");
     // Mapping must succeed above 4 GiB (no read: nothing is there) and fail beyond 512 GiB.
-    let p = rt::mem::map_mmio(0x80_0000_0000 - 0x20_0000, 0x1000).ok_or("map below 512 GiB failed")?;
-    ensure!(p.as_ptr() as u64 == 0x80_0000_0000 - 0x20_0000, "not identity");
-    ensure!(rt::mem::map_mmio(0x80_0000_0000, 1).is_none(), "mapped beyond 512 GiB");
+    // Above 4 GiB (no read: nothing is there), including past 512 GiB where SeaBIOS places big
+    // 64-bit BARs (a second PML4 entry), up to the CPU's physical-address limit.
+    let limit = rt::mem::phys_limit();
+    ensure!(limit >= 1 << 36, "physical limit {limit:#x} below 64 GiB");
+    for addr in [0x80_0000_0000 - 0x20_0000, 1022u64 << 30, limit - 0x1000] {
+        let p = rt::mem::map_mmio(addr, 0x1000).ok_or_else(|| alloc::format!("map of {addr:#x} failed"))?;
+        ensure!(p.as_ptr() as u64 == addr, "{addr:#x} not identity-mapped");
+    }
+    let wb = rt::mem::map_physical(1023u64 << 30, 4 << 20, rt::mem::Caching::WriteBack).ok_or("write-back map failed")?;
+    ensure!(wb.as_ptr() as u64 == 1023u64 << 30, "write-back map not identity");
+    ensure!(rt::mem::map_mmio(limit, 1).is_none(), "mapped beyond the physical-address limit");
     ensure!(rt::mem::map_mmio(u64::MAX, 2).is_none(), "overflowing range accepted");
+    ensure!(rt::mem::map_mmio(0x1000_0000_0000, 0).is_none(), "empty range accepted");
     Ok(())
 }
 
