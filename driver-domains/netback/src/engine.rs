@@ -1,0 +1,521 @@
+//! The engine of one netif interface (one queue): TX and RX rings, packet assembly and
+//! validation, copies through [`GrantAccess`], responses and notifications.
+//!
+//! The owner (net-dd's vif task) calls [`Netback::poll_tx`] when the TX event channel fired (or
+//! when `more` was reported), [`Netback::queue_rx`] for each frame switched to this guest, and
+//! [`Netback::poll_rx`] after queueing or when the RX event channel fired; it kicks the frontend
+//! when a poll says `notify`. All three are non-blocking and bounded.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use xen_abi::netif::{
+    self, ExtraInfo, NR_SLOTS_MIN, RxRequest, RxResponse, RxRing, Status, TxPacketReader,
+    TxRequest, TxResponse, TxRing, TxSlot, rxf, txf,
+};
+use xen_abi::ring::{BackRing, REQ_EVENT_OFF};
+use xen_abi::shmem::SharedMem;
+use xen_abi::PAGE_SIZE;
+
+use crate::grant::GrantAccess;
+use crate::negotiate::FrontendFeatures;
+use crate::{Error, csum};
+
+/// Largest frame delivered to a frontend that negotiated `feature-sg` (`XEN_NETIF_MAX_TX_SIZE`;
+/// 16 slots, within netfront's 18).
+pub const MAX_SG_FRAME: usize = netif::MAX_TX_SIZE;
+
+/// Limits of the RX queue (frames waiting for the frontend to post buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxQueueLimits {
+    /// Frames at most.
+    pub frames: usize,
+    /// Bytes at most (sum of frame lengths).
+    pub bytes: usize,
+}
+
+impl Default for RxQueueLimits {
+    fn default() -> Self {
+        Self {
+            frames: 128,
+            bytes: 512 * 1024,
+        }
+    }
+}
+
+/// Counters of one interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames received from the frontend and handed to the owner.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// TX packets answered with `ERROR` because they were malformed in a non-fatal way (runt,
+    /// fragments larger than announced, empty fragment).
+    pub tx_malformed: u64,
+    /// TX packets answered with `ERROR` because they asked for something not negotiated
+    /// (GSO, multicast control).
+    pub tx_unsupported: u64,
+    /// TX packets answered with `ERROR` because a grant copy failed.
+    pub tx_copy_errors: u64,
+    /// Frames delivered into the frontend's buffers.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Frames dropped because the RX queue was full.
+    pub rx_queue_full: u64,
+    /// Frames dropped because of their size (empty, or larger than the frontend can take).
+    pub rx_bad_size: u64,
+    /// Frames dropped because their blank checksum could not be completed.
+    pub rx_csum_errors: u64,
+    /// RX slots answered with `ERROR` because the copy into the buffer failed.
+    pub rx_copy_errors: u64,
+}
+
+/// A frame the frontend sent, lent to the owner during [`Netback::poll_tx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxFrame<'a> {
+    /// The Ethernet frame (without FCS), a private copy.
+    pub data: &'a [u8],
+    /// `NETTXF_csum_blank`: the L4 checksum is not filled in (see [`csum::fill_l4_checksum`]).
+    pub csum_blank: bool,
+    /// `NETTXF_data_validated`: the data was checked (or generated) by the frontend.
+    pub data_validated: bool,
+}
+
+/// What a [`Netback::poll_tx`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TxPoll {
+    /// Packets consumed (delivered or answered with an error).
+    pub packets: usize,
+    /// The frontend must be notified on the TX event channel.
+    pub notify: bool,
+    /// Requests remain (the budget ran out, or some arrived during the final check): poll again
+    /// without waiting for an event.
+    pub more: bool,
+}
+
+/// Checksum state of a frame handed to [`Netback::queue_rx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RxMeta {
+    /// The L4 checksum is blank (partial: pseudo-header sum only), as sent by a frontend with
+    /// `NETTXF_csum_blank`.
+    pub csum_blank: bool,
+    /// The data is known good (`NETRXF_data_validated`).
+    pub data_validated: bool,
+}
+
+impl RxMeta {
+    /// The metadata a frame from [`TxFrame`] carries to another interface.
+    pub fn from_tx(f: &TxFrame<'_>) -> Self {
+        Self {
+            csum_blank: f.csum_blank,
+            data_validated: f.data_validated,
+        }
+    }
+}
+
+/// What a [`Netback::poll_rx`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RxPoll {
+    /// Frames copied into the frontend's buffers.
+    pub delivered: usize,
+    /// The frontend must be notified on the RX event channel.
+    pub notify: bool,
+    /// Frames still queued.
+    pub queued: usize,
+    /// The head frame waits for buffers; `req_event` is armed, so the frontend's next posted
+    /// buffer raises the RX event.
+    pub waiting_for_buffers: bool,
+}
+
+/// One queued RX frame.
+#[derive(Debug)]
+struct RxFrame {
+    data: Vec<u8>,
+    meta: RxMeta,
+}
+
+/// The backend engine of one netif interface over its two rings.
+#[derive(Debug)]
+pub struct Netback<M: SharedMem> {
+    tx: BackRing<M, TxRing>,
+    rx: BackRing<M, RxRing>,
+    features: FrontendFeatures,
+    limits: RxQueueLimits,
+    /// Private TX frame buffer, reused.
+    frame: Vec<u8>,
+    /// Fragments of the TX packet being assembled.
+    frags: Vec<TxRequest>,
+    /// Response plan of the TX packet being assembled: (id, is extra-info slot).
+    rsp: Vec<(u16, bool)>,
+    rxq: VecDeque<RxFrame>,
+    rxq_bytes: usize,
+    stats: Stats,
+    broken: Option<Error>,
+}
+
+fn bad(e: xen_abi::Error) -> Error {
+    Error::BadTxPacket(e)
+}
+
+impl<M: SharedMem> Netback<M> {
+    /// Attaches to the frontend's TX and RX rings (already mapped/reachable as `tx_mem` and
+    /// `rx_mem`; the engine writes nothing until it answers a request) with the features the
+    /// frontend negotiated.
+    pub fn new(
+        tx_mem: M,
+        rx_mem: M,
+        features: FrontendFeatures,
+        limits: RxQueueLimits,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            tx: BackRing::attach(tx_mem).map_err(Error::Ring)?,
+            rx: BackRing::attach(rx_mem).map_err(Error::Ring)?,
+            features,
+            limits,
+            frame: Vec::new(),
+            frags: Vec::with_capacity(NR_SLOTS_MIN),
+            rsp: Vec::with_capacity(NR_SLOTS_MIN + 4),
+            rxq: VecDeque::new(),
+            rxq_bytes: 0,
+            stats: Stats::default(),
+            broken: None,
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The fatal error that broke this interface, if any.
+    pub fn broken(&self) -> Option<Error> {
+        self.broken
+    }
+
+    /// Largest frame [`queue_rx`](Self::queue_rx) accepts for this frontend.
+    pub fn max_rx_frame(&self) -> usize {
+        if self.features.sg { MAX_SG_FRAME } else { PAGE_SIZE }
+    }
+
+    fn check_alive(&self) -> Result<(), Error> {
+        match self.broken {
+            Some(_) => Err(Error::Broken),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if e.is_fatal() && self.broken.is_none() {
+            self.broken = Some(e);
+        }
+        e
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // TX: guest -> backend
+
+    /// Consumes up to `budget` TX packets, handing each good frame to `deliver`, answers every
+    /// slot, publishes the responses and runs the final check for requests.
+    ///
+    /// A fatal protocol violation returns the error (see [`Error::is_fatal`]); the interface is
+    /// then broken and every later call returns [`Error::Broken`].
+    pub fn poll_tx<G, F>(&mut self, grants: &mut G, budget: usize, mut deliver: F) -> Result<TxPoll, Error>
+    where
+        G: GrantAccess + ?Sized,
+        F: FnMut(TxFrame<'_>),
+    {
+        self.check_alive()?;
+        let mut poll = TxPoll::default();
+        loop {
+            if poll.packets >= budget {
+                poll.more = self
+                    .tx
+                    .unconsumed_requests()
+                    .map_err(|e| self.fail(Error::Ring(e)))?
+                    > 0;
+                break;
+            }
+            let first = match self.tx.pop_request() {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    // RING_FINAL_CHECK_FOR_REQUESTS: arm req_event, then look once more.
+                    match self.tx.final_check_for_requests() {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(e) => return Err(self.fail(Error::Ring(e))),
+                    }
+                }
+                Err(e) => return Err(self.fail(Error::Ring(e))),
+            };
+            if let Err(e) = self.tx_packet(&first, grants, &mut deliver) {
+                return Err(self.fail(e));
+            }
+            poll.packets += 1;
+        }
+        poll.notify = self.tx.publish_responses_and_check_notify();
+        Ok(poll)
+    }
+
+    fn pop_tx(&mut self) -> Result<[u8; netif::TX_REQUEST_SIZE], Error> {
+        match self.tx.pop_request() {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Error::IncompletePacket),
+            Err(e) => Err(Error::Ring(e)),
+        }
+    }
+
+    /// One packet starting with slot `first_raw` (already consumed).
+    fn tx_packet<G, F>(&mut self, first_raw: &[u8; netif::TX_REQUEST_SIZE], grants: &mut G, deliver: &mut F) -> Result<(), Error>
+    where
+        G: GrantAccess + ?Sized,
+        F: FnMut(TxFrame<'_>),
+    {
+        self.rsp.clear();
+        self.frags.clear();
+        let first = TxRequest::from_bytes(first_raw).map_err(bad)?;
+        self.rsp.push((first.id, false));
+        // Non-fatal faults (Linux netback answers them with errors and goes on): a runt
+        // packet, fragments beyond the announced size, empty fragments. The rest of such a
+        // packet is still consumed and checked for the fatal faults.
+        let mut dropped = first.size < netif::MIN_PACKET_SIZE;
+        let mut reader = TxPacketReader::new(NR_SLOTS_MIN);
+        if !dropped {
+            reader.push(first_raw).map_err(bad)?;
+        }
+        let mut in_extras = first.extra_info();
+        let mut more_data = first.more_data();
+        let mut frag_total: u32 = 0;
+        let mut data_slots = 1usize;
+        while in_extras || more_data {
+            let raw = self.pop_tx()?;
+            if in_extras {
+                self.rsp.push((first.id, true));
+                let e = if dropped {
+                    ExtraInfo::from_bytes(&raw).map_err(bad)?
+                } else {
+                    match reader.push(&raw).map_err(bad)? {
+                        TxSlot::Extra(e) => e,
+                        _ => return Err(bad(xen_abi::Error::BadValue)),
+                    }
+                };
+                in_extras = e.more;
+            } else {
+                let r = TxRequest::from_bytes(&raw).map_err(bad)?;
+                self.rsp.push((r.id, false));
+                data_slots += 1;
+                if data_slots > NR_SLOTS_MIN {
+                    return Err(Error::TooManySlots);
+                }
+                if !dropped && (r.size == 0 || frag_total + r.size as u32 > first.size as u32) {
+                    dropped = true;
+                }
+                if dropped {
+                    r.check_in_page().map_err(bad)?;
+                    if r.extra_info() {
+                        return Err(bad(xen_abi::Error::BadFlags));
+                    }
+                } else {
+                    reader.push(&raw).map_err(bad)?;
+                    self.frags.push(r);
+                }
+                frag_total += r.size as u32;
+                more_data = r.more_data();
+            }
+        }
+
+        let status = if dropped {
+            self.stats.tx_malformed += 1;
+            Status::Error
+        } else {
+            let info = reader.finish().map_err(bad)?;
+            if info.gso.is_some() || info.mcast_add.is_some() || info.mcast_del.is_some() {
+                self.stats.tx_unsupported += 1;
+                Status::Error
+            } else if self.copy_tx(grants, &first, info.first_len as usize).is_err() {
+                self.stats.tx_copy_errors += 1;
+                Status::Error
+            } else {
+                Status::Okay
+            }
+        };
+        for &(id, extra) in &self.rsp {
+            let status = if extra { Status::Null } else { status };
+            self.tx
+                .push_response(&TxResponse { id, status }.to_bytes())
+                .map_err(Error::Ring)?;
+        }
+        if status == Status::Okay {
+            self.stats.tx_packets += 1;
+            self.stats.tx_bytes += self.frame.len() as u64;
+            deliver(TxFrame {
+                data: &self.frame,
+                csum_blank: first.flags & txf::CSUM_BLANK != 0,
+                data_validated: first.flags & txf::DATA_VALIDATED != 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies a validated packet into `self.frame`.
+    fn copy_tx<G: GrantAccess + ?Sized>(&mut self, grants: &mut G, first: &TxRequest, first_len: usize) -> Result<(), Error> {
+        let total = first.size as usize;
+        self.frame.clear();
+        self.frame.resize(total, 0);
+        if first_len > 0 {
+            grants.copy_from(first.gref, first.offset, &mut self.frame[..first_len])?;
+        }
+        let mut pos = first_len;
+        for f in &self.frags {
+            let end = pos + f.size as usize;
+            let dst = self.frame.get_mut(pos..end).ok_or(Error::GrantCopy)?;
+            grants.copy_from(f.gref, f.offset, dst)?;
+            pos = end;
+        }
+        if pos == total { Ok(()) } else { Err(Error::GrantCopy) }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // RX: backend -> guest
+
+    /// Queues a frame for the frontend (copied; never blocks). Frames that cannot be delivered
+    /// are dropped and counted: [`Error::FrameSize`] (empty or above
+    /// [`max_rx_frame`](Self::max_rx_frame)), [`Error::QueueFull`], [`Error::Checksum`] (a blank
+    /// checksum the frontend cannot take and that could not be completed). A blank checksum is
+    /// completed here when the frontend did not negotiate checksum offload for the frame's IP
+    /// version.
+    pub fn queue_rx(&mut self, frame: &[u8], meta: RxMeta) -> Result<(), Error> {
+        self.check_alive()?;
+        if frame.is_empty() || frame.len() > self.max_rx_frame() {
+            self.stats.rx_bad_size += 1;
+            return Err(Error::FrameSize);
+        }
+        if self.rxq.len() >= self.limits.frames || self.rxq_bytes + frame.len() > self.limits.bytes {
+            self.stats.rx_queue_full += 1;
+            return Err(Error::QueueFull);
+        }
+        let mut data = Vec::from(frame);
+        let mut meta = meta;
+        if meta.csum_blank {
+            let offload = match csum::ip_version(&data) {
+                Some(4) => self.features.ip_csum_offload,
+                Some(6) => self.features.ipv6_csum_offload,
+                _ => false,
+            };
+            if !offload {
+                if csum::fill_l4_checksum(&mut data).is_err() {
+                    self.stats.rx_csum_errors += 1;
+                    return Err(Error::Checksum);
+                }
+                meta = RxMeta {
+                    csum_blank: false,
+                    data_validated: true,
+                };
+            }
+        }
+        self.rxq_bytes += data.len();
+        self.rxq.push_back(RxFrame { data, meta });
+        Ok(())
+    }
+
+    /// Frames waiting in the RX queue.
+    pub fn rx_queued(&self) -> usize {
+        self.rxq.len()
+    }
+
+    /// Delivers up to `budget` queued frames into buffers the frontend posted, publishes the
+    /// responses and tells whether to notify. A frame is only started when all the buffers it
+    /// needs are posted; otherwise `req_event` is armed and the frame stays queued.
+    pub fn poll_rx<G: GrantAccess + ?Sized>(&mut self, grants: &mut G, budget: usize) -> Result<RxPoll, Error> {
+        self.check_alive()?;
+        let mut poll = RxPoll::default();
+        while poll.delivered < budget {
+            let Some(head) = self.rxq.front() else { break };
+            let needed = head.data.len().div_ceil(PAGE_SIZE) as u32;
+            match self.rx_slots_available(needed) {
+                Ok(true) => {}
+                Ok(false) => {
+                    poll.waiting_for_buffers = true;
+                    break;
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+            let Some(frame) = self.rxq.pop_front() else { break };
+            self.rxq_bytes -= frame.data.len();
+            if let Err(e) = self.rx_frame(grants, &frame) {
+                return Err(self.fail(e));
+            }
+            poll.delivered += 1;
+        }
+        poll.notify = self.rx.publish_responses_and_check_notify();
+        poll.queued = self.rxq.len();
+        Ok(poll)
+    }
+
+    /// Whether `needed` rx requests are posted; if not, arms `req_event` at the next request and
+    /// re-checks (Linux's `xenvif_rx_ring_slots_available`). Bounded: `req_prod` can only move
+    /// forward, by at most a ring, before the ring rejects it.
+    fn rx_slots_available(&mut self, needed: u32) -> Result<bool, Error> {
+        loop {
+            let avail = self.rx.unconsumed_requests().map_err(Error::Ring)?;
+            if avail >= needed {
+                return Ok(true);
+            }
+            let prod = self.rx.req_cons().wrapping_add(avail);
+            self.rx
+                .mem()
+                .store_u32(REQ_EVENT_OFF, prod.wrapping_add(1), Ordering::Relaxed);
+            self.rx.mem().full_fence();
+            if self.rx.unconsumed_requests().map_err(Error::Ring)? == avail {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Copies one frame into consecutive posted buffers (the caller checked they are posted).
+    fn rx_frame<G: GrantAccess + ?Sized>(&mut self, grants: &mut G, frame: &RxFrame) -> Result<(), Error> {
+        let mut first_flags = 0;
+        if frame.meta.csum_blank {
+            first_flags |= rxf::CSUM_BLANK | rxf::DATA_VALIDATED;
+        } else if frame.meta.data_validated {
+            first_flags |= rxf::DATA_VALIDATED;
+        }
+        let mut ok = true;
+        let n = frame.data.chunks(PAGE_SIZE).len();
+        for (i, chunk) in frame.data.chunks(PAGE_SIZE).enumerate() {
+            let raw = match self.rx.pop_request() {
+                Ok(Some(r)) => r,
+                // Counted as available a moment ago: the ring only grows.
+                Ok(None) => return Err(Error::Ring(xen_abi::Error::RingOverflow)),
+                Err(e) => return Err(Error::Ring(e)),
+            };
+            let req = RxRequest::from_bytes(&raw).map_err(bad)?;
+            let mut flags = if i == 0 { first_flags } else { 0 };
+            if i + 1 < n {
+                flags |= rxf::MORE_DATA;
+            }
+            let status = match grants.copy_to(req.gref, 0, chunk) {
+                Ok(()) => chunk.len() as i16,
+                Err(_) => {
+                    ok = false;
+                    self.stats.rx_copy_errors += 1;
+                    Status::Error as i16
+                }
+            };
+            let rsp = RxResponse {
+                id: req.id,
+                offset: 0,
+                flags,
+                status,
+            };
+            self.rx.push_response(&rsp.to_bytes()).map_err(Error::Ring)?;
+        }
+        if ok {
+            self.stats.rx_packets += 1;
+            self.stats.rx_bytes += frame.data.len() as u64;
+        }
+        Ok(())
+    }
+}
