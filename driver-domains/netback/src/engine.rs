@@ -231,11 +231,14 @@ impl<M: SharedMem> Netback<M> {
         let mut poll = TxPoll::default();
         loop {
             if poll.packets >= budget {
-                poll.more = self
-                    .tx
-                    .unconsumed_requests()
-                    .map_err(|e| self.fail(Error::Ring(e)))?
-                    > 0;
+                // Out of budget: report remaining work; if there is none, still arm req_event
+                // (the final check), or the frontend would never kick us again.
+                poll.more = match self.tx.unconsumed_requests() {
+                    Ok(0) => self.tx.final_check_for_requests(),
+                    Ok(_) => Ok(true),
+                    Err(e) => Err(e),
+                }
+                .map_err(|e| self.fail(Error::Ring(e)))?;
                 break;
             }
             let first = match self.tx.pop_request() {
