@@ -294,6 +294,36 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
         Ok(())
     }
 
+    /// Writes as many of `reqs` as there are free slots (like repeated
+    /// [`push_request`](Self::push_request), with one bulk copy per contiguous run of slots when
+    /// requests fill their slots) and returns how many; they become visible with
+    /// [`publish_requests`](Self::publish_requests).
+    pub fn push_requests<const N: usize>(&mut self, reqs: &[[u8; N]]) -> usize
+    where
+        P: RingProtocol<Req = [u8; N]>,
+    {
+        let n = reqs.len().min(self.free_requests() as usize);
+        if N == P::SLOT {
+            let start = (self.req_prod_pvt & self.geo.mask) as usize;
+            let first = n.min(self.geo.nr_ents as usize - start);
+            let off = self.geo.slot_off::<P>(self.req_prod_pvt);
+            self.mem.write_bytes(off, reqs[..first].as_flattened());
+            if n > first {
+                self.mem
+                    .write_bytes(RING_HEADER_SIZE, reqs[first..n].as_flattened());
+            }
+        } else {
+            for (i, r) in reqs[..n].iter().enumerate() {
+                let off = self
+                    .geo
+                    .slot_off::<P>(self.req_prod_pvt.wrapping_add(i as u32));
+                self.mem.write_bytes(off, r);
+            }
+        }
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(n as u32);
+        n
+    }
+
     /// Publishes pushed requests (`RING_PUSH_REQUESTS`).
     #[inline]
     pub fn publish_requests(&mut self) {
@@ -481,6 +511,40 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
         Ok(Some(req))
     }
 
+    /// Copies out up to `out.len()` available requests (like repeated
+    /// [`pop_request`](Self::pop_request), with one bulk copy per contiguous run of slots when
+    /// requests fill their slots) and returns how many.
+    pub fn pop_requests<const N: usize>(&mut self, out: &mut [[u8; N]]) -> Result<usize, Error>
+    where
+        P: RingProtocol<Req = [u8; N]>,
+    {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        let mut avail = self.req_prod_seen.wrapping_sub(self.req_cons);
+        if avail == 0 {
+            avail = self.unconsumed_requests()?;
+        }
+        let n = out.len().min(avail as usize);
+        if N == P::SLOT {
+            let start = (self.req_cons & self.geo.mask) as usize;
+            let first = n.min(self.geo.nr_ents as usize - start);
+            let off = self.geo.slot_off::<P>(self.req_cons);
+            self.mem.read_bytes(off, out[..first].as_flattened_mut());
+            if n > first {
+                self.mem
+                    .read_bytes(RING_HEADER_SIZE, out[first..n].as_flattened_mut());
+            }
+        } else {
+            for (i, r) in out[..n].iter_mut().enumerate() {
+                let off = self.geo.slot_off::<P>(self.req_cons.wrapping_add(i as u32));
+                self.mem.read_bytes(off, r);
+            }
+        }
+        self.req_cons = self.req_cons.wrapping_add(n as u32);
+        Ok(n)
+    }
+
     /// Writes the response to the oldest unanswered request into its slot; visible after
     /// [`publish_responses`](Self::publish_responses). [`Error::NoRequestPending`] if every
     /// consumed request was already answered.
@@ -663,6 +727,45 @@ mod tests {
         assert_eq!(f.skip_responses(), Ok(100));
         assert_eq!(f.free_requests(), 100);
         assert_eq!(f.skip_responses(), Ok(0));
+    }
+
+    #[test]
+    fn batch_push_and_pop_wrap_around() {
+        for (start, batch) in [(0u32, 7usize), (120, 50), (u32::MAX - 3, 128)] {
+            let m = HostMem::pages(1);
+            let mut f = FrontRing::<_, P16>::init_at(m.clone(), start).unwrap();
+            let mut b = BackRing::<_, P16>::attach_at(m.clone(), start).unwrap();
+            let mut next = 0u8;
+            let mut want = 0u8;
+            for _ in 0..20 {
+                let reqs: Vec<[u8; 16]> = (0..batch)
+                    .map(|i| [next.wrapping_add(i as u8); 16])
+                    .collect();
+                let n = f.push_requests(&reqs);
+                next = next.wrapping_add(n as u8);
+                f.publish_requests();
+                let mut out = vec![[0u8; 16]; 200];
+                let got = b.pop_requests(&mut out).unwrap();
+                assert_eq!(got, n);
+                for o in &out[..got] {
+                    assert_eq!(*o, [want; 16]);
+                    want = want.wrapping_add(1);
+                }
+                b.push_null_responses(got as u32).unwrap();
+                b.publish_responses();
+                f.skip_responses().unwrap();
+            }
+        }
+        // Entries smaller than their slot take the per-entry path.
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, RawProtocol<8, 16>>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, RawProtocol<8, 16>>::attach(m).unwrap();
+        assert_eq!(f.push_requests(&[[1; 8], [2; 8]]), 2);
+        f.publish_requests();
+        let mut out = [[0u8; 8]; 4];
+        assert_eq!(b.pop_requests(&mut out), Ok(2));
+        assert_eq!(out[..2], [[1; 8], [2; 8]]);
+        assert_eq!(b.pop_requests(&mut out), Ok(0));
     }
 
     #[test]
