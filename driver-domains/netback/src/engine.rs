@@ -254,6 +254,8 @@ impl<M: SharedMem> Netback<M> {
                 Err(e) => return Err(self.fail(Error::Ring(e))),
             };
             if let Err(e) = self.tx_packet(&first, grants, &mut deliver) {
+                // Give back the slots of the packets completed before the violation.
+                self.tx.publish_responses();
                 return Err(self.fail(e));
             }
             poll.packets += 1;

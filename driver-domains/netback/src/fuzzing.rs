@@ -46,7 +46,25 @@ fn grants() -> FakeGrants {
 /// panic, no grant access outside a page, every consumed slot answered with a valid status, a
 /// delivered frame is at least an Ethernet header and at most 64 KiB, and a fatal error sticks.
 pub fn fuzz_tx_ring(data: &[u8]) {
-    let [n, budget, rest @ ..] = data else { return };
+    let _ = run_tx_ring(data);
+}
+
+/// What one [`fuzz_tx_ring`] input did (lets the smoke test check its inputs reach the deep
+/// paths).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxRunOutcome {
+    /// Frames delivered.
+    pub frames: usize,
+    /// Packets answered with errors (non-fatal).
+    pub errors: u64,
+    /// Whether the interface was broken by a fatal error.
+    pub fatal: bool,
+}
+
+/// [`fuzz_tx_ring`] returning what happened.
+pub fn run_tx_ring(data: &[u8]) -> TxRunOutcome {
+    let mut out = TxRunOutcome::default();
+    let [n, budget, rest @ ..] = data else { return out };
     let tx = HostMem::pages(1);
     let rx = HostMem::pages(1);
     let _ = FrontRing::<_, RxRing>::init(rx.clone());
@@ -58,7 +76,7 @@ pub fn fuzz_tx_ring(data: &[u8]) {
     tx.store_u32(REQ_PROD_OFF, prod, Ordering::Release);
     let mut g = grants();
     let Ok(mut nb) = Netback::new(&tx, &rx, FrontendFeatures::default(), RxQueueLimits::default()) else {
-        return;
+        return out;
     };
     let mut frames = 0usize;
     for _ in 0..3 {
@@ -80,6 +98,7 @@ pub fn fuzz_tx_ring(data: &[u8]) {
             Err(e) => {
                 assert!(e.is_fatal());
                 assert!(nb.broken().is_some());
+                out.fatal = true;
                 assert_eq!(
                     nb.poll_tx(&mut g, 1, |_| {}).err(),
                     Some(crate::Error::Broken)
@@ -89,7 +108,11 @@ pub fn fuzz_tx_ring(data: &[u8]) {
         }
     }
     assert_eq!(g.range_violations(), 0);
-    assert_eq!(nb.stats().tx_packets as usize, frames);
+    let st = nb.stats();
+    assert_eq!(st.tx_packets as usize, frames);
+    out.frames = frames;
+    out.errors = st.tx_malformed + st.tx_copy_errors + st.tx_unsupported;
+    out
 }
 
 /// RX with a hostile frontend: the bytes script frames to queue (sizes), rx requests it posts
