@@ -357,7 +357,8 @@ mod ring_fuzz {
     /// backend consumes up to N requests and parses them, `3` = the backend answers pending
     /// requests, `4`/`5` = publish with notify check / final check, `6` = the frontend consumes
     /// responses, `7` = overwrite a whole slot with script bytes, `8` = the backend answers with
-    /// body-less responses, `9` = the frontend skips responses (opcodes are taken modulo 10). Invariants: the backend never
+    /// body-less responses, `9` = the frontend skips responses, `10` = the backend copies out a batch (opcodes are taken
+    /// modulo 11). Invariants: the backend never
     /// touches memory outside its ring, never panics, never has more than `nr_ents` requests
     /// outstanding, and once it reports a violation it stays broken.
     pub fn ring_backend(data: &[u8]) {
@@ -382,7 +383,7 @@ mod ring_fuzz {
         let mut id: u16 = 0;
         while let Some(op) = next() {
             let arg = next().unwrap_or(0);
-            match op % 10 {
+            match op % 11 {
                 0 => {
                     let off = ((arg as usize) << 2) % crate::PAGE_SIZE;
                     let mut v = [0u8; 4];
@@ -447,6 +448,16 @@ mod ring_fuzz {
                 }
                 9 => {
                     let _ = front.skip_responses();
+                }
+                10 => {
+                    let mut buf = [[0u8; netif::TX_REQUEST_SIZE]; 48];
+                    let want = arg as usize % buf.len();
+                    if let Ok(n) = back.pop_requests(&mut buf[..want]) {
+                        assert!(n <= want);
+                        for b in &buf[..n] {
+                            let _ = netif::TxRequest::from_bytes(b);
+                        }
+                    }
                 }
                 _ => {
                     let slot = (arg as u32 % nr) as usize;

@@ -511,7 +511,7 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
         Ok(Some(req))
     }
 
-    /// Copies out up to `out.len()` available requests (like repeated
+    /// Copies out up to `out.len()` requests, as many as are available now (like repeated
     /// [`pop_request`](Self::pop_request), with one bulk copy per contiguous run of slots when
     /// requests fill their slots) and returns how many.
     pub fn pop_requests<const N: usize>(&mut self, out: &mut [[u8; N]]) -> Result<usize, Error>
@@ -522,7 +522,7 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
             return Err(Error::RingBroken);
         }
         let mut avail = self.req_prod_seen.wrapping_sub(self.req_cons);
-        if avail == 0 {
+        if (avail as usize) < out.len() {
             avail = self.unconsumed_requests()?;
         }
         let n = out.len().min(avail as usize);

@@ -16,8 +16,10 @@ type P = RawProtocol<16, 8>;
 #[derive(Debug, Clone, Copy)]
 enum Op {
     FrontPush(u8),
+    FrontPushBatch(u8),
     FrontPublish,
     BackPop(u8),
+    BackPopBatch(u8),
     BackRespond(u8),
     BackPublish,
     FrontPop(u8),
@@ -28,8 +30,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         any::<u8>().prop_map(Op::FrontPush),
+        any::<u8>().prop_map(Op::FrontPushBatch),
         Just(Op::FrontPublish),
         any::<u8>().prop_map(Op::BackPop),
+        any::<u8>().prop_map(Op::BackPopBatch),
         any::<u8>().prop_map(Op::BackRespond),
         Just(Op::BackPublish),
         any::<u8>().prop_map(Op::FrontPop),
@@ -96,6 +100,14 @@ impl Model {
                     }
                 }
             }
+            Op::FrontPushBatch(n) => {
+                let reqs: Vec<[u8; 16]> =
+                    (0..n as u64 % 40).map(|i| req(self.pushed + i)).collect();
+                let free = self.front.free_requests() as usize;
+                let pushed = self.front.push_requests(&reqs);
+                assert_eq!(pushed, reqs.len().min(free));
+                self.pushed += pushed as u64;
+            }
             Op::FrontPublish => {
                 let notify = self.front.publish_requests_and_check_notify();
                 let new = self.pushed > self.published;
@@ -123,6 +135,25 @@ impl Model {
                             break;
                         }
                     }
+                }
+                self.backend_asleep = false;
+            }
+            Op::BackPopBatch(n) => {
+                let mut out = vec![[0u8; 16]; n as usize % 40];
+                let got = self.back.pop_requests(&mut out).unwrap();
+                for r in &out[..got] {
+                    assert_eq!(
+                        *r,
+                        req(self.received),
+                        "batched requests arrive once, in order"
+                    );
+                    self.received += 1;
+                }
+                if got < out.len() {
+                    assert_eq!(
+                        self.received, self.published,
+                        "a short batch means nothing is left"
+                    );
                 }
                 self.backend_asleep = false;
             }
