@@ -18,6 +18,8 @@ use xen_abi::ring::{BackRing, REQ_EVENT_OFF};
 use xen_abi::shmem::SharedMem;
 use xen_abi::PAGE_SIZE;
 
+use iconnect::qos::XenRate;
+
 use crate::grant::GrantAccess;
 use crate::negotiate::FrontendFeatures;
 use crate::{Error, csum};
@@ -94,6 +96,53 @@ pub struct TxPoll {
     /// Requests remain (the budget ran out, or some arrived during the final check): poll again
     /// without waiting for an event.
     pub more: bool,
+    /// The rate limit stopped the poll: requests may remain; poll again at this time
+    /// (microseconds, the clock of `now_us`).
+    pub throttled_until: Option<u64>,
+}
+
+/// Linux netback's TX credit scheduler for Xen's vif `rate = "<bytes>,<usecs>"`: each window of
+/// `usecs` adds `bytes` of credit, capped at a burst of `max(128 KiB, bytes)` (so a 64 KiB packet
+/// always fits); a packet is started while credit remains and charged its full size (the
+/// credit may go negative, repaid by later windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Credit {
+    bytes: u64,
+    usecs: u64,
+    max_burst: i64,
+    remaining: i64,
+    window_start: u64,
+}
+
+impl Credit {
+    fn new(rate: XenRate, now_us: u64) -> Self {
+        let bytes = rate.bytes.min(i64::MAX as u64 / 2);
+        Self {
+            bytes,
+            usecs: u64::from(rate.usecs).max(1),
+            max_burst: (bytes as i64).max(131_072),
+            remaining: bytes as i64,
+            window_start: now_us,
+        }
+    }
+
+    /// Adds the credit of every window completed by `now_us`.
+    fn refill(&mut self, now_us: u64) {
+        if now_us < self.window_start {
+            return;
+        }
+        let windows = (now_us - self.window_start) / self.usecs;
+        if windows > 0 {
+            let add = (windows.min(i64::MAX as u64) as i64).saturating_mul(self.bytes as i64);
+            self.remaining = self.remaining.saturating_add(add).min(self.max_burst);
+            self.window_start += windows * self.usecs;
+        }
+    }
+
+    /// `None` if a packet may start now, else when the next window opens.
+    fn blocked_until(&self) -> Option<u64> {
+        (self.remaining <= 0).then(|| self.window_start.saturating_add(self.usecs))
+    }
 }
 
 /// Checksum state of a frame handed to [`Netback::queue_rx`].
@@ -152,6 +201,7 @@ pub struct Netback<M: SharedMem> {
     rsp: Vec<(u16, bool)>,
     rxq: VecDeque<RxFrame>,
     rxq_bytes: usize,
+    credit: Option<Credit>,
     stats: Stats,
     broken: Option<Error>,
 }
@@ -180,9 +230,17 @@ impl<M: SharedMem> Netback<M> {
             rsp: Vec::with_capacity(NR_SLOTS_MIN + 4),
             rxq: VecDeque::new(),
             rxq_bytes: 0,
+            credit: None,
             stats: Stats::default(),
             broken: None,
         })
+    }
+
+    /// Limits the TX direction (guest -> backend) to Xen's vif `rate` (see
+    /// [`negotiate::xen_rate`](crate::negotiate::xen_rate)), or lifts the limit. The first window
+    /// starts at `now_us` with one window's credit.
+    pub fn set_tx_rate(&mut self, rate: Option<XenRate>, now_us: u64) {
+        self.credit = rate.map(|r| Credit::new(r, now_us));
     }
 
     /// Counters.
@@ -218,18 +276,26 @@ impl<M: SharedMem> Netback<M> {
     // TX: guest -> backend
 
     /// Consumes up to `budget` TX packets, handing each good frame to `deliver`, answers every
-    /// slot, publishes the responses and runs the final check for requests.
+    /// slot, publishes the responses and runs the final check for requests. `now_us` is the
+    /// current time in microseconds (any monotonic origin), used by the rate limit only.
     ///
     /// A fatal protocol violation returns the error (see [`Error::is_fatal`]); the interface is
     /// then broken and every later call returns [`Error::Broken`].
-    pub fn poll_tx<G, F>(&mut self, grants: &mut G, budget: usize, mut deliver: F) -> Result<TxPoll, Error>
+    pub fn poll_tx<G, F>(&mut self, now_us: u64, grants: &mut G, budget: usize, mut deliver: F) -> Result<TxPoll, Error>
     where
         G: GrantAccess + ?Sized,
         F: FnMut(TxFrame<'_>),
     {
         self.check_alive()?;
         let mut poll = TxPoll::default();
+        if let Some(c) = &mut self.credit {
+            c.refill(now_us);
+        }
         loop {
+            if let Some(t) = self.credit.and_then(|c| c.blocked_until()) {
+                poll.throttled_until = Some(t);
+                break;
+            }
             if poll.packets >= budget {
                 // Out of budget: report remaining work; if there is none, still arm req_event
                 // (the final check), or the frontend would never kick us again.
@@ -282,6 +348,10 @@ impl<M: SharedMem> Netback<M> {
         self.frags.clear();
         let first = TxRequest::from_bytes(first_raw).map_err(bad)?;
         self.rsp.push((first.id, false));
+        if let Some(c) = &mut self.credit {
+            // Charged like Linux: the announced size, before validation.
+            c.remaining = c.remaining.saturating_sub(i64::from(first.size));
+        }
         // Non-fatal faults (Linux netback answers them with errors and goes on): a runt
         // packet, fragments beyond the announced size, empty fragments. The rest of such a
         // packet is still consumed and checked for the fatal faults.

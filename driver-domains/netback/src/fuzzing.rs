@@ -80,7 +80,7 @@ pub fn run_tx_ring(data: &[u8]) -> TxRunOutcome {
     };
     let mut frames = 0usize;
     for _ in 0..3 {
-        let r = nb.poll_tx(&mut g, (*budget as usize).max(1), |f| {
+        let r = nb.poll_tx(0, &mut g, (*budget as usize).max(1), |f| {
             assert!(f.data.len() >= netif::MIN_PACKET_SIZE as usize);
             assert!(f.data.len() <= netif::MAX_TX_SIZE);
             frames += 1;
@@ -100,7 +100,7 @@ pub fn run_tx_ring(data: &[u8]) -> TxRunOutcome {
                 assert!(nb.broken().is_some());
                 out.fatal = true;
                 assert_eq!(
-                    nb.poll_tx(&mut g, 1, |_| {}).err(),
+                    nb.poll_tx(0, &mut g, 1, |_| {}).err(),
                     Some(crate::Error::Broken)
                 );
                 break;

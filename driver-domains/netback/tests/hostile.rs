@@ -28,7 +28,7 @@ fn run(sim: &mut SimFront, nb: &mut netback::Netback<xen_abi::shmem::HostMem>, s
     assert!(sim.push_slots(slots));
     sim.publish_tx();
     let mut frames = Vec::new();
-    let r = nb.poll_tx(&mut sim.grants, 64, |f| frames.push(f.data.to_vec()));
+    let r = nb.poll_tx(0, &mut sim.grants, 64, |f| frames.push(f.data.to_vec()));
     let st = sim.tx_responses().into_iter().map(|r| r.status).collect();
     assert_eq!(sim.grants.range_violations(), 0, "engine asked for a range outside a page");
     (r, st, frames)
@@ -163,7 +163,7 @@ fn fatal_faults_break_the_interface() {
         assert!(is(&e) && e.is_fatal(), "{name}: {e:?}");
         assert!(frames.is_empty());
         assert_eq!(nb.broken(), Some(e));
-        assert_eq!(nb.poll_tx(&mut sim.grants, 1, |_| {}).err(), Some(Error::Broken));
+        assert_eq!(nb.poll_tx(0, &mut sim.grants, 1, |_| {}).err(), Some(Error::Broken));
         assert_eq!(nb.queue_rx(&[0; 60], RxMeta::default()), Err(Error::Broken));
         assert_eq!(nb.poll_rx(&mut sim.grants, 1).err(), Some(Error::Broken));
     }
@@ -173,7 +173,7 @@ fn fatal_faults_break_the_interface() {
         sim.tx.push_request(&req(g, 0, txf::EXTRA_INFO, 1, 60).bytes()).unwrap();
         sim.tx.push_request(&raw).unwrap();
         sim.tx.publish_requests();
-        let e = nb.poll_tx(&mut sim.grants, 8, |_| {}).unwrap_err();
+        let e = nb.poll_tx(0, &mut sim.grants, 8, |_| {}).unwrap_err();
         assert!(matches!(e, Error::BadTxPacket(_)), "{raw:?}: {e:?}");
     }
 }
@@ -183,7 +183,7 @@ fn producer_index_jumps_are_fatal() {
     for jump in [257u32, u32::MAX, 1000] {
         let (mut sim, mut nb, _) = setup();
         sim.tx_mem.store_u32(REQ_PROD_OFF, jump, Ordering::Release);
-        let e = nb.poll_tx(&mut sim.grants, 8, |_| {}).unwrap_err();
+        let e = nb.poll_tx(0, &mut sim.grants, 8, |_| {}).unwrap_err();
         assert!(matches!(e, Error::Ring(_)) && e.is_fatal());
         let (sim2, mut nb2, _) = setup();
         nb2.queue_rx(&[1; 100], RxMeta::default()).unwrap();
@@ -316,7 +316,7 @@ proptest! {
         let mut frames = Vec::new();
         let mut result = Ok(());
         for _ in 0..64 {
-            match nb.poll_tx(&mut sim.grants, budget, |f| frames.push(f.data.to_vec())) {
+            match nb.poll_tx(0, &mut sim.grants, budget, |f| frames.push(f.data.to_vec())) {
                 Ok(p) => if p.packets == 0 && !p.more { break },
                 Err(e) => { result = Err(e); break }
             }

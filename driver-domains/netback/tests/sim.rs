@@ -66,7 +66,7 @@ fn tx_many_random_packets_byte_exact() {
         sim.publish_tx();
         let budget = rng.range(1, 64);
         let poll = nb
-            .poll_tx(&mut sim.grants, budget, |fr| {
+            .poll_tx(0, &mut sim.grants, budget, |fr| {
                 let (want, flags) = sent.pop_front().expect("frame that was sent");
                 assert_eq!(fr.data.len(), want.len());
                 assert!(fr.data == &want[..], "frame {got} differs");
@@ -235,7 +235,7 @@ fn rx_waits_for_enough_buffers_and_arms_the_event() {
 fn tx_notification_and_final_check() {
     let mut sim = SimFront::new();
     let mut nb = sim.backend(sg_features(), RxQueueLimits::default());
-    let p = nb.poll_tx(&mut sim.grants, 64, |_| panic!("no frame")).unwrap();
+    let p = nb.poll_tx(0, &mut sim.grants, 64, |_| panic!("no frame")).unwrap();
     assert_eq!((p.packets, p.notify, p.more), (0, false, false));
     let s = sim.build_tx(&[5; 100], 0, 0, &[]);
     sim.push_slots(&s);
@@ -244,9 +244,9 @@ fn tx_notification_and_final_check() {
     sim.push_slots(&s);
     assert!(!sim.publish_tx(), "no new kick before the backend looked");
     // Budget 1: the second packet remains, reported as `more`.
-    let p = nb.poll_tx(&mut sim.grants, 1, |f| assert_eq!(f.data, &[5; 100][..])).unwrap();
+    let p = nb.poll_tx(0, &mut sim.grants, 1, |f| assert_eq!(f.data, &[5; 100][..])).unwrap();
     assert_eq!((p.packets, p.notify, p.more), (1, true, true));
-    let p = nb.poll_tx(&mut sim.grants, 1, |f| assert_eq!(f.data, &[6; 100][..])).unwrap();
+    let p = nb.poll_tx(0, &mut sim.grants, 1, |f| assert_eq!(f.data, &[6; 100][..])).unwrap();
     assert_eq!(p.packets, 1);
     assert!(!p.notify, "frontend has not re-armed rsp_event");
     assert!(!p.more);
@@ -327,7 +327,7 @@ fn guest_to_guest_through_two_engines() {
             sent.push(f);
         }
         a.publish_tx();
-        nba.poll_tx(&mut a.grants, 64, |fr| {
+        nba.poll_tx(0, &mut a.grants, 64, |fr| {
             nbb.queue_rx(fr.data, RxMeta::from_tx(&fr)).unwrap();
         })
         .unwrap();
@@ -346,4 +346,43 @@ fn guest_to_guest_through_two_engines() {
         assert!(r.data == *s);
         assert_eq!(r.flags, rxf::DATA_VALIDATED);
     }
+}
+
+/// Xen's vif `rate` as a TX ceiling: credit per window, burst cap, time passed in.
+#[test]
+fn tx_rate_limit_follows_the_credit_windows() {
+    let mut sim = SimFront::new();
+    let mut nb = sim.backend(sg_features(), RxQueueLimits::default());
+    // 10 000 bytes per 1 ms.
+    let rate = netback::negotiate::xen_rate(&iconnect::keys::PairSource(&[("rate", "10000,1000")]))
+        .unwrap()
+        .unwrap();
+    nb.set_tx_rate(Some(rate), 0);
+    for _ in 0..200 {
+        let s = sim.build_tx(&[1; 1000], 0, 0, &[]);
+        assert!(sim.push_slots(&s));
+    }
+    sim.publish_tx();
+    let mut delivered = 0;
+    fn poll(nb: &mut netback::Netback<xen_abi::shmem::HostMem>, now: u64, sim: &mut SimFront, delivered: &mut usize) -> netback::TxPoll {
+        let p = nb.poll_tx(now, &mut sim.grants, 256, |_| *delivered += 1).unwrap();
+        sim.tx_responses();
+        p
+    }
+    let p = poll(&mut nb, 0, &mut sim, &mut delivered);
+    assert_eq!((delivered, p.throttled_until), (10, Some(1000)), "one window of credit at the start");
+    let p = poll(&mut nb, 999, &mut sim, &mut delivered);
+    assert_eq!((delivered, p.throttled_until), (10, Some(1000)));
+    poll(&mut nb, 1000, &mut sim, &mut delivered);
+    assert_eq!(delivered, 20);
+    // 4 windows later: 4 windows of credit.
+    poll(&mut nb, 5000, &mut sim, &mut delivered);
+    assert_eq!(delivered, 60);
+    // 100 windows idle: capped at the 128 KiB burst (131 packets of 1000 bytes; 140 left).
+    let p = poll(&mut nb, 105_000, &mut sim, &mut delivered);
+    assert_eq!(delivered, 60 + 132, "burst cap 131072 bytes: 131 packets + one started on the last credit");
+    assert!(p.throttled_until.is_some());
+    nb.set_tx_rate(None, 105_000);
+    let p = poll(&mut nb, 105_000, &mut sim, &mut delivered);
+    assert_eq!((delivered, p.throttled_until, p.more), (200, None, false));
 }
