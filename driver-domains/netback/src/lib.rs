@@ -15,6 +15,9 @@
 //!     posted enough buffers copies each frame into them through [`GrantAccess`] (one page per
 //!     slot, several slots with `feature-sg`), writing rx responses with the negotiated checksum
 //!     flags.
+//!   - Rate: Xen's vif `rate = "<bytes>,<usecs>"` as a TX ceiling ([`Netback::set_tx_rate`]),
+//!     with Linux netback's credit windows; time is passed in (`poll_tx(now_us, ..)`), so
+//!     simulations are deterministic.
 //!   - Notifications: every poll reports whether the frontend must be kicked
 //!     (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`) and whether work remains after the final check
 //!     for requests (`RING_FINAL_CHECK_FOR_REQUESTS`), so the owner knows when it may sleep.
