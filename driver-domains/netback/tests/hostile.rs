@@ -36,6 +36,7 @@ fn run(sim: &mut SimFront, nb: &mut netback::Netback<xen_abi::shmem::HostMem>, s
 
 fn setup() -> (SimFront, netback::Netback<xen_abi::shmem::HostMem>, u32) {
     let mut sim = SimFront::new();
+    sim.frag_rng = Some(common::Rng(1));
     let nb = sim.backend(sg_features(), RxQueueLimits::default());
     sim.grants.grant(100, true);
     sim.grants.page_mut(100).unwrap().fill(0xAB);

@@ -75,6 +75,8 @@ pub struct SimFront {
     partial_ok: bool,
     in_frame: bool,
     pub rx_errors: usize,
+    /// If set, TX fragments start at random offsets in their pages.
+    pub frag_rng: Option<Rng>,
 }
 
 /// A received frame with its first slot's flags.
@@ -105,6 +107,7 @@ impl SimFront {
             partial_ok: true,
             in_frame: false,
             rx_errors: 0,
+            frag_rng: None,
         }
     }
 
@@ -153,15 +156,28 @@ impl SimFront {
             }));
         }
         let mut pos = first_len;
+        let mut used = 1;
         while pos < frame.len() {
-            let n = (frame.len() - pos).min(PAGE_SIZE);
+            let remaining = frame.len() - pos;
+            // Fragments of skb pages may start anywhere in their page (netfront never lets one
+            // cross a page); keep within netfront's 18 slots.
+            let mut off = self.frag_rng.as_mut().map_or(0, |r| r.below(PAGE_SIZE as u64) as usize);
+            let fits = |off: usize| {
+                let n = remaining.min(PAGE_SIZE - off);
+                used + 1 + (remaining - n).div_ceil(PAGE_SIZE) <= netif::NR_SLOTS_MIN
+            };
+            if !fits(off) {
+                off = 0;
+            }
+            let n = remaining.min(PAGE_SIZE - off);
             let g = self.alloc_page(true);
-            self.grants.page_mut(g).unwrap()[..n].copy_from_slice(&frame[pos..pos + n]);
+            self.grants.page_mut(g).unwrap()[off..off + n].copy_from_slice(&frame[pos..pos + n]);
             pos += n;
+            used += 1;
             let id = self.id();
             slots.push(Slot::Data(TxRequest {
                 gref: g,
-                offset: 0,
+                offset: off as u16,
                 flags: if pos < frame.len() { txf::MORE_DATA } else { 0 },
                 id,
                 size: n as u16,
