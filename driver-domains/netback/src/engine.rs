@@ -20,7 +20,7 @@ use xen_abi::PAGE_SIZE;
 
 use iconnect::qos::XenRate;
 
-use crate::grant::GrantAccess;
+use crate::grant::{CopyIn, CopyOut, GrantAccess};
 use crate::negotiate::FrontendFeatures;
 use crate::{Error, csum};
 
@@ -434,22 +434,40 @@ impl<M: SharedMem> Netback<M> {
         Ok(())
     }
 
-    /// Copies a validated packet into `self.frame`.
+    /// Copies a validated packet into `self.frame`, all slots in one batch.
     fn copy_tx<G: GrantAccess + ?Sized>(&mut self, grants: &mut G, first: &TxRequest, first_len: usize) -> Result<(), Error> {
         let total = first.size as usize;
         self.frame.clear();
         self.frame.resize(total, 0);
-        if first_len > 0 {
-            grants.copy_from(first.gref, first.offset, &mut self.frame[..first_len])?;
+        let mut ops = Vec::with_capacity(self.frags.len() + 1);
+        let (head, mut rest) = self.frame.split_at_mut(first_len.min(total));
+        if !head.is_empty() {
+            ops.push(CopyIn {
+                gref: first.gref,
+                offset: first.offset,
+                dst: head,
+                ok: false,
+            });
         }
-        let mut pos = first_len;
         for f in &self.frags {
-            let end = pos + f.size as usize;
-            let dst = self.frame.get_mut(pos..end).ok_or(Error::GrantCopy)?;
-            grants.copy_from(f.gref, f.offset, dst)?;
-            pos = end;
+            let n = f.size as usize;
+            if n > rest.len() {
+                return Err(Error::GrantCopy);
+            }
+            let (dst, tail) = rest.split_at_mut(n);
+            rest = tail;
+            ops.push(CopyIn {
+                gref: f.gref,
+                offset: f.offset,
+                dst,
+                ok: false,
+            });
         }
-        if pos == total { Ok(()) } else { Err(Error::GrantCopy) }
+        if !rest.is_empty() {
+            return Err(Error::GrantCopy);
+        }
+        grants.copy_from_batch(&mut ops);
+        if ops.iter().all(|op| op.ok) { Ok(()) } else { Err(Error::GrantCopy) }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -557,9 +575,10 @@ impl<M: SharedMem> Netback<M> {
         } else if frame.meta.data_validated {
             first_flags |= rxf::DATA_VALIDATED;
         }
-        let mut ok = true;
         let n = frame.data.chunks(PAGE_SIZE).len();
-        for (i, chunk) in frame.data.chunks(PAGE_SIZE).enumerate() {
+        let mut ops = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        for chunk in frame.data.chunks(PAGE_SIZE) {
             let raw = match self.rx.pop_request() {
                 Ok(Some(r)) => r,
                 // Counted as available a moment ago: the ring only grows.
@@ -567,20 +586,30 @@ impl<M: SharedMem> Netback<M> {
                 Err(e) => return Err(Error::Ring(e)),
             };
             let req = RxRequest::from_bytes(&raw).map_err(bad)?;
+            ids.push(req.id);
+            ops.push(CopyOut {
+                gref: req.gref,
+                offset: 0,
+                src: chunk,
+                ok: false,
+            });
+        }
+        grants.copy_to_batch(&mut ops);
+        let mut ok = true;
+        for (i, (op, id)) in ops.iter().zip(ids).enumerate() {
             let mut flags = if i == 0 { first_flags } else { 0 };
             if i + 1 < n {
                 flags |= rxf::MORE_DATA;
             }
-            let status = match grants.copy_to(req.gref, 0, chunk) {
-                Ok(()) => chunk.len() as i16,
-                Err(_) => {
-                    ok = false;
-                    self.stats.rx_copy_errors += 1;
-                    Status::Error as i16
-                }
+            let status = if op.ok {
+                op.src.len() as i16
+            } else {
+                ok = false;
+                self.stats.rx_copy_errors += 1;
+                Status::Error as i16
             };
             let rsp = RxResponse {
-                id: req.id,
+                id,
                 offset: 0,
                 flags,
                 status,

@@ -23,13 +23,56 @@ use xen_abi::{GrantRef, PAGE_SIZE};
 
 use crate::Error;
 
+/// One copy out of a grant in a batch ([`GrantAccess::copy_from_batch`]).
+#[derive(Debug)]
+pub struct CopyIn<'a> {
+    /// Source grant.
+    pub gref: GrantRef,
+    /// Offset in the granted page (`offset + dst.len() <= 4096`).
+    pub offset: u16,
+    /// Destination.
+    pub dst: &'a mut [u8],
+    /// Set by the implementation: whether this copy succeeded.
+    pub ok: bool,
+}
+
+/// One copy into a grant in a batch ([`GrantAccess::copy_to_batch`]).
+#[derive(Debug)]
+pub struct CopyOut<'a> {
+    /// Destination grant (writable).
+    pub gref: GrantRef,
+    /// Offset in the granted page (`offset + src.len() <= 4096`).
+    pub offset: u16,
+    /// Source.
+    pub src: &'a [u8],
+    /// Set by the implementation: whether this copy succeeded.
+    pub ok: bool,
+}
+
 /// Copies to and from a frontend's granted pages.
+///
+/// The batch methods let an implementation turn one packet's copies into one hypercall
+/// (`GNTTABOP_copy` takes an array); their defaults run the single copies one by one.
 pub trait GrantAccess {
     /// Copies `dst.len()` bytes starting at `offset` of the page granted as `gref` into `dst`.
     fn copy_from(&mut self, gref: GrantRef, offset: u16, dst: &mut [u8]) -> Result<(), Error>;
 
     /// Copies `src` to `offset` of the page granted as `gref` (which must be writable).
     fn copy_to(&mut self, gref: GrantRef, offset: u16, src: &[u8]) -> Result<(), Error>;
+
+    /// Runs every copy of `ops`, setting each one's `ok`.
+    fn copy_from_batch(&mut self, ops: &mut [CopyIn<'_>]) {
+        for op in ops {
+            op.ok = self.copy_from(op.gref, op.offset, op.dst).is_ok();
+        }
+    }
+
+    /// Runs every copy of `ops`, setting each one's `ok`.
+    fn copy_to_batch(&mut self, ops: &mut [CopyOut<'_>]) {
+        for op in ops {
+            op.ok = self.copy_to(op.gref, op.offset, op.src).is_ok();
+        }
+    }
 }
 
 impl<G: GrantAccess + ?Sized> GrantAccess for &mut G {
@@ -38,6 +81,12 @@ impl<G: GrantAccess + ?Sized> GrantAccess for &mut G {
     }
     fn copy_to(&mut self, gref: GrantRef, offset: u16, src: &[u8]) -> Result<(), Error> {
         (**self).copy_to(gref, offset, src)
+    }
+    fn copy_from_batch(&mut self, ops: &mut [CopyIn<'_>]) {
+        (**self).copy_from_batch(ops)
+    }
+    fn copy_to_batch(&mut self, ops: &mut [CopyOut<'_>]) {
+        (**self).copy_to_batch(ops)
     }
 }
 
@@ -61,6 +110,8 @@ pub struct FakeGrants {
     ref_faults: u64,
     /// Successful copies (each call counts once).
     copies: u64,
+    /// Batch calls.
+    batches: u64,
 }
 
 impl FakeGrants {
@@ -115,6 +166,11 @@ impl FakeGrants {
         self.copies
     }
 
+    /// Batch calls (each would be one `GNTTABOP_copy` hypercall on Xen).
+    pub fn batches(&self) -> u64 {
+        self.batches
+    }
+
     fn check(&mut self, offset: u16, len: usize) -> Result<usize, Error> {
         let start = offset as usize;
         if start.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
@@ -135,6 +191,20 @@ impl GrantAccess for FakeGrants {
         dst.copy_from_slice(&p.data[start..start + dst.len()]);
         self.copies += 1;
         Ok(())
+    }
+
+    fn copy_from_batch(&mut self, ops: &mut [CopyIn<'_>]) {
+        self.batches += 1;
+        for op in ops {
+            op.ok = self.copy_from(op.gref, op.offset, op.dst).is_ok();
+        }
+    }
+
+    fn copy_to_batch(&mut self, ops: &mut [CopyOut<'_>]) {
+        self.batches += 1;
+        for op in ops {
+            op.ok = self.copy_to(op.gref, op.offset, op.src).is_ok();
+        }
     }
 
     fn copy_to(&mut self, gref: GrantRef, offset: u16, src: &[u8]) -> Result<(), Error> {

@@ -92,6 +92,7 @@ fn tx_many_random_packets_byte_exact() {
     assert_eq!((st.tx_packets, st.tx_bytes), (total as u64, bytes));
     assert_eq!(st.tx_malformed + st.tx_copy_errors + st.tx_unsupported, 0);
     assert_eq!(sim.grants.range_violations() + sim.grants.ref_faults(), 0);
+    assert_eq!(sim.grants.batches(), total as u64, "one copy batch per packet");
 }
 
 /// Runs frames through RX with random buffer posting; returns what the frontend received.
@@ -131,6 +132,7 @@ fn rx_run(
     }
     assert_eq!(sim.grants.range_violations(), 0);
     assert_eq!(sim.rx_errors, 0);
+    assert_eq!(sim.grants.batches(), nb.stats().rx_packets, "one copy batch per frame");
     (out, *nb.stats(), queued_ok)
 }
 
