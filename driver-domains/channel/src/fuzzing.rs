@@ -11,11 +11,10 @@
 //! into a part of the control page that belongs to the peer (and, through `HostMem`, if
 //! anything touches memory outside the region).
 
-use alloc::rc::Rc;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::Cell;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use xen_abi::PAGE_SIZE;
 use xen_abi::ring::RawProtocol;
@@ -125,7 +124,7 @@ pub fn fuzz_data_refs(data: &[u8]) {
 pub struct Audit<M: SharedMem> {
     mem: M,
     side: Side,
-    writes: Rc<Cell<u64>>,
+    writes: Arc<AtomicU64>,
 }
 
 impl<M: SharedMem> Audit<M> {
@@ -134,17 +133,17 @@ impl<M: SharedMem> Audit<M> {
         Self {
             mem,
             side,
-            writes: Rc::new(Cell::new(0)),
+            writes: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Writes seen so far.
     pub fn writes(&self) -> u64 {
-        self.writes.get()
+        self.writes.load(Ordering::Relaxed)
     }
 
     fn check(&self, off: usize, len: usize) {
-        self.writes.set(self.writes.get() + 1);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         if off >= PAGE_SIZE || len == 0 {
             return;
         }
