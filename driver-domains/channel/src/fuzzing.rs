@@ -68,8 +68,26 @@ pub fn fuzz_layout(data: &[u8]) {
         header[4..8].copy_from_slice(&crate::layout::VERSION.to_le_bytes());
         header[8..16].copy_from_slice(&(region as u64).to_le_bytes());
     }
-    let descs = &data[1 + off::FRONT_END..];
-    if let Ok(l) = Layout::parse(&header, descs, region) {
+    let mut descs = [0u8; MAX_RINGS * off::RING_DESC];
+    descs.copy_from_slice(&data[1 + off::FRONT_END..][..MAX_RINGS * off::RING_DESC]);
+    if data[0] & 2 == 0 {
+        // Plausible small values, so rings and the data area often validate or nearly do.
+        let small = |b: &mut [u8], m: u32| {
+            let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % m;
+            b[..4].copy_from_slice(&v.to_le_bytes());
+        };
+        small(&mut header[off::RING_COUNT..], MAX_RINGS as u32 + 2);
+        small(&mut header[off::DATA_FIRST..], pages as u32 + 2);
+        small(&mut header[off::DATA_PAGES..], pages as u32 + 2);
+        for d in descs.chunks_exact_mut(off::RING_DESC) {
+            small(&mut d[0..], pages as u32 + 1);
+            small(&mut d[4..], 6);
+            let slot = (u32::from_le_bytes([d[8], d[9], d[10], d[11]]) % 40) * 4;
+            d[8..12].copy_from_slice(&slot.to_le_bytes());
+            small(&mut d[12..], 70);
+        }
+    }
+    if let Ok(l) = Layout::parse(&header, &descs, region) {
         let mut next = 1u64;
         for r in &l.rings {
             assert!(r.first_page as u64 >= next);
