@@ -6,6 +6,54 @@
 //! report `notify` flags and the ring's [`RingDesc::vector`](crate::RingDesc) says which doorbell
 //! to ring.
 //!
+//! The owner's loop, for each end: `poll` until `None` (acting on each event), serve the rings,
+//! then, if `take_notify()`, ring the peer (any vector: the peer's loop polls everything on
+//! every doorbell), and sleep only until the next doorbell after the rings' final checks. An
+//! owner that skips the ring after a state change leaves the peer waiting.
+//!
+//! ```
+//! use iconnect_channel::{Backend, BackendEvent, Frontend, FrontendConfig, FrontendEvent, KeyMap, RingSpec};
+//! use iconnect::qos::{self, LinkAdmission, NetQosRequest};
+//! use xen_abi::{ring::RawProtocol, shmem::HostMem, xenbus::FrontendStyle};
+//!
+//! let region = HostMem::pages(16); // an ivshmem BAR in the images
+//! let mut be = Backend::new(region.clone(), KeyMap::new())?;
+//! let mut ask = KeyMap::new();
+//! NetQosRequest { guaranteed_bps: 10_000_000, ..Default::default() }.write(&mut ask).unwrap();
+//! let config = FrontendConfig {
+//!     style: FrontendStyle::Net,
+//!     rings: vec![RingSpec { page_order: 0, slot_bytes: 16, vector: 0 }],
+//!     data_pages: None,
+//! };
+//! let mut fe = Frontend::new(region.clone(), config, ask)?;
+//! let mut link = LinkAdmission::new(1_000_000_000);
+//! let (mut back, mut front) = (None, None);
+//! // Two VMs would run these loops concurrently, woken by doorbells; here we alternate.
+//! for _ in 0..4 {
+//!     while let Some(ev) = be.poll() {
+//!         if ev == BackendEvent::Connect {
+//!             let req = NetQosRequest::from_keys(be.frontend_keys()).unwrap().unwrap();
+//!             qos::write_decision(&link.admit(&req), be.keys_mut()).unwrap();
+//!             be.publish_keys();
+//!             back = Some(be.back_ring::<RawProtocol<16, 16>>(0)?);
+//!             be.accept();
+//!         }
+//!     }
+//!     while let Some(ev) = fe.poll() {
+//!         if ev == FrontendEvent::SetUp {
+//!             front = Some(fe.front_ring::<RawProtocol<16, 16>>(0)?);
+//!         }
+//!     }
+//! }
+//! assert_eq!(fe.backend_keys().get("iconnect-qos-status"), Some("granted"));
+//! let (mut front, mut back) = (front.unwrap(), back.unwrap());
+//! front.push_request(&[7; 16])?;
+//! let kick = front.publish_requests_and_check_notify(); // ring layout().rings[0].vector if set
+//! assert!(kick);
+//! assert_eq!(back.pop_request()?, Some([7; 16]));
+//! # Ok::<(), iconnect_channel::Error>(())
+//! ```
+//!
 //! Generations: each end bumps its generation when it starts, and writes the peer generation
 //! its state answers. An end interprets the peer's state only when the peer answers its own
 //! current generation; a new peer generation is a restarted peer, and the end starts its
