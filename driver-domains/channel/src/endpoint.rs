@@ -384,6 +384,14 @@ impl<M: SharedMem + Clone> Backend<M> {
         Ok(BackRing::attach(ring_window(&self.mem, &d)?)?)
     }
 
+    /// The memory of ring `index` (for engines that attach their own ring halves, such as
+    /// `netback::Netback::new`). [`Error::RingMismatch`] if the ring does not exist or its slot
+    /// size is not `P::SLOT`.
+    pub fn ring_window<P: RingProtocol>(&self, index: usize) -> Result<Window<M>, Error> {
+        let d = self.desc(index, P::SLOT)?;
+        ring_window(&self.mem, &d)
+    }
+
     /// The data area, checking every reference (it implements [`netback::GrantAccess`]).
     pub fn data_area(&self) -> Result<DataArea<M>, Error> {
         let l = self.layout.as_ref().ok_or(Error::NotConnected)?;
