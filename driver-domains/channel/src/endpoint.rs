@@ -131,6 +131,7 @@ pub struct Backend<M: SharedMem> {
     keys: KeyMap,
     events: VecDeque<BackendEvent>,
     notify: bool,
+    stepped: bool,
 }
 
 impl<M: SharedMem> Backend<M> {
@@ -152,6 +153,7 @@ impl<M: SharedMem> Backend<M> {
             keys,
             events: VecDeque::new(),
             notify: true,
+            stepped: false,
             mem,
         };
         be.keys.publish(&be.mem, Side::Backend);
@@ -231,12 +233,23 @@ impl<M: SharedMem> Backend<M> {
     }
 
     /// Reads the frontend's end block and feeds what changed to the machine; returns the next
-    /// event. Call until it returns `None`.
+    /// event. Call until it returns `None`. One such round reads the frontend once, so a
+    /// frontend that keeps rewriting its end block cannot keep the owner's loop busy (the next
+    /// round comes with its next doorbell).
     pub fn poll(&mut self) -> Option<BackendEvent> {
-        if self.events.is_empty() && !self.fsm.is_removed() {
+        if self.events.is_empty() {
+            if self.stepped || self.fsm.is_removed() {
+                self.stepped = false;
+                return None;
+            }
             self.step();
+            self.stepped = true;
         }
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() {
+            self.stepped = false;
+        }
+        e
     }
 
     fn step(&mut self) {
@@ -442,6 +455,7 @@ pub struct Frontend<M: SharedMem> {
     keys: KeyMap,
     events: VecDeque<FrontendEvent>,
     notify: bool,
+    stepped: bool,
 }
 
 impl<M: SharedMem> Frontend<M> {
@@ -465,6 +479,7 @@ impl<M: SharedMem> Frontend<M> {
             keys,
             events: VecDeque::new(),
             notify: true,
+            stepped: false,
             mem,
         };
         fe.restart();
@@ -583,12 +598,21 @@ impl<M: SharedMem> Frontend<M> {
     }
 
     /// Reads the backend's end block and feeds what changed to the machine; returns the next
-    /// event. Call until it returns `None`.
+    /// event. Call until it returns `None` (one round reads the backend once).
     pub fn poll(&mut self) -> Option<FrontendEvent> {
         if self.events.is_empty() {
+            if self.stepped {
+                self.stepped = false;
+                return None;
+            }
             self.step();
+            self.stepped = true;
         }
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() {
+            self.stepped = false;
+        }
+        e
     }
 
     fn step(&mut self) {
@@ -1003,6 +1027,46 @@ mod tests {
         let log = drive(&mut be, &mut fe, |_| true);
         assert_eq!(log.be, [BackendEvent::Disconnect]);
         assert_eq!(log.fe, [FrontendEvent::Disconnect, FrontendEvent::Closed]);
+    }
+
+    #[test]
+    fn a_flapping_frontend_cannot_keep_the_backends_loop_busy() {
+        let m = HostMem::pages(8);
+        let mut be = Backend::new(m.clone(), KeyMap::new()).unwrap();
+        let mut fe = Frontend::new(m.clone(), config(FrontendStyle::Net), KeyMap::new()).unwrap();
+        drive(&mut be, &mut fe, |_| true);
+        // Between every two calls the frontend restarts with a new generation, answering the
+        // backend, in a new state: each read finds a change.
+        let blk = off::FRONT_END;
+        let mut calls = 0;
+        let flip = |n: u32| {
+            m.store_u32(
+                blk + off::end::PEER_GENERATION,
+                be_gen(&m),
+                Ordering::Release,
+            );
+            m.store_u32(
+                blk + off::end::STATE,
+                [3, 4][n as usize % 2],
+                Ordering::Release,
+            );
+            m.store_u32(blk + off::end::GENERATION, 1000 + n, Ordering::Release);
+        };
+        fn be_gen(m: &HostMem) -> u32 {
+            m.load_u32(off::BACK_END + off::end::GENERATION, Ordering::Acquire)
+        }
+        for round in 0..3 {
+            flip(round * 100);
+            while let Some(e) = be.poll() {
+                calls += 1;
+                assert!(calls < 50, "round {round} never ends");
+                if e == BackendEvent::Connect {
+                    be.accept();
+                }
+                flip(round * 100 + calls);
+            }
+        }
+        assert!(calls >= 3, "every round saw the frontend");
     }
 
     #[test]
