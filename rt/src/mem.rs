@@ -163,6 +163,7 @@ const PRESENT: u64 = 1;
 const WRITABLE: u64 = 2;
 const HUGE: u64 = 1 << 7;
 const UNCACHED: u64 = 0x18; // PWT | PCD
+const ACCESSED_DIRTY: u64 = 0x60;
 
 /// The page-table entry for `index` of the table at `table`, creating the next-level table
 /// (zeroed: nothing present) when absent.
@@ -193,6 +194,7 @@ unsafe fn next_table(table: *mut u64, index: usize) -> Option<*mut u64> {
 fn map_identity(start: u64, end: u64, caching: Caching) -> Option<()> {
     let _guard = MMIO_MAP_LOCK.lock();
     let pml4 = core::ptr::addr_of!(rt_pml4) as *mut u64;
+    let mut flush = false;
     for page in (start / TWO_MIB)..end.div_ceil(TWO_MIB) {
         let base = page * TWO_MIB;
         if overlaps_ram(base, base + TWO_MIB) {
@@ -219,13 +221,19 @@ fn map_identity(start: u64, end: u64, caching: Caching) -> Option<()> {
             continue; // split into 4 KiB pages (the image's own region): never remapped
         }
         let new = base | flags;
-        if old != new {
-            // SAFETY: as above; the old translation (if any) is flushed for this page.
-            unsafe {
-                entry.write_volatile(new);
-                core::arch::asm!("invlpg [{}]", in(reg) base, options(nostack, preserves_flags));
-            }
+        // The CPU sets Accessed and Dirty in entries it used: they are not a difference.
+        if old & !ACCESSED_DIRTY != new {
+            // SAFETY: as above.
+            unsafe { entry.write_volatile(new) };
+            flush |= old & PRESENT != 0;
         }
+    }
+    if flush {
+        // A present translation changed: reload CR3 with the boot PML4 to flush the TLB. (Not
+        // INVLPG: a CR3 write with a constant is what nested Xen under QEMU TCG handles reliably;
+        // see notes/xen-in-qemu.md.)
+        // SAFETY: the boot PML4 stays valid and maps everything it mapped before.
+        unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4 as u64, options(nostack, preserves_flags)) };
     }
     Some(())
 }

@@ -9,6 +9,8 @@
 //! * The grant table (v1) is mapped over frames of our RAM; grant copies to and from foreign
 //!   frames take ordinary slices, split at page boundaries.
 
+use alloc::vec::Vec;
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use xen_hypercall::{CopyPtr, ForeignMem, GntCopy, GrantRef, GrantTableV1, Port, SharedInfo, Xen, XenError, hvm, memory};
@@ -111,46 +113,96 @@ pub fn grant_table(xen: Xen) -> Result<&'static GrantTableV1, XenError> {
 
 const PAGE: usize = 4096;
 
-/// Splits a local buffer at page boundaries and runs one `GNTTABOP_copy` batch against the
-/// foreign range `[goff, goff + len)` of `gref`.
-fn copy_batch(xen: Xen, local: *const u8, len: usize, domid: u16, gref: GrantRef, goff: u16, into_local: bool) -> Result<(), XenError> {
-    if usize::from(goff) + len > PAGE {
-        return Err(XenError(-22));
+/// A batch of grant copies submitted as one `GNTTABOP_copy`. Each entry copies between a local
+/// slice (split at page boundaries) and a range of one foreign grant. The slices stay borrowed
+/// for the batch's lifetime `'a`, so Xen writes only into memory the batch holds exclusively.
+pub struct CopyBatch<'a> {
+    ops: Vec<GntCopy>,
+    owners: Vec<usize>,
+    entries: usize,
+    _borrows: PhantomData<&'a mut [u8]>,
+}
+
+impl Default for CopyBatch<'_> {
+    fn default() -> Self {
+        Self::new()
     }
-    let mut ops = [GntCopy::default(); 2];
-    let mut n = 0;
-    let mut done = 0;
-    while done < len {
-        let addr = crate::mem::virt_to_phys(local.wrapping_add(done));
-        let in_page = PAGE - (addr as usize % PAGE);
-        let chunk = in_page.min(len - done);
-        let mine = CopyPtr::local(addr >> 12, (addr % PAGE as u64) as u16);
-        let theirs = CopyPtr::grant(domid, gref, goff + done as u16);
-        ops[n] = if into_local {
-            GntCopy::new(theirs, mine, chunk as u16, xen_hypercall::grant::COPY_SOURCE_GREF)
-        } else {
-            GntCopy::new(mine, theirs, chunk as u16, xen_hypercall::grant::COPY_DEST_GREF)
-        };
-        n += 1;
-        done += chunk;
+}
+
+impl<'a> CopyBatch<'a> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        CopyBatch { ops: Vec::new(), owners: Vec::new(), entries: 0, _borrows: PhantomData }
     }
-    // SAFETY: the local sides are pieces of the caller's buffer, inside identity-mapped RAM: for
-    // a copy in, the caller holds it as `&mut [u8]` (nothing aliases it); for a copy out Xen only
-    // reads it.
-    unsafe { xen.grant_copy(&mut ops[..n])? };
-    match ops[..n].iter().find(|op| op.status != 0) {
-        Some(op) => Err(XenError(i64::from(op.status))),
-        None => Ok(()),
+
+    fn add(&mut self, local: *const u8, len: usize, domid: u16, gref: GrantRef, goff: u16, into_local: bool) -> Result<usize, XenError> {
+        if usize::from(goff) + len > PAGE {
+            return Err(XenError(-22));
+        }
+        let entry = self.entries;
+        let mut done = 0;
+        while done < len {
+            let addr = crate::mem::virt_to_phys(local.wrapping_add(done));
+            let chunk = (PAGE - (addr as usize % PAGE)).min(len - done);
+            let mine = CopyPtr::local(addr >> 12, (addr % PAGE as u64) as u16);
+            let theirs = CopyPtr::grant(domid, gref, goff + done as u16);
+            self.ops.push(if into_local {
+                GntCopy::new(theirs, mine, chunk as u16, xen_hypercall::grant::COPY_SOURCE_GREF)
+            } else {
+                GntCopy::new(mine, theirs, chunk as u16, xen_hypercall::grant::COPY_DEST_GREF)
+            });
+            self.owners.push(entry);
+            done += chunk;
+        }
+        self.entries += 1;
+        Ok(entry)
     }
+
+    /// Adds a copy from offset `goff` of domain `domid`'s grant `gref` into `dst` (the foreign
+    /// range must stay within one page). Returns the entry's index in [`CopyBatch::submit`]'s result.
+    pub fn copy_in(&mut self, domid: u16, gref: GrantRef, goff: u16, dst: &'a mut [u8]) -> Result<usize, XenError> {
+        self.add(dst.as_mut_ptr(), dst.len(), domid, gref, goff, true)
+    }
+
+    /// Adds a copy of `src` to offset `goff` of domain `domid`'s grant `gref` (within one page).
+    pub fn copy_out(&mut self, src: &'a [u8], domid: u16, gref: GrantRef, goff: u16) -> Result<usize, XenError> {
+        self.add(src.as_ptr(), src.len(), domid, gref, goff, false)
+    }
+
+    /// Submits every copy in one hypercall; returns each entry's result, in the order added.
+    /// `Err` only when the hypercall itself failed.
+    pub fn submit(mut self, xen: Xen) -> Result<Vec<Result<(), XenError>>, XenError> {
+        if !self.ops.is_empty() {
+            // SAFETY: every local side is a piece of a slice this batch borrows for `'a`, inside
+            // identity-mapped RAM: destinations are held as `&mut [u8]` (nothing aliases them),
+            // sources as `&[u8]` (Xen only reads them).
+            unsafe { xen.grant_copy(&mut self.ops)? };
+        }
+        let mut results = alloc::vec![Ok(()); self.entries];
+        for (op, &entry) in self.ops.iter().zip(&self.owners) {
+            if op.status != 0 && results[entry].is_ok() {
+                results[entry] = Err(XenError(i64::from(op.status)));
+            }
+        }
+        Ok(results)
+    }
+}
+
+fn single(batch: CopyBatch<'_>, xen: Xen) -> Result<(), XenError> {
+    batch.submit(xen)?.pop().unwrap_or(Err(XenError(-22)))
 }
 
 /// Copies `dst.len()` bytes from offset `goff` of domain `domid`'s grant `gref` into `dst`.
 /// The foreign range must stay within one page.
 pub fn copy_from_grant(xen: Xen, domid: u16, gref: GrantRef, goff: u16, dst: &mut [u8]) -> Result<(), XenError> {
-    copy_batch(xen, dst.as_mut_ptr(), dst.len(), domid, gref, goff, true)
+    let mut batch = CopyBatch::new();
+    batch.copy_in(domid, gref, goff, dst)?;
+    single(batch, xen)
 }
 
 /// Copies `src` to offset `goff` of domain `domid`'s grant `gref` (within one page).
 pub fn copy_to_grant(xen: Xen, src: &[u8], domid: u16, gref: GrantRef, goff: u16) -> Result<(), XenError> {
-    copy_batch(xen, src.as_ptr(), src.len(), domid, gref, goff, false)
+    let mut batch = CopyBatch::new();
+    batch.copy_out(src, domid, gref, goff)?;
+    single(batch, xen)
 }
