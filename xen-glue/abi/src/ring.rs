@@ -196,6 +196,208 @@ fn write_entry<M: SharedMem, E: RingEntry>(mem: &M, off: usize, e: &E) {
     mem.write_bytes(off, b.as_ref());
 }
 
+/// Read access to one slot of the shared region, in place: loads only, never a reference.
+///
+/// Handed to the closures of [`BackRing::consume_requests`], [`BackRing::serve_requests`] and
+/// [`FrontRing::consume_responses`], so a consumer that parses a message reads shared memory
+/// once, instead of copying the whole entry out and then reading the copy.
+///
+/// **TOCTOU rule**: the peer may rewrite the slot at any moment, so two loads of the same bytes
+/// may return different values. Load each field exactly once into a local, then validate and use
+/// only that local (never re-load a field after checking it). A consumer that needs a stable view
+/// of the whole entry uses [`copy`](Self::copy) (or the copying `pop_*` methods).
+///
+/// Offsets are relative to the start of the entry. An access past the end of the entry is a
+/// caller bug and panics (it can never reach outside the slot, whatever the peer wrote).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotReader<'a, M: SharedMem> {
+    mem: &'a M,
+    off: usize,
+    len: usize,
+}
+
+impl<M: SharedMem> SlotReader<'_, M> {
+    /// Size of the entry in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the entry is empty (zero bytes).
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline(always)]
+    fn at(&self, at: usize, size: usize) -> usize {
+        assert!(
+            at <= self.len && size <= self.len - at,
+            "slot access outside the entry"
+        );
+        self.off + at
+    }
+
+    /// Copies `dst.len()` bytes starting at `at` out of the slot.
+    #[inline(always)]
+    pub fn read_bytes(&self, at: usize, dst: &mut [u8]) {
+        let off = self.at(at, dst.len());
+        self.mem.read_bytes(off, dst);
+    }
+
+    /// Loads the byte at `at`.
+    #[inline(always)]
+    pub fn load_u8(&self, at: usize) -> u8 {
+        let mut b = [0u8; 1];
+        self.read_bytes(at, &mut b);
+        b[0]
+    }
+
+    /// Loads the little-endian `u16` at `at` (any alignment; one load if 2-byte aligned in the
+    /// region).
+    #[inline(always)]
+    pub fn load_u16(&self, at: usize) -> u16 {
+        let off = self.at(at, 2);
+        if off.is_multiple_of(2) {
+            self.mem.load_u16(off)
+        } else {
+            let mut b = [0u8; 2];
+            self.mem.read_bytes(off, &mut b);
+            u16::from_le_bytes(b)
+        }
+    }
+
+    /// Loads the little-endian `u32` at `at` (relaxed; any alignment, one load if 4-byte aligned
+    /// in the region).
+    #[inline(always)]
+    pub fn load_u32(&self, at: usize) -> u32 {
+        let off = self.at(at, 4);
+        if off.is_multiple_of(4) {
+            self.mem.load_u32(off, Ordering::Relaxed)
+        } else {
+            let mut b = [0u8; 4];
+            self.mem.read_bytes(off, &mut b);
+            u32::from_le_bytes(b)
+        }
+    }
+
+    /// Loads the little-endian `u64` at `at` (any alignment; one load if 8-byte aligned in the
+    /// region). Not necessarily single-copy atomic.
+    #[inline(always)]
+    pub fn load_u64(&self, at: usize) -> u64 {
+        let off = self.at(at, 8);
+        if off.is_multiple_of(8) {
+            self.mem.load_u64(off)
+        } else {
+            let mut b = [0u8; 8];
+            self.mem.read_bytes(off, &mut b);
+            u64::from_le_bytes(b)
+        }
+    }
+
+    /// Copies the whole entry out into a private value (what the `pop_*` methods return).
+    #[inline(always)]
+    pub fn copy<E: RingEntry>(&self) -> E {
+        let mut b = E::ZEROED;
+        self.read_bytes(0, b.as_mut());
+        E::decode(&b)
+    }
+}
+
+/// Write access to one slot of the shared region, in place: stores only, never a reference.
+///
+/// Handed to the closures of [`FrontRing::produce_requests`] and [`BackRing::serve_requests`], so
+/// a producer writes each field straight into its slot instead of building the entry in a private
+/// buffer and copying it. Bytes the closure does not store keep whatever the slot held before
+/// (an older entry, or the request being answered): store every field the protocol defines.
+/// Offsets are relative to the start of the entry; an access past its end panics (a caller bug).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotWriter<'a, M: SharedMem> {
+    mem: &'a M,
+    off: usize,
+    len: usize,
+}
+
+impl<M: SharedMem> SlotWriter<'_, M> {
+    /// Size of the entry in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the entry is empty (zero bytes).
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline(always)]
+    fn at(&self, at: usize, size: usize) -> usize {
+        assert!(
+            at <= self.len && size <= self.len - at,
+            "slot access outside the entry"
+        );
+        self.off + at
+    }
+
+    /// Copies `src` into the slot starting at `at`.
+    #[inline(always)]
+    pub fn write_bytes(&self, at: usize, src: &[u8]) {
+        let off = self.at(at, src.len());
+        self.mem.write_bytes(off, src);
+    }
+
+    /// Stores the byte `v` at `at`.
+    #[inline(always)]
+    pub fn store_u8(&self, at: usize, v: u8) {
+        self.write_bytes(at, &[v]);
+    }
+
+    /// Stores the little-endian `u16` `v` at `at` (any alignment).
+    #[inline(always)]
+    pub fn store_u16(&self, at: usize, v: u16) {
+        let off = self.at(at, 2);
+        if off.is_multiple_of(2) {
+            self.mem.store_u16(off, v)
+        } else {
+            self.mem.write_bytes(off, &v.to_le_bytes())
+        }
+    }
+
+    /// Stores the little-endian `u32` `v` at `at` (relaxed; any alignment).
+    #[inline(always)]
+    pub fn store_u32(&self, at: usize, v: u32) {
+        let off = self.at(at, 4);
+        if off.is_multiple_of(4) {
+            self.mem.store_u32(off, v, Ordering::Relaxed)
+        } else {
+            self.mem.write_bytes(off, &v.to_le_bytes())
+        }
+    }
+
+    /// Stores the little-endian `u64` `v` at `at` (any alignment).
+    #[inline(always)]
+    pub fn store_u64(&self, at: usize, v: u64) {
+        let off = self.at(at, 8);
+        if off.is_multiple_of(8) {
+            self.mem.store_u64(off, v)
+        } else {
+            self.mem.write_bytes(off, &v.to_le_bytes())
+        }
+    }
+
+    /// Writes a whole entry (what the `push_*` methods do).
+    #[inline(always)]
+    pub fn put<E: RingEntry>(&self, e: &E) {
+        self.write_bytes(0, e.encode().as_ref());
+    }
+}
+
+#[inline(always)]
+const fn entry_len<E: RingEntry>() -> usize {
+    core::mem::size_of::<E::Bytes>()
+}
+
 /// The frontend half: pushes requests, consumes responses (`*_front_ring` in Xen).
 #[derive(Debug)]
 pub struct FrontRing<M: SharedMem, P: RingProtocol> {
@@ -324,6 +526,32 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
         n
     }
 
+    /// Writes up to `max` requests in place (as many as there are free slots): calls
+    /// `f(i, slot)` for `i` in `0..n`, where `slot` is the `i`-th next free request slot, and
+    /// returns `n`. The requests become visible with [`publish_requests`](Self::publish_requests).
+    /// `f` must store every field of the request (see [`SlotWriter`]).
+    #[inline]
+    pub fn produce_requests<F>(&mut self, max: u32, mut f: F) -> u32
+    where
+        F: FnMut(u32, SlotWriter<'_, M>),
+    {
+        let n = max.min(self.free_requests());
+        let len = entry_len::<P::Req>();
+        for i in 0..n {
+            let off = self.geo.slot_off::<P>(self.req_prod_pvt.wrapping_add(i));
+            f(
+                i,
+                SlotWriter {
+                    mem: &self.mem,
+                    off,
+                    len,
+                },
+            );
+        }
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(n);
+        n
+    }
+
     /// Publishes pushed requests (`RING_PUSH_REQUESTS`).
     #[inline]
     pub fn publish_requests(&mut self) {
@@ -378,6 +606,36 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
         let rsp = read_entry(&self.mem, off);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(rsp))
+    }
+
+    /// Visits up to `max` available responses in place, oldest first: calls `f(slot)` for each
+    /// (loads only; read each field once, see [`SlotReader`]), consumes them and returns how
+    /// many. The backend's `rsp_prod` is validated as in
+    /// [`unconsumed_responses`](Self::unconsumed_responses).
+    #[inline]
+    pub fn consume_responses<F>(&mut self, max: u32, mut f: F) -> Result<u32, Error>
+    where
+        F: FnMut(SlotReader<'_, M>),
+    {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        let mut avail = self.rsp_prod_seen.wrapping_sub(self.rsp_cons);
+        if avail < max {
+            avail = self.unconsumed_responses()?;
+        }
+        let n = avail.min(max);
+        let len = entry_len::<P::Rsp>();
+        for i in 0..n {
+            let off = self.geo.slot_off::<P>(self.rsp_cons.wrapping_add(i));
+            f(SlotReader {
+                mem: &self.mem,
+                off,
+                len,
+            });
+        }
+        self.rsp_cons = self.rsp_cons.wrapping_add(n);
+        Ok(n)
     }
 
     /// Consumes every available response without copying it out, returning how many. For
@@ -542,6 +800,83 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
             }
         }
         self.req_cons = self.req_cons.wrapping_add(n as u32);
+        Ok(n)
+    }
+
+    /// Visits up to `max` available requests in place, oldest first: calls `f(slot)` for each
+    /// (loads only; read each field once, see [`SlotReader`]), consumes them and returns how
+    /// many. The frontend's `req_prod` is validated as in
+    /// [`unconsumed_requests`](Self::unconsumed_requests). Nothing is copied out: a consumer
+    /// that parses a request reads shared memory once.
+    #[inline]
+    pub fn consume_requests<F>(&mut self, max: u32, mut f: F) -> Result<u32, Error>
+    where
+        F: FnMut(SlotReader<'_, M>),
+    {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        let mut avail = self.req_prod_seen.wrapping_sub(self.req_cons);
+        if avail < max {
+            avail = self.unconsumed_requests()?;
+        }
+        let n = avail.min(max);
+        let len = entry_len::<P::Req>();
+        for i in 0..n {
+            let off = self.geo.slot_off::<P>(self.req_cons.wrapping_add(i));
+            f(SlotReader {
+                mem: &self.mem,
+                off,
+                len,
+            });
+        }
+        self.req_cons = self.req_cons.wrapping_add(n);
+        Ok(n)
+    }
+
+    /// Consumes and answers up to `max` available requests in place, oldest first: for each,
+    /// calls `f(request, response)`, where `request` reads the request's slot and `response`
+    /// writes the slot of its response (visible after
+    /// [`publish_responses`](Self::publish_responses)); returns how many. When no earlier
+    /// request is unanswered, both are the **same slot** (`io/ring.h` puts each response over
+    /// its request): load every request field you need before the first store. `f` must store
+    /// every response field. Responses take the next response slots in order, as with
+    /// [`push_response`](Self::push_response) (Xen responses name their request by id).
+    #[inline]
+    pub fn serve_requests<F>(&mut self, max: u32, mut f: F) -> Result<u32, Error>
+    where
+        F: FnMut(SlotReader<'_, M>, SlotWriter<'_, M>),
+    {
+        if self.broken {
+            return Err(Error::RingBroken);
+        }
+        let mut avail = self.req_prod_seen.wrapping_sub(self.req_cons);
+        if avail < max {
+            avail = self.unconsumed_requests()?;
+        }
+        let n = avail.min(max);
+        let (req_len, rsp_len) = (entry_len::<P::Req>(), entry_len::<P::Rsp>());
+        // Response k goes to slot `rsp_prod_pvt + k`: an already consumed request's slot, never
+        // the slot of a request still to be visited (at most `nr_ents` requests are ahead of
+        // `rsp_prod_pvt`, checked by `unconsumed_requests`).
+        for i in 0..n {
+            let req_off = self.geo.slot_off::<P>(self.req_cons.wrapping_add(i));
+            let rsp_off = self.geo.slot_off::<P>(self.rsp_prod_pvt.wrapping_add(i));
+            f(
+                SlotReader {
+                    mem: &self.mem,
+                    off: req_off,
+                    len: req_len,
+                },
+                SlotWriter {
+                    mem: &self.mem,
+                    off: rsp_off,
+                    len: rsp_len,
+                },
+            );
+        }
+        self.req_cons = self.req_cons.wrapping_add(n);
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(n);
         Ok(n)
     }
 
@@ -844,6 +1179,88 @@ mod tests {
             b.publish_responses();
             while f.pop_response().unwrap().is_some() {}
         }
+    }
+
+    #[test]
+    fn in_place_access_on_unaligned_slots() {
+        // 12-byte slots (netif tx): every other slot starts at 4 mod 8.
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, RawProtocol<12, 12>>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, RawProtocol<12, 12>>::attach(m).unwrap();
+        let n = f.produce_requests(5, |i, w| {
+            w.store_u32(0, 0x1111_1111 * (i + 1));
+            w.store_u64(4, 0x0102_0304_0506_0708 + u64::from(i));
+        });
+        assert_eq!(n, 5);
+        f.publish_requests();
+        let mut got = Vec::new();
+        assert_eq!(
+            b.consume_requests(3, |r| {
+                got.push((r.load_u32(0), r.load_u64(4), r.load_u16(2), r.load_u8(4)));
+                assert_eq!(r.copy::<[u8; 12]>()[4], 0x08 + got.len() as u8 - 1);
+            }),
+            Ok(3)
+        );
+        for (i, g) in got.iter().enumerate() {
+            let i = i as u32;
+            assert_eq!(
+                *g,
+                (
+                    0x1111_1111 * (i + 1),
+                    0x0102_0304_0506_0708 + u64::from(i),
+                    ((0x1111_1111 * (i + 1)) >> 16) as u16,
+                    0x08 + i as u8
+                )
+            );
+        }
+        // Answer request 0 the copying way, then serve 3 and 4 in place while 1 and 2 are
+        // still unanswered: responses take the next response slots in order (1, 2), never the
+        // slot of a request still to be read.
+        b.push_response(&[0xAA; 12]).unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(
+            b.serve_requests(10, |r, w| {
+                seen.push(r.load_u32(0));
+                w.store_u32(0, 0xBB);
+                w.write_bytes(4, &[0xCC; 8]);
+            }),
+            Ok(2)
+        );
+        assert_eq!(seen, [0x4444_4444, 0x5555_5555]);
+        assert_eq!(b.pending_responses(), 2);
+        b.push_response(&[0xDD; 12]).unwrap();
+        b.push_response(&[0xEE; 12]).unwrap();
+        b.publish_responses();
+        let mut rsps = Vec::new();
+        assert_eq!(
+            f.consume_responses(u32::MAX, |r| rsps.push(r.copy::<[u8; 12]>())),
+            Ok(5)
+        );
+        let mut served = [0xCC; 12];
+        served[..4].copy_from_slice(&0xBBu32.to_le_bytes());
+        assert_eq!(rsps, [[0xAA; 12], served, served, [0xDD; 12], [0xEE; 12]]);
+        assert_eq!(f.free_requests(), 256);
+    }
+
+    #[test]
+    #[should_panic(expected = "slot access outside the entry")]
+    fn in_place_read_past_the_entry_panics() {
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, RawProtocol<12, 12>>::init(m.clone()).unwrap();
+        let mut b = BackRing::<_, RawProtocol<12, 12>>::attach(m).unwrap();
+        f.push_request(&[1; 12]).unwrap();
+        f.publish_requests();
+        let _ = b.consume_requests(1, |r| {
+            let _ = r.load_u64(8);
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "slot access outside the entry")]
+    fn in_place_write_past_the_entry_panics() {
+        let m = HostMem::pages(1);
+        let mut f = FrontRing::<_, RawProtocol<8, 16>>::init(m).unwrap();
+        f.produce_requests(1, |_, w| w.store_u16(7, 1));
     }
 
     #[test]

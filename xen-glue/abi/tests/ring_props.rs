@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use xen_abi::Error;
 use xen_abi::fuzzing::{BoundsChecked, ring_backend};
 use xen_abi::ring::{
-    BackRing, FrontRing, REQ_PROD_OFF, RING_HEADER_SIZE, RawProtocol, RingProtocol, ring_entries,
+    BackRing, FrontRing, REQ_PROD_OFF, RING_HEADER_SIZE, RawProtocol, RingProtocol, SlotReader,
+    ring_entries,
 };
 use xen_abi::shmem::{HostMem, SharedMem};
 
@@ -25,6 +26,10 @@ enum Op {
     FrontPop(u8),
     BackFinalCheck,
     FrontFinalCheck,
+    FrontProduceInPlace(u8),
+    BackVisitInPlace(u8),
+    BackServeInPlace(u8),
+    FrontVisitInPlace(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,6 +44,10 @@ fn op() -> impl Strategy<Value = Op> {
         any::<u8>().prop_map(Op::FrontPop),
         Just(Op::BackFinalCheck),
         Just(Op::FrontFinalCheck),
+        any::<u8>().prop_map(Op::FrontProduceInPlace),
+        any::<u8>().prop_map(Op::BackVisitInPlace),
+        any::<u8>().prop_map(Op::BackServeInPlace),
+        any::<u8>().prop_map(Op::FrontVisitInPlace),
     ]
 }
 
@@ -51,6 +60,20 @@ fn req(seq: u64) -> [u8; 16] {
 
 fn rsp(seq: u64) -> [u8; 8] {
     (seq ^ 0xa5a5_a5a5_a5a5_a5a5).to_le_bytes()
+}
+
+/// Reads a whole 16-byte request in place, each field once, through the typed loads.
+fn read_req_in_place<M: SharedMem>(r: SlotReader<'_, M>) -> [u8; 16] {
+    assert_eq!(r.len(), 16);
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&r.load_u64(0).to_le_bytes());
+    b[8..12].copy_from_slice(&r.load_u32(8).to_le_bytes());
+    b[12..14].copy_from_slice(&r.load_u16(12).to_le_bytes());
+    b[14] = r.load_u8(14);
+    let mut last = [0u8; 1];
+    r.read_bytes(15, &mut last);
+    b[15] = last[0];
+    b
 }
 
 struct Model {
@@ -210,6 +233,82 @@ impl Model {
                     self.frontend_asleep = true;
                 }
             }
+            Op::FrontProduceInPlace(n) => {
+                let free = self.front.free_requests();
+                let base = self.pushed;
+                let k = self.front.produce_requests(u32::from(n % 40), |i, w| {
+                    let r = req(base + u64::from(i));
+                    // Mixed field stores; together they cover the whole entry.
+                    w.store_u64(0, u64::from_le_bytes(r[..8].try_into().unwrap()));
+                    w.store_u32(8, u32::from_le_bytes(r[8..12].try_into().unwrap()));
+                    w.store_u16(12, u16::from_le_bytes(r[12..14].try_into().unwrap()));
+                    w.store_u8(14, r[14]);
+                    w.write_bytes(15, &r[15..]);
+                });
+                assert_eq!(k, u32::from(n % 40).min(free));
+                self.pushed += u64::from(k);
+            }
+            Op::BackVisitInPlace(n) => {
+                let max = u32::from(n % 40);
+                let mut seen = Vec::new();
+                let got = self
+                    .back
+                    .consume_requests(max, |r| seen.push(read_req_in_place(r)))
+                    .unwrap();
+                assert_eq!(got as usize, seen.len(), "each request visited once");
+                for r in seen {
+                    assert_eq!(r, req(self.received), "visited in place, once, in order");
+                    self.received += 1;
+                }
+                if got < max {
+                    assert_eq!(
+                        self.received, self.published,
+                        "a short visit means nothing is left"
+                    );
+                }
+                self.backend_asleep = false;
+            }
+            Op::BackServeInPlace(n) => {
+                let max = u32::from(n % 40);
+                let (mut received, mut answered) = (self.received, self.answered);
+                let got = self
+                    .back
+                    .serve_requests(max, |r, w| {
+                        assert_eq!(read_req_in_place(r), req(received), "served in order");
+                        received += 1;
+                        assert_eq!(w.len(), 8);
+                        w.put(&rsp(answered));
+                        answered += 1;
+                    })
+                    .unwrap();
+                assert_eq!(u64::from(got), received - self.received);
+                self.received = received;
+                self.answered = answered;
+                if got < max {
+                    assert_eq!(self.received, self.published);
+                }
+                self.backend_asleep = false;
+            }
+            Op::FrontVisitInPlace(n) => {
+                let max = u32::from(n % 40);
+                let mut completed = self.completed;
+                let got = self
+                    .front
+                    .consume_responses(max, |r| {
+                        let mut b = [0u8; 8];
+                        r.read_bytes(0, &mut b);
+                        assert_eq!(b, rsp(completed), "responses visited once, in order");
+                        assert_eq!(r.copy::<[u8; 8]>(), b);
+                        completed += 1;
+                    })
+                    .unwrap();
+                assert_eq!(u64::from(got), completed - self.completed);
+                self.completed = completed;
+                if got < max {
+                    assert_eq!(self.completed, self.resp_published);
+                }
+                self.frontend_asleep = false;
+            }
         }
         assert!(self.pushed - self.completed <= self.front.size() as u64);
     }
@@ -263,6 +362,69 @@ proptest! {
     #[test]
     fn hostile_script_never_escapes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
         ring_backend(&data);
+    }
+
+    /// The in-place consumers under a hostile frontend (random `req_prod`, random slot bytes
+    /// rewritten between visits): never a panic, never an access outside the ring (bounds-checked
+    /// region), never more visits than the validated `req_prod` allows; every visited slot
+    /// shows exactly the bytes in shared memory; a bad index breaks only this ring.
+    #[test]
+    fn hostile_writes_never_escape_in_place_visits(
+        rounds in proptest::collection::vec((any::<u32>(), any::<u8>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 16)), 1..40),
+        start in any::<u32>(),
+    ) {
+        let mem = HostMem::pages(1);
+        let limit = RING_HEADER_SIZE + 128 * 16;
+        let _front = FrontRing::<_, P>::init_at(mem.clone(), start).unwrap();
+        let mut back = BackRing::<_, P>::attach_at(BoundsChecked { inner: mem.clone(), limit }, start).unwrap();
+        for (delta, max, serve, junk) in rounds {
+            let prod = start.wrapping_add(delta % 300);
+            mem.store_u32(REQ_PROD_OFF, prod, Ordering::Release);
+            // Hostile bytes into every slot.
+            for slot in 0..128 {
+                mem.write_bytes(RING_HEADER_SIZE + slot * 16, &junk);
+            }
+            let cons = back.req_cons();
+            let rsp_prod = back.rsp_prod_pvt();
+            // Outside one ring of the responses, or behind the consumer: never accepted.
+            let hopeless = prod.wrapping_sub(rsp_prod) > back.size()
+                || prod.wrapping_sub(rsp_prod) < cons.wrapping_sub(rsp_prod);
+            let mut visits = 0u32;
+            let res = if serve {
+                back.serve_requests(u32::from(max), |r, w| {
+                    assert_eq!(read_req_in_place(r)[..], junk[..]);
+                    w.store_u64(0, 7);
+                    visits += 1;
+                })
+            } else {
+                back.consume_requests(u32::from(max), |r| {
+                    assert_eq!(read_req_in_place(r)[..], junk[..]);
+                    visits += 1;
+                })
+            };
+            match res {
+                Ok(n) => {
+                    prop_assert_eq!(n, visits);
+                    prop_assert!(n <= u32::from(max));
+                    prop_assert_eq!(back.req_cons(), cons.wrapping_add(n));
+                    // Never more outstanding than the ring holds, whatever the peer wrote.
+                    prop_assert!(back.req_cons().wrapping_sub(rsp_prod) <= back.size());
+                    if n > 0 && n < u32::from(max) {
+                        // A short visit validated this req_prod and took everything it offered.
+                        prop_assert!(!hopeless);
+                        prop_assert_eq!(back.req_cons(), prod);
+                    }
+                    while back.push_response(&[0; 8]).is_ok() {}
+                    back.publish_responses();
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, Error::RingOverflow);
+                    prop_assert_eq!(visits, 0);
+                    prop_assert_eq!(back.consume_requests(1, |_| ()), Err(Error::RingBroken));
+                    break;
+                }
+            }
+        }
     }
 
     /// Random `req_prod` values: accepted iff within one ring of the responses and not behind the
