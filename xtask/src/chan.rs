@@ -332,6 +332,36 @@ pub fn run_pair(
     bulk_mib: u32,
     checks: bool,
 ) -> Result<Measured> {
+    let a_args = format!("rounds={rounds} bulk_mib={bulk_mib}");
+    let run = boot_pair(accel, image, server_bin, &a_args, "", checks)?;
+    match check_pair(&run.a.serial, run.a.exit, &run.b.serial, run.b.exit, rounds)
+        .and_then(|m| run.checks.map(|()| m))
+    {
+        Ok(m) => Ok(m),
+        Err(e) => bail!("{e:#}\n{}", run.diagnostics),
+    }
+}
+
+/// What a pair of VMs left behind.
+pub struct PairRun {
+    pub a: Outcome,
+    pub b: Outcome,
+    /// The result of the `checks` (idle second channel, third VM refused).
+    pub checks: Result<()>,
+    /// Both VMs' diagnostics and the server log, for failure reports.
+    pub diagnostics: String,
+}
+
+/// Boots `role=a` (with `a_args`) and `role=b` (with `b_args`) on a fresh server and waits for
+/// both. With `checks`, see [`run_pair`].
+pub fn boot_pair(
+    accel: Accel,
+    image: &Path,
+    server_bin: &Path,
+    a_args: &str,
+    b_args: &str,
+    checks: bool,
+) -> Result<PairRun> {
     let socket = socket_path("chan-test")?;
     let server = Server::start(server_bin, &socket, REGION, 2)?;
     let idle = if checks {
@@ -344,12 +374,14 @@ pub fn run_pair(
         let mut q = Qemu::new(image, accel).timeout(TIMEOUT);
         // The guests give up (and say why) well before QEMU's timeout.
         let mut append = format!("role={role} timeout_s={GUEST_TIMEOUT_S}");
-        if role == "a" {
-            append.push_str(&format!(" rounds={rounds} bulk_mib={bulk_mib}"));
-            if let Some(idle) = &idle {
-                append.push_str(" chan=1");
-                q = q.args_extra(ivshmem_args(&idle.socket, 2, "idle"));
-            }
+        let extra = if role == "a" { a_args } else { b_args };
+        if !extra.is_empty() {
+            append.push(' ');
+            append.push_str(extra);
+        }
+        if let (true, Some(idle)) = (role == "a", &idle) {
+            append.push_str(" chan=1");
+            q = q.args_extra(ivshmem_args(&idle.socket, 2, "idle"));
         }
         q.append(&append)
             .args_extra(ivshmem_args(&socket, 2, "ivs"))
@@ -383,15 +415,176 @@ pub fn run_pair(
         );
         Ok(())
     });
-    match check_pair(&oa.serial, oa.exit, &ob.serial, ob.exit, rounds)
-        .and_then(|m| third.map(|()| m))
-    {
-        Ok(m) => Ok(m),
-        Err(e) => bail!(
-            "{e:#}\n=== VM a ===\n{}\n=== VM b ===\n{}\n=== ivshmem-server ===\n{log}",
-            oa.diagnostics(),
-            ob.diagnostics()
-        ),
+    let diagnostics = format!(
+        "=== VM a ===\n{}\n=== VM b ===\n{}\n=== ivshmem-server ===\n{log}",
+        oa.diagnostics(),
+        ob.diagnostics()
+    );
+    Ok(PairRun {
+        a: oa,
+        b: ob,
+        checks: third,
+        diagnostics,
+    })
+}
+
+/// What a `proto=channel` pair measured (times by b's TSC: b is the requesting frontend).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelMeasured {
+    pub rounds: u64,
+    pub rtt_us_median: u64,
+    pub rtt_us_min: u64,
+    pub rtt_us_p99: u64,
+    pub bulk_mib: u64,
+    pub chunk_kib: u64,
+    pub depth: u64,
+    /// b -> a (copy out, transform, copy in) -> b, verified: payload MiB/s.
+    pub bw_mib_s: u64,
+    pub guaranteed_bps: u64,
+    pub class: String,
+    pub resent: u64,
+}
+
+impl ChannelMeasured {
+    /// One line for the test report.
+    pub fn summary(&self) -> String {
+        format!(
+            "iconnect-channel: QoS granted {} bit/s class {}; {} request round trips: median {} us \
+             (min {}, p99 {}); {} MiB in {} KiB requests x{} in flight, transformed by a and \
+             verified by b, at {} MiB/s; resent {}",
+            self.guaranteed_bps,
+            self.class,
+            self.rounds,
+            self.rtt_us_median,
+            self.rtt_us_min,
+            self.rtt_us_p99,
+            self.bulk_mib,
+            self.chunk_kib,
+            self.depth,
+            self.bw_mib_s,
+            self.resent
+        )
+    }
+}
+
+/// Checks a `proto=channel` pair: both `CHAN-RESULT ok proto=channel` with `qos=granted`, the
+/// counts agree (rounds, bytes served by a = bytes verified by b), both exit 33.
+pub fn check_channel_pair(
+    a_serial: &[String],
+    a_exit: GuestExit,
+    b_serial: &[String],
+    b_exit: GuestExit,
+    rounds: u32,
+    bulk_mib: u32,
+) -> Result<ChannelMeasured> {
+    let result = |serial: &[String], role: &str| -> Result<BTreeMap<String, String>> {
+        match serial.iter().find_map(|l| parse_result(l)) {
+            None => bail!("{role}: no CHAN-RESULT line"),
+            Some(Err(why)) => bail!("{role}: CHAN-RESULT FAIL {why}"),
+            Some(Ok(f)) => {
+                ensure!(
+                    f.get("proto").map(String::as_str) == Some("channel"),
+                    "{role}: CHAN-RESULT line is not proto=channel"
+                );
+                ensure!(
+                    f.get("role").map(String::as_str) == Some(role),
+                    "{role}: CHAN-RESULT line is for role {:?}",
+                    f.get("role")
+                );
+                ensure!(
+                    f.get("qos").map(String::as_str) == Some("granted"),
+                    "{role}: qos={:?}, expected granted",
+                    f.get("qos")
+                );
+                Ok(f)
+            }
+        }
+    };
+    let a = result(a_serial, "a")?;
+    let b = result(b_serial, "b")?;
+    let num = |f: &BTreeMap<String, String>, k: &str| -> Result<u64> {
+        f.get(k)
+            .with_context(|| format!("CHAN-RESULT has no {k}="))?
+            .parse()
+            .with_context(|| format!("bad {k}="))
+    };
+    for (f, role) in [(&a, "a"), (&b, "b")] {
+        ensure!(
+            num(f, "rounds")? == u64::from(rounds),
+            "{role}: {} small requests, expected {rounds}",
+            num(f, "rounds")?
+        );
+        ensure!(
+            num(f, "guaranteed_bps")? == 100_000_000
+                && f.get("class").map(String::as_str) == Some("realtime"),
+            "{role}: granted {:?} bit/s class {:?}, asked 100000000 realtime",
+            f.get("guaranteed_bps"),
+            f.get("class")
+        );
+    }
+    let total = u64::from(bulk_mib) << 20;
+    ensure!(
+        num(&b, "bulk_mib")? == u64::from(bulk_mib),
+        "b moved {} MiB, expected {bulk_mib}",
+        num(&b, "bulk_mib")?
+    );
+    let verified = num(&b, "verified_bytes")?;
+    ensure!(
+        verified == total + u64::from(rounds) * 64,
+        "b verified {verified} bytes, expected {}",
+        total + u64::from(rounds) * 64
+    );
+    ensure!(
+        num(&a, "bytes")? == verified,
+        "a transformed {} bytes, b verified {verified}",
+        num(&a, "bytes")?
+    );
+    ensure!(
+        num(&a, "bulk_requests")? == num(&b, "bulk_requests")?,
+        "a served {} bulk requests, b sent {}",
+        num(&a, "bulk_requests")?,
+        num(&b, "bulk_requests")?
+    );
+    ensure!(
+        a_exit == GuestExit::Success,
+        "a ended with {a_exit}, expected success (status 33)"
+    );
+    ensure!(
+        b_exit == GuestExit::Success,
+        "b ended with {b_exit}, expected success (status 33)"
+    );
+    Ok(ChannelMeasured {
+        rounds: u64::from(rounds),
+        rtt_us_median: num(&b, "rtt_us_median")?,
+        rtt_us_min: num(&b, "rtt_us_min")?,
+        rtt_us_p99: num(&b, "rtt_us_p99")?,
+        bulk_mib: u64::from(bulk_mib),
+        chunk_kib: num(&b, "chunk_kib")?,
+        depth: num(&b, "depth")?,
+        bw_mib_s: num(&b, "bw_mib_s")?,
+        guaranteed_bps: num(&b, "guaranteed_bps")?,
+        class: b.get("class").cloned().unwrap_or_default(),
+        resent: num(&a, "resent")? + num(&b, "resent")?,
+    })
+}
+
+/// The test: two VMs speak the real iConnect channel (`proto=channel`): b the frontend with a
+/// QoS request, a the backend admitting it, then requests with data references, every byte
+/// verified.
+pub fn qemu_chan_channel(accel: Accel, image: &Path) -> Result<String> {
+    let bin = build_server()?;
+    let args = format!("proto=channel rounds={ROUNDS} bulk_mib={BULK_MIB}");
+    let run = boot_pair(accel, image, &bin, &args, &args, false)?;
+    match check_channel_pair(
+        &run.a.serial,
+        run.a.exit,
+        &run.b.serial,
+        run.b.exit,
+        ROUNDS,
+        BULK_MIB,
+    ) {
+        Ok(m) => Ok(m.summary()),
+        Err(e) => bail!("{e:#}\n{}", run.diagnostics),
     }
 }
 
@@ -516,6 +709,34 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    const CA_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=a rounds=1000 bulk_requests=256 bytes=16841216 qos=granted guaranteed_bps=100000000 class=realtime state=Connected irqs=900 rung=950 resent=0";
+    const CB_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=b rounds=1000 qos=granted guaranteed_bps=100000000 class=realtime handshake_ms=3 rtt_us_median=86 rtt_us_min=41 rtt_us_p99=155 small_ms=90 bulk_mib=16 chunk_kib=64 depth=8 bulk_requests=256 bw_mib_s=84 verified_bytes=16841216 irqs=950 rung=900 resent=1";
+
+    #[test]
+    fn channel_pair_check() {
+        let ok = GuestExit::Success;
+        let (a, b) = (lines(CA_OK), lines(CB_OK));
+        let m = check_channel_pair(&a, ok, &b, ok, 1000, 16).unwrap();
+        assert_eq!((m.rtt_us_median, m.bw_mib_s, m.resent), (86, 84, 1));
+        assert_eq!(m.class, "realtime");
+        // Exits, counts, roles, a raw-mode line, a refusal, a FAIL line.
+        assert!(check_channel_pair(&a, GuestExit::Failure, &b, ok, 1000, 16).is_err());
+        assert!(check_channel_pair(&a, ok, &b, GuestExit::TimedOut, 1000, 16).is_err());
+        assert!(check_channel_pair(&a, ok, &b, ok, 999, 16).is_err());
+        assert!(check_channel_pair(&a, ok, &b, ok, 1000, 15).is_err());
+        assert!(check_channel_pair(&b, ok, &a, ok, 1000, 16).is_err());
+        assert!(check_channel_pair(&lines(A_OK), ok, &b, ok, 1000, 16).is_err());
+        let refused = lines(&CB_OK.replace("qos=granted", "qos=refused"));
+        assert!(check_channel_pair(&a, ok, &refused, ok, 1000, 16).is_err());
+        let short = lines(&CB_OK.replace("verified_bytes=16841216", "verified_bytes=16841215"));
+        assert!(check_channel_pair(&a, ok, &short, ok, 1000, 16).is_err());
+        let fewer = lines(&CA_OK.replace("bytes=16841216", "bytes=16777216"));
+        assert!(check_channel_pair(&fewer, ok, &b, ok, 1000, 16).is_err());
+        let fail = lines("CHAN-RESULT FAIL request 3: byte 7 of 64 is 0x00, expected 0x41");
+        let e = check_channel_pair(&a, ok, &fail, GuestExit::Failure, 1000, 16).unwrap_err();
+        assert!(e.to_string().contains("byte 7"), "{e}");
     }
 
     #[test]

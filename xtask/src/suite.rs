@@ -225,12 +225,15 @@ type QemuTest = fn(Accel) -> Result<String>;
 
 fn tier_qemu(accel: Option<Accel>) -> Result<(u32, u32)> {
     let accel = Accel::choose(accel)?;
-    let tests: [(&str, QemuTest); 5] = [
+    let tests: [(&str, QemuTest); 6] = [
         ("ktest", qemu_ktest),
         ("fault-page", qemu_fault_page),
         ("fault-stack (guard page)", qemu_fault_stack),
         ("net-dd ping+tcp (16 MiB RAM)", qemu_net_dd),
         ("chan-test: 2 VMs over ivshmem-server", qemu_chan),
+        ("chan-test proto=channel: iconnect-channel frontend/backend, QoS, data refs", |a| {
+            crate::chan::qemu_chan_channel(a, &image_path("chan-test")?)
+        }),
     ];
     let (mut passed, mut failed) = (0, 0);
     let mut lines = Vec::new();

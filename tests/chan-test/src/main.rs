@@ -14,10 +14,16 @@
 //! the VM's ivshmem devices, in PCI order, carries the test; all of them are opened). Prints
 //! `CHAN-RESULT ok role=a rounds=N rtt_us_median=M ...` (or `CHAN-RESULT FAIL <why>`).
 //! The server must be fresh for each pair of runs (a reused region holds the old ids).
+//!
+//! `proto=channel` (default `proto=raw`, the above) runs the real iConnect channel instead
+//! (see `proto.rs`): `b` is the frontend, `a` the backend; both take `rounds` and `bulk_mib`,
+//! plus `chunk_kib=64 depth=8`. Prints `CHAN-RESULT ok proto=channel role=... qos=granted ...`.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
+
+mod proto;
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -156,6 +162,10 @@ fn run(boot: &'static rt::BootInfo) -> Result<()> {
     let bulk_mib: usize = arg(boot, "bulk_mib", 16)?;
     let timeout_s: u64 = arg(boot, "timeout_s", 120)?;
     let chan: usize = arg(boot, "chan", 0)?;
+    let mode = rt::cmdline::get(boot.cmdline, "proto").unwrap_or("raw");
+    if mode != "raw" && mode != "channel" {
+        return Err(alloc::format!("proto must be raw or channel, got {mode:?}"));
+    }
 
     let mcfg = platform::find_ecam(boot);
     let mut ecam = platform::map_ecam(&mcfg).map_err(|e| alloc::format!("ECAM: {e}"))?;
@@ -216,6 +226,17 @@ fn run(boot: &'static rt::BootInfo) -> Result<()> {
     }
     rt::ready("chan-test");
     let deadline = time::now() + Duration::from_secs(timeout_s);
+    if mode == "channel" {
+        let params = proto::Params {
+            role,
+            rounds,
+            bulk_mib,
+            chunk_kib: arg(boot, "chunk_kib", 64)?,
+            depth: arg(boot, "depth", 8)?,
+            deadline,
+        };
+        return proto::run(dev, &params);
+    }
 
     // Publish our id, learn the peer's.
     let (mine, theirs) = if role == "a" {
