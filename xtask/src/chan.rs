@@ -440,6 +440,9 @@ pub struct ChannelMeasured {
     pub depth: u64,
     /// b -> a (copy out, transform, copy in) -> b, verified: payload MiB/s.
     pub bw_mib_s: u64,
+    /// The bulk phase, and the part of it b spent generating and checking patterns.
+    pub bulk_ms: u64,
+    pub check_ms: u64,
     pub guaranteed_bps: u64,
     pub class: String,
     pub resent: u64,
@@ -451,7 +454,8 @@ impl ChannelMeasured {
         format!(
             "iconnect-channel: QoS granted {} bit/s class {}; {} request round trips: median {} us \
              (min {}, p99 {}); {} MiB in {} KiB requests x{} in flight, transformed by a and \
-             verified by b, at {} MiB/s; resent {}",
+             verified by b, at {} MiB/s ({} ms, of which b's pattern generation and checks {} ms); \
+             resent {}",
             self.guaranteed_bps,
             self.class,
             self.rounds,
@@ -462,6 +466,8 @@ impl ChannelMeasured {
             self.chunk_kib,
             self.depth,
             self.bw_mib_s,
+            self.bulk_ms,
+            self.check_ms,
             self.resent
         )
     }
@@ -562,6 +568,8 @@ pub fn check_channel_pair(
         chunk_kib: num(&b, "chunk_kib")?,
         depth: num(&b, "depth")?,
         bw_mib_s: num(&b, "bw_mib_s")?,
+        bulk_ms: num(&b, "bulk_ms")?,
+        check_ms: num(&b, "check_ms")?,
         guaranteed_bps: num(&b, "guaranteed_bps")?,
         class: b.get("class").cloned().unwrap_or_default(),
         resent: num(&a, "resent")? + num(&b, "resent")?,
@@ -712,7 +720,7 @@ mod tests {
     }
 
     const CA_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=a rounds=1000 bulk_requests=256 bytes=16841216 qos=granted guaranteed_bps=100000000 class=realtime state=Connected irqs=900 rung=950 resent=0";
-    const CB_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=b rounds=1000 qos=granted guaranteed_bps=100000000 class=realtime handshake_ms=3 rtt_us_median=86 rtt_us_min=41 rtt_us_p99=155 small_ms=90 bulk_mib=16 chunk_kib=64 depth=8 bulk_requests=256 bw_mib_s=84 verified_bytes=16841216 irqs=950 rung=900 resent=1";
+    const CB_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=b rounds=1000 qos=granted guaranteed_bps=100000000 class=realtime handshake_ms=3 rtt_us_median=86 rtt_us_min=41 rtt_us_p99=155 small_ms=90 bulk_mib=16 chunk_kib=64 depth=8 bulk_requests=256 bw_mib_s=84 bulk_ms=190 check_ms=160 verified_bytes=16841216 irqs=950 rung=900 resent=1";
 
     #[test]
     fn channel_pair_check() {
