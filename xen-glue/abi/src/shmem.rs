@@ -8,8 +8,9 @@
 //! private buffers.
 //!
 //! Implementations:
-//! * [`HostMem`] (feature `alloc`, on by default): a cache-line-aligned heap region of `AtomicU64` words, shareable
-//!   between threads by cloning. No `unsafe`. Used by tests, fuzzing and benchmarks.
+//! * [`HostMem`] (feature `alloc`, on by default): a cache-line-aligned heap region of atomic
+//!   words (`AtomicU32` for the first 64 bytes, where ring indices live, `AtomicU64` after),
+//!   shareable between threads by cloning. No `unsafe`. Used by tests, fuzzing and benchmarks.
 //! * `hal` (later): granted pages and ivshmem regions accessed through raw pointers with
 //!   `core::ptr::read_volatile`/atomic-from-pointer operations. The trait is shaped so that such an
 //!   implementation is a thin, bounds-checked wrapper around a base pointer and a length.
@@ -125,26 +126,36 @@ mod host {
     use super::SharedMem;
     use alloc::sync::Arc;
     use alloc::vec::Vec;
-    use core::sync::atomic::{AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    /// Bytes at the start of the region held as 32-bit words (one cache line).
+    const HEAD: usize = 64;
 
     /// Heap-backed shared region for host tests, fuzzing and benchmarks.
     ///
-    /// The region is an array of `AtomicU64` words; clones share the same words, so one clone can
-    /// be handed to a frontend thread and another to a backend thread, like a page mapped by two
-    /// domains. Bulk copies move whole 8-byte words with relaxed atomics (never per-byte
-    /// atomics). Stores that cover only part of a word (a `u32` index, a `u16`, the ragged ends
-    /// of a copy) are merged with a compare-and-swap, so a concurrent writer of the other bytes of
-    /// that word is never clobbered; `u32` loads/stores honour the requested ordering.
+    /// Clones share the same storage, so one clone can be handed to a frontend thread and another
+    /// to a backend thread, like a page mapped by two domains. The first 64 bytes (one cache line:
+    /// a ring header, whose `u32` indices are written by different sides) are held as `AtomicU32`
+    /// words, so an index store is a plain atomic store, as on real shared memory. The rest is held
+    /// as `AtomicU64` words, so bulk copies move whole 8-byte words with relaxed atomics (never
+    /// per-byte atomics). Stores that cover only part of a word (a `u32` or `u16` inside a 64-bit
+    /// word, the ragged ends of a copy) are merged with a compare-and-swap, so a concurrent writer
+    /// of the other bytes of that word is never clobbered; `u32` loads/stores honour the requested
+    /// ordering.
     #[derive(Clone, Debug)]
     pub struct HostMem {
-        /// Backing words; the region is `words[base..base + len / 8]`.
+        /// Backing 32-bit words of bytes `0..64`: `head[hbase..hbase + 16]` (a constant split
+        /// point, so that the offset arithmetic of slot accesses folds away).
+        head: Arc<[AtomicU32]>,
+        /// First word of the head, chosen so that it starts on a 64-byte boundary.
+        hbase: usize,
+        /// Region length in bytes (a multiple of 8; may be below 64).
+        len: usize,
+        /// Backing 64-bit words of bytes `64..len`: `words[base..base + (len - 64) / 8]`.
         words: Arc<[AtomicU64]>,
-        /// First word of the region: chosen so the region starts on a 64-byte boundary, like a
-        /// real page, so that the ring header and 64-byte slots each occupy exactly one cache
-        /// line.
+        /// First word: chosen so that byte 64 of the region starts on a 64-byte boundary, like a
+        /// real page, so that 64-byte slots each occupy exactly one cache line.
         base: usize,
-        /// Region length in words.
-        nwords: usize,
     }
 
     /// CAS ordering pair for a store with ordering `order`.
@@ -157,21 +168,31 @@ mod host {
         }
     }
 
+    /// Number of leading elements to skip so that the rest starts on a 64-byte boundary
+    /// (address arithmetic only, no dereference; the Arc's heap block never moves).
+    fn align_skip<T>(slice: &[T]) -> usize {
+        let addr = slice.as_ptr() as usize;
+        (64 - addr % 64) % 64 / core::mem::size_of::<T>()
+    }
+
     impl HostMem {
         /// A zero-filled region of `len` bytes (rounded up to a multiple of 8), starting on a
         /// 64-byte boundary.
         pub fn new(len: usize) -> Self {
-            let nwords = len.div_ceil(8);
+            let len = len.div_ceil(8) * 8;
+            let head: Vec<AtomicU32> = (0..HEAD / 4 + 15).map(|_| AtomicU32::new(0)).collect();
+            let head: Arc<[AtomicU32]> = head.into();
+            let hbase = align_skip(&head);
+            let nwords = len.saturating_sub(HEAD) / 8;
             let words: Vec<AtomicU64> = (0..nwords + 7).map(|_| AtomicU64::new(0)).collect();
             let words: Arc<[AtomicU64]> = words.into();
-            // Address arithmetic only (no dereference): how many words to skip to reach a
-            // 64-byte boundary. The Arc's heap block never moves.
-            let addr = words.as_ptr() as usize;
-            let base = (64 - addr % 64) % 64 / 8;
+            let base = align_skip(&words);
             Self {
+                head,
+                hbase,
+                len,
                 words,
                 base,
-                nwords,
             }
         }
 
@@ -180,11 +201,22 @@ mod host {
             Self::new(pages * crate::PAGE_SIZE)
         }
 
-        /// Replaces bytes `lo..lo + bytes.len()` (inside one word) of word `idx`, atomically with
-        /// respect to concurrent writers of its other bytes.
+        #[inline(always)]
+        fn h32(&self, off: usize) -> &AtomicU32 {
+            assert!(off < self.len, "access outside the shared region");
+            &self.head[self.hbase + off / 4]
+        }
+
+        #[inline(always)]
+        fn w64(&self, off: usize) -> &AtomicU64 {
+            &self.words[self.base + (off - HEAD) / 8]
+        }
+
+        /// Replaces bytes `lo..lo + bytes.len()` of the 64-bit word holding byte `off`,
+        /// atomically with respect to concurrent writers of its other bytes.
         #[inline]
-        fn merge(&self, idx: usize, lo: usize, bytes: &[u8], order: Ordering) {
-            let w = &self.words[self.base + idx];
+        fn merge64(&self, off: usize, lo: usize, bytes: &[u8], order: Ordering) {
+            let w = self.w64(off);
             let (ok, fail) = cas_orders(order);
             let mut cur = w.load(Ordering::Relaxed);
             loop {
@@ -198,9 +230,25 @@ mod host {
             }
         }
 
+        /// Like [`merge64`](Self::merge64) for a 32-bit word of the head.
+        #[inline]
+        fn merge32(&self, off: usize, lo: usize, bytes: &[u8]) {
+            let w = self.h32(off);
+            let mut cur = w.load(Ordering::Relaxed);
+            loop {
+                let mut b = cur.to_le_bytes();
+                b[lo..lo + bytes.len()].copy_from_slice(bytes);
+                let new = u32::from_le_bytes(b);
+                match w.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return,
+                    Err(actual) => cur = actual,
+                }
+            }
+        }
+
         #[inline(always)]
-        fn bytes_of(&self, idx: usize, order: Ordering) -> [u8; 8] {
-            self.words[self.base + idx].load(order).to_le_bytes()
+        fn bytes64(&self, off: usize, order: Ordering) -> [u8; 8] {
+            self.w64(off).load(order).to_le_bytes()
         }
 
         #[inline(always)]
@@ -208,18 +256,55 @@ mod host {
             let end = off.checked_add(len).expect("offset overflow");
             assert!(end <= self.len(), "access outside the shared region");
         }
+
+        /// Copies bytes `off..off + dst.len()`, all inside the head, out (relaxed).
+        fn read_head(&self, off: usize, dst: &mut [u8]) {
+            let mut pos = off;
+            let mut rest = dst;
+            while !rest.is_empty() {
+                let lo = pos % 4;
+                let n = (4 - lo).min(rest.len());
+                let b = self.h32(pos).load(Ordering::Relaxed).to_le_bytes();
+                rest[..n].copy_from_slice(&b[lo..lo + n]);
+                pos += n;
+                rest = &mut rest[n..];
+            }
+        }
+
+        /// Copies `src` into bytes `off..off + src.len()`, all inside the head (relaxed).
+        fn write_head(&self, off: usize, src: &[u8]) {
+            let mut pos = off;
+            let mut rest = src;
+            while !rest.is_empty() {
+                let lo = pos % 4;
+                let n = (4 - lo).min(rest.len());
+                if n == 4 {
+                    let mut a = [0u8; 4];
+                    a.copy_from_slice(&rest[..4]);
+                    self.h32(pos)
+                        .store(u32::from_le_bytes(a), Ordering::Relaxed);
+                } else {
+                    self.merge32(pos, lo, &rest[..n]);
+                }
+                pos += n;
+                rest = &rest[n..];
+            }
+        }
     }
 
     impl SharedMem for HostMem {
         #[inline]
         fn len(&self) -> usize {
-            self.nwords * 8
+            self.len
         }
 
         #[inline]
         fn load_u32(&self, off: usize, order: Ordering) -> u32 {
             assert!(off.is_multiple_of(4), "misaligned u32 access");
-            let b = self.bytes_of(off / 8, order);
+            if off < HEAD {
+                return self.h32(off).load(order);
+            }
+            let b = self.bytes64(off, order);
             let lo = off % 8;
             u32::from_le_bytes([b[lo], b[lo + 1], b[lo + 2], b[lo + 3]])
         }
@@ -227,13 +312,19 @@ mod host {
         #[inline]
         fn store_u32(&self, off: usize, val: u32, order: Ordering) {
             assert!(off.is_multiple_of(4), "misaligned u32 access");
-            self.merge(off / 8, off % 8, &val.to_le_bytes(), order);
+            if off < HEAD {
+                return self.h32(off).store(val, order);
+            }
+            self.merge64(off, off % 8, &val.to_le_bytes(), order);
         }
 
         #[inline]
         fn load_u16(&self, off: usize) -> u16 {
             assert!(off.is_multiple_of(2), "misaligned u16 access");
-            let b = self.bytes_of(off / 8, Ordering::Relaxed);
+            if off < HEAD {
+                return (self.h32(off).load(Ordering::Relaxed) >> (8 * (off % 4))) as u16;
+            }
+            let b = self.bytes64(off, Ordering::Relaxed);
             let lo = off % 8;
             u16::from_le_bytes([b[lo], b[lo + 1]])
         }
@@ -241,19 +332,33 @@ mod host {
         #[inline]
         fn store_u16(&self, off: usize, val: u16) {
             assert!(off.is_multiple_of(2), "misaligned u16 access");
-            self.merge(off / 8, off % 8, &val.to_le_bytes(), Ordering::Relaxed);
+            if off < HEAD {
+                return self.merge32(off, off % 4, &val.to_le_bytes());
+            }
+            self.merge64(off, off % 8, &val.to_le_bytes(), Ordering::Relaxed);
         }
 
         #[inline]
         fn load_u64(&self, off: usize) -> u64 {
             assert!(off.is_multiple_of(8), "misaligned u64 access");
-            self.words[self.base + off / 8].load(Ordering::Relaxed)
+            if off < HEAD {
+                let lo = self.h32(off).load(Ordering::Relaxed);
+                let hi = self.h32(off + 4).load(Ordering::Relaxed);
+                return u64::from(lo) | (u64::from(hi) << 32);
+            }
+            self.w64(off).load(Ordering::Relaxed)
         }
 
         #[inline]
         fn store_u64(&self, off: usize, val: u64) {
             assert!(off.is_multiple_of(8), "misaligned u64 access");
-            self.words[self.base + off / 8].store(val, Ordering::Relaxed)
+            if off < HEAD {
+                self.h32(off).store(val as u32, Ordering::Relaxed);
+                self.h32(off + 4)
+                    .store((val >> 32) as u32, Ordering::Relaxed);
+                return;
+            }
+            self.w64(off).store(val, Ordering::Relaxed)
         }
 
         #[inline]
@@ -261,18 +366,27 @@ mod host {
             self.check(off, dst.len());
             let mut pos = off;
             let mut rest = &mut dst[..];
+            if pos < HEAD {
+                let n = (HEAD - pos).min(rest.len());
+                self.read_head(pos, &mut rest[..n]);
+                pos += n;
+                rest = &mut rest[n..];
+            }
+            if rest.is_empty() {
+                return;
+            }
             // Ragged head (e.g. a 12-byte netif slot starting at 4 mod 8).
-            if !pos.is_multiple_of(8) && !rest.is_empty() {
+            if !pos.is_multiple_of(8) {
                 let lo = pos % 8;
                 let n = (8 - lo).min(rest.len());
-                let b = self.bytes_of(pos / 8, Ordering::Relaxed);
+                let b = self.bytes64(pos, Ordering::Relaxed);
                 rest[..n].copy_from_slice(&b[lo..lo + n]);
                 pos += n;
                 rest = &mut rest[n..];
             }
             // Whole words.
             let full = rest.len() / 8;
-            let first = self.base + pos / 8;
+            let first = self.base + (pos - HEAD) / 8;
             let words = &self.words[first..first + full];
             let (body, tail) = rest.split_at_mut(full * 8);
             for (c, w) in body.chunks_exact_mut(8).zip(words) {
@@ -280,7 +394,7 @@ mod host {
             }
             // Ragged tail.
             if !tail.is_empty() {
-                let b = self.bytes_of(pos / 8 + full, Ordering::Relaxed);
+                let b = self.bytes64(pos + full * 8, Ordering::Relaxed);
                 let n = tail.len();
                 tail.copy_from_slice(&b[..n]);
             }
@@ -291,15 +405,24 @@ mod host {
             self.check(off, src.len());
             let mut pos = off;
             let mut rest = src;
-            if !pos.is_multiple_of(8) && !rest.is_empty() {
+            if pos < HEAD {
+                let n = (HEAD - pos).min(rest.len());
+                self.write_head(pos, &rest[..n]);
+                pos += n;
+                rest = &rest[n..];
+            }
+            if rest.is_empty() {
+                return;
+            }
+            if !pos.is_multiple_of(8) {
                 let lo = pos % 8;
                 let n = (8 - lo).min(rest.len());
-                self.merge(pos / 8, lo, &rest[..n], Ordering::Relaxed);
+                self.merge64(pos, lo, &rest[..n], Ordering::Relaxed);
                 pos += n;
                 rest = &rest[n..];
             }
             let full = rest.len() / 8;
-            let first = self.base + pos / 8;
+            let first = self.base + (pos - HEAD) / 8;
             let words = &self.words[first..first + full];
             let (body, tail) = rest.split_at(full * 8);
             for (w, c) in words.iter().zip(body.chunks_exact(8)) {
@@ -308,7 +431,7 @@ mod host {
                 w.store(u64::from_le_bytes(a), Ordering::Relaxed);
             }
             if !tail.is_empty() {
-                self.merge(pos / 8 + full, 0, tail, Ordering::Relaxed);
+                self.merge64(pos + full * 8, 0, tail, Ordering::Relaxed);
             }
         }
     }
@@ -387,10 +510,53 @@ mod host {
         fn region_is_cache_line_aligned() {
             for len in [8, 64, 4096, 12345] {
                 let m = HostMem::new(len);
+                let head = m.head[m.hbase..].as_ptr() as usize;
+                assert_eq!(head % 64, 0);
                 let start = m.words[m.base..].as_ptr() as usize;
                 assert_eq!(start % 64, 0);
-                assert!(m.len() >= len && m.base + m.nwords <= m.words.len());
+                assert!(m.len() >= len);
+                assert!(m.base + m.len().saturating_sub(HEAD) / 8 <= m.words.len());
+                assert!(m.hbase + HEAD / 4 <= m.head.len());
             }
+        }
+
+        #[test]
+        fn copies_across_the_head_boundary_and_concurrent_index_writers() {
+            let m = HostMem::new(320);
+            let src: Vec<u8> = (0..200u32).map(|i| (i * 7 + 1) as u8).collect();
+            for off in [0, 1, 3, 30, 57, 60, 63, 64, 65] {
+                m.write_bytes(0, &[0u8; 320]);
+                m.write_bytes(off, &src);
+                let mut all = [0u8; 320];
+                m.read_bytes(0, &mut all);
+                assert!(all[..off].iter().all(|&b| b == 0));
+                assert_eq!(&all[off..off + 200], &src[..]);
+                assert!(all[off + 200..].iter().all(|&b| b == 0));
+                let mut back = vec![0u8; 200];
+                m.read_bytes(off, &mut back);
+                assert_eq!(back, src);
+            }
+            m.store_u64(56, 0x1122_3344_5566_7788);
+            assert_eq!(m.load_u64(56), 0x1122_3344_5566_7788);
+            assert_eq!(m.load_u32(60, Ordering::Relaxed), 0x1122_3344);
+            assert_eq!(m.load_u16(58), 0x5566);
+            m.store_u16(62, 0xabcd);
+            assert_eq!(m.load_u32(60, Ordering::Relaxed), 0xabcd_3344);
+            // Two writers of the two halves of one 64-bit head word, and of a byte next to them.
+            let m2 = m.clone();
+            let t = std::thread::spawn(move || {
+                for i in 0..50_000u32 {
+                    m2.store_u32(8, i, Ordering::Release);
+                }
+            });
+            for i in 0..50_000u32 {
+                m.store_u32(12, i, Ordering::Release);
+                m.write_bytes(16, &[i as u8]);
+            }
+            t.join().unwrap();
+            assert_eq!(m.load_u32(8, Ordering::Acquire), 49_999);
+            assert_eq!(m.load_u32(12, Ordering::Acquire), 49_999);
+            assert_eq!(m.load_u16(16) as u8, 49_999u32 as u8);
         }
 
         #[test]
