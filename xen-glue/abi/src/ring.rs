@@ -43,8 +43,12 @@
 //! ring ahead of the responses nor moves backwards); anything else is [`Error::RingOverflow`] and the
 //! ring is marked broken: every later call returns [`Error::RingBroken`], so the owner can tear that
 //! one channel down. Slot offsets are always computed from masked indices, so no peer value can
-//! cause an access outside the ring. Entries are copied out of shared memory exactly once
-//! (`RING_COPY_REQUEST`) before anyone looks at them. The frontend applies the mirror-image check to
+//! cause an access outside the ring. The `pop_*` methods copy entries out of shared memory
+//! exactly once (`RING_COPY_REQUEST`) before anyone looks at them; the in-place methods
+//! ([`BackRing::consume_requests`], [`BackRing::serve_requests`], [`FrontRing::consume_responses`],
+//! [`FrontRing::produce_requests`]) instead hand a closure a [`SlotReader`]/[`SlotWriter`] that
+//! loads or stores single fields (never a reference); a parser that uses them must load each
+//! field exactly once (the TOCTOU rule on [`SlotReader`]). The frontend applies the mirror-image check to
 //! `rsp_prod`.
 
 use core::marker::PhantomData;
