@@ -513,6 +513,7 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
     let mut fe = Frontend::new(region, config, ask).map_err(|e| proto_err("Frontend::new", e))?;
     let mut ring = None;
     // Handshake: until the backend says Connected.
+    let mut busy_keys = 0u32;
     let t0 = time::now();
     loop {
         let mut ready = false;
@@ -544,11 +545,16 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
             }
         }
         if bell.peer.is_none() {
-            let k = fe
-                .read_backend_keys()
-                .map_err(|e| proto_err("backend keys", e))?;
-            let v = k.get(PEER_KEY).map(String::from);
-            bell.learn_peer(v.as_deref())?;
+            // The backend may be publishing its keys right now (it starts concurrently, and
+            // its vCPU may be descheduled mid-write): a busy key area is read again next tick.
+            match fe.read_backend_keys() {
+                Ok(k) => {
+                    let v = k.get(PEER_KEY).map(String::from);
+                    bell.learn_peer(v.as_deref())?;
+                }
+                Err(iconnect_channel::Error::KeysBusy) => busy_keys += 1,
+                Err(e) => return Err(format!("reading the backend keys: {e} ({e:?})")),
+            }
         }
         if fe.take_notify() {
             bell.kick();
@@ -559,6 +565,9 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
         bell.nap("the backend's handshake")?;
     }
     let handshake_ms = (time::now() - t0).as_millis();
+    if busy_keys > 0 {
+        log::info!("backend's key area was busy {busy_keys} times during the handshake");
+    }
     let grant = match qos::read_decision(fe.backend_keys())
         .map_err(|e| proto_err("backend's QoS decision", e))?
     {
