@@ -453,7 +453,7 @@ impl ChannelMeasured {
     pub fn summary(&self) -> String {
         format!(
             "iconnect-channel: QoS granted {} bit/s class {}; {} request round trips: median {} us \
-             (min {}, p99 {}); {} MiB in {} KiB requests x{} in flight, transformed by a and \
+             (min {}, p99 {}); {BAD_REFS} hostile data references refused; {} MiB in {} KiB requests x{} in flight, transformed by a and \
              verified by b, at {} MiB/s ({} ms, of which b's pattern generation and checks {} ms); \
              resent {}",
             self.guaranteed_bps,
@@ -528,6 +528,12 @@ pub fn check_channel_pair(
             f.get("class")
         );
     }
+    ensure!(
+        num(&b, "bad_refs")? == u64::from(BAD_REFS) && num(&a, "refused")? == u64::from(BAD_REFS),
+        "b sent {} hostile references, a refused {}, expected {BAD_REFS} each",
+        num(&b, "bad_refs")?,
+        num(&a, "refused")?
+    );
     let total = u64::from(bulk_mib) << 20;
     ensure!(
         num(&b, "bulk_mib")? == u64::from(bulk_mib),
@@ -576,12 +582,16 @@ pub fn check_channel_pair(
     })
 }
 
+/// Requests with hostile data references b sends in the channel test (a must refuse each with
+/// an error response and keep serving).
+pub const BAD_REFS: u32 = 2;
+
 /// The test: two VMs speak the real iConnect channel (`proto=channel`): b the frontend with a
 /// QoS request, a the backend admitting it, then requests with data references, every byte
 /// verified.
 pub fn qemu_chan_channel(accel: Accel, image: &Path) -> Result<String> {
     let bin = build_server()?;
-    let args = format!("proto=channel rounds={ROUNDS} bulk_mib={BULK_MIB}");
+    let args = format!("proto=channel rounds={ROUNDS} bulk_mib={BULK_MIB} bad_refs={BAD_REFS}");
     let run = boot_pair(accel, image, &bin, &args, &args, false)?;
     match check_channel_pair(
         &run.a.serial,
@@ -719,8 +729,8 @@ mod tests {
         );
     }
 
-    const CA_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=a rounds=1000 bulk_requests=256 bytes=16841216 qos=granted guaranteed_bps=100000000 class=realtime state=Connected irqs=900 rung=950 resent=0";
-    const CB_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=b rounds=1000 qos=granted guaranteed_bps=100000000 class=realtime handshake_ms=3 rtt_us_median=86 rtt_us_min=41 rtt_us_p99=155 small_ms=90 bulk_mib=16 chunk_kib=64 depth=8 bulk_requests=256 bw_mib_s=84 bulk_ms=190 check_ms=160 verified_bytes=16841216 irqs=950 rung=900 resent=1";
+    const CA_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=a rounds=1000 bulk_requests=256 bytes=16841216 refused=2 qos=granted guaranteed_bps=100000000 class=realtime state=Connected irqs=900 rung=950 resent=0";
+    const CB_OK: &str = "[ 0.5] INFO  chan_test::proto: CHAN-RESULT ok proto=channel role=b rounds=1000 qos=granted guaranteed_bps=100000000 class=realtime handshake_ms=3 rtt_us_median=86 rtt_us_min=41 rtt_us_p99=155 small_ms=90 bad_refs=2 bulk_mib=16 chunk_kib=64 depth=8 bulk_requests=256 bw_mib_s=84 bulk_ms=190 check_ms=160 verified_bytes=16841216 irqs=950 rung=900 resent=1";
 
     #[test]
     fn channel_pair_check() {
@@ -742,6 +752,8 @@ mod tests {
         assert!(check_channel_pair(&a, ok, &short, ok, 1000, 16).is_err());
         let fewer = lines(&CA_OK.replace("bytes=16841216", "bytes=16777216"));
         assert!(check_channel_pair(&fewer, ok, &b, ok, 1000, 16).is_err());
+        let unrefused = lines(&CA_OK.replace("refused=2", "refused=1"));
+        assert!(check_channel_pair(&unrefused, ok, &b, ok, 1000, 16).is_err());
         let fail = lines("CHAN-RESULT FAIL request 3: byte 7 of 64 is 0x00, expected 0x41");
         let e = check_channel_pair(&a, ok, &fail, GuestExit::Failure, 1000, 16).unwrap_err();
         assert!(e.to_string().contains("byte 7"), "{e}");

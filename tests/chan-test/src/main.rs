@@ -17,7 +17,8 @@
 //!
 //! `proto=channel` (default `proto=raw`, the above) runs the real iConnect channel instead
 //! (see `proto.rs`): `b` is the frontend, `a` the backend; both take `rounds` and `bulk_mib`,
-//! plus `chunk_kib=64 depth=8`. Prints `CHAN-RESULT ok proto=channel role=... qos=granted ...`.
+//! plus `chunk_kib=64 depth=8 bad_refs=0` (requests with hostile data references b
+//! sends; each must be answered with an error while the channel keeps working). Prints `CHAN-RESULT ok proto=channel role=... qos=granted ...`.
 #![no_std]
 #![no_main]
 
@@ -233,6 +234,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<()> {
             bulk_mib,
             chunk_kib: arg(boot, "chunk_kib", 64)?,
             depth: arg(boot, "depth", 8)?,
+            bad_refs: arg(boot, "bad_refs", 0)?,
             deadline,
         };
         return proto::run(dev, &params);

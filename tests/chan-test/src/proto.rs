@@ -287,6 +287,8 @@ pub struct Params {
     pub chunk_kib: usize,
     /// Bulk requests in flight.
     pub depth: usize,
+    /// Requests with hostile data references b sends (each must get an error response).
+    pub bad_refs: u32,
     /// Give up after this.
     pub deadline: Instant,
 }
@@ -448,12 +450,9 @@ fn run_backend(region: Region<'_>, bell: &mut Bell<'_>) -> Result<()> {
         }
         bell.nap("the frontend")?;
     }
-    if errors > 0 {
-        return Err(format!("{errors} requests from the frontend were invalid"));
-    }
     let g = granted.ok_or("done before the QoS decision")?;
     log::info!(
-        "CHAN-RESULT ok proto=channel role=a rounds={small} bulk_requests={bulk} bytes={bytes} \
+        "CHAN-RESULT ok proto=channel role=a rounds={small} bulk_requests={bulk} bytes={bytes} refused={errors} \
          qos=granted guaranteed_bps={} class={} state={:?} irqs={} rung={} resent={}",
         g.guaranteed_bps,
         g.class.as_str(),
@@ -623,6 +622,39 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
     }
     let small_ms = (time::now() - t_small).as_millis();
 
+    // Hostile references (`bad_refs=N`): outside the data area, and an offset whose end
+    // overflows u32. The backend must answer each with an error and keep serving.
+    let area = eng.data.len() as u32;
+    for k in 0..p.bad_refs {
+        let good = DataRef {
+            offset: 0,
+            len: PING_LEN,
+        };
+        let (src, dst) = if k % 2 == 0 {
+            (
+                DataRef {
+                    offset: area,
+                    len: PING_LEN,
+                },
+                good,
+            )
+        } else {
+            (
+                good,
+                DataRef {
+                    offset: u32::MAX - 8,
+                    len: PING_LEN,
+                },
+            )
+        };
+        let rsp = eng.call(OP_XFORM, src, dst, &mut fe, bell)?;
+        if rsp.status != ST_BAD_REF {
+            return Err(format!(
+                "bad reference {k} ({src:?} -> {dst:?}) answered with {rsp:?}, expected status {ST_BAD_REF}"
+            ));
+        }
+    }
+
     // Bulk: `depth` requests of `chunk` bytes in flight.
     let chunk = (p.chunk_kib << 10).clamp(PAGE_SIZE, MAX_XFER as usize) as u32;
     let total = (p.bulk_mib as u64) << 20;
@@ -656,38 +688,15 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
     }
 
     // Done.
-    let id = eng.next_id;
-    eng.next_id += 1;
-    let done = Req {
-        id,
-        op: OP_DONE,
-        src: DataRef { offset: 0, len: 0 },
-        dst: DataRef { offset: 0, len: 0 },
-        seed: 0,
-    };
-    eng.ring
-        .push_request(&done.to_bytes())
-        .map_err(|e| proto_err("ring 0", e))?;
-    eng.flush(bell);
-    loop {
-        if let Some(raw) = eng
-            .ring
-            .pop_response()
-            .map_err(|e| proto_err("ring 0", e))?
-        {
-            let rsp = Rsp::parse(&raw);
-            if rsp.id != id || rsp.status != ST_OK {
-                return Err(format!("DONE answered with {rsp:?}"));
-            }
-            break;
-        }
-        if !eng
-            .ring
-            .final_check_for_responses()
-            .map_err(|e| proto_err("ring 0", e))?
-        {
-            eng.wait(&mut fe, bell)?;
-        }
+    let rsp = eng.call(
+        OP_DONE,
+        DataRef { offset: 0, len: 0 },
+        DataRef { offset: 0, len: 0 },
+        &mut fe,
+        bell,
+    )?;
+    if rsp.status != ST_OK {
+        return Err(format!("DONE answered with {rsp:?}"));
     }
     if eng.pages.free_pages() != eng.pages.pages() {
         return Err("data pages leaked".into());
@@ -706,7 +715,7 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
     log::info!(
         "CHAN-RESULT ok proto=channel role=b rounds={} qos=granted guaranteed_bps={} class={} \
          handshake_ms={handshake_ms} rtt_us_median={} rtt_us_min={} rtt_us_p99={} small_ms={small_ms} \
-         bulk_mib={} chunk_kib={} depth={} bulk_requests={bulk_reqs} bw_mib_s={mib_s} \
+         bad_refs={} bulk_mib={} chunk_kib={} depth={} bulk_requests={bulk_reqs} bw_mib_s={mib_s} \
          bulk_ms={} check_ms={} \
          verified_bytes={} irqs={} rung={} resent={}",
         rtts.len(),
@@ -715,6 +724,7 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
         us(pct(50)),
         us(rtts.first()),
         us(pct(99)),
+        p.bad_refs,
         p.bulk_mib,
         chunk >> 10,
         p.depth.max(1),
@@ -796,6 +806,45 @@ impl Engine<'_, '_> {
             sent: time::now(),
         });
         Ok(true)
+    }
+
+    /// Sends one request with no pages of its own (nothing else in flight) and waits for its
+    /// response.
+    fn call(
+        &mut self,
+        op: u32,
+        src: DataRef,
+        dst: DataRef,
+        fe: &mut Frontend<Region<'_>>,
+        bell: &mut Bell<'_>,
+    ) -> Result<Rsp> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let req = Req {
+            id,
+            op,
+            src,
+            dst,
+            seed: id,
+        };
+        self.ring
+            .push_request(&req.to_bytes())
+            .map_err(|e| proto_err("ring 0", e))?;
+        self.flush(bell);
+        loop {
+            if let Some(raw) = self
+                .ring
+                .pop_response()
+                .map_err(|e| proto_err("ring 0", e))?
+            {
+                let rsp = Rsp::parse(&raw);
+                if rsp.id != id {
+                    return Err(format!("response {rsp:?} to request {id}"));
+                }
+                return Ok(rsp);
+            }
+            self.wait(fe, bell)?;
+        }
     }
 
     /// Publishes pushed requests; rings the backend if the ring says so.
