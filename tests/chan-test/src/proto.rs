@@ -327,6 +327,19 @@ fn run_backend(region: Region<'_>, bell: &mut Bell<'_>) -> Result<()> {
     keys.insert(PEER_KEY, &bell.own.to_string())
         .map_err(|e| proto_err("own keys", e))?;
     let mut be = Backend::new(region, keys).map_err(|e| proto_err("Backend::new", e))?;
+    let r = serve(&mut be, bell);
+    if r.is_err() {
+        // Tell the frontend at once (it would otherwise wait for its own timeout).
+        be.fail();
+        if be.take_notify() {
+            bell.kick();
+        }
+    }
+    r
+}
+
+/// The backend's loop: handshake, admission, serving ring 0.
+fn serve(be: &mut Backend<Region<'_>>, bell: &mut Bell<'_>) -> Result<()> {
     let mut link = LinkAdmission::new(LINK_BPS);
     let mut ring = None;
     let mut data = None;
@@ -510,6 +523,19 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
         data_pages: None,
     };
     let mut fe = Frontend::new(region, config, ask).map_err(|e| proto_err("Frontend::new", e))?;
+    let r = drive(&mut fe, bell, p);
+    if r.is_err() {
+        // Tell the backend at once (it would otherwise wait for its own timeout).
+        fe.close();
+        if fe.take_notify() {
+            bell.kick();
+        }
+    }
+    r
+}
+
+/// The frontend's loop: handshake, QoS decision, round trips, hostile references, bulk.
+fn drive(fe: &mut Frontend<Region<'_>>, bell: &mut Bell<'_>, p: &Params) -> Result<()> {
     let mut ring = None;
     // Handshake: until the backend says Connected.
     let mut busy_keys = 0u32;
@@ -616,7 +642,7 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
             let got = eng.reap()?;
             rtts.extend(got.iter().map(|d| d.as_nanos() as u64));
             if got.is_empty() {
-                eng.wait(&mut fe, bell)?;
+                eng.wait(fe, bell)?;
             }
         }
     }
@@ -647,7 +673,7 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
                 },
             )
         };
-        let rsp = eng.call(OP_XFORM, src, dst, &mut fe, bell)?;
+        let rsp = eng.call(OP_XFORM, src, dst, fe, bell)?;
         if rsp.status != ST_BAD_REF {
             return Err(format!(
                 "bad reference {k} ({src:?} -> {dst:?}) answered with {rsp:?}, expected status {ST_BAD_REF}"
@@ -677,7 +703,7 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
             eng.flush(bell);
         }
         if eng.reap()?.is_empty() && !eng.inflight.is_empty() {
-            eng.wait(&mut fe, bell)?;
+            eng.wait(fe, bell)?;
         }
     }
     let bulk_ns = (time::now() - t_bulk).as_nanos() as u64;
@@ -692,7 +718,7 @@ fn run_frontend(region: Region<'_>, bell: &mut Bell<'_>, p: &Params) -> Result<(
         OP_DONE,
         DataRef { offset: 0, len: 0 },
         DataRef { offset: 0, len: 0 },
-        &mut fe,
+        fe,
         bell,
     )?;
     if rsp.status != ST_OK {
