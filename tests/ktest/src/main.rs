@@ -227,26 +227,26 @@ fn clock() -> Result<(), alloc::string::String> {
 }
 
 fn wait_deadline() -> Result<(), alloc::string::String> {
-    // Drain an event left over by earlier code, then sleep to a deadline. An early return is
-    // allowed only when an event was signalled meanwhile (on Xen, xenstore and console event
-    // channels fire at any time); then the test waits again for the rest.
-    rt::event::wait_until(Some(rt::time::now()));
+    // Sleep to deadlines. An early return is allowed only when an event was signalled (on Xen,
+    // xenstore and console event channels fire at any time); then the test waits again for the
+    // rest. A signal that arrived after the previous wait's last check leaves the event pending,
+    // so "signalled" means: the count grew since just before the previous wait was called.
+    let mut before_previous = rt::event::signal_count();
+    rt::event::wait_until(Some(rt::time::now())); // drain what earlier code left pending
     for ms in [1u64, 10, 30] {
         let t0 = rt::time::now();
         let deadline = t0 + Duration::from_millis(ms);
         let mut early_wakes = 0;
         loop {
-            let signals = rt::event::signal_count();
+            let before_this = rt::event::signal_count();
             rt::event::wait_until(Some(deadline));
             let now = rt::time::now();
+            let signalled = rt::event::signal_count() != before_previous;
+            before_previous = before_this;
             if now >= deadline {
                 break;
             }
-            ensure!(
-                rt::event::signal_count() != signals,
-                "woke at {:?} of a {ms} ms wait with no event signalled",
-                now - t0
-            );
+            ensure!(signalled, "woke at {:?} of a {ms} ms wait with no event signalled", now - t0);
             early_wakes += 1;
             ensure!(early_wakes < 1000, "{early_wakes} early wake-ups in a {ms} ms wait");
         }
