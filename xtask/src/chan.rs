@@ -276,14 +276,7 @@ pub fn check_pair(
         num(&a, "bulk_mib")?,
         num(&b, "bulk_mib")?
     );
-    ensure!(
-        a_exit == GuestExit::Success,
-        "a ended with {a_exit}, expected success (status 33)"
-    );
-    ensure!(
-        b_exit == GuestExit::Success,
-        "b ended with {b_exit}, expected success (status 33)"
-    );
+    ensure_both_succeeded(a_exit, b_exit)?;
     Ok(Measured {
         rounds: u64::from(rounds),
         rtt_us_median: num(&a, "rtt_us_median")?,
@@ -557,14 +550,7 @@ pub fn check_channel_pair(
         num(&a, "bulk_requests")?,
         num(&b, "bulk_requests")?
     );
-    ensure!(
-        a_exit == GuestExit::Success,
-        "a ended with {a_exit}, expected success (status 33)"
-    );
-    ensure!(
-        b_exit == GuestExit::Success,
-        "b ended with {b_exit}, expected success (status 33)"
-    );
+    ensure_both_succeeded(a_exit, b_exit)?;
     Ok(ChannelMeasured {
         rounds: u64::from(rounds),
         rtt_us_median: num(&b, "rtt_us_median")?,
@@ -643,6 +629,13 @@ pub fn bench() -> Result<()> {
         median(|m| m.bw_mib_s),
         median(|m| m.write_mib_s),
     );
+    Ok(())
+}
+
+/// Both VMs of a pair must end with status 33.
+fn ensure_both_succeeded(a_exit: GuestExit, b_exit: GuestExit) -> Result<()> {
+    ensure!(a_exit == GuestExit::Success, "a ended with {a_exit}, expected success (status 33)");
+    ensure!(b_exit == GuestExit::Success, "b ended with {b_exit}, expected success (status 33)");
     Ok(())
 }
 
