@@ -209,6 +209,10 @@ mod host {
 
         #[inline(always)]
         fn w64(&self, off: usize) -> &AtomicU64 {
+            // `len` is a multiple of 8, so the word holding byte `off` lies wholly inside the
+            // region when `off` does (the backing array has spare words for alignment: they
+            // must stay unreachable).
+            assert!(off < self.len, "access outside the shared region");
             &self.words[self.base + (off - HEAD) / 8]
         }
 
@@ -504,6 +508,23 @@ mod host {
             assert_eq!(m.len(), 16);
             let mut b = [0u8; 4];
             m.read_bytes(14, &mut b);
+        }
+
+        #[test]
+        fn word_accesses_past_the_end_panic_even_with_spare_backing_words() {
+            // 128 bytes: bytes 64..128 are words, and the backing array holds spare words past
+            // them (alignment slack) that must stay out of reach.
+            let m = HostMem::new(128);
+            m.store_u64(120, 7);
+            assert_eq!(m.load_u64(120), 7);
+            for off in [128usize, 136, 184] {
+                let load = std::panic::catch_unwind(|| m.load_u64(off));
+                assert!(load.is_err(), "load_u64({off}) did not panic");
+                let store = std::panic::catch_unwind(|| m.store_u64(off, 1));
+                assert!(store.is_err(), "store_u64({off}) did not panic");
+                let word = std::panic::catch_unwind(|| m.load_u32(off, Ordering::Relaxed));
+                assert!(word.is_err(), "load_u32({off}) did not panic");
+            }
         }
 
         #[test]
