@@ -1,0 +1,3 @@
+//! Sans-IO NBD client (work in progress).
+#![no_std]
+#![forbid(unsafe_code)]
