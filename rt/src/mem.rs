@@ -72,6 +72,12 @@ pub(crate) fn note_ram(start: u64, end: u64) {
     }
 }
 
+/// One past the highest RAM address of the memory map.
+pub(crate) fn ram_end() -> u64 {
+    let ram = RAM.lock();
+    ram.0[..ram.1].iter().map(|&(_, e)| e).max().unwrap_or(0)
+}
+
 fn overlaps_ram(start: u64, end: u64) -> bool {
     let ram = RAM.lock();
     ram.0[..ram.1].iter().any(|&(s, e)| s < end && start < e)

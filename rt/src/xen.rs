@@ -8,12 +8,19 @@
 //!   `xen_hypercall::ForeignMem`, the seam through which safe crates (`xen-domain`) reach them.
 //! * The grant table (v1) is mapped over frames of our RAM; grant copies to and from foreign
 //!   frames take ordinary slices, split at page boundaries.
+//! * Foreign grants are mapped ([`map_grant`]) into a reserved guest-physical hole: frames
+//!   above RAM (and at least 1 GiB up) that the boot page tables already map write-back and
+//!   that hold nothing until Xen puts a granted page there. A mapping is a
+//!   `xen_hypercall::MappedGrant` (reached through `SharedMem` only); dropping it unmaps the
+//!   page and frees its frame of the hole.
 
 use alloc::vec::Vec;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use xen_hypercall::{CopyPtr, ForeignMem, GntCopy, GrantRef, GrantTableV1, Port, SharedInfo, Xen, XenError, hvm, memory};
+use xen_hypercall::{
+    CopyPtr, ForeignMem, GntCopy, GrantRef, GrantTableV1, MappedGrant, Port, SharedInfo, Xen, XenError, hvm, memory,
+};
 
 static SHARED_INFO: spin::Once<SharedInfo> = spin::Once::new();
 static FIRED: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
@@ -205,4 +212,70 @@ pub fn copy_to_grant(xen: Xen, src: &[u8], domid: u16, gref: GrantRef, goff: u16
     let mut batch = CopyBatch::new();
     batch.copy_out(src, domid, gref, goff)?;
     single(batch, xen)
+}
+
+/// Frames of the grant-mapping hole (1 MiB: room for 128 vifs' two ring pages).
+const HOLE_PAGES: usize = 256;
+/// The hole never starts below this (well above any RAM a driver domain is given).
+const HOLE_MIN: u64 = 1 << 30;
+/// ... and must end below the uncached MMIO window (3..4 GiB) of the boot page tables.
+const HOLE_LIMIT: u64 = 3 << 30;
+
+struct Hole {
+    base: u64,
+    /// Bit set: frame in use (mapped, or lost to a failed unmap).
+    used: [u64; HOLE_PAGES / 64],
+}
+
+static HOLE: spin::Mutex<Option<Hole>> = spin::Mutex::new(None);
+
+fn hole_alloc() -> Result<u64, XenError> {
+    let mut hole = HOLE.lock();
+    if hole.is_none() {
+        let base = crate::mem::ram_end().max(HOLE_MIN).next_multiple_of(2 << 20);
+        if base + (HOLE_PAGES as u64) * PAGE as u64 > HOLE_LIMIT {
+            return Err(XenError(-12));
+        }
+        *hole = Some(Hole { base, used: [0; HOLE_PAGES / 64] });
+    }
+    let Some(h) = hole.as_mut() else { return Err(XenError(-12)) };
+    for (w, word) in h.used.iter_mut().enumerate() {
+        if *word != u64::MAX {
+            let bit = (!*word).trailing_zeros() as usize;
+            *word |= 1 << bit;
+            return Ok(h.base + ((w * 64 + bit) * PAGE) as u64);
+        }
+    }
+    Err(XenError(-28))
+}
+
+fn hole_release(gpa: u64, unmapped: bool) {
+    if !unmapped {
+        log::error!(target: "rt", "grant unmap at {gpa:#x} failed; frame left out of the hole");
+        return;
+    }
+    let mut hole = HOLE.lock();
+    if let Some(h) = hole.as_mut() {
+        let i = ((gpa - h.base) / PAGE as u64) as usize;
+        if i < HOLE_PAGES {
+            h.used[i / 64] &= !(1 << (i % 64));
+        }
+    }
+}
+
+/// Frames of the grant-mapping hole in use.
+pub fn mapped_grants() -> usize {
+    HOLE.lock().as_ref().map_or(0, |h| h.used.iter().map(|w| w.count_ones() as usize).sum())
+}
+
+/// Maps domain `domid`'s grant `gref` (read-write) into a free frame of the hole. The page is
+/// reached only through the returned value's `SharedMem` accessors; dropping it unmaps the page.
+pub fn map_grant(xen: Xen, domid: u16, gref: GrantRef) -> Result<MappedGrant, XenError> {
+    let gpa = hole_alloc()?;
+    // SAFETY: `gpa` is a frame of the hole: above every RAM range of the memory map and below
+    // the MMIO window, so no RAM or device is there, and `hole_alloc` reserved it for this
+    // mapping until `hole_release`. The boot page tables identity-map it write-back (all of
+    // [0, 3 GiB) is mapped with 2 MiB pages that are never changed for addresses above RAM), so
+    // the CPU reaches it at the same virtual address.
+    unsafe { MappedGrant::map(xen, gpa, crate::mem::phys_to_virt(gpa), domid, gref, hole_release) }
 }

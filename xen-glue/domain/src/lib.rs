@@ -19,7 +19,8 @@ pub mod console;
 mod store;
 
 pub use store::Store;
-pub use xen_hypercall::{Port, Xen};
+pub use xen_abi::shmem::SharedMem;
+pub use xen_hypercall::{MappedGrant, Port, Xen};
 
 /// Errors of the Xen glue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,8 +9,17 @@ use crate::{Xen, XenError, check, nr};
 /// A grant reference: an index into the granting domain's table.
 pub type GrantRef = u32;
 
+/// `GNTTABOP_map_grant_ref`.
+pub const OP_MAP_GRANT_REF: u64 = 0;
+/// `GNTTABOP_unmap_grant_ref`.
+pub const OP_UNMAP_GRANT_REF: u64 = 1;
 /// `GNTTABOP_copy`.
 pub const OP_COPY: u64 = 5;
+/// `GNTMAP_host_map`: map for CPU access (for an auto-translated guest, `host_addr` is a
+/// guest-physical address whose frame the mapping replaces).
+pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+/// `GNTMAP_readonly`.
+pub const GNTMAP_READONLY: u32 = 1 << 2;
 /// `GNTTABOP_query_size`.
 pub const OP_QUERY_SIZE: u64 = 6;
 /// `GNTCOPY_source_gref`: the source is a grant reference (else a local frame).
@@ -79,6 +88,53 @@ impl GntCopy {
     }
 }
 
+/// `struct gnttab_map_grant_ref`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapGrantRef {
+    /// IN: where to map (guest-physical address of the frame, for PVH/HVM).
+    pub host_addr: u64,
+    /// IN: `GNTMAP_*`.
+    pub flags: u32,
+    /// IN: the granting domain's reference.
+    pub gref: GrantRef,
+    /// IN: the granting domain.
+    pub dom: u16,
+    /// OUT: `GNTST_*` (0 = okay).
+    pub status: i16,
+    /// OUT: handle for the unmap.
+    pub handle: u32,
+    /// OUT: bus address (device maps only).
+    pub dev_bus_addr: u64,
+}
+
+/// `struct gnttab_unmap_grant_ref`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapGrantRef {
+    /// IN: where the grant is mapped.
+    pub host_addr: u64,
+    /// IN: bus address (device maps only; 0).
+    pub dev_bus_addr: u64,
+    /// IN: the map's handle.
+    pub handle: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    _pad: u16,
+}
+
+impl UnmapGrantRef {
+    /// The unmap of a host mapping at `host_addr` made with `handle`.
+    pub fn new(host_addr: u64, handle: u32) -> UnmapGrantRef {
+        UnmapGrantRef { host_addr, dev_bus_addr: 0, handle, status: 0, _pad: 0 }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<MapGrantRef>() == 32);
+const _: () = assert!(core::mem::size_of::<UnmapGrantRef>() == 24);
+const _: () = assert!(core::mem::offset_of!(MapGrantRef, status) == 18);
+const _: () = assert!(core::mem::offset_of!(MapGrantRef, handle) == 20);
+const _: () = assert!(core::mem::offset_of!(UnmapGrantRef, status) == 20);
 const _: () = assert!(core::mem::size_of::<CopyPtr>() == 16);
 const _: () = assert!(core::mem::size_of::<GntCopy>() == 40);
 
@@ -105,6 +161,35 @@ impl Xen {
         // lives across the call; the caller vouches for the local frames.
         let ret = unsafe {
             self.call(nr::GRANT_TABLE_OP, OP_COPY, ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0)
+        };
+        check(ret).map(|_| ())
+    }
+
+    /// `GNTTABOP_map_grant_ref` for a batch; each op's `status` tells its own result.
+    ///
+    /// # Safety
+    /// Every `host_addr` must be a page-aligned guest-physical address of this domain that holds
+    /// no RAM or other mapping in use (the grant replaces whatever frame is there), and nothing
+    /// may reach it through Rust references while it is mapped.
+    pub unsafe fn grant_map(&self, ops: &mut [MapGrantRef]) -> Result<(), XenError> {
+        // SAFETY: `ops` is an array of `gnttab_map_grant_ref` (layout asserted) that lives across
+        // the call; the caller vouches for the target frames.
+        let ret = unsafe {
+            self.call(nr::GRANT_TABLE_OP, OP_MAP_GRANT_REF, ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0)
+        };
+        check(ret).map(|_| ())
+    }
+
+    /// `GNTTABOP_unmap_grant_ref` for a batch; each op's `status` tells its own result.
+    ///
+    /// # Safety
+    /// Nothing may access the mapped frames any more (afterwards they are holes in this
+    /// domain's physical address space).
+    pub unsafe fn grant_unmap(&self, ops: &mut [UnmapGrantRef]) -> Result<(), XenError> {
+        // SAFETY: `ops` is an array of `gnttab_unmap_grant_ref` (layout asserted) that lives
+        // across the call; the caller gives up the mappings.
+        let ret = unsafe {
+            self.call(nr::GRANT_TABLE_OP, OP_UNMAP_GRANT_REF, ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0)
         };
         check(ret).map(|_| ())
     }

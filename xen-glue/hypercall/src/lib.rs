@@ -18,7 +18,7 @@ pub mod mem;
 
 pub use evtchn::{Port, SharedInfo};
 pub use grant::{CopyPtr, GntCopy, GrantRef, GrantTableV1};
-pub use mem::ForeignMem;
+pub use mem::{ForeignMem, MappedGrant};
 
 /// Hypercall numbers (`xen.h`).
 pub mod nr {
