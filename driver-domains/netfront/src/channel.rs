@@ -1,0 +1,61 @@
+//! [`Buffers`] on an iConnect channel: data pages of the channel's data area, allocated with
+//! the frontend's [`PageAllocator`]; the page number is the reference put into requests (the
+//! backend's `DataArea` validates it like a grant reference).
+
+use iconnect_channel::{DataArea, PageAllocator};
+use xen_abi::GrantRef;
+use xen_abi::shmem::SharedMem;
+
+use crate::{Buffers, Error};
+
+/// The frontend's data pages of one channel.
+#[derive(Debug, Clone)]
+pub struct ChannelBuffers<M: SharedMem> {
+    data: DataArea<M>,
+    pages: PageAllocator,
+}
+
+impl<M: SharedMem> ChannelBuffers<M> {
+    /// Buffers from `pages` (the frontend's allocator) inside `data` (its view of the area).
+    pub fn new(data: DataArea<M>, pages: PageAllocator) -> Self {
+        Self { data, pages }
+    }
+
+    /// The data area.
+    pub fn data(&self) -> &DataArea<M> {
+        &self.data
+    }
+
+    /// The allocator.
+    pub fn allocator(&self) -> &PageAllocator {
+        &self.pages
+    }
+
+    /// The allocator, to take pages for other uses of the channel.
+    pub fn allocator_mut(&mut self) -> &mut PageAllocator {
+        &mut self.pages
+    }
+}
+
+impl<M: SharedMem> Buffers for ChannelBuffers<M> {
+    fn alloc(&mut self) -> Option<GrantRef> {
+        self.pages.alloc()
+    }
+
+    fn free(&mut self, page: GrantRef) {
+        // A page we never allocated cannot be here (the engine only frees its own).
+        let _ = self.pages.free(page);
+    }
+
+    fn write(&mut self, page: GrantRef, offset: usize, src: &[u8]) -> Result<(), Error> {
+        self.data
+            .copy_to_page(page, offset, src)
+            .map_err(|_| Error::Buffer)
+    }
+
+    fn read(&mut self, page: GrantRef, offset: usize, dst: &mut [u8]) -> Result<(), Error> {
+        self.data
+            .copy_from_page(page, offset, dst)
+            .map_err(|_| Error::Buffer)
+    }
+}
