@@ -45,6 +45,10 @@ fn smol_now() -> smoltcp::time::Instant {
 
 /// The image's entry point.
 pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
+    if rt::xen().is_some() {
+        // A Xen driver domain (PVH): vifs instead of PCI devices.
+        return crate::xen::main(boot);
+    }
     match run(boot) {
         Ok(never) => match never {},
         Err(e) => {

@@ -10,6 +10,8 @@ extern crate alloc;
 mod device;
 #[cfg(target_os = "none")]
 mod image;
+#[cfg(target_os = "none")]
+mod xen;
 
 #[cfg(target_os = "none")]
 rt::entry!(image::main);
