@@ -42,6 +42,14 @@ pub const IMAGES: &[Image] = &[
     // Needs an ivshmem-doorbell channel (tools/ivshmem-server): the QEMU tier boots it in pairs
     // (role=a, role=b), see `chan.rs`.
     Image { name: "chan-test", package: "chan-test", devices: Devices::None, default_append: "role=a" },
+    // A guest VM: one ivshmem-doorbell channel to net-dd (or `nic=virtio`: a virtio-net NIC of
+    // its own) and a workload (`work=`); see guests/net-guest.
+    Image {
+        name: "net-guest",
+        package: "net-guest",
+        devices: Devices::None,
+        default_append: "ip=10.0.2.20/24 gw=10.0.2.2 mac=52:54:00:12:34:20 name=g0 work=serve",
+    },
 ];
 
 /// Images must stay within 1 MiB.
