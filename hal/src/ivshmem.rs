@@ -372,7 +372,7 @@ impl SharedMem for SharedRegion {
 }
 
 #[cfg(target_os = "none")]
-pub use device::Ivshmem;
+pub use device::{Ivshmem, Parts};
 
 #[cfg(target_os = "none")]
 mod device {
@@ -530,6 +530,27 @@ mod device {
         pub fn take(&self, vector: u16) -> u32 {
             self.doorbells.take(vector)
         }
+
+        /// The device split into its region (shared, e.g. by an iConnect channel endpoint as
+        /// `&SharedRegion`), its registers (to ring the peer) and its doorbell counters, so
+        /// all three can be used while the region is borrowed.
+        pub fn parts(&mut self) -> Parts<'_> {
+            Parts {
+                region: &self.region,
+                regs: &mut self.regs,
+                doorbells: &self.doorbells,
+            }
+        }
+    }
+
+    /// Borrowed parts of an [`Ivshmem`] ([`Ivshmem::parts`]).
+    pub struct Parts<'a> {
+        /// The shared region.
+        pub region: &'a SharedRegion,
+        /// The registers: [`Registers::ring`] interrupts a peer.
+        pub regs: &'a mut Registers<Mmio>,
+        /// Doorbells received ([`Doorbells::take`]).
+        pub doorbells: &'a Doorbells,
     }
 }
 
