@@ -11,6 +11,8 @@ pub enum Which {
     Ring,
     /// Two QEMU VMs on an ivshmem-doorbell channel: doorbell round trip, shared-memory bandwidth.
     Chan,
+    /// A guest through net-dd vs the same guest on its own virtio-net NIC: throughput and RTT.
+    Net,
     /// Every benchmark.
     All,
 }
@@ -47,6 +49,10 @@ pub fn run(which: Which) -> Result<()> {
     if matches!(which, Which::Chan | Which::All) {
         header("bench chan: doorbell round trip and bandwidth between two QEMU VMs (ivshmem)");
         crate::chan::bench()?;
+    }
+    if matches!(which, Which::Net | Which::All) {
+        header("bench net: a guest through net-dd vs the same guest on a direct virtio-net NIC");
+        crate::netbench::run()?;
     }
     if !missing.is_empty() {
         bail!("benchmark(s) not available yet: {}", missing.join(", "));

@@ -1,6 +1,8 @@
-//! `cargo xtask demo`: a readable end-to-end run. For now: prerequisites → build → boot net-dd
-//! behind a tap device → ping → TCP echo → shut down. Later issues add steps (blk-dd, media-dd,
-//! Xen guests): each step is one entry of [`STEPS`].
+//! `cargo xtask demo`: a readable end-to-end run: prerequisites → build → boot net-dd behind a tap
+//! device → ping → TCP echo → shut down; then net-dd as a driver domain: guests with different QoS
+//! requests over iConnect channels stream to the host peer and to each other while the demo prints
+//! live per-guest throughput against what each asked for, and a final table. Later issues add
+//! steps (blk-dd, media-dd, Xen guests): each step is one entry of [`STEPS`].
 
 use std::time::{Duration, Instant};
 
@@ -13,12 +15,13 @@ use crate::qemu::Accel;
 use crate::util::{fmt_bytes, fmt_dur, header};
 
 #[derive(Default)]
-struct Demo {
+pub struct Demo {
     requested: Option<Accel>,
-    accel: Option<Accel>,
+    pub accel: Option<Accel>,
     built: Vec<Built>,
     net: Option<netdd::Session>,
-    facts: Vec<String>,
+    pub topo: Option<crate::topo::Net>,
+    pub facts: Vec<String>,
 }
 
 type Step = fn(&mut Demo) -> Result<()>;
@@ -30,6 +33,12 @@ const STEPS: &[(&str, Step)] = &[
     ("ping net-dd from the host side (ICMP echo, raw socket)", ping),
     ("talk TCP to net-dd's echo service (64 KiB, verified byte for byte)", tcp),
     ("shut net-dd down", stop_net),
+    (
+        "net-dd as a driver domain: boot it with 5 guests over iConnect channels, each with its own QoS request",
+        crate::netdemo::boot,
+    ),
+    ("guests stream to the host peer and to each other: live throughput against each request", crate::netdemo::stream),
+    ("shut the topology down", crate::netdemo::stop),
 ];
 
 pub fn run(accel: Option<Accel>) -> Result<()> {
@@ -38,6 +47,7 @@ pub fn run(accel: Option<Accel>) -> Result<()> {
     for (i, (title, step)) in STEPS.iter().enumerate() {
         if crate::util::interrupted() {
             d.net = None;
+            d.topo = None;
             anyhow::bail!("interrupted");
         }
         header(&format!("demo step {}/{}: {title}", i + 1, STEPS.len()));
@@ -45,6 +55,7 @@ pub fn run(accel: Option<Accel>) -> Result<()> {
         if let Err(e) = step(&mut d) {
             // Dropping the session kills QEMU and deletes the namespace.
             d.net = None;
+            d.topo = None;
             println!("\ndemo: step {} FAILED after {}", i + 1, fmt_dur(t.elapsed()));
             return Err(e.context(format!("demo step {} ({title})", i + 1)));
         }
@@ -70,6 +81,7 @@ fn prereqs(d: &mut Demo) -> Result<()> {
 
 fn build(d: &mut Demo) -> Result<()> {
     d.built = images::build(&IMAGES.iter().collect::<Vec<_>>())?;
+    crate::chan::build_server()?;
     for b in &d.built {
         d.facts.push(format!(
             "image {}: {} ELF file (limit 1 MiB), {} in memory once loaded",

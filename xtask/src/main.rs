@@ -8,7 +8,8 @@
 //! Layout: [`images`] holds the image table and the image build; [`qemu`] is the typed QEMU runner
 //! (builder → running instance → outcome); [`netns`] makes throw-away network namespaces with a tap
 //! device; [`probe`] implements ICMP echo and TCP echo clients (run *inside* a namespace by
-//! re-executing this binary); [`suite`] (`cargo xtask test`), [`demo`] and [`bench`] are the subcommands built on them.
+//! re-executing this binary); [`topo`] runs multi-VM topologies (net-dd, guests over iConnect
+//! channels, a host peer); [`suite`] (`cargo xtask test`), [`demo`] and [`bench`] are the subcommands built on them.
 
 mod bench;
 mod chan;
@@ -16,11 +17,15 @@ mod demo;
 mod markers;
 mod netdd;
 mod images;
+mod netbench;
+mod netdemo;
 mod netns;
+mod nettests;
 mod prereq;
 mod probe;
 mod qemu;
 mod suite;
+mod topo;
 mod util;
 mod xen;
 
@@ -77,6 +82,8 @@ enum Cmd {
         #[arg(value_enum, default_value_t = bench::Which::All)]
         which: bench::Which,
     },
+    /// Boot net-dd + guests over iConnect channels (a host peer on the uplink) and show their consoles.
+    Net(topo::NetArgs),
     /// Nested Xen: boot Xen 4.17 + a busybox dom0 in QEMU and run scenarios (default: all).
     Xen(xen::XenArgs),
     /// Internal: network probes run inside a namespace (`ip netns exec <ns> xtask probe ...`).
@@ -103,6 +110,7 @@ fn main() -> ExitCode {
         Cmd::Bench { which } => bench::run(which),
         Cmd::Probe { probe } => probe::run(&probe),
         Cmd::Xen(args) => xen::run_cmd(&args),
+        Cmd::Net(args) => topo::net_cmd(&args),
     };
     if util::interrupted() {
         eprintln!("xtask: interrupted");

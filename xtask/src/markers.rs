@@ -66,6 +66,61 @@ pub fn parse_fault(line: &str) -> Option<Fault> {
     Some(Fault { name, addr })
 }
 
+/// A marker line in the `MARKER word... key=value...` shape (`ICONNECT-PORT 2 up mac=.. qos=..`,
+/// `ICONNECT-RESULT ok name=g1 ...`): the words before the first `key=value`, and the fields.
+/// A `reason=` field takes the rest of the line (reasons are free text).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    pub words: Vec<String>,
+    pub kv: std::collections::BTreeMap<String, String>,
+}
+
+impl Fields {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.kv.get(key).map(String::as_str)
+    }
+    /// A numeric field.
+    pub fn num(&self, key: &str) -> Option<u64> {
+        self.get(key)?.parse().ok()
+    }
+    pub fn word(&self, i: usize) -> Option<&str> {
+        self.words.get(i).map(String::as_str)
+    }
+}
+
+/// Parse `marker` (e.g. `ICONNECT-PORT`, matched as a whole token) anywhere in `line`.
+pub fn parse_fields(line: &str, marker: &str) -> Option<Fields> {
+    let mut at = 0;
+    let rest = loop {
+        let i = line[at..].find(marker)? + at;
+        let end = i + marker.len();
+        let next = line[end..].chars().next();
+        if next.is_none() || next == Some(' ') {
+            break &line[end..];
+        }
+        at = end;
+    };
+    let mut f = Fields::default();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (tok, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        match tok.split_once('=') {
+            Some(("reason", _)) => {
+                let v = rest["reason=".len()..].trim_end();
+                f.kv.insert("reason".into(), v.to_string());
+                break;
+            }
+            Some((k, v)) => {
+                f.kv.insert(k.to_string(), v.to_string());
+            }
+            None if f.kv.is_empty() => f.words.push(tok.to_string()),
+            None => {}
+        }
+        rest = tail.trim_start();
+    }
+    Some(f)
+}
+
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.find(marker).map(|i| &line[i + marker.len()..])
 }
@@ -102,6 +157,25 @@ mod tests {
             Some(KtestResult::Fail { name: "heap".into(), why: "got 3, want 4".into() })
         );
         assert_eq!(parse_ktest_result("KTEST-RESULT maybe x"), None);
+    }
+
+    #[test]
+    fn field_markers() {
+        let f = parse_fields("[ 1.0] INFO  net-dd: ICONNECT-PORT 2 up mac=52:54:00:12:34:21 qos=granted granted_bps=4000000", "ICONNECT-PORT")
+            .unwrap();
+        assert_eq!(f.words, ["2", "up"]);
+        assert_eq!(f.get("mac"), Some("52:54:00:12:34:21"));
+        assert_eq!(f.num("granted_bps"), Some(4_000_000));
+        let d = parse_fields("ICONNECT-PORT 1 down reason=bad ring index 77 (req_prod)", "ICONNECT-PORT").unwrap();
+        assert_eq!(d.words, ["1", "down"]);
+        assert_eq!(d.get("reason"), Some("bad ring index 77 (req_prod)"));
+        // ICONNECT-PORTSTAT is not ICONNECT-PORT.
+        assert!(parse_fields("ICONNECT-PORTSTAT 1 tx_bps=5", "ICONNECT-PORT").is_none());
+        let s = parse_fields("x ICONNECT-PORTSTAT 1 tx_bps=5 rx_bps=6 drops=0", "ICONNECT-PORTSTAT").unwrap();
+        assert_eq!((s.word(0), s.num("tx_bps"), s.num("drops")), (Some("1"), Some(5), Some(0)));
+        let r = parse_fields("ICONNECT-RESULT ok name=g1 work=tcp secs=2.5", "ICONNECT-RESULT").unwrap();
+        assert_eq!((r.word(0), r.get("name"), r.get("secs")), (Some("ok"), Some("g1"), Some("2.5")));
+        assert!(parse_fields("nothing", "ICONNECT-RESULT").is_none());
     }
 
     #[test]

@@ -90,6 +90,16 @@ impl Netns {
         &self.name
     }
 
+    /// Another tap device in this namespace with its own host address (`cidr`), up.
+    pub fn add_tap(&self, tap: &str, cidr: &str) -> Result<()> {
+        let n = self.name.as_str();
+        ip(&["-n", n, "tuntap", "add", "dev", tap, "mode", "tap"])?;
+        ip(&["-n", n, "addr", "add", cidr, "dev", tap])?;
+        ip(&["-n", n, "link", "set", tap, "up"])?;
+        println!("netns: {n}: {tap} {cidr}");
+        Ok(())
+    }
+
     /// `ip netns exec <ns> <program>` (ip execs the program, so the child's PID is the program's).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

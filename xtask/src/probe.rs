@@ -48,7 +48,42 @@ pub enum ProbeCmd {
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
     },
+    /// Bulk TCP for `secs` seconds: `send` writes to `addr:port` (a sink), `recv` reads from it
+    /// (a source). Prints `PROBE bulk dir=send|recv bytes= us= bps=`.
+    Bulk {
+        addr: Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_enum)]
+        dir: BulkDir,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// Host-side peer for guests: TCP echo, sink (discard) and source (chargen) services on
+    /// 0.0.0.0 until killed. Prints `PROBE serving ...` once listening, `PROBE sink-tick` every
+    /// `tick_ms` per active sink connection, and `PROBE conn ...` when a connection ends.
+    Serve {
+        #[arg(long, default_value_t = PEER_ECHO_PORT)]
+        echo_port: u16,
+        #[arg(long, default_value_t = PEER_SINK_PORT)]
+        sink_port: u16,
+        #[arg(long, default_value_t = PEER_SOURCE_PORT)]
+        source_port: u16,
+        #[arg(long, default_value_t = 1000)]
+        tick_ms: u64,
+    },
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkDir {
+    Send,
+    Recv,
+}
+
+/// Ports of the host-side peer ([`ProbeCmd::Serve`]) at 10.0.2.2 in the topology namespace.
+pub const PEER_ECHO_PORT: u16 = 7;
+pub const PEER_SINK_PORT: u16 = 9;
+pub const PEER_SOURCE_PORT: u16 = 19;
 
 pub fn run(cmd: &ProbeCmd) -> Result<()> {
     match *cmd {
@@ -62,7 +97,200 @@ pub fn run(cmd: &ProbeCmd) -> Result<()> {
         ProbeCmd::Tcp { addr, port, bytes, seed, timeout_ms } => {
             tcp_echo(addr, port, bytes, seed.unwrap_or_else(util::time_seed), Duration::from_millis(timeout_ms))
         }
+        ProbeCmd::Bulk { addr, port, dir, secs } => bulk(addr, port, dir, Duration::from_secs_f64(secs.max(0.1))),
+        ProbeCmd::Serve { echo_port, sink_port, source_port, tick_ms } => {
+            serve(echo_port, sink_port, source_port, Duration::from_millis(tick_ms.max(10)))
+        }
     }
+}
+
+/// One finished connection to the host-side peer, from a `PROBE conn ...` line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConn {
+    /// `echo`, `sink` or `source`.
+    pub kind: String,
+    pub from: Ipv4Addr,
+    /// Bytes received (echo, sink) or sent (source).
+    pub bytes: u64,
+    /// From accept to close.
+    pub us: u64,
+    /// Bytes per second between the first and the last byte (0 if fewer than two reads).
+    pub bps: u64,
+}
+
+impl PeerConn {
+    pub fn parse(line: &str) -> Option<PeerConn> {
+        let rest = line.strip_prefix("PROBE conn ")?;
+        let from = field(rest, "from")?;
+        let from = from.split_once(':').map_or(from, |(ip, _)| ip);
+        Some(PeerConn {
+            kind: field(rest, "kind")?.to_string(),
+            from: from.parse().ok()?,
+            bytes: field(rest, "bytes")?.parse().ok()?,
+            us: field(rest, "us")?.parse().ok()?,
+            bps: field(rest, "bps")?.parse().ok()?,
+        })
+    }
+}
+
+/// One `PROBE sink-tick from=<ip:port> bytes=<in this tick> ms=<tick length> at_ms=<tick end>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkTick {
+    pub from: Ipv4Addr,
+    pub bytes: u64,
+    pub ms: u64,
+    /// End of the tick, ms since the peer started.
+    pub at_ms: u64,
+}
+
+impl SinkTick {
+    pub fn parse(line: &str) -> Option<SinkTick> {
+        let rest = line.strip_prefix("PROBE sink-tick ")?;
+        let from = field(rest, "from")?;
+        Some(SinkTick {
+            from: from.split_once(':').map_or(from, |(ip, _)| ip).parse().ok()?,
+            bytes: field(rest, "bytes")?.parse().ok()?,
+            ms: field(rest, "ms")?.parse().ok()?,
+            at_ms: field(rest, "at_ms")?.parse().ok()?,
+        })
+    }
+}
+
+/// Bits per second `from` delivered to the sink during the window `[start_ms, end_ms]` (ticks
+/// wholly inside it), or None if no tick falls inside.
+pub fn window_bps(ticks: &[SinkTick], from: Ipv4Addr, start_ms: u64, end_ms: u64) -> Option<u64> {
+    let inside: Vec<&SinkTick> = ticks
+        .iter()
+        .filter(|t| t.from == from && t.at_ms <= end_ms && t.at_ms.saturating_sub(t.ms) >= start_ms)
+        .collect();
+    let ms: u64 = inside.iter().map(|t| t.ms).sum();
+    if ms == 0 {
+        return None;
+    }
+    Some(inside.iter().map(|t| t.bytes).sum::<u64>() * 8 * 1000 / ms)
+}
+
+fn bulk(addr: Ipv4Addr, port: u16, dir: BulkDir, secs: Duration) -> Result<()> {
+    let sa = SocketAddr::V4(SocketAddrV4::new(addr, port));
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(10)).with_context(|| format!("connecting to {sa}"))?;
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    XorShift::new(util::time_seed()).fill(&mut buf);
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    s.set_write_timeout(Some(Duration::from_millis(200)))?;
+    while start.elapsed() < secs {
+        let r = match dir {
+            BulkDir::Send => s.write(&buf),
+            BulkDir::Recv => s.read(&mut buf),
+        };
+        match r {
+            Ok(0) => bail!("{sa} closed the connection after {bytes} bytes"),
+            Ok(n) => bytes += n as u64,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e).with_context(|| format!("{dir:?} after {bytes} bytes")),
+        }
+    }
+    if dir == BulkDir::Send {
+        // Written is not delivered: take off what still sits in our send queue (unacked).
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which is valid.
+        if unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0 {
+            bytes = bytes.saturating_sub(u64::try_from(queued).unwrap_or(0));
+        }
+    }
+    let us = start.elapsed().as_micros() as u64;
+    let _ = s.shutdown(Shutdown::Both);
+    ensure!(bytes > 0, "no byte moved in {}", util::fmt_dur(secs));
+    println!(
+        "PROBE bulk dir={} bytes={bytes} us={us} bps={}",
+        if dir == BulkDir::Send { "send" } else { "recv" },
+        bytes * 8 * 1_000_000 / us.max(1)
+    );
+    Ok(())
+}
+
+fn serve(echo_port: u16, sink_port: u16, source_port: u16, tick: Duration) -> Result<()> {
+    use std::net::TcpListener;
+    let bind = |port: u16| {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .with_context(|| format!("listening on TCP port {port}"))
+    };
+    let listeners = [("echo", bind(echo_port)?), ("sink", bind(sink_port)?), ("source", bind(source_port)?)];
+    println!("PROBE serving echo={echo_port} sink={sink_port} source={source_port}");
+    std::io::stdout().flush()?;
+    let epoch = Instant::now();
+    let mut handles = Vec::new();
+    for (kind, l) in listeners {
+        handles.push(thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                thread::spawn(move || serve_conn(kind, s, tick, epoch));
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    bail!("listeners ended")
+}
+
+/// Serves one connection and prints its `PROBE conn` line.
+/// Ticks carry `at_ms=` (milliseconds since `epoch`, the peer's start) so rates of different
+/// connections can be compared over a common window.
+fn serve_conn(kind: &'static str, mut s: TcpStream, tick: Duration, epoch: Instant) {
+    let from = s.peer_addr().map_or_else(|_| "0.0.0.0:0".to_string(), |a| a.to_string());
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let (mut first, mut last) = (None::<Instant>, start);
+    let mut buf = vec![0u8; 64 * 1024];
+    match kind {
+        "source" => {
+            XorShift::new(util::time_seed()).fill(&mut buf);
+            while let Ok(n) = s.write(&buf) {
+                if n == 0 {
+                    break;
+                }
+                bytes += n as u64;
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+            }
+        }
+        _ => {
+            let _ = s.set_read_timeout(Some(tick));
+            let (mut tick_start, mut tick_bytes) = (Instant::now(), 0u64);
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        bytes += n as u64;
+                        tick_bytes += n as u64;
+                        first.get_or_insert_with(Instant::now);
+                        last = Instant::now();
+                        if kind == "echo" && s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+                if kind == "sink" && tick_start.elapsed() >= tick {
+                    println!(
+                        "PROBE sink-tick from={from} bytes={tick_bytes} ms={} at_ms={}",
+                        tick_start.elapsed().as_millis(),
+                        epoch.elapsed().as_millis()
+                    );
+                    let _ = std::io::stdout().flush();
+                    (tick_start, tick_bytes) = (Instant::now(), 0);
+                }
+            }
+        }
+    }
+    let span = first.map_or(0.0, |f| (last - f).as_secs_f64());
+    let bps = if span > 0.0 { (bytes as f64 * 8.0 / span) as u64 } else { 0 };
+    println!("PROBE conn kind={kind} from={from} bytes={bytes} us={} bps={bps}", start.elapsed().as_micros());
+    let _ = std::io::stdout().flush();
 }
 
 /// RFC 1071 internet checksum.
@@ -359,6 +587,36 @@ mod tests {
         assert!(parse_echo_reply(&[]).is_none());
         assert!(parse_echo_reply(&[0x45; 10]).is_none());
         assert!(parse_echo_reply(&[0x4f; 30]).is_none());
+    }
+
+    #[test]
+    fn peer_lines() {
+        let c = PeerConn::parse("PROBE conn kind=sink from=10.0.2.21:49152 bytes=1000 us=2000000 bps=4000").unwrap();
+        assert_eq!(c, PeerConn { kind: "sink".into(), from: Ipv4Addr::new(10, 0, 2, 21), bytes: 1000, us: 2_000_000, bps: 4000 });
+        assert!(PeerConn::parse("PROBE conn kind=sink from=nope bytes=1 us=1 bps=1").is_none());
+        let t = SinkTick::parse("PROBE sink-tick from=10.0.2.22:5 bytes=125000 ms=1000 at_ms=3000").unwrap();
+        assert_eq!((t.from, t.bytes, t.ms, t.at_ms), (Ipv4Addr::new(10, 0, 2, 22), 125_000, 1000, 3000));
+        let a = Ipv4Addr::new(10, 0, 2, 21);
+        let tick = |bytes, at_ms| SinkTick { from: a, bytes, ms: 1000, at_ms };
+        let ticks = [tick(1000, 1000), tick(250, 2000), tick(250, 3000), tick(9000, 4000), t];
+        // Only the ticks covering [1000, 3000] count; other sources never do.
+        assert_eq!(window_bps(&ticks, a, 1000, 3000), Some(2000));
+        assert_eq!(window_bps(&ticks, a, 1500, 2500), None);
+    }
+
+    /// The sink side of the host peer over loopback: it counts what a client sent.
+    #[test]
+    fn peer_sink_counts_bytes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let srv = thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            serve_conn("sink", s, Duration::from_millis(50), Instant::now());
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&[7u8; 100_000]).unwrap();
+        drop(c);
+        srv.join().unwrap();
     }
 
     #[test]

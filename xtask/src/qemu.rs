@@ -164,6 +164,7 @@ pub struct Qemu {
     timeout: Duration,
     netns: Option<String>,
     echo: bool,
+    label: Option<String>,
 }
 
 impl Qemu {
@@ -178,6 +179,7 @@ impl Qemu {
             timeout: Duration::from_secs(60),
             netns: None,
             echo: false,
+            label: None,
         }
     }
     pub fn memory_mib(mut self, mib: u32) -> Self {
@@ -214,6 +216,11 @@ impl Qemu {
     /// Print serial lines to our stdout as they arrive.
     pub fn echo(mut self, on: bool) -> Self {
         self.echo = on;
+        self
+    }
+    /// Name of this VM in a multi-VM run: echoed lines (serial and stderr) are prefixed with it.
+    pub fn label(mut self, name: &str) -> Self {
+        self.label = Some(name.into());
         self
     }
 
@@ -281,6 +288,8 @@ impl Qemu {
         let tx2 = tx.clone();
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let echo = self.echo;
+        let prefix = self.label.as_ref().map(|l| format!("{l:>7} | ")).unwrap_or_default();
+        let prefix2 = prefix.clone();
         let lines2 = Arc::clone(&lines);
         let reader = thread::spawn(move || {
             let mut r = BufReader::new(stdout);
@@ -292,7 +301,7 @@ impl Qemu {
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
                         if echo {
-                            println!("{line}");
+                            println!("{prefix}{line}");
                         }
                         let idx = {
                             let mut l = lines2.lock().expect("serial lock");
@@ -320,7 +329,7 @@ impl Qemu {
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buf);
                         if echo {
-                            eprint!("{line}");
+                            eprint!("{prefix2}{line}");
                         }
                         stderr2.lock().expect("stderr lock").push_str(&line);
                         if is_fatal_stderr(&line) && !fatal2.swap(true, Ordering::SeqCst) {
@@ -446,7 +455,14 @@ impl Running {
     }
 
     /// Wait for QEMU to exit on its own; kill it when the run's timeout expires.
-    pub fn wait(mut self) -> Outcome {
+    pub fn wait(self) -> Outcome {
+        let d = self.timeout;
+        self.wait_within(d)
+    }
+
+    /// Like [`Running::wait`], but kill QEMU (reported as timed out) after `within` at the latest.
+    pub fn wait_within(mut self, within: Duration) -> Outcome {
+        let deadline = self.deadline.min(Instant::now() + within);
         let mut timed_out = false;
         loop {
             match self.child.try_wait() {
@@ -455,7 +471,7 @@ impl Running {
                     self.kill_now();
                     break;
                 }
-                Ok(None) if Instant::now() >= self.deadline => {
+                Ok(None) if Instant::now() >= deadline => {
                     timed_out = true;
                     self.kill_now();
                     break;
