@@ -24,7 +24,7 @@ const SECS: u32 = 12;
 
 /// The guests: (spec, streams to the host?).
 fn guests() -> Vec<GuestSpec> {
-    let sink = GuestSpec::new(5).work(work::serve(SECS + 30));
+    let sink = GuestSpec::new(5).serve(SECS + 60);
     let to_guest = work::stream(sink.ip(), PEER_SINK_PORT, SECS);
     vec![
         GuestSpec::new(1)

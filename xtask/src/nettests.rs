@@ -12,29 +12,28 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::probe::{self, PEER_ECHO_PORT, PEER_SINK_PORT, SinkTick};
 use crate::qemu::Accel;
-use crate::topo::{Artifacts, GuestSpec, HOST_IP, Net, Qos, Topology, fmt_bps};
+use crate::topo::{Artifacts, GuestDone, GuestSpec, HOST_IP, Net, Nic, Qos, Topology, fmt_bps};
 
-/// net-guest workloads (its `work=` syntax lives here only).
+/// net-guest workloads (its `work=` syntax, guests/net-guest/src/config.rs, lives here only).
 pub mod work {
     use std::net::Ipv4Addr;
 
-    /// Stream TCP to `to:port` for `secs` seconds (rate reported once a second).
+    /// Bulk TCP to the sink `to:port` for `secs` seconds (rate reported once a second).
     pub fn stream(to: Ipv4Addr, port: u16, secs: u32) -> String {
-        format!("stream:{to}:{port}:{secs}")
+        format!("tcp-send:{to}:{port}:{secs}")
     }
-    /// TCP echo exchange of `bytes` with `to:port`, verified byte for byte.
-    pub fn echo(to: Ipv4Addr, port: u16, bytes: u32) -> String {
-        format!("echo:{to}:{port}:{bytes}")
+    /// `count` 64-byte request/echo round trips with the TCP echo server `to:port`.
+    pub fn rtt(to: Ipv4Addr, port: u16, count: u32) -> String {
+        format!("tcp-rtt:{to}:{port}:{count}")
     }
+    /// Bytes a [`rtt`] run moves each way.
+    pub const RTT_BYTES: u64 = 64;
     /// `count` ICMP echo requests to `to`.
     pub fn ping(to: Ipv4Addr, count: u32) -> String {
         format!("ping:{to}:{count}")
     }
-    /// Serve (ICMP echo, TCP echo :7, sink :9) for `secs` seconds.
-    pub fn serve(secs: u32) -> String {
-        format!("serve:{secs}")
-    }
-    /// Garbage its own ring.
+    /// Garbage its own TX ring: `req-prod` (a producer index far past the ring), `bad-ref`
+    /// (data references outside its data area), `oversize` (a request past its page).
     pub fn hostile(how: &str) -> String {
         format!("hostile:{how}")
     }
@@ -62,60 +61,87 @@ fn topology(run: &str, accel: Accel) -> Result<Topology> {
     Ok(Topology::new(run, accel, &artifacts()?))
 }
 
-/// Host ↔ guest through net-dd: the guest's port comes up, the host pings the guest, the guest
-/// runs a TCP echo exchange with the host peer (verified in the guest, counted by the peer), and
-/// pings the host.
+/// Host ↔ guest through net-dd. g1 serves: the host pings it and runs a 64 KiB TCP echo
+/// exchange with it (verified by the host). g2 runs TCP round trips with the host's echo service
+/// (verified by g2; the host counts the bytes), g3 pings the host.
 pub fn guest_host(accel: Accel) -> Result<String> {
-    let bytes = 128 * 1024;
-    let g1 = GuestSpec::new(1).work(work::echo(HOST_IP, PEER_ECHO_PORT, bytes));
-    let ip = g1.ip();
-    let mut net = topology("guest-host", accel)?.guest(g1).start()?;
-    let port = net.wait_port(1, "up", Duration::from_secs(30))?;
-    ensure!(
-        port.get("mac") == Some(net.spec("g1").context("g1")?.mac().as_str()),
-        "net-dd port 1 came up with mac={:?}, g1 announced {}",
-        port.get("mac"),
-        net.spec("g1").context("g1")?.mac()
-    );
-    let rtts = net.ping("g1", ip, 3)?;
-    let done = net.finish_all_ok(FINISH_WITHIN)?;
-    let echoed = net.wait_peer_conns("echo", ip, 1, Duration::from_secs(10))?;
-    ensure!(
-        echoed[0].bytes == u64::from(bytes) && done[0].num("bytes") == Some(u64::from(bytes)),
-        "the host peer echoed {} bytes for g1, g1 reports {:?}, expected {bytes}",
-        echoed[0].bytes,
-        done[0].num("bytes")
-    );
+    let rounds = 200;
+    let mut net = topology("guest-host", accel)?
+        .guest(GuestSpec::new(1).serve(120))
+        .guest(GuestSpec::new(2).work(work::rtt(HOST_IP, PEER_ECHO_PORT, rounds)))
+        .guest(GuestSpec::new(3).work(work::ping(HOST_IP, 5)))
+        .start()?;
+    let ports = check_ports_up(&mut net)?;
+    let g1 = net.spec("g1").map(GuestSpec::ip).context("g1")?;
+    let rtts = net.ping("g1", g1, 3)?;
+    let kib_s = net.tcp_echo("g1", g1, 7, 64 * 1024)?;
+    let d2 = finish_ok(&mut net, "g2")?;
+    let d3 = finish_ok(&mut net, "g3")?;
+    let g2 = net.spec("g2").map(GuestSpec::ip).context("g2")?;
+    let echoed = net.wait_peer_conns("echo", g2, 1, Duration::from_secs(10))?;
+    let want = u64::from(rounds) * work::RTT_BYTES;
+    if echoed[0].bytes != want {
+        return Err(net.fail("g2", format!("the host echoed {} bytes for g2, expected {rounds} x 64 = {want}", echoed[0].bytes)));
+    }
+    net.kill("g1")?;
     net.stop()?;
     Ok(format!(
-        "port 1 up ({}); host->g1 ping x3 (max {} us); g1<->host TCP echo {bytes} bytes verified",
-        port.get("qos").unwrap_or("?"),
-        rtts.iter().max().copied().unwrap_or(0)
+        "{ports}; host->g1 ping x3 (max {} us) and 64 KiB TCP echo verified ({kib_s:.0} KiB/s); g2->host {rounds} TCP round trips ({}); g3->host ping x5 ({})",
+        rtts.iter().max().copied().unwrap_or(0),
+        d2.summary(),
+        d3.summary()
     ))
 }
 
-/// Guest ↔ guest through net-dd's bridge: g2 serves, g1 pings it and runs a TCP echo exchange.
+/// Guest ↔ guest through net-dd's bridge: g1 serves; g2 runs TCP round trips with it, g3 pings
+/// it, g4 streams to its sink for 2 s.
 pub fn guest_guest(accel: Accel) -> Result<String> {
-    let bytes = 128 * 1024;
-    let g2 = GuestSpec::new(2).work(work::serve(60));
-    let g2_ip = g2.ip();
-    let g1 = GuestSpec::new(1).work(work::echo(g2_ip, 7, bytes));
-    let g3 = GuestSpec::new(3).work(work::ping(g2_ip, 5));
-    let mut net = topology("guest-guest", accel)?.guest(g2).guest(g1).guest(g3).start()?;
-    let d1 = net.finish_guest("g1", FINISH_WITHIN)?;
-    let d3 = net.finish_guest("g3", FINISH_WITHIN)?;
-    for d in [&d1, &d3] {
-        if !d.ok() {
-            return Err(net.fail(&d.name, format!("did not finish ok: {:?} ({})", d.result, d.exit)));
-        }
+    let g1 = GuestSpec::new(1).serve(120);
+    let ip = g1.ip();
+    let rounds = 200;
+    let mut net = topology("guest-guest", accel)?
+        .guest(g1)
+        .guest(GuestSpec::new(2).work(work::rtt(ip, 7, rounds)))
+        .guest(GuestSpec::new(3).work(work::ping(ip, 5)))
+        .guest(GuestSpec::new(4).work(work::stream(ip, 9, 2)))
+        .start()?;
+    let ports = check_ports_up(&mut net)?;
+    let d2 = finish_ok(&mut net, "g2")?;
+    let d3 = finish_ok(&mut net, "g3")?;
+    let d4 = finish_ok(&mut net, "g4")?;
+    if d4.num("bytes").unwrap_or(0) == 0 {
+        return Err(net.fail("g4", "streamed no byte to g1"));
     }
-    ensure!(d1.num("bytes") == Some(u64::from(bytes)), "g1 echoed {:?} bytes with g2, expected {bytes}", d1.num("bytes"));
-    ensure!(d3.num("lost") == Some(0), "g3 lost {:?} of 5 pings to g2", d3.num("lost"));
+    net.kill("g1")?;
     net.stop()?;
     Ok(format!(
-        "g1<->g2 TCP echo {bytes} bytes verified; g3->g2 ping x5 (p50 {} us)",
-        d3.num("rtt_us_p50").unwrap_or(0)
+        "{ports}; g2->g1 {rounds} TCP round trips ({}); g3->g1 ping x5 ({}); g4->g1 stream ({})",
+        d2.summary(),
+        d3.summary(),
+        d4.summary()
     ))
+}
+
+/// Every guest's `ICONNECT-LINK up` and net-dd's `ICONNECT-PORT <n> up` with that guest's MAC.
+fn check_ports_up(net: &mut Net) -> Result<String> {
+    let specs: Vec<GuestSpec> = net.guest_specs().iter().filter(|g| g.nic == Nic::Channel).cloned().collect();
+    for (i, g) in specs.iter().enumerate() {
+        net.wait_link(&g.name(), Duration::from_secs(30))?;
+        let port = net.wait_port(i + 1, "up", Duration::from_secs(10))?;
+        if port.get("mac") != Some(g.mac().as_str()) {
+            return Err(net.fail("net-dd", format!("port {} came up with mac={:?}, {} announced {}", i + 1, port.get("mac"), g.name(), g.mac())));
+        }
+    }
+    Ok(format!("ports 1..{} up with the guests' MACs", specs.len()))
+}
+
+/// Wait for `guest` to end with `ICONNECT-RESULT ok` and exit 33.
+fn finish_ok(net: &mut Net, guest: &str) -> Result<GuestDone> {
+    let d = net.finish_guest(guest, FINISH_WITHIN)?;
+    if !d.ok() {
+        return Err(net.fail(guest, format!("did not finish ok: {} ({})", d.summary(), d.exit)));
+    }
+    Ok(d)
 }
 
 /// Rates of the given sources over the window in which all of them stream (trimmed by
@@ -216,34 +242,36 @@ pub fn qos_guarantee(accel: Accel) -> Result<String> {
     Ok(format!("g1 kept {:.1}% of its guarantee; {desc}", r[0] as f64 * 100.0 / g as f64))
 }
 
-/// A hostile guest garbages its ring: its port goes down with a reason; another guest's TCP
-/// echo exchange with the host completes, verified.
+/// A hostile guest garbages its ring (`hostile:req-prod`): its port goes down with a reason;
+/// meanwhile another guest's TCP round trips with the host complete (verified by the guest,
+/// counted by the host), and its port never goes down.
 pub fn hostile(accel: Accel) -> Result<String> {
-    let bytes = 256 * 1024;
-    let g1 = GuestSpec::new(1).work(work::hostile("ring"));
-    let g2 = GuestSpec::new(2).work(work::echo(HOST_IP, PEER_ECHO_PORT, bytes));
-    let g2_ip = g2.ip();
-    let mut net = topology("hostile", accel)?.guest(g1).guest(g2).start()?;
+    let rounds = 500;
+    let mut net = topology("hostile", accel)?
+        .guest(GuestSpec::new(1).work(work::hostile("req-prod")))
+        .guest(GuestSpec::new(2).work(work::rtt(HOST_IP, PEER_ECHO_PORT, rounds)))
+        .start()?;
     let down = net.wait_port(1, "down", Duration::from_secs(60))?;
     let reason = down.get("reason").unwrap_or("").to_string();
     if reason.is_empty() {
         return Err(net.fail("net-dd", "port 1 went down without a reason"));
     }
-    let d2 = net.finish_guest("g2", FINISH_WITHIN)?;
-    if !d2.ok() || d2.num("bytes") != Some(u64::from(bytes)) {
-        return Err(net.fail("g2", format!("did not complete its {bytes}-byte echo: {:?} ({})", d2.result, d2.exit)));
+    let d2 = finish_ok(&mut net, "g2")?;
+    let g2 = net.spec("g2").map(GuestSpec::ip).context("g2")?;
+    let echoed = net.wait_peer_conns("echo", g2, 1, Duration::from_secs(10))?;
+    let want = u64::from(rounds) * work::RTT_BYTES;
+    if echoed[0].bytes != want {
+        return Err(net.fail("g2", format!("the host echoed {} bytes for g2, expected {want}", echoed[0].bytes)));
     }
-    let echoed = net.wait_peer_conns("echo", g2_ip, 1, Duration::from_secs(10))?;
-    ensure!(echoed[0].bytes == u64::from(bytes), "the peer echoed {} bytes for g2", echoed[0].bytes);
-    let port2 = net.serial("net-dd").iter().any(|l| {
+    let port2_down = net.serial("net-dd").iter().any(|l| {
         crate::markers::parse_fields(l, "ICONNECT-PORT").is_some_and(|f| f.word(0) == Some("2") && f.word(1) == Some("down"))
     });
-    if port2 {
+    if port2_down {
         return Err(net.fail("net-dd", "port 2 (the well-behaved guest) went down too"));
     }
     net.kill("g1")?;
     net.stop()?;
-    Ok(format!("port 1 down (reason={reason}); g2 echoed {bytes} bytes with the host meanwhile"))
+    Ok(format!("port 1 down (reason={reason}); g2 completed {rounds} TCP round trips with the host meanwhile ({})", d2.summary()))
 }
 
 #[cfg(test)]

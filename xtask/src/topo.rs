@@ -111,6 +111,14 @@ impl GuestSpec {
         self.work = Some(w.into());
         self
     }
+    /// `work=serve` for `secs` seconds (0: until killed).
+    pub fn serve(mut self, secs: u32) -> Self {
+        self.work = Some("serve".into());
+        if secs > 0 {
+            self.extra.push(format!("secs={secs}"));
+        }
+        self
+    }
     pub fn nic(mut self, n: Nic) -> Self {
         self.nic = n;
         self
@@ -432,6 +440,10 @@ impl GuestDone {
     pub fn num(&self, k: &str) -> Option<u64> {
         self.result.as_ref()?.num(k)
     }
+    /// The result line's words and fields (for reports).
+    pub fn summary(&self) -> String {
+        self.result.as_ref().map_or("no ICONNECT-RESULT line".to_string(), |f| f.words.join(" ") + &fmt_kv(f))
+    }
 }
 
 /// A running topology. Field order is drop order: VMs, peer, servers, namespace.
@@ -626,6 +638,23 @@ impl Net {
             return Err(self.fail(vm, format!("ping {ip}: {} of {count} replies", rtts.len())));
         }
         Ok(rtts)
+    }
+
+    /// TCP echo exchange from the host to `ip:port` (`bytes`, verified byte for byte by the
+    /// probe): KiB/s. Errors show `vm`'s console.
+    pub fn tcp_echo(&self, vm: &str, ip: Ipv4Addr, port: u16, bytes: usize) -> Result<f64> {
+        let args: Vec<String> =
+            ["tcp", &ip.to_string(), "--port", &port.to_string(), "--bytes", &bytes.to_string(), "--timeout-ms", "90000"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let lines = probe::run_in(&self.ns, &args, Duration::from_secs(100))
+            .map_err(|e| self.fail(vm, format!("TCP echo {ip}:{port}: {e:#}")))?;
+        let l = lines
+            .iter()
+            .find(|l| l.starts_with("PROBE tcp "))
+            .ok_or_else(|| self.fail(vm, "TCP probe printed no result"))?;
+        probe::field(l, "kib_s").and_then(|v| v.parse().ok()).context("no kib_s")
     }
 
     /// Bulk TCP between the host peer and `ip:port` for `secs` (`Send`: host -> a sink;
