@@ -68,7 +68,7 @@ pub fn parse_fault(line: &str) -> Option<Fault> {
 
 /// A marker line in the `MARKER word... key=value...` shape (`ICONNECT-PORT 2 up mac=.. qos=..`,
 /// `ICONNECT-RESULT ok name=g1 ...`): the words before the first `key=value`, and the fields.
-/// A `reason=` field takes the rest of the line (reasons are free text).
+/// A `reason=` value is free text: it runs up to the next `key=value` token.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fields {
     pub words: Vec<String>,
@@ -101,22 +101,25 @@ pub fn parse_fields(line: &str, marker: &str) -> Option<Fields> {
         at = end;
     };
     let mut f = Fields::default();
-    let mut rest = rest.trim();
-    while !rest.is_empty() {
-        let (tok, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let is_kv = |t: &str| t.split_once('=').is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    let mut toks = rest.split_whitespace().peekable();
+    while let Some(tok) = toks.next() {
         match tok.split_once('=') {
-            Some(("reason", _)) => {
-                let v = rest["reason=".len()..].trim_end();
-                f.kv.insert("reason".into(), v.to_string());
-                break;
+            Some(("reason", v)) => {
+                // Free text: up to the next key=value token.
+                let mut v = v.to_string();
+                while let Some(t) = toks.next_if(|t| !is_kv(t)) {
+                    v.push(' ');
+                    v.push_str(t);
+                }
+                f.kv.insert("reason".into(), v);
             }
-            Some((k, v)) => {
+            Some((k, v)) if is_kv(tok) => {
                 f.kv.insert(k.to_string(), v.to_string());
             }
-            None if f.kv.is_empty() => f.words.push(tok.to_string()),
-            None => {}
+            _ if f.kv.is_empty() => f.words.push(tok.to_string()),
+            _ => {}
         }
-        rest = tail.trim_start();
     }
     Some(f)
 }
@@ -169,6 +172,8 @@ mod tests {
         let d = parse_fields("ICONNECT-PORT 1 down reason=bad ring index 77 (req_prod)", "ICONNECT-PORT").unwrap();
         assert_eq!(d.words, ["1", "down"]);
         assert_eq!(d.get("reason"), Some("bad ring index 77 (req_prod)"));
+        let r = parse_fields("ICONNECT-PORT 3 up mac=x qos=refused reason=over capacity error_key=qos-guaranteed-bps", "ICONNECT-PORT").unwrap();
+        assert_eq!((r.get("reason"), r.get("error_key")), (Some("over capacity"), Some("qos-guaranteed-bps")));
         // ICONNECT-PORTSTAT is not ICONNECT-PORT.
         assert!(parse_fields("ICONNECT-PORTSTAT 1 tx_bps=5", "ICONNECT-PORT").is_none());
         let s = parse_fields("x ICONNECT-PORTSTAT 1 tx_bps=5 rx_bps=6 drops=0", "ICONNECT-PORTSTAT").unwrap();
