@@ -122,6 +122,10 @@ impl Server {
         Ok(server)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the server printed so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()

@@ -672,15 +672,42 @@ impl Net {
     }
 
     /// Stop every VM still running; error if net-dd had died or reported a fault or panic (or
-    /// any VM did). Writes the console logs.
+    /// any VM did), or if a process or the namespace outlived the topology. Writes the console
+    /// logs.
     pub fn stop(mut self) -> Result<BTreeMap<String, Outcome>> {
-        let mut out = BTreeMap::new();
+        let mut pids: Vec<(String, u32)> = self
+            .servers
+            .iter()
+            .map(|s| ("ivshmem-server".to_string(), s.pid()))
+            .chain(self.peer.as_ref().map(|p| ("host peer".to_string(), p.child.id())))
+            .collect();
         for v in &mut self.vms {
             if let Some(run) = v.run.take() {
+                pids.push((format!("QEMU of {}", v.name), run.pid()));
                 v.outcome = Some(run.stop());
             }
         }
         self.write_logs();
+        let out = self.check_outcomes()?;
+        let ns = self.ns.name().to_string();
+        drop(self);
+        let left: Vec<String> = pids
+            .iter()
+            .filter(|(_, pid)| alive(*pid))
+            .map(|(what, pid)| format!("{what} (pid {pid})"))
+            .collect();
+        if !left.is_empty() {
+            bail!("still running after the topology was stopped: {}", left.join(", "));
+        }
+        let list = util::output(std::process::Command::new("ip").args(["netns", "list"])).unwrap_or_default();
+        if crate::netns::parse_netns_list(&list).contains(&ns) {
+            bail!("network namespace {ns} still exists after the topology was stopped");
+        }
+        Ok(out)
+    }
+
+    fn check_outcomes(&self) -> Result<BTreeMap<String, Outcome>> {
+        let mut out = BTreeMap::new();
         for v in &self.vms {
             let o = v.outcome.clone().context("no outcome")?;
             if let Some(l) = o.serial.iter().find(|l| l.contains("ICONNECT-FAULT") || l.contains("ICONNECT-PANIC")) {
@@ -717,6 +744,12 @@ impl Drop for Net {
         self.write_logs();
         // Then the fields drop in order: VMs (killed by PID), peer, servers, namespace.
     }
+}
+
+/// The process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
 }
 
 fn fmt_kv(f: &Fields) -> String {
