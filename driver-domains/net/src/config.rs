@@ -1,5 +1,6 @@
 //! The network configuration from the kernel command line:
-//! `ip=10.0.2.15/24 gw=10.0.2.2 echo_port=7` (these are also the defaults of absent keys).
+//! `ip=10.0.2.15/24 gw=10.0.2.2 echo_port=7 link_bps=1000000000` (these are also the defaults
+//! of absent keys).
 
 use crate::Error;
 use core::net::Ipv4Addr;
@@ -14,7 +15,12 @@ pub struct NetConfig {
     pub gateway: Ipv4Address,
     /// TCP echo service port.
     pub echo_port: u16,
+    /// Uplink capacity, bits/s: QoS admission (sum of guarantees) and egress shaping.
+    pub link_bps: u64,
 }
+
+/// Default `link_bps`: 1 Gbit/s.
+pub const DEFAULT_LINK_BPS: u64 = 1_000_000_000;
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -22,6 +28,7 @@ impl Default for NetConfig {
             cidr: Ipv4Cidr::new(Ipv4Addr::new(10, 0, 2, 15), 24),
             gateway: Ipv4Addr::new(10, 0, 2, 2),
             echo_port: 7,
+            link_bps: DEFAULT_LINK_BPS,
         }
     }
 }
@@ -42,7 +49,7 @@ fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
 }
 
 impl NetConfig {
-    /// Reads `ip`, `gw` and `echo_port` from `cmdline`; an absent key takes its default, a
+    /// Reads `ip`, `gw`, `echo_port` and `link_bps` (≥ 1000) from `cmdline`; an absent key takes its default, a
     /// present but malformed one is an error naming the key (an empty `ip=` too). `ip` without
     /// a prefix means `/24`.
     pub fn from_cmdline(cmdline: &str) -> Result<Self, Error> {
@@ -63,6 +70,12 @@ impl NetConfig {
                 _ => return Err(Error::BadConfig("echo_port")),
             };
         }
+        if let Some(v) = rt::cmdline::get(cmdline, "link_bps") {
+            cfg.link_bps = match v.parse::<u64>() {
+                Ok(b) if b >= 1000 => b,
+                _ => return Err(Error::BadConfig("link_bps")),
+            };
+        }
         Ok(cfg)
     }
 }
@@ -79,6 +92,7 @@ mod tests {
         assert_eq!(c.cidr.prefix_len(), 24);
         assert_eq!(c.gateway, Ipv4Addr::new(10, 0, 2, 2));
         assert_eq!(c.echo_port, 7);
+        assert_eq!(c.link_bps, 1_000_000_000);
     }
 
     #[test]
@@ -89,6 +103,12 @@ mod tests {
         assert_eq!(c.cidr, Ipv4Cidr::new(Ipv4Addr::new(192, 168, 7, 9), 16));
         assert_eq!(c.gateway, Ipv4Addr::new(192, 168, 0, 1));
         assert_eq!(c.echo_port, 7007);
+        assert_eq!(
+            NetConfig::from_cmdline("link_bps=20000000")
+                .unwrap()
+                .link_bps,
+            20_000_000
+        );
         let c = NetConfig::from_cmdline("ip=10.1.2.3").unwrap();
         assert_eq!(c.cidr.prefix_len(), 24);
     }
@@ -108,6 +128,9 @@ mod tests {
             ("echo_port=0", "echo_port"),
             ("echo_port=65536", "echo_port"),
             ("echo_port=-1", "echo_port"),
+            ("link_bps=", "link_bps"),
+            ("link_bps=999", "link_bps"),
+            ("link_bps=1e9", "link_bps"),
         ] {
             assert_eq!(
                 NetConfig::from_cmdline(line),

@@ -9,8 +9,11 @@
 
 extern crate alloc;
 
+pub mod chanport;
 pub mod config;
 pub mod echo;
+pub mod stackdev;
+pub mod switch;
 
 use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::Device;
