@@ -1,0 +1,326 @@
+//! The guest's end of an iConnect net channel, independent of the platform: the channel's
+//! frontend endpoint (style Net; ring 0 = netif TX on doorbell vector 0, ring 1 = netif RX on
+//! vector 1; buffers are data pages), the keys the guest publishes (`mac`, `request-rx-copy`,
+//! features, its ivshmem peer id, its QoS request), the backend's answer, and the
+//! [`NetfrontDevice`] once the backend connected. The image feeds it an ivshmem region and
+//! rings the doorbells it asks for; the host tests feed it a `HostMem` region with the real
+//! backend endpoint and netback engine on the other side.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use core::sync::atomic::Ordering;
+
+use iconnect::Decision;
+use iconnect::qos::{self, NetQosGrant};
+use iconnect_channel::{Frontend, FrontendConfig, FrontendEvent, KeyMap, RingSpec, Window};
+use netfront::channel::ChannelBuffers;
+use netfront::{Config, Netfront};
+use xen_abi::netif::{RX_RESPONSE_SIZE, RxRing, TX_REQUEST_SIZE, TxRequest, TxResponse, TxRing, Status};
+use xen_abi::ring::REQ_PROD_OFF;
+use xen_abi::shmem::SharedMem;
+use xen_abi::xenbus::FrontendStyle;
+
+use crate::config::{GuestConfig, Hostile};
+use crate::device::NetfrontDevice;
+
+/// Key carrying each end's ivshmem peer id (the doorbell address), as in chan-test.
+pub const PEER_KEY: &str = "ivshmem-peer";
+/// Doorbell vector of the TX ring (ring 0).
+pub const TX_VECTOR: u16 = 0;
+/// Doorbell vector of the RX ring (ring 1).
+pub const RX_VECTOR: u16 = 1;
+
+/// The device type over a channel on `M`.
+pub type ChannelDevice<M> = NetfrontDevice<Window<M>, ChannelBuffers<M>>;
+
+/// The backend's answer to our QoS request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QosAnswer {
+    /// Granted with these values.
+    Granted(NetQosGrant),
+    /// Refused, with the reason's key value.
+    Refused(&'static str),
+    /// No decision in the backend's keys (best effort).
+    None,
+}
+
+impl QosAnswer {
+    /// `granted`, `refused` or `none` (the `qos=` of `ICONNECT-LINK`).
+    pub fn status(&self) -> &'static str {
+        match self {
+            QosAnswer::Granted(_) => "granted",
+            QosAnswer::Refused(_) => "refused",
+            QosAnswer::None => "none",
+        }
+    }
+
+    /// Granted guaranteed rate (0 unless granted).
+    pub fn granted_bps(&self) -> u64 {
+        match self {
+            QosAnswer::Granted(g) => g.guaranteed_bps,
+            _ => 0,
+        }
+    }
+
+    /// The `ICONNECT-LINK` fields after `up`/`down`.
+    pub fn fields(&self) -> String {
+        match self {
+            QosAnswer::Granted(g) => format!(
+                "qos=granted granted_bps={} ceiling_bps={} burst_bytes={} class={}",
+                g.guaranteed_bps,
+                g.ceiling_bps,
+                g.burst_bytes,
+                g.class.as_str()
+            ),
+            QosAnswer::Refused(r) => format!("qos=refused granted_bps=0 reason={r}"),
+            QosAnswer::None => "qos=none granted_bps=0".into(),
+        }
+    }
+}
+
+/// Reads the backend's QoS decision.
+fn answer(keys: &KeyMap) -> QosAnswer {
+    match qos::read_decision(keys) {
+        Ok(Some(Decision::Granted(g))) => QosAnswer::Granted(g),
+        Ok(Some(Decision::Refused { reason, .. })) => QosAnswer::Refused(reason.as_str()),
+        Ok(None) => QosAnswer::None,
+        Err(_) => QosAnswer::Refused("malformed-answer"),
+    }
+}
+
+/// What the owner must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The backend connected: the device is there; its QoS answer.
+    Up(QosAnswer),
+    /// The channel went down (closed, failed or refused); why, and the QoS answer if any.
+    Down(String),
+}
+
+/// The guest's end of the channel.
+pub struct Link<M: SharedMem + Clone> {
+    fe: Frontend<M>,
+    device: Option<ChannelDevice<M>>,
+    peer: Option<u16>,
+    up: bool,
+    ring: [bool; 2],
+}
+
+impl<M: SharedMem + Clone> Link<M> {
+    /// Starts the frontend on `region`; `own_id` is our ivshmem peer id (published so the
+    /// backend can ring us).
+    pub fn new(region: M, own_id: u16, cfg: &GuestConfig) -> Result<Self, String> {
+        let mut keys = KeyMap::new();
+        let mac = cfg.mac.to_string();
+        let own = own_id.to_string();
+        let pairs = [
+            ("mac", mac.as_str()),
+            ("request-rx-copy", "1"),
+            ("feature-sg", "1"),
+            ("feature-rx-notify", "1"),
+            // smoltcp fills and checks every checksum: never send us a blank one.
+            ("feature-no-csum-offload", "1"),
+            (PEER_KEY, own.as_str()),
+        ];
+        for (k, v) in pairs {
+            keys.insert(k, v).map_err(|e| format!("key {k}: {e}"))?;
+        }
+        if let Some(q) = &cfg.qos {
+            q.write(&mut keys).map_err(|e| format!("QoS request keys: {e}"))?;
+        }
+        let config = FrontendConfig {
+            style: FrontendStyle::Net,
+            rings: vec![
+                RingSpec {
+                    page_order: 0,
+                    slot_bytes: TX_REQUEST_SIZE as u32,
+                    vector: u32::from(TX_VECTOR),
+                },
+                RingSpec {
+                    page_order: 0,
+                    slot_bytes: RX_RESPONSE_SIZE as u32,
+                    vector: u32::from(RX_VECTOR),
+                },
+            ],
+            data_pages: None,
+        };
+        let fe = Frontend::new(region, config, keys).map_err(|e| format!("channel: {e}"))?;
+        Ok(Self {
+            fe,
+            device: None,
+            peer: None,
+            up: false,
+            ring: [true, false],
+        })
+    }
+
+    /// The backend's ivshmem peer id, once known.
+    pub fn peer(&self) -> Option<u16> {
+        self.peer
+    }
+
+    /// Whether the backend is connected.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// The device (while up).
+    pub fn device(&mut self) -> Option<&mut ChannelDevice<M>> {
+        self.device.as_mut()
+    }
+
+    /// Runs the endpoint: handles the backend's state changes, learns its peer id, builds the
+    /// device when it connects. Call on every doorbell and timer tick.
+    pub fn poll(&mut self) -> Result<Option<LinkEvent>, String> {
+        let mut event = None;
+        while let Some(ev) = self.fe.poll() {
+            match ev {
+                FrontendEvent::SetUp => {}
+                FrontendEvent::Ready => {
+                    let keys = self.fe.backend_keys().clone();
+                    self.learn_peer(keys.get(PEER_KEY))?;
+                    let sg = keys.get("feature-sg") == Some("1");
+                    let tx = self.fe.front_ring::<TxRing>(0).map_err(|e| format!("ring 0: {e}"))?;
+                    let rx = self.fe.front_ring::<RxRing>(1).map_err(|e| format!("ring 1: {e}"))?;
+                    let data = self.fe.data_area().map_err(|e| format!("data area: {e}"))?;
+                    let bufs = ChannelBuffers::new(data, self.fe.page_allocator());
+                    let config = Config {
+                        sg,
+                        ..Config::default()
+                    };
+                    self.device = Some(NetfrontDevice::new(Netfront::new(tx, rx, bufs, config)));
+                    self.up = true;
+                    event = Some(LinkEvent::Up(answer(&keys)));
+                }
+                FrontendEvent::Disconnect | FrontendEvent::Closed | FrontendEvent::Failed(_) => {
+                    let was_up = core::mem::replace(&mut self.up, false);
+                    self.device = None;
+                    let qos = self
+                        .fe
+                        .read_backend_keys()
+                        .map(answer)
+                        .unwrap_or(QosAnswer::None);
+                    let why = match ev {
+                        FrontendEvent::Failed(e) => format!("backend-protocol-error ({e})"),
+                        _ if was_up => "backend-closed".into(),
+                        _ => "backend-refused".into(),
+                    };
+                    event = Some(LinkEvent::Down(format!("reason={} {}", why.replace(' ', "_"), qos.fields())));
+                    break;
+                }
+            }
+        }
+        if self.peer.is_none() {
+            // The backend may be rewriting its keys right now: a busy area is read next time.
+            if let Ok(k) = self.fe.read_backend_keys() {
+                let v = k.get(PEER_KEY).map(String::from);
+                self.learn_peer(v.as_deref())?;
+            }
+        }
+        if self.fe.take_notify() {
+            self.ring[usize::from(TX_VECTOR)] = true;
+        }
+        Ok(event)
+    }
+
+    fn learn_peer(&mut self, v: Option<&str>) -> Result<(), String> {
+        if self.peer.is_none()
+            && let Some(v) = v
+        {
+            self.peer = Some(
+                v.parse()
+                    .map_err(|_| format!("backend published a bad {PEER_KEY} {v:?}"))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Which doorbell vectors to ring now (`[tx, rx]`); cleared. Empty until the backend's
+    /// peer id is known (the requests stay pending until then).
+    pub fn take_doorbells(&mut self) -> [bool; 2] {
+        if let Some(d) = self.device.as_mut() {
+            let n = d.netfront().take_notify();
+            self.ring[0] |= n.tx;
+            self.ring[1] |= n.rx;
+        }
+        if self.peer.is_none() {
+            return [false; 2];
+        }
+        core::mem::take(&mut self.ring)
+    }
+
+    /// Closes our end (the backend sees `Closing`).
+    pub fn close(&mut self) {
+        self.fe.close();
+        self.ring[0] |= self.fe.take_notify();
+    }
+
+    /// Writes garbage into our own TX ring (see [`Hostile`]). Must run while no frame of ours
+    /// is in flight (the backend's answers to the garbage are read with
+    /// [`hostile_responses`](Self::hostile_responses), not by netfront). Returns what it did.
+    pub fn hostile(&mut self, mode: Hostile) -> Result<String, String> {
+        let dev = self.device.as_mut().ok_or("link not up")?;
+        let nf = dev.netfront();
+        if nf.tx_in_flight() != 0 {
+            return Err("frames in flight".into());
+        }
+        let ring = nf.raw_tx_ring();
+        let what = match mode {
+            Hostile::ReqProd => {
+                let wild = ring.req_prod_pvt().wrapping_add(0x4000_0000);
+                ring.mem().store_u32(REQ_PROD_OFF, wild, Ordering::Release);
+                format!("req_prod={wild:#x} (ring of {})", ring.size())
+            }
+            Hostile::BadRef => {
+                for i in 0..HOSTILE_BAD_REFS {
+                    let r = TxRequest {
+                        gref: 0xffff_ff00 + u32::from(i),
+                        offset: 0,
+                        flags: 0,
+                        id: HOSTILE_ID + i,
+                        size: 60,
+                    };
+                    ring.push_request(&r.to_bytes()).map_err(|e| format!("push: {e}"))?;
+                }
+                ring.publish_requests();
+                format!("{HOSTILE_BAD_REFS} requests with refs 0xffffff00..")
+            }
+            Hostile::Oversize => {
+                let r = TxRequest {
+                    gref: 0,
+                    offset: 0,
+                    flags: 0,
+                    id: HOSTILE_ID,
+                    size: 9000,
+                };
+                ring.push_request(&r.to_bytes()).map_err(|e| format!("push: {e}"))?;
+                ring.publish_requests();
+                "one single-slot request of 9000 bytes".into()
+            }
+        };
+        self.ring[usize::from(TX_VECTOR)] = true;
+        Ok(what)
+    }
+
+    /// Reads the backend's answers to [`Hostile::BadRef`]: `(answered, errors)` so far.
+    pub fn hostile_responses(&mut self, answered: &mut u16, errors: &mut u16) -> Result<(), String> {
+        let dev = self.device.as_mut().ok_or("link down")?;
+        let ring = dev.netfront().raw_tx_ring();
+        while let Some(raw) = ring.pop_response().map_err(|e| format!("tx ring: {e}"))? {
+            *answered += 1;
+            match TxResponse::from_bytes(&raw) {
+                Ok(r) if r.status == Status::Error && (HOSTILE_ID..HOSTILE_ID + HOSTILE_BAD_REFS).contains(&r.id) => {
+                    *errors += 1
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Requests `hostile:bad-ref` sends.
+pub const HOSTILE_BAD_REFS: u16 = 8;
+/// Ids of the hostile requests (far from netfront's, which are below the ring size).
+const HOSTILE_ID: u16 = 0xf000;
