@@ -134,3 +134,16 @@ xt_bridge() {
     brctl addbr "$1" && ip addr add "$2" dev "$1" && ip link set "$1" up \
         || echo "XENTEST-WARN bridge $1 setup failed"
 }
+
+# xt_wait_log <name> <text> <seconds>: wait until a domain's PV console log (xenconsoled's)
+# contains <text>; returns 1 at the time limit.
+xt_wait_log() {
+    f="/var/log/xen/console/guest-$1.log"
+    i=0
+    while [ $i -lt $(($3 * 10)) ]; do
+        [ -f "$f" ] && grep -q -- "$2" "$f" && return 0
+        usleep 100000
+        i=$((i + 1))
+    done
+    return 1
+}

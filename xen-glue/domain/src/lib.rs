@@ -35,6 +35,18 @@ pub enum DomainError {
     Timeout,
 }
 
+impl DomainError {
+    /// Whether xenstore answered `ENOENT` (no such node).
+    pub fn is_no_entry(&self) -> bool {
+        matches!(self, DomainError::Store(xenstore::XsError::NoEntry))
+    }
+
+    /// Whether xenstore answered `EACCES` (e.g. a node of a domain being destroyed).
+    pub fn is_denied(&self) -> bool {
+        matches!(self, DomainError::Store(xenstore::XsError::Denied))
+    }
+}
+
 impl From<xen_hypercall::XenError> for DomainError {
     fn from(e: xen_hypercall::XenError) -> Self {
         DomainError::Hypercall(e.0)

@@ -66,6 +66,15 @@ impl Store {
         Ok(reply::text(&v)?)
     }
 
+    /// A node's value, or `None` when it does not exist.
+    pub fn read_opt(&mut self, path: &str) -> Result<Option<String>, DomainError> {
+        match self.read(path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_no_entry() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes a node.
     pub fn write(&mut self, path: &str, value: &str) -> Result<(), DomainError> {
         self.call(TxId::NONE, Request::Write(path, value.as_bytes())).map(|_| ())
@@ -85,6 +94,11 @@ impl Store {
     /// Registers a watch; events come from [`Store::next_event`].
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), DomainError> {
         self.call(TxId::NONE, Request::Watch(path, token)).map(|_| ())
+    }
+
+    /// Removes a watch registered with [`Store::watch`].
+    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), DomainError> {
+        self.call(TxId::NONE, Request::Unwatch(path, token)).map(|_| ())
     }
 
     /// The next watch event, waiting until `deadline` at most.

@@ -101,7 +101,125 @@ fi
         ),
         checks: checks_linux_pv,
     },
+    Scenario {
+        name: "netdd",
+        about: "net-dd as a PVH driver domain serving two Linux PV guests' vifs: ping, TCP (iperf3, \
+                wget + md5) between them through net-dd, a QoS request from inside a guest answered \
+                in its backend keys and enforced, `xl destroy` of one guest mid-transfer (its vif \
+                cleaned up, a replacement served, the other guest keeps going)",
+        images: &["net-dd"],
+        configs: &["net-dd.cfg", "netdd-a.cfg", "netdd-b.cfg", "netdd-c.cfg"],
+        script: NETDD_SCRIPT,
+        guest_job: Some(NETDD_JOB),
+        checks: checks_netdd,
+    },
 ];
+
+/// dom0's part of `netdd`: net-dd first, then the server and the client; once the client's long
+/// transfer runs, the server is destroyed (its grants must be released: no zombie domain) and
+/// replaced by guest-c with the same address and MAC.
+const NETDD_SCRIPT: &str = "xt_info
+if xt_create net-dd /etc/xentest/net-dd.cfg; then
+    if xt_wait_log net-dd 'ICONNECT-READY net-dd' 30; then xt_result ok netdd-ready; else xt_result FAIL netdd-ready 'no ICONNECT-READY on its console'; fi
+    if xt_create guest-b /etc/xentest/netdd-b.cfg; then xt_follow guest-b; fi
+    if xt_create guest-a /etc/xentest/netdd-a.cfg; then xt_follow guest-a; fi
+    if xt_wait_log guest-a 'XENTEST-GUEST long-transfer' 180; then
+        sleep 2
+        bid=$(xl domid guest-b 2>/dev/null)
+        xl destroy guest-b
+        echo \"XENTEST-INFO netdd_destroyed=guest-b domid=$bid\"
+        i=0
+        while [ $i -lt 100 ] && xl list | awk 'NR > 1 { print $1 }' | grep -q -e '^guest-b$' -e '(null)'; do usleep 200000; i=$((i + 1)); done
+        if xl list | awk 'NR > 1 { print $1 }' | grep -q -e '^guest-b$' -e '(null)'; then
+            xt_result FAIL netdd-destroy-released \"guest-b still listed 20 s after xl destroy (grants or event channels held?): $(xl list | tr '\\n' ' ')\"
+        else
+            xt_result ok netdd-destroy-released
+        fi
+        if xt_wait_log net-dd \"ICONNECT-VIF $bid/0 down\" 20; then xt_result ok netdd-vif-cleaned; else xt_result FAIL netdd-vif-cleaned \"no 'ICONNECT-VIF $bid/0 down' from net-dd\"; fi
+        if xt_create guest-c /etc/xentest/netdd-c.cfg; then xt_follow guest-c; fi
+    else
+        xt_result FAIL netdd-long-transfer 'guest-a never started its long transfer'
+    fi
+    xt_wait_end guest-a 180
+    xt_console_log net-dd
+    xt_destroy guest-a
+    xt_destroy guest-b
+    xt_destroy guest-c
+    xt_destroy net-dd
+fi
+";
+
+/// The guests' job in `netdd` (role from the command line): servers run iperf3 and httpd until
+/// destroyed; the client checks each step with a `XENTEST-RESULT` and prints `XENTEST-RATE`.
+const NETDD_JOB: &str = "ip=$(xt_arg xentest_ip)
+peer=$(xt_arg xentest_peer)
+role=$(xt_arg xentest_role)
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
+ip link set lo up
+ip addr add \"$ip\" dev eth0 && ip link set eth0 up
+if [ \"$role\" = server ]; then
+    iperf3 -s > /tmp/iperf3-s.log 2>&1 &
+    httpd -p 8080 -h /bin
+    echo \"XENTEST-GUEST serving $ip\"
+    sleep 600
+    exit 0
+fi
+# iperf3 receiver rate in Mbit/s of /tmp/iperf3 (empty if none).
+rate() { awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /bits\\/sec/) { v = $i; u = $(i + 1) } } END { if (u == \"Kbits/sec\") v = v / 1000; if (u == \"Gbits/sec\") v = v * 1000; if (v != \"\") print v }' /tmp/iperf3; }
+# tcp <phase> <seconds>: iperf3 to the peer, XENTEST-RATE line, result netdd-tcp-<phase>.
+tcp() {
+    if timeout $(($2 + 20)) iperf3 -c \"$peer\" -t \"$2\" -f m > /tmp/iperf3 2>&1 && [ -n \"$(rate)\" ]; then
+        xt_result ok \"netdd-tcp-$1\"
+        echo \"XENTEST-RATE phase=$1 mbps=$(rate)\"
+        grep -E 'sender|receiver' /tmp/iperf3
+    else
+        xt_result FAIL \"netdd-tcp-$1\" \"$(tail -n 2 /tmp/iperf3 | tr '\\n' ' ')\"
+    fi
+}
+# wait_peer <result> <seconds>: ping until the peer answers.
+wait_peer() {
+    t0=$(xt_ms)
+    while ! ping -c 1 -W 1 \"$peer\" > /tmp/ping 2>&1; do
+        if [ $(($(xt_ms) - t0)) -gt $(($2 * 1000)) ]; then xt_result FAIL \"$1\" \"no answer from $peer in $2 s\"; return 1; fi
+    done
+    ping -c 5 -W 2 \"$peer\" > /tmp/ping 2>&1
+    xt_result ok \"$1\"
+    echo \"XENTEST-INFO $1_after_ms=$(($(xt_ms) - t0))\"
+    grep -E 'transmitted|round-trip' /tmp/ping
+}
+# fetch <result>: the peer's /bin/busybox over HTTP, compared with ours.
+fetch() {
+    rm -f /tmp/bb
+    if timeout 60 wget -q -O /tmp/bb \"http://$peer:8080/busybox\" && [ \"$(md5sum < /tmp/bb)\" = \"$(md5sum < /bin/busybox)\" ]; then
+        xt_result ok \"$1\"
+        echo \"XENTEST-INFO $1_bytes=$(wc -c < /tmp/bb)\"
+    else
+        xt_result FAIL \"$1\" \"wget of $peer:8080/busybox failed or differs ($(wc -c < /tmp/bb 2>/dev/null) bytes)\"
+    fi
+}
+be=$(xenstore-read device/vif/0/backend)
+echo \"XENTEST-INFO netdd_backend=$be rate=$(xenstore-read $be/rate 2>/dev/null)\"
+wait_peer netdd-ping 120 || exit 1
+tcp free 3
+fetch netdd-wget-md5
+xenstore-write device/vif/0/iconnect-qos-ceiling-bps 8000000 device/vif/0/iconnect-qos-class bulk
+i=0
+while [ \"$(xenstore-read $be/iconnect-qos-status 2>/dev/null)\" != granted ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
+st=$(xenstore-read $be/iconnect-qos-status 2>/dev/null)
+ceil=$(xenstore-read $be/iconnect-qos-granted-ceiling-bps 2>/dev/null)
+echo \"XENTEST-INFO netdd_qos status=$st granted_ceiling_bps=$ceil\"
+if [ \"$st\" = granted ]; then xt_result ok netdd-qos-granted; else xt_result FAIL netdd-qos-granted \"backend says status=$st\"; fi
+tcp qos 3
+echo 'XENTEST-GUEST long-transfer'
+timeout 40 iperf3 -c \"$peer\" -t 15 -f m > /tmp/iperf3-long 2>&1
+echo \"XENTEST-INFO netdd_long_transfer_rc=$?\"
+wait_peer netdd-ping-after-destroy 150 || exit 1
+xenstore-rm device/vif/0/iconnect-qos-ceiling-bps
+xenstore-rm device/vif/0/iconnect-qos-class
+fetch netdd-wget-after-destroy
+tcp after-destroy 3
+";
 
 pub fn find(name: &str) -> Result<&'static Scenario> {
     match SCENARIOS.iter().find(|s| s.name == name) {
@@ -229,6 +347,93 @@ fn checks_linux_pv(run: &XenRun) -> Vec<Check> {
     vec![
         check("xen: Linux PV guest pings dom0 over netfront/netback", || check_linux_pv(run)),
         check("xen: Linux PV guest TCP to dom0 (iperf3)", || check_linux_pv_tcp(run)),
+    ]
+}
+
+/// A `XENTEST-RESULT` of the scenario by name: ok, or its reason, plus the named domain's report.
+fn result_of(run: &XenRun, result: &str, domain: &str) -> Result<()> {
+    match run.results.iter().find(|r| r.0 == result) {
+        Some((_, Ok(()))) => Ok(()),
+        Some((_, Err(why))) => bail!("{why}\n{}", run.domain_report(domain)),
+        None => bail!("no `{result}` result was reported\n{}", run.domain_report(domain)),
+    }
+}
+
+/// `XENTEST-RATE phase=<p> mbps=<v>` of a guest's PV console.
+fn netdd_rate(run: &XenRun, phase: &str) -> Option<f64> {
+    let tag = format!("XENTEST-RATE phase={phase} mbps=");
+    run.pv_console("guest-a").iter().find_map(|l| l.split_once(&tag).and_then(|(_, v)| v.trim().parse().ok()))
+}
+
+/// Lines of net-dd's console (port 0xe9) that contain `text`.
+fn netdd_lines(run: &XenRun, text: &str) -> Vec<String> {
+    let Some(d) = run.domains.get("net-dd") else { return Vec::new() };
+    run.console(d.domid).into_iter().filter(|l| l.contains(text)).collect()
+}
+
+/// The QoS ceiling guest-a asks for (bits/s), in `NETDD_JOB`.
+const NETDD_QOS_CEILING_BPS: f64 = 8e6;
+
+pub fn check_netdd_up(run: &XenRun) -> Result<String> {
+    let Some(d) = run.domains.get("net-dd") else { bail!("{}", run.domain_report("net-dd")) };
+    result_of(run, "netdd-ready", "net-dd")?;
+    let con = run.console(d.domid);
+    if let Some(l) = con.iter().find(|l| l.contains("ICONNECT-PANIC") || l.contains("ICONNECT-FAULT")) {
+        bail!("net-dd failed: {l}\n{}", run.domain_report("net-dd"));
+    }
+    ensure!(d.end.is_none() || d.end.as_ref().is_some_and(|e| e.how == "running"), "net-dd ended early\n{}", run.domain_report("net-dd"));
+    let ups = netdd_lines(run, "ICONNECT-VIF").into_iter().filter(|l| l.contains(" up ")).count();
+    ensure!(ups >= 2, "net-dd connected {ups} vif(s), expected the two guests'\n{}", run.domain_report("net-dd"));
+    Ok(format!("PVH driver domain {} created in {} ms, connected {ups} vifs", d.domid, d.create_ms))
+}
+
+pub fn check_netdd_traffic(run: &XenRun) -> Result<String> {
+    result_of(run, "netdd-ping", "guest-a")?;
+    result_of(run, "netdd-tcp-free", "guest-a")?;
+    result_of(run, "netdd-wget-md5", "guest-a")?;
+    let con = run.pv_console("guest-a");
+    let rtt = con.iter().find(|l| l.contains("round-trip")).map_or("", |l| l.trim());
+    let mbps = netdd_rate(run, "free").unwrap_or(0.0);
+    Ok(format!("guest-a -> guest-b through net-dd: ping ({rtt}), iperf3 3 s {mbps:.1} Mbit/s, busybox fetched by wget, md5 equal"))
+}
+
+pub fn check_netdd_qos(run: &XenRun) -> Result<String> {
+    result_of(run, "netdd-qos-granted", "guest-a")?;
+    result_of(run, "netdd-tcp-qos", "guest-a")?;
+    let (Some(free), Some(qos)) = (netdd_rate(run, "free"), netdd_rate(run, "qos")) else {
+        bail!("missing XENTEST-RATE lines\n{}", run.domain_report("guest-a"))
+    };
+    let ceiling = NETDD_QOS_CEILING_BPS / 1e6;
+    // Functional bound, not a performance target: a granted ceiling must cap the sender (with
+    // slack for iperf3's averaging and the credit scheduler's burst).
+    ensure!(qos <= ceiling * 1.5, "with a granted ceiling of {ceiling} Mbit/s the guest still sent {qos:.1} Mbit/s (free: {free:.1})");
+    let granted = netdd_lines(run, "qos=granted");
+    ensure!(!granted.is_empty(), "net-dd logged no granted QoS decision\n{}", run.domain_report("net-dd"));
+    Ok(format!("ceiling {ceiling} Mbit/s granted (backend keys), measured {qos:.1} Mbit/s vs {free:.1} Mbit/s before"))
+}
+
+pub fn check_netdd_destroy(run: &XenRun) -> Result<String> {
+    result_of(run, "netdd-destroy-released", "net-dd")?;
+    result_of(run, "netdd-vif-cleaned", "net-dd")?;
+    result_of(run, "netdd-ping-after-destroy", "guest-a")?;
+    result_of(run, "netdd-wget-after-destroy", "guest-a")?;
+    result_of(run, "netdd-tcp-after-destroy", "guest-a")?;
+    let Some(a) = run.domains.get("guest-a") else { bail!("{}", run.domain_report("guest-a")) };
+    ensure!(
+        a.end.as_ref().is_some_and(|e| e.how == "poweroff"),
+        "guest-a did not finish its job and power off\n{}",
+        run.domain_report("guest-a")
+    );
+    let after = netdd_rate(run, "after-destroy").unwrap_or(0.0);
+    Ok(format!("guest-b destroyed mid-transfer: vif cleaned, domain released; guest-a reached its replacement guest-c (iperf3 {after:.1} Mbit/s)"))
+}
+
+fn checks_netdd(run: &XenRun) -> Vec<Check> {
+    vec![
+        check("xen: net-dd PVH driver domain serves vifs", || check_netdd_up(run)),
+        check("xen: two Linux PV guests ping and TCP through net-dd", || check_netdd_traffic(run)),
+        check("xen: QoS request from a guest granted and enforced by net-dd", || check_netdd_qos(run)),
+        check("xen: xl destroy mid-transfer: vif cleaned, other guest keeps going", || check_netdd_destroy(run)),
     ]
 }
 
