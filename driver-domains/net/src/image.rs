@@ -1,16 +1,35 @@
-//! Bring-up and event loop of the image.
+//! Bring-up and event loop of the image (QEMU platform).
+//!
+//! Ports: 0 = the virtio-net uplink, 1..=N = one guest per ivshmem-doorbell device (PCI order),
+//! the domain's own smoltcp stack (10.0.2.15, ARP/ICMP/TCP echo) on the switch's stack port.
+//! One executor task does everything on every wake-up: doorbells, channel handshakes, uplink
+//! receive, the stack, the scheduled pull from guests, delivery into guests, doorbells back,
+//! markers. It sleeps until an interrupt (virtio RX, any doorbell vector) or the earliest
+//! deadline (smoltcp timers, the scheduler's next token, a handshake tick while a channel has
+//! no guest, the 1 s statistics tick).
 
-use crate::device::{Net, VirtioNetDevice};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
+
+use crate::device::{Net, VirtioNetDevice};
 use hal::dma::VirtioHal;
 use hal::ecam::{self, Ecam};
+use hal::ivshmem::{self, Doorbells, Ivshmem, Registers, SharedRegion};
+use hal::mmio::Mmio;
 use hal::pci::{self, Bar, Function, command};
 use hal::platform;
 use hal::virtio::{self, CommonCfg, NO_VECTOR};
 use net_dd::Error;
+use net_dd::chanport::{self, ChannelPort, ChannelSwitch, PortEvent};
 use net_dd::config::NetConfig;
 use net_dd::echo::EchoService;
+use net_dd::stackdev::QueueDevice;
+use net_dd::switch::{self, PortCounters, STACK, UPLINK, Wire};
+use netswitch::{Mac, PortId};
+use rt::exec::Step;
 use smoltcp::iface::SocketSet;
 use smoltcp::wire::EthernetAddress;
 use virtio_drivers::transport::pci::PciTransport;
@@ -28,6 +47,18 @@ const ECHO_SOCKETS: usize = 8;
 const ECHO_BUF: usize = 8192;
 /// Longest sleep with working interrupts (smoltcp timers are honoured anyway).
 const IDLE_WITH_IRQ: Duration = Duration::from_secs(1);
+/// While a channel has no guest attached, its control page is polled this often (the guest
+/// cannot ring us before it knows our doorbell id).
+const HANDSHAKE_TICK: Duration = Duration::from_millis(2);
+/// Attached guests are looked at this often even without a doorbell (a doorbell rung before
+/// the peer's QEMU knew our eventfd is lost).
+const SWEEP_TICK: Duration = Duration::from_millis(100);
+/// `ICONNECT-PORTSTAT` period.
+const STATS_TICK: Duration = Duration::from_secs(1);
+/// Uplink frames taken per wake-up before the other ports get their turn.
+const UPLINK_BUDGET: usize = 64;
+/// Doorbell vectors per channel (ring 0 = TX, ring 1 = RX).
+const CHANNEL_VECTORS: u16 = 2;
 /// Poll period without interrupts.
 const IDLE_POLLING: Duration = Duration::from_micros(200);
 /// Where unassigned BARs are placed (32-bit MMIO hole above q35's ECAM, below the IOAPIC).
@@ -166,6 +197,81 @@ fn route_vectors(dev: &PciNet) -> Result<(), hal::Error> {
     }
 }
 
+/// One guest channel: its port and its device's registers and doorbell counters.
+struct Chan {
+    port: ChannelPort<&'static SharedRegion>,
+    regs: &'static mut Registers<Mmio>,
+    bells: &'static Doorbells,
+    /// Counters at the last `ICONNECT-PORTSTAT` line.
+    last: PortCounters,
+}
+
+/// Opens every ivshmem-doorbell device (PCI order = guest ports 1..=N). A device that cannot
+/// be opened is skipped with a log line (its port number stays reserved).
+fn open_channels(ecam: &mut Ecam, boot: &rt::BootInfo) -> Vec<Chan> {
+    let mcfg = platform::find_ecam(boot);
+    let funcs = ivshmem::find_all(ecam, mcfg.start_bus, mcfg.end_bus);
+    let mut chans = Vec::new();
+    for (i, func) in funcs.iter().enumerate() {
+        let Some(port) = switch::guest_port(i) else {
+            log::warn!("{}: more channels than guest ports; ignored", func.bdf);
+            continue;
+        };
+        let dev = match Ivshmem::open(ecam, func, CHANNEL_VECTORS, BAR_WINDOW) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("ICONNECT-PORT {port} down reason=open-failed:{e}");
+                continue;
+            }
+        };
+        let own_id = dev.id();
+        let vectors = dev.vectors();
+        let len = dev.layout().shmem_len();
+        // The device lives as long as the domain (rt never unmaps BARs).
+        let dev: &'static mut Ivshmem = Box::leak(Box::new(dev));
+        let parts = dev.parts();
+        match ChannelPort::new(port, parts.region, own_id) {
+            Ok(cp) => {
+                log::info!(
+                    "port {port}: ivshmem {} id {own_id}, {} KiB, {vectors} doorbell vectors",
+                    func.bdf,
+                    len / 1024
+                );
+                chans.push(Chan {
+                    port: cp,
+                    regs: parts.regs,
+                    bells: parts.doorbells,
+                    last: PortCounters::default(),
+                });
+            }
+            Err(e) => log::error!("ICONNECT-PORT {port} down reason=channel:{e}"),
+        }
+    }
+    chans
+}
+
+/// The uplink and the stack as the switch's wire.
+struct ImageWire<'a> {
+    nic: &'a mut VirtioNetDevice,
+    stack: &'a mut QueueDevice,
+}
+
+impl Wire for ImageWire<'_> {
+    fn uplink_ready(&mut self) -> bool {
+        self.nic.can_send()
+    }
+    fn uplink_send(&mut self, frame: &[u8]) -> bool {
+        self.nic.send(frame)
+    }
+    fn stack_deliver(&mut self, frame: &[u8]) {
+        self.stack.deliver(frame);
+    }
+}
+
+fn ns(t: rt::time::Instant) -> u64 {
+    t.as_nanos()
+}
+
 fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> {
     let t0 = rt::time::now();
     let cfg = NetConfig::from_cmdline(boot.cmdline)?;
@@ -207,18 +313,22 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
         irq = None;
     }
     let mac = EthernetAddress(net.mac_address());
-    let mut device = VirtioNetDevice::new(net);
+    let mut nic = VirtioNetDevice::new(net);
     let t_dev = rt::time::now();
+    let mut chans = open_channels(&mut pdev.ecam, boot);
 
     let seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
-    let mut iface = net_dd::build_interface(&cfg, mac, &mut device, smol_now(), seed);
+    let mut stack = QueueDevice::new();
+    let mut iface = net_dd::build_interface(&cfg, mac, &mut stack, smol_now(), seed);
     let mut sockets = SocketSet::new(alloc::vec![]);
     let mut echo = EchoService::new(&mut sockets, cfg.echo_port, ECHO_SOCKETS, ECHO_BUF);
+    let mut sw: ChannelSwitch<&'static SharedRegion> =
+        ChannelSwitch::new(cfg.link_bps, Mac(mac.0), ns(rt::time::now()));
     rt::ready("net-dd");
     // Reported after the marker: console output is not part of the initialisation.
     let h = pdev.func.header;
     log::info!(
-        "virtio-net {} ({:04x}:{:04x}) MAC {mac} IP {} gw {} echo port {}; {}; init: pci {} us, virtio {} us",
+        "virtio-net {} ({:04x}:{:04x}) MAC {mac} IP {} gw {} echo port {}; {}; {} guest channel(s), link_bps={}; init: pci {} us, virtio {} us",
         pdev.func.bdf,
         h.vendor_id,
         h.device_id,
@@ -229,6 +339,8 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             Some(v) => alloc::format!("rx interrupts on MSI-X vector {v}"),
             None => alloc::format!("polling every {} us", IDLE_POLLING.as_micros()),
         },
+        chans.len(),
+        cfg.link_bps,
         (t_pci - t0).as_micros(),
         (t_dev - t_pci).as_micros(),
     );
@@ -238,41 +350,171 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
     } else {
         IDLE_POLLING
     };
-    let mut last_report = rt::time::now();
-    let mut last_stats = (echo.stats(), 0, device.stats());
-    loop {
-        let now = smol_now();
-        iface.poll(now, &mut device, &mut sockets);
+    let mut events: Vec<PortEvent> = Vec::new();
+    let mut last_stats = rt::time::now();
+    let mut last_sweep = rt::time::now();
+    let mut last_log = rt::time::now();
+    let mut logged = (echo.stats(), 0, nic.stats());
+    let mut rxbuf: Vec<u8> = Vec::with_capacity(2048);
+    let mut task = |now: rt::time::Instant| -> Step {
+        let now_ns = ns(now);
+        // Doorbells, and a periodic look at every attached guest.
+        let sweep = now - last_sweep >= SWEEP_TICK;
+        if sweep {
+            last_sweep = now;
+        }
+        for c in chans.iter_mut() {
+            let rung = c.bells.take(chanport::TX_VECTOR) + c.bells.take(chanport::RX_VECTOR);
+            if rung > 0 || sweep {
+                sw.doorbell(c.port.port());
+            }
+            c.port.poll(&mut sw, now_ns, &mut events);
+        }
+        let mut wire = ImageWire {
+            nic: &mut nic,
+            stack: &mut stack,
+        };
+        // Uplink receive.
+        let mut busy = false;
+        for n in 0.. {
+            if n == UPLINK_BUDGET {
+                busy = true;
+                break;
+            }
+            rxbuf.clear();
+            if wire
+                .nic
+                .receive_with(|f| rxbuf.extend_from_slice(f))
+                .is_none()
+            {
+                break;
+            }
+            sw.input(UPLINK, &rxbuf, now_ns, &mut wire);
+        }
+        // The domain's stack.
+        let snow = smol_now();
+        iface.poll(snow, wire.stack, &mut sockets);
         if echo.poll(&mut sockets) {
-            // Echoed data waits in socket buffers: send it right away.
-            continue;
+            busy = true;
         }
-        let wait = iface
-            .poll_delay(now, &sockets)
-            .map_or(idle, |d| Duration::from_micros(d.total_micros()).min(idle));
-        let t = rt::time::now();
-        let stats = (
-            echo.stats(),
-            RX_IRQS.load(Ordering::Relaxed),
-            device.stats(),
-        );
-        if t - last_report >= Duration::from_secs(10) && stats != last_stats {
-            last_report = t;
-            last_stats = stats;
-            let n = stats.2;
-            log::info!(
-                "stats: {} echo connections, {} bytes echoed, {} rx interrupts; frames rx {} tx {}, rx errors {}, tx dropped {}",
-                stats.0.connections,
-                stats.0.bytes,
-                stats.1,
-                n.rx_frames,
-                n.tx_frames,
-                n.rx_errors,
-                n.tx_dropped
+        while let Some(f) = wire.stack.pop_sent() {
+            sw.input(STACK, &f, now_ns, &mut wire);
+            wire.stack.recycle(f);
+        }
+        // Guests: scheduled pull, then delivery into their buffers.
+        let wake = sw.pump(now_ns, &mut wire);
+        if sw.flush() {
+            busy = true;
+        }
+        if wire.stack.pending() > 0 {
+            busy = true;
+        }
+        for (p, e) in sw.take_failed() {
+            if let Some(c) = chans.iter_mut().find(|c| c.port.port() == p) {
+                c.port.fail(format!("netback:{e}"));
+                c.port.poll(&mut sw, now_ns, &mut events);
+            }
+        }
+        for ev in events.drain(..) {
+            log::info!("{}", ev.marker());
+        }
+        // Doorbells back.
+        let mut handshaking = false;
+        for c in chans.iter_mut() {
+            let p = c.port.port();
+            let (tx, rx) = sw.take_notify(p);
+            let kick = c.port.take_kick();
+            handshaking |= !c.port.attached();
+            if let Some(peer) = c.port.peer() {
+                if tx || kick {
+                    c.regs.ring(peer, chanport::TX_VECTOR);
+                }
+                if rx {
+                    c.regs.ring(peer, chanport::RX_VECTOR);
+                }
+            }
+        }
+        // Statistics.
+        if now - last_stats >= STATS_TICK {
+            let secs = (now - last_stats).as_secs_f64();
+            last_stats = now;
+            for c in chans.iter_mut() {
+                let p = c.port.port();
+                let Some(cur) = sw.port_counters(p) else {
+                    c.last = PortCounters::default();
+                    continue;
+                };
+                if cur != c.last {
+                    port_stat(p, &c.last, &cur, secs);
+                    c.last = cur;
+                }
+            }
+        }
+        if now - last_log >= Duration::from_secs(10) {
+            let cur = (
+                echo.stats(),
+                RX_IRQS.load(Ordering::Relaxed),
+                wire.nic.stats(),
             );
+            if cur != logged {
+                last_log = now;
+                logged = cur;
+                let (e, irqs, n) = cur;
+                let c = sw.counters();
+                log::info!(
+                    "stats: {} echo connections, {} bytes echoed, {} rx interrupts; frames rx {} tx {}, rx errors {}, tx dropped {}; uplink tx {} drops {}, stack rx {}, bridge drops {}",
+                    e.connections,
+                    e.bytes,
+                    irqs,
+                    n.rx_frames,
+                    n.tx_frames,
+                    n.rx_errors,
+                    n.tx_dropped,
+                    c.uplink_tx,
+                    c.uplink_drops,
+                    c.stack_rx,
+                    c.bridge_drops
+                );
+            }
         }
-        if !wait.is_zero() {
-            rt::event::wait_until(Some(t + wait));
+        if busy || wake.is_some_and(|t| t <= now_ns) {
+            return Step::Busy;
         }
-    }
+        let mut next = idle;
+        if let Some(d) = iface.poll_delay(snow, &sockets) {
+            next = next.min(Duration::from_micros(d.total_micros()));
+        }
+        if let Some(t) = wake {
+            next = next.min(Duration::from_nanos(t - now_ns));
+        }
+        if handshaking {
+            next = next.min(HANDSHAKE_TICK);
+        }
+        if !chans.is_empty() {
+            next = next.min(SWEEP_TICK).min(STATS_TICK);
+        }
+        if next.is_zero() {
+            Step::Busy
+        } else {
+            Step::At(now + next)
+        }
+    };
+    let code = rt::exec::run(&mut [&mut task]);
+    log::error!("net-dd: executor stopped ({code:?})");
+    Err(Error::DeviceInit)
+}
+
+/// Prints `ICONNECT-PORTSTAT <n> tx_bps=.. rx_bps=.. drops=..` (rates since `last`; TX = sent by
+/// the guest, RX = delivered to it; drops = total so far).
+fn port_stat(port: PortId, last: &PortCounters, cur: &PortCounters, secs: f64) {
+    let bps = |a: u64, b: u64| (a.saturating_sub(b) as f64 * 8.0 / secs.max(1e-6)) as u64;
+    log::info!(
+        "ICONNECT-PORTSTAT {port} tx_bps={} rx_bps={} drops={} tx_frames={} rx_frames={} spoofed={}",
+        bps(cur.tx_bytes, last.tx_bytes),
+        bps(cur.rx_bytes, last.rx_bytes),
+        cur.drops,
+        cur.tx_frames,
+        cur.rx_frames,
+        cur.spoofed
+    );
 }

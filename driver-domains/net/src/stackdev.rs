@@ -51,11 +51,23 @@ impl QueueDevice {
         self.rx.len()
     }
 
+    /// The oldest frame the stack sent (give it back with [`recycle`](Self::recycle)).
+    pub fn pop_sent(&mut self) -> Option<Vec<u8>> {
+        self.tx.pop_front()
+    }
+
+    /// Returns a buffer from [`pop_sent`](Self::pop_sent) for reuse.
+    pub fn recycle(&mut self, b: Vec<u8>) {
+        if self.spare.len() < QUEUE_FRAMES {
+            self.spare.push(b);
+        }
+    }
+
     /// Hands every frame the stack sent to `f`, oldest first.
     pub fn take_sent(&mut self, mut f: impl FnMut(&[u8])) {
         while let Some(b) = self.tx.pop_front() {
             f(&b);
-            self.spare.push(b);
+            self.recycle(b);
         }
     }
 }
