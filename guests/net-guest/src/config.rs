@@ -144,7 +144,7 @@ pub struct GuestConfig {
     pub work: Work,
     /// The original `work=` text (for the markers).
     pub work_text: alloc::string::String,
-    /// `serve` stops after this many seconds.
+    /// `serve` stops after this many seconds (`secs=0` or none: runs until killed).
     pub secs: Option<u32>,
     /// The NIC.
     pub nic: Nic,
@@ -256,7 +256,7 @@ impl GuestConfig {
             qos,
             work,
             work_text: work_text.into(),
-            secs: num(c, "secs")?,
+            secs: num(c, "secs")?.filter(|&s| s > 0),
             nic,
             timeout_s: num(c, "timeout_s")?.unwrap_or(60),
             max_lost: num(c, "max_lost")?.unwrap_or(0),
@@ -312,6 +312,8 @@ mod tests {
         assert_eq!(c.qos.unwrap().guaranteed_bps, 0);
         assert_eq!(c.nic, Nic::Virtio);
         assert_eq!(GuestConfig::from_cmdline("qos_class=bulk chan=2").unwrap().nic, Nic::Channel(2));
+        assert_eq!(GuestConfig::from_cmdline("secs=0").unwrap().secs, None);
+        assert_eq!(GuestConfig::from_cmdline("secs=5").unwrap().secs, Some(5));
     }
 
     #[test]

@@ -82,11 +82,11 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
     let region_kib = dev.layout().shmem_len() / 1024;
     rt::ready("net-guest");
     log::info!(
-        "net-guest {}: {} mac {} via ivshmem {bdf} (peer id {own_id}, {region_kib} KiB, {vectors} vectors); \
+        "net-guest {}: {} mac {:02x?} via ivshmem {bdf} (peer id {own_id}, {region_kib} KiB, {vectors} vectors); \
          work={}; waiting for the backend",
         cfg.name,
         cfg.cidr,
-        cfg.mac,
+        cfg.mac.0,
         cfg.work_text
     );
     let parts = dev.parts();
@@ -150,7 +150,8 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
                     return Ok(Report {
                         ok: true,
                         fields: format!(
-                            "wrote=\"{what}\" outcome=channel-closed after_ms={}",
+                            "wrote={} outcome=channel-closed after_ms={}",
+                            what.replace(' ', "_"),
                             (now - *at).as_millis()
                         ),
                     });
@@ -179,7 +180,8 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
                     return Ok(Report {
                         ok: errors == HOSTILE_BAD_REFS,
                         fields: format!(
-                            "wrote=\"{what}\" answered={answered} errors={errors} outcome=link-up{}",
+                            "wrote={} answered={answered} errors={errors} outcome=link-up{}",
+                            what.replace(' ', "_"),
                             if errors == HOSTILE_BAD_REFS { "" } else { " why=not_every_request_refused" }
                         ),
                     });

@@ -128,7 +128,12 @@ impl Back {
                 BackendEvent::Connect => {
                     let fk = self.be.frontend_keys().clone();
                     assert_eq!(fk.get("request-rx-copy"), Some("1"));
-                    assert!(fk.get("mac").is_some() && fk.get("ivshmem-peer").is_some());
+                    let mac = fk.get("mac").expect("mac key");
+                    assert!(
+                        mac.len() == 17 && mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok()),
+                        "mac as xx:xx:xx:xx:xx:xx: {mac}"
+                    );
+                    assert!(fk.get("ivshmem-peer").is_some_and(|p| p.parse::<u16>().is_ok()));
                     let decision = match NetQosRequest::from_keys(&fk).unwrap() {
                         Some(req) => Some(self.admission.admit(&req)),
                         None => None,
