@@ -254,12 +254,18 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
             self.attached = false;
         }
         let fk = self.be.frontend_keys();
+        if log::log_enabled!(log::Level::Debug) {
+            for (k, v) in fk.iter() {
+                log::debug!("port {}: frontend key {k}={v}", self.port);
+            }
+        }
         let peer = match fk.get(PEER_KEY).map(str::parse::<u16>) {
             Some(Ok(p)) if p != self.own_id => p,
             _ => return self.refuse("no-peer-id".into(), events),
         };
         self.peer = Some(peer);
         let Some(mac) = fk.get(MAC_KEY).and_then(Mac::parse) else {
+            log::warn!("port {}: unusable mac {:?}", self.port, fk.get(MAC_KEY));
             return self.refuse("bad-mac".into(), events);
         };
         let features = match frontend_features(fk) {
