@@ -82,11 +82,11 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
     let region_kib = dev.layout().shmem_len() / 1024;
     rt::ready("net-guest");
     log::info!(
-        "net-guest {}: {} mac {:02x?} via ivshmem {bdf} (peer id {own_id}, {region_kib} KiB, {vectors} vectors); \
+        "net-guest {}: {} mac {} via ivshmem {bdf} (peer id {own_id}, {region_kib} KiB, {vectors} vectors); \
          work={}; waiting for the backend",
         cfg.name,
         cfg.cidr,
-        cfg.mac.0,
+        net_guest::config::mac_str(&cfg.mac),
         cfg.work_text
     );
     let parts = dev.parts();

@@ -112,11 +112,7 @@ impl<M: SharedMem + Clone> Link<M> {
     /// backend can ring us).
     pub fn new(region: M, own_id: u16, cfg: &GuestConfig) -> Result<Self, String> {
         let mut keys = KeyMap::new();
-        let m = cfg.mac.0;
-        let mac = format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        );
+        let mac = crate::config::mac_str(&cfg.mac);
         let own = own_id.to_string();
         let pairs = [
             ("mac", mac.as_str()),
