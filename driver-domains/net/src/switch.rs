@@ -210,18 +210,7 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
         self.bridge
             .add_port(port, Some(mac))
             .map_err(AttachError::Mac)?;
-        let decision = match request {
-            Ok(None) => None,
-            Ok(Some(r)) => Some(self.admission.admit(&r)),
-            Err(e) => Some(Decision::invalid(e)),
-        };
-        let grant = match decision {
-            Some(Decision::Granted(g)) => Some(g),
-            _ => None,
-        };
-        let qos = grant.map_or(PortQos::best_effort(self.link_bps()), |g| {
-            PortQos::from_grant(&g)
-        });
+        let (decision, grant, qos) = self.admit(request);
         if self.sched.add_port(port, qos, now_ns).is_err() {
             // Cannot happen (the slot was free); undo rather than half-attach.
             self.bridge.remove_port(port);
@@ -245,6 +234,51 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
             drops: 0,
         });
         Ok(decision)
+    }
+
+    /// Admission control for a request: the decision, the reserved grant, the scheduler's rates.
+    fn admit(
+        &mut self,
+        request: Result<Option<NetQosRequest>, iconnect::Error>,
+    ) -> (QosDecision, Option<NetQosGrant>, PortQos) {
+        let decision = match request {
+            Ok(None) => None,
+            Ok(Some(r)) => Some(self.admission.admit(&r)),
+            Err(e) => Some(Decision::invalid(e)),
+        };
+        let grant = match decision {
+            Some(Decision::Granted(g)) => Some(g),
+            _ => None,
+        };
+        let qos = grant.map_or(PortQos::best_effort(self.link_bps()), |g| {
+            PortQos::from_grant(&g)
+        });
+        (decision, grant, qos)
+    }
+
+    /// Decides again on an attached guest's QoS request (a Xen guest may write its keys while
+    /// connected): the old guarantee is released, the new request admitted (or refused: best
+    /// effort) and the scheduler takes the new rates. Returns the decision to write into the
+    /// backend's keys; `None` if no guest is attached at `port`.
+    pub fn requalify(
+        &mut self,
+        port: PortId,
+        request: Result<Option<NetQosRequest>, iconnect::Error>,
+        now_ns: u64,
+    ) -> Option<QosDecision> {
+        let old = self.vifs.get_mut(usize::from(port))?.as_mut()?.grant.take();
+        if let Some(g) = old {
+            self.admission.release(&g);
+        }
+        let (decision, grant, qos) = self.admit(request);
+        self.sched.remove_port(port);
+        // The slot was just freed: this cannot fail.
+        let _ = self.sched.add_port(port, qos, now_ns);
+        self.sched.set_backlog(port, true);
+        let v = self.vifs.get_mut(usize::from(port))?.as_mut()?;
+        v.qos = decision;
+        v.grant = grant;
+        Some(decision)
     }
 
     /// Detaches a guest (disconnect, failure): forgets its MAC, releases its guarantee. Returns
