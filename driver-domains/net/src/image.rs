@@ -48,8 +48,12 @@ const ECHO_BUF: usize = 8192;
 /// Longest sleep with working interrupts (smoltcp timers are honoured anyway).
 const IDLE_WITH_IRQ: Duration = Duration::from_secs(1);
 /// While a channel has no guest attached, its control page is polled this often (the guest
-/// cannot ring us before it knows our doorbell id).
+/// cannot ring us before it knows our doorbell id)...
 const HANDSHAKE_TICK: Duration = Duration::from_millis(2);
+/// ... and, once nothing happened on such channels for `HANDSHAKE_BACKOFF_AFTER`, this often.
+const HANDSHAKE_SLOW_TICK: Duration = Duration::from_millis(50);
+/// See `HANDSHAKE_SLOW_TICK`.
+const HANDSHAKE_BACKOFF_AFTER: Duration = Duration::from_secs(2);
 /// Attached guests are looked at this often even without a doorbell (a doorbell rung before
 /// the peer's QEMU knew our eventfd is lost).
 const SWEEP_TICK: Duration = Duration::from_millis(100);
@@ -356,6 +360,8 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
     let mut last_log = rt::time::now();
     let mut logged = (echo.stats(), 0, nic.stats());
     let mut rxbuf: Vec<u8> = Vec::with_capacity(2048);
+    // Last doorbell or port event (for the handshake tick's back-off).
+    let mut last_activity = rt::time::now();
     let mut task = |now: rt::time::Instant| -> Step {
         let now_ns = ns(now);
         // Doorbells, and a periodic look at every attached guest.
@@ -365,6 +371,9 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
         }
         for c in chans.iter_mut() {
             let rung = c.bells.take(chanport::TX_VECTOR) + c.bells.take(chanport::RX_VECTOR);
+            if rung > 0 {
+                last_activity = now;
+            }
             if rung > 0 || sweep {
                 sw.doorbell(c.port.port());
             }
@@ -414,6 +423,9 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
                 c.port.fail(format!("netback:{e}"));
                 c.port.poll(&mut sw, now_ns, &mut events);
             }
+        }
+        if !events.is_empty() {
+            last_activity = now;
         }
         for ev in events.drain(..) {
             log::info!("{}", ev.marker());
@@ -488,7 +500,11 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             next = next.min(Duration::from_nanos(t - now_ns));
         }
         if handshaking {
-            next = next.min(HANDSHAKE_TICK);
+            next = next.min(if now - last_activity < HANDSHAKE_BACKOFF_AFTER {
+                HANDSHAKE_TICK
+            } else {
+                HANDSHAKE_SLOW_TICK
+            });
         }
         if !chans.is_empty() {
             next = next.min(SWEEP_TICK).min(STATS_TICK);
