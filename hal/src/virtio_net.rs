@@ -369,3 +369,126 @@ mod tests {
         assert!(!net.tx_in_flight());
     }
 }
+
+/// Bringing a virtio-net PCI function up on the target (shared by the images that own a NIC).
+#[cfg(target_os = "none")]
+pub mod pci {
+    use super::VirtioNet;
+    use crate::Error;
+    use crate::dma::VirtioHal;
+    use crate::ecam::{self, Ecam};
+    use crate::pci::{self, Bar, Function, command};
+    use crate::platform;
+    use crate::virtio::{self, CommonCfg, NO_VECTOR};
+    use virtio_drivers::transport::pci::PciTransport;
+    use virtio_drivers::transport::pci::bus::PciRoot;
+
+    /// virtio-net's receive queue.
+    pub const RX_QUEUE: u16 = 0;
+    /// virtio-net's transmit queue.
+    pub const TX_QUEUE: u16 = 1;
+    /// The MSI-X table entry receive interrupts use.
+    pub const RX_MSIX_ENTRY: u16 = 0;
+
+    /// The driver on a PCI transport.
+    pub type PciNet<const QS: usize> = VirtioNet<VirtioHal, PciTransport, QS>;
+
+    /// An opened NIC.
+    pub struct Opened<const QS: usize> {
+        /// The driver (receive queue filled).
+        pub net: PciNet<QS>,
+        /// The function.
+        pub func: Function,
+        /// The CPU vector receive interrupts arrive on, or `None` (poll).
+        pub rx_vector: Option<u8>,
+    }
+
+    /// The first virtio-net function (modern 1af4:1041 or transitional 1af4:1000) on the
+    /// ECAM's buses.
+    pub fn find(ecam: &Ecam) -> Option<Function> {
+        let mut found = None;
+        pci::for_each_function(ecam, ecam.start_bus(), ecam.end_bus(), true, |f| {
+            if virtio::is_net(f.header.vendor_id, f.header.device_id) {
+                found = Some(f);
+                return false;
+            }
+            true
+        });
+        found
+    }
+
+    /// Brings `func` up: BARs from `window` (decoding off until they are sized), the virtio
+    /// PCI transport, bus mastering, the driver; then, with `on_rx`, MSI-X entry
+    /// [`RX_MSIX_ENTRY`] on a fresh `rt` vector calling it, with the receive queue routed to it
+    /// and the other sources silenced. Interrupt trouble is logged and leaves polling
+    /// (`rx_vector: None`); anything else is an error.
+    pub fn open<const QS: usize>(
+        ecam: &mut Ecam,
+        func: Function,
+        window: (u64, u64),
+        on_rx: Option<fn()>,
+    ) -> Result<Opened<QS>, Error> {
+        let bdf = func.bdf;
+        // Every decode toggle makes the platform remap the device's windows: keep decoding off
+        // until the BARs are sized and virtio-drivers has read its capabilities.
+        pci::update_command(ecam, bdf, 0, command::MEMORY_SPACE | command::IO_SPACE);
+        let bars = platform::assign_bars(ecam, bdf, window.0, window.1)?;
+        // SAFETY: the alias is used only by the transport set-up below, which runs to
+        // completion before this function touches the configuration space again.
+        let mut root = PciRoot::new(unsafe { ecam.alias() });
+        let transport = PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(bdf))
+            .map_err(|e| {
+                log::error!("{bdf}: virtio PCI transport: {e}");
+                Error::Invalid
+            })?;
+        pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
+        let msg = on_rx.and_then(rt::irq::register_msi);
+        let mut rx_vector = match msg {
+            Some(m) => match platform::enable_msix(ecam, bdf, &bars, RX_MSIX_ENTRY, m) {
+                Ok(_table) => Some(m.vector()),
+                Err(e) => {
+                    log::warn!("{bdf}: MSI-X set-up failed ({e}); polling");
+                    None
+                }
+            },
+            None => None,
+        };
+        // virtio-drivers logs its feature negotiation at info level: keep boots quiet.
+        let level = log::max_level();
+        if level <= log::LevelFilter::Info {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+        let net = PciNet::<QS>::new(transport);
+        log::set_max_level(level);
+        let net = net.map_err(|e| {
+            log::error!("{bdf}: virtio-net init: {e}");
+            Error::Invalid
+        })?;
+        if rx_vector.is_some()
+            && let Err(e) = route_rx(ecam, &func, &bars)
+        {
+            log::warn!("{bdf}: virtio MSI-X vector routing failed ({e}); polling");
+            rx_vector = None;
+        }
+        Ok(Opened { net, func, rx_vector })
+    }
+
+    /// Routes the receive queue to [`RX_MSIX_ENTRY`] and silences the configuration and
+    /// transmit sources. `virtio-drivers` 0.13 does not expose `queue_msix_vector`, so the
+    /// common configuration is written through a second mapping of the registers its
+    /// transport also uses: sound because both are raw volatile accessors, this runs between
+    /// driver calls on the only CPU, and the transport re-selects the queue before each queue
+    /// access. QEMU accepts vector changes after `DRIVER_OK`.
+    fn route_rx(ecam: &Ecam, func: &Function, bars: &[Option<Bar>; 6]) -> Result<(), Error> {
+        let cap = virtio::find_cap(ecam, func.bdf, virtio::CAP_COMMON_CFG)?;
+        let bar = bars[usize::from(cap.bar)].ok_or(Error::BarUnassigned)?;
+        let regs = platform::map_bar(&bar, u64::from(cap.offset), cap.length as usize)?;
+        let mut common = CommonCfg::new(regs)?;
+        let _ = common.set_config_vector(NO_VECTOR);
+        let _ = common.set_queue_vector(TX_QUEUE, NO_VECTOR)?;
+        match common.set_queue_vector(RX_QUEUE, RX_MSIX_ENTRY)? {
+            RX_MSIX_ENTRY => Ok(()),
+            _ => Err(Error::Invalid),
+        }
+    }
+}
