@@ -17,7 +17,8 @@
 //! * a *ceiling* bucket (rate `ceiling_bps`, depth `burst_bytes`: how far a port may run ahead
 //!   of its ceiling rate): a port with an empty ceiling bucket is never picked, so the ceiling
 //!   holds over every interval (rate × time + burst + one frame),
-//! * a *weight*: its guaranteed rate, or `best_effort_weight_bps` for ports without a guarantee,
+//! * a *weight*: its guaranteed rate, or the best-effort weight (default 5 % of the link) for
+//!   ports without a guarantee,
 //! * a class: `realtime`/`interactive` are *latency* classes, `background` yields to everyone.
 //!
 //! The whole switch egress is shaped by a *link* bucket at `link_bps` (depth: 2 ms or four
@@ -200,7 +201,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for a link of `link_bps` (depth: 2 ms at that rate, at least four frames);
-    /// best-effort ports weigh 1 % of the link.
+    /// best-effort ports weigh 5 % of the link (so with any guaranteed port busy, best effort still gets a share of the spare capacity, never of the guarantees).
     pub fn new(link_bps: u64, now_ns: u64) -> Self {
         let depth = (link_bps / 8 / 500).max(4 * MAX_FRAME);
         Self::with_link_depth(link_bps, depth, now_ns)
@@ -213,7 +214,7 @@ impl Scheduler {
             link: Bucket::new(link_bps, depth_bytes, now_ns),
             slots: Vec::new(),
             vtime: 0,
-            best_effort_weight: (link_bps / 100).max(1),
+            best_effort_weight: (link_bps / 20).max(1),
         }
     }
 

@@ -470,3 +470,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn spare_capacity_follows_the_weights_best_effort_included() {
+    // Weights: the guarantee (20M) and 5 % of the link (5M) for each best-effort port.
+    let link = mbit(100);
+    let mut guests = vec![Guest {
+        port: 1,
+        qos: qos(mbit(20), link, Class::Bulk),
+        offer: Offer::Saturated(1514),
+    }];
+    for p in 2..4 {
+        guests.push(Guest {
+            port: p,
+            qos: PortQos::best_effort(link),
+            offer: Offer::Saturated(1514),
+        });
+    }
+    let window = 2 * SEC - 100 * MS;
+    let out = simulate(link, &guests, 100 * MS, 2 * SEC);
+    check_limits(link, &guests, &out);
+    let r: Vec<f64> = out
+        .window_bytes
+        .iter()
+        .map(|&b| rate_bps(b, window))
+        .collect();
+    let want = [100.0 * 20.0 / 30.0, 100.0 * 5.0 / 30.0, 100.0 * 5.0 / 30.0];
+    for (got, want) in r.iter().zip(want) {
+        let want = want * 1e6;
+        assert!((got - want).abs() < 0.03 * want, "{r:?}");
+    }
+}
