@@ -5,14 +5,20 @@ use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use hal::ivshmem::{self, Ivshmem};
 use hal::platform;
 use net_guest::config::{GuestConfig, Hostile, Nic, Work};
+use net_guest::device::Metered;
 use net_guest::link::{HOSTILE_BAD_REFS, Link, LinkEvent};
 use net_guest::stats::RateMeter;
 use net_guest::work::{Report, Step, Workload};
 use rt::time::{self, Instant};
 use smoltcp::iface::{Interface, SocketSet};
+use smoltcp::phy::Device;
+
+use crate::nic::VirtioDevice;
 
 /// Where unassigned BARs go (the 32-bit MMIO hole above q35's ECAM, below the IOAPIC).
 const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
@@ -25,6 +31,15 @@ const KICK_AFTER: Duration = Duration::from_millis(200);
 const RATE_PERIOD: Duration = Duration::from_secs(1);
 /// How long `hostile:` waits for the backend's reaction.
 const HOSTILE_WAIT: Duration = Duration::from_secs(10);
+
+/// Polling period of a NIC without a receive interrupt.
+const NIC_POLL: Duration = Duration::from_micros(200);
+
+static NIC_IRQS: AtomicU64 = AtomicU64::new(0);
+
+fn on_nic_irq() {
+    NIC_IRQS.fetch_add(1, Ordering::Relaxed);
+}
 
 fn smol(t: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros(t.as_micros() as i64)
@@ -66,9 +81,121 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
     }
 }
 
+
+/// The smoltcp stack and the workload on a device, with the once-a-second rate lines.
+struct Session {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    work: Workload,
+    rate: RateMeter,
+    next_rate: Instant,
+}
+
+impl Session {
+    /// `counters` = the device's (tx, rx) byte counters now.
+    fn new<D: Device>(cfg: &GuestConfig, dev: &mut D, now: Instant, seed: u64, counters: (u64, u64)) -> Result<Self, String> {
+        let mut iface = net_guest::build_interface(cfg, dev, smol(now), seed);
+        let mut sockets = SocketSet::new(alloc::vec![]);
+        let work = Workload::new(cfg, &mut sockets, smol(now), seed).ok_or("workload could not start")?;
+        iface.poll(smol(now), dev, &mut sockets);
+        Ok(Self {
+            iface,
+            sockets,
+            work,
+            rate: RateMeter::new(now.as_micros(), counters),
+            next_rate: now + RATE_PERIOD,
+        })
+    }
+
+    /// Runs the stack and the workload; prints the rate line when due. Returns the report when
+    /// the workload is over, else lowers `deadline` to when it wants to run again.
+    fn poll<D: Device>(
+        &mut self,
+        cfg: &GuestConfig,
+        dev: &mut D,
+        now: Instant,
+        counters: impl Fn(&mut D) -> (u64, u64),
+        deadline: &mut Instant,
+    ) -> Option<Report> {
+        let sn = smol(now);
+        self.iface.poll(sn, dev, &mut self.sockets);
+        let step = self.work.poll(&mut self.iface, &mut self.sockets, sn);
+        self.iface.poll(sn, dev, &mut self.sockets);
+        if now >= self.next_rate {
+            let (tx_bps, rx_bps) = self.rate.sample(now.as_micros(), counters(dev));
+            if !self.work.is_serve() || tx_bps > 0 || rx_bps > 0 {
+                log::info!("ICONNECT-RATE name={} tx_bps={tx_bps} rx_bps={rx_bps}", cfg.name);
+            }
+            self.next_rate = now + RATE_PERIOD;
+        }
+        *deadline = (*deadline).min(self.next_rate);
+        match step {
+            Step::Done(r) => return Some(r),
+            Step::Continue(Some(t)) => *deadline = (*deadline).min(from_smol(now, sn, t)),
+            Step::Continue(None) => {}
+        }
+        if let Some(delay) = self.iface.poll_delay(sn, &self.sockets) {
+            *deadline = (*deadline).min(now + Duration::from_micros(delay.total_micros()));
+        }
+        None
+    }
+}
+
+/// `nic=virtio`: the same stack and workloads on a virtio-net NIC of the guest's own.
+fn run_virtio(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String> {
+    let mcfg = platform::find_ecam(boot);
+    let mut ecam = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
+    let func = hal::virtio_net::pci::find(&ecam).ok_or("no virtio-net device (1af4:1041/1000) on PCI")?;
+    let opened = hal::virtio_net::pci::open::<{ crate::nic::QUEUE_SIZE }>(&mut ecam, func, BAR_WINDOW, Some(on_nic_irq))
+        .map_err(|e| format!("{}: virtio-net: {e}", func.bdf))?;
+    let irq = opened.rx_vector;
+    let mut dev = Metered::new(VirtioDevice::new(opened.net));
+    rt::ready("net-guest");
+    let now = time::now();
+    log::info!(
+        "net-guest {}: {} mac {} on virtio-net {} ({}); work={}",
+        cfg.name,
+        cfg.cidr,
+        net_guest::config::mac_str(&cfg.mac),
+        func.bdf,
+        match irq {
+            Some(v) => format!("rx interrupts on vector {v}"),
+            None => format!("polling every {} us", NIC_POLL.as_micros()),
+        },
+        cfg.work_text
+    );
+    log::info!("ICONNECT-LINK up qos=none granted_bps=0 nic=virtio");
+    let seed = now.as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
+    let counters = |d: &mut Metered<VirtioDevice>| {
+        let m = d.meter();
+        (m.tx_bytes, m.rx_bytes)
+    };
+    let c0 = counters(&mut dev);
+    let mut session = Session::new(cfg, &mut dev, now, seed, c0)?;
+    loop {
+        let now = time::now();
+        let idle = if irq.is_some() { KICK_AFTER } else { NIC_POLL };
+        let mut deadline = now + idle;
+        if let Some(r) = session.poll(cfg, &mut dev, now, counters, &mut deadline) {
+            let m = dev.meter();
+            log::info!(
+                "virtio-net: tx {} frames {} bytes, rx {} frames {} bytes, {} rx interrupts, {} dropped",
+                m.tx_frames,
+                m.tx_bytes,
+                m.rx_frames,
+                m.rx_bytes,
+                NIC_IRQS.load(Ordering::Relaxed),
+                dev.inner().tx_dropped()
+            );
+            return Ok(r);
+        }
+        rt::event::wait_until(Some(deadline));
+    }
+}
+
 fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String> {
     let Nic::Channel(chan) = cfg.nic else {
-        return Err("nic=virtio is not built into this image yet".into());
+        return run_virtio(boot, cfg);
     };
     let mcfg = platform::find_ecam(boot);
     let mut ecam = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
@@ -103,11 +230,9 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
 
     let t0 = time::now();
     let connect_deadline = t0 + Duration::from_secs(u64::from(cfg.timeout_s));
-    let mut stack: Option<(Interface, SocketSet<'static>, Workload)> = None;
+    let mut session: Option<Session> = None;
     let mut hostile: Option<(Hostile, String, Instant)> = None;
     let (mut answered, mut errors) = (0u16, 0u16);
-    let mut rate = RateMeter::default();
-    let mut next_rate = t0;
     let mut last_bell = t0;
     let mut irqs = 0u64;
     loop {
@@ -131,15 +256,9 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
                     hostile = Some((mode, what, now));
                 } else if let Some(d) = link.device() {
                     let seed = now.as_nanos() ^ boot.tsc_at_entry.rotate_left(17) ^ u64::from(own_id);
-                    let mut iface = net_guest::build_interface(cfg, d, smol(now), seed);
-                    let mut sockets = SocketSet::new(alloc::vec![]);
-                    let work = Workload::new(cfg, &mut sockets, smol(now), seed)
-                        .ok_or("workload could not start")?;
-                    iface.poll(smol(now), d, &mut sockets);
                     let nf = d.netfront().stats();
-                    rate = RateMeter::new(now.as_micros(), (nf.tx_bytes, nf.rx_bytes));
-                    next_rate = now + RATE_PERIOD;
-                    stack = Some((iface, sockets, work));
+                    let c0 = (nf.tx_bytes, nf.rx_bytes);
+                    session = Some(Session::new(cfg, d, now, seed, c0)?);
                 }
             }
             Some(LinkEvent::Down(why)) => {
@@ -198,50 +317,35 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
         }
 
         let mut busy = false;
-        if let (Some((iface, sockets, work)), Some(d)) = (stack.as_mut(), link.device()) {
-            let sn = smol(now);
+        if let (Some(sess), Some(d)) = (session.as_mut(), link.device()) {
             d.netfront().poll().map_err(|e| format!("netfront: {e}"))?;
-            iface.poll(sn, d, sockets);
-            let step = work.poll(iface, sockets, sn);
-            iface.poll(sn, d, sockets);
+            let counters = |d: &mut net_guest::link::ChannelDevice<_>| {
+                let s = d.netfront().stats();
+                (s.tx_bytes, s.rx_bytes)
+            };
+            let done = sess.poll(cfg, d, now, counters, &mut deadline);
             if let Some(e) = d.fatal() {
                 return Err(format!("netfront: {e}"));
             }
-            if now >= next_rate {
-                let nf = d.netfront().stats();
-                let (tx_bps, rx_bps) = rate.sample(now.as_micros(), (nf.tx_bytes, nf.rx_bytes));
-                if !work.is_serve() || tx_bps > 0 || rx_bps > 0 {
-                    log::info!("ICONNECT-RATE name={} tx_bps={tx_bps} rx_bps={rx_bps}", cfg.name);
-                }
-                next_rate = now + RATE_PERIOD;
-            }
-            deadline = deadline.min(next_rate);
-            match step {
-                Step::Done(r) => {
-                    let s = *d.netfront().stats();
-                    log::info!(
-                        "netfront: tx {} frames {} bytes ({} full, {} errors), rx {} frames {} bytes ({} errors), \
-                         {} bad responses, {} doorbells received, smoltcp drops {}",
-                        s.tx_packets,
-                        s.tx_bytes,
-                        s.tx_full,
-                        s.tx_errors,
-                        s.rx_packets,
-                        s.rx_bytes,
-                        s.rx_errors + s.rx_oversize,
-                        s.bad_responses,
-                        irqs,
-                        d.tx_dropped()
-                    );
-                    link.close();
-                    ring(parts.regs, link.peer(), link.take_doorbells());
-                    return Ok(r);
-                }
-                Step::Continue(Some(t)) => deadline = deadline.min(from_smol(now, sn, t)),
-                Step::Continue(None) => {}
-            }
-            if let Some(delay) = iface.poll_delay(sn, sockets) {
-                deadline = deadline.min(now + Duration::from_micros(delay.total_micros()));
+            if let Some(r) = done {
+                let s = *d.netfront().stats();
+                log::info!(
+                    "netfront: tx {} frames {} bytes ({} full, {} errors), rx {} frames {} bytes ({} errors), \
+                     {} bad responses, {} doorbells received, smoltcp drops {}",
+                    s.tx_packets,
+                    s.tx_bytes,
+                    s.tx_full,
+                    s.tx_errors,
+                    s.rx_packets,
+                    s.rx_bytes,
+                    s.rx_errors + s.rx_oversize,
+                    s.bad_responses,
+                    irqs,
+                    d.tx_dropped()
+                );
+                link.close();
+                ring(parts.regs, link.peer(), link.take_doorbells());
+                return Ok(r);
             }
             busy = !d.netfront().idle().map_err(|e| format!("netfront: {e}"))?;
         }

@@ -7,6 +7,8 @@ extern crate alloc;
 
 #[cfg(target_os = "none")]
 mod image;
+#[cfg(target_os = "none")]
+mod nic;
 
 #[cfg(target_os = "none")]
 rt::entry!(image::main);
