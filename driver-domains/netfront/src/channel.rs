@@ -2,11 +2,46 @@
 //! the frontend's [`PageAllocator`]; the page number is the reference put into requests (the
 //! backend's `DataArea` validates it like a grant reference).
 
-use iconnect_channel::{DataArea, PageAllocator};
+use alloc::vec;
+
+use iconnect_channel::{DataArea, FrontendConfig, PageAllocator, RingSpec};
 use xen_abi::GrantRef;
+use xen_abi::netif::{RX_RESPONSE_SIZE, TX_REQUEST_SIZE};
+use xen_abi::xenbus::FrontendStyle;
 use xen_abi::shmem::SharedMem;
 
 use crate::{Buffers, Error};
+
+/// Ring 0 of a net channel: the netif TX ring; its doorbell vector.
+pub const TX_RING: usize = 0;
+/// Doorbell vector of the TX ring.
+pub const TX_VECTOR: u16 = 0;
+/// Ring 1 of a net channel: the netif RX ring.
+pub const RX_RING: usize = 1;
+/// Doorbell vector of the RX ring.
+pub const RX_VECTOR: u16 = 1;
+
+/// The layout a netif frontend asks for on an iConnect channel (the QEMU platform's contract):
+/// style Net; ring 0 = TX ring (request-sized slots, vector 0), ring 1 = RX ring (vector 1),
+/// one page each; the rest of the region is the data area.
+pub fn frontend_config() -> FrontendConfig {
+    FrontendConfig {
+        style: FrontendStyle::Net,
+        rings: vec![
+            RingSpec {
+                page_order: 0,
+                slot_bytes: TX_REQUEST_SIZE as u32,
+                vector: u32::from(TX_VECTOR),
+            },
+            RingSpec {
+                page_order: 0,
+                slot_bytes: RX_RESPONSE_SIZE as u32,
+                vector: u32::from(RX_VECTOR),
+            },
+        ],
+        data_pages: None,
+    }
+}
 
 /// The frontend's data pages of one channel.
 #[derive(Debug, Clone)]

@@ -8,28 +8,23 @@
 
 use alloc::format;
 use alloc::string::{String, ToString};
-use alloc::vec;
 use core::sync::atomic::Ordering;
 
 use iconnect::Decision;
 use iconnect::qos::{self, NetQosGrant};
-use iconnect_channel::{Frontend, FrontendConfig, FrontendEvent, KeyMap, RingSpec, Window};
+use iconnect_channel::{Frontend, FrontendEvent, KeyMap, Window};
 use netfront::channel::ChannelBuffers;
 use netfront::{Config, Netfront};
-use xen_abi::netif::{RX_RESPONSE_SIZE, RxRing, TX_REQUEST_SIZE, TxRequest, TxResponse, TxRing, Status};
+use xen_abi::netif::{RxRing, Status, TxRequest, TxResponse, TxRing};
 use xen_abi::ring::REQ_PROD_OFF;
 use xen_abi::shmem::SharedMem;
-use xen_abi::xenbus::FrontendStyle;
 
 use crate::config::{GuestConfig, Hostile};
 use crate::device::NetfrontDevice;
 
 /// Key carrying each end's ivshmem peer id (the doorbell address), as in chan-test.
 pub const PEER_KEY: &str = "ivshmem-peer";
-/// Doorbell vector of the TX ring (ring 0).
-pub const TX_VECTOR: u16 = 0;
-/// Doorbell vector of the RX ring (ring 1).
-pub const RX_VECTOR: u16 = 1;
+pub use netfront::channel::{RX_VECTOR, TX_VECTOR};
 
 /// The device type over a channel on `M`.
 pub type ChannelDevice<M> = NetfrontDevice<Window<M>, ChannelBuffers<M>>;
@@ -129,22 +124,7 @@ impl<M: SharedMem + Clone> Link<M> {
         if let Some(q) = &cfg.qos {
             q.write(&mut keys).map_err(|e| format!("QoS request keys: {e}"))?;
         }
-        let config = FrontendConfig {
-            style: FrontendStyle::Net,
-            rings: vec![
-                RingSpec {
-                    page_order: 0,
-                    slot_bytes: TX_REQUEST_SIZE as u32,
-                    vector: u32::from(TX_VECTOR),
-                },
-                RingSpec {
-                    page_order: 0,
-                    slot_bytes: RX_RESPONSE_SIZE as u32,
-                    vector: u32::from(RX_VECTOR),
-                },
-            ],
-            data_pages: None,
-        };
+        let config = netfront::channel::frontend_config();
         let fe = Frontend::new(region, config, keys).map_err(|e| format!("channel: {e}"))?;
         Ok(Self {
             fe,
@@ -181,8 +161,8 @@ impl<M: SharedMem + Clone> Link<M> {
                     let keys = self.fe.backend_keys().clone();
                     self.learn_peer(keys.get(PEER_KEY))?;
                     let sg = keys.get("feature-sg") == Some("1");
-                    let tx = self.fe.front_ring::<TxRing>(0).map_err(|e| format!("ring 0: {e}"))?;
-                    let rx = self.fe.front_ring::<RxRing>(1).map_err(|e| format!("ring 1: {e}"))?;
+                    let tx = self.fe.front_ring::<TxRing>(netfront::channel::TX_RING).map_err(|e| format!("ring 0: {e}"))?;
+                    let rx = self.fe.front_ring::<RxRing>(netfront::channel::RX_RING).map_err(|e| format!("ring 1: {e}"))?;
                     let data = self.fe.data_area().map_err(|e| format!("data area: {e}"))?;
                     let bufs = ChannelBuffers::new(data, self.fe.page_allocator());
                     let config = Config {

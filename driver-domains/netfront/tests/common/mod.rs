@@ -3,18 +3,14 @@
 //! area exactly as net-guest and net-dd do).
 #![allow(dead_code)]
 
-use iconnect_channel::{
-    Backend, BackendEvent, DataArea, Frontend, FrontendConfig, FrontendEvent, KeyMap, RingSpec,
-    Window,
-};
+use iconnect_channel::{Backend, BackendEvent, DataArea, Frontend, FrontendEvent, KeyMap, Window};
 use netback::engine::RxQueueLimits;
 use netback::negotiate::FrontendFeatures;
 use netback::{Netback, RxMeta};
 use netfront::channel::ChannelBuffers;
 use netfront::{Config, Netfront};
-use xen_abi::netif::{RX_RESPONSE_SIZE, RxRing, TX_REQUEST_SIZE, TxRing};
+use xen_abi::netif::{RxRing, TxRing};
 use xen_abi::shmem::HostMem;
-use xen_abi::xenbus::FrontendStyle;
 
 pub type Front = Netfront<Window<HostMem>, ChannelBuffers<HostMem>>;
 pub type Back = Netback<Window<HostMem>>;
@@ -35,22 +31,7 @@ pub const REGION_PAGES: usize = 1024;
 pub fn pair(config: Config, features: FrontendFeatures, limits: RxQueueLimits) -> Pair {
     let region = HostMem::pages(REGION_PAGES);
     let mut be = Backend::new(region.clone(), KeyMap::new()).unwrap();
-    let fconfig = FrontendConfig {
-        style: FrontendStyle::Net,
-        rings: vec![
-            RingSpec {
-                page_order: 0,
-                slot_bytes: TX_REQUEST_SIZE as u32,
-                vector: 0,
-            },
-            RingSpec {
-                page_order: 0,
-                slot_bytes: RX_RESPONSE_SIZE as u32,
-                vector: 1,
-            },
-        ],
-        data_pages: None,
-    };
+    let fconfig = netfront::channel::frontend_config();
     let mut keys = KeyMap::new();
     keys.insert("request-rx-copy", "1").unwrap();
     keys.insert("feature-sg", if config.sg { "1" } else { "0" }).unwrap();
