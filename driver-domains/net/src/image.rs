@@ -14,14 +14,12 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
-use crate::device::{Net, VirtioNetDevice};
-use hal::dma::VirtioHal;
-use hal::ecam::{self, Ecam};
+use crate::device::{QUEUE_SIZE, VirtioNetDevice};
+use hal::ecam::Ecam;
 use hal::ivshmem::{self, Doorbells, Ivshmem, Registers, SharedRegion};
 use hal::mmio::Mmio;
-use hal::pci::{self, Bar, Function, command};
 use hal::platform;
-use hal::virtio::{self, CommonCfg, NO_VECTOR};
+use hal::virtio_net::pci as vnet;
 use net_dd::Error;
 use net_dd::chanport::{self, ChannelPort, ChannelSwitch, PortEvent};
 use net_dd::config::NetConfig;
@@ -32,15 +30,7 @@ use netswitch::{Mac, PortId};
 use rt::exec::Step;
 use smoltcp::iface::SocketSet;
 use smoltcp::wire::EthernetAddress;
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::PciRoot;
 
-/// virtio-net receive queue index.
-const RX_QUEUE: u16 = 0;
-/// virtio-net transmit queue index.
-const TX_QUEUE: u16 = 1;
-/// MSI-X table entry used for receive interrupts.
-const RX_MSIX_ENTRY: u16 = 0;
 /// Echo sockets (connections that may be open or closing at once).
 const ECHO_SOCKETS: usize = 8;
 /// Send/receive buffer per echo socket.
@@ -93,114 +83,6 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
     }
 }
 
-/// The device as found and configured on PCI.
-struct PciNet {
-    ecam: Ecam,
-    func: Function,
-    bars: [Option<Bar>; 6],
-}
-
-fn find_device(boot: &rt::BootInfo) -> Result<PciNet, Error> {
-    let mcfg = platform::find_ecam(boot);
-    let mut ecam = platform::map_ecam(&mcfg).map_err(|e| {
-        log::error!("cannot map ECAM: {e}");
-        Error::NoDevice
-    })?;
-    // Stop at the first virtio-net function (every config read is an MMIO exit).
-    let mut n = 0;
-    let mut found = None;
-    pci::for_each_function(&ecam, mcfg.start_bus, mcfg.end_bus, true, |f| {
-        let h = f.header;
-        n += 1;
-        log::debug!(
-            "pci {} {:04x}:{:04x} class {:02x}.{:02x}",
-            f.bdf,
-            h.vendor_id,
-            h.device_id,
-            h.class,
-            h.subclass
-        );
-        if virtio::is_net(h.vendor_id, h.device_id) {
-            found = Some(f);
-            return false;
-        }
-        true
-    });
-    let Some(func) = found else {
-        log::error!("no virtio-net (1af4:1041/1000) among {n} PCI functions");
-        return Err(Error::NoDevice);
-    };
-    // Decoding stays off until the BARs are sized and virtio-drivers has read its capabilities:
-    // every decode toggle makes the platform remap the device's windows.
-    pci::update_command(
-        &mut ecam,
-        func.bdf,
-        0,
-        command::MEMORY_SPACE | command::IO_SPACE,
-    );
-    let bars =
-        platform::assign_bars(&mut ecam, func.bdf, BAR_WINDOW.0, BAR_WINDOW.1).map_err(|e| {
-            log::error!("{}: BAR assignment failed: {e}", func.bdf);
-            Error::DeviceInit
-        })?;
-    for bar in bars.iter().flatten() {
-        log::debug!(
-            "{} BAR{} {:?} {:#x} size {:#x}",
-            func.bdf,
-            bar.index,
-            bar.kind,
-            bar.address,
-            bar.size
-        );
-    }
-    Ok(PciNet { ecam, func, bars })
-}
-
-/// MSI-X for the receive queue: the CPU vector, or `None` (polling) if anything is missing.
-fn setup_irq(dev: &mut PciNet) -> Option<u8> {
-    let Some(msg) = rt::irq::register_msi(on_rx_irq) else {
-        log::warn!("no free interrupt vector; polling");
-        return None;
-    };
-    match platform::enable_msix(&mut dev.ecam, dev.func.bdf, &dev.bars, RX_MSIX_ENTRY, msg) {
-        Ok(table) => {
-            log::debug!(
-                "MSI-X: {} entries, entry {RX_MSIX_ENTRY} -> vector {}",
-                table.entries(),
-                msg.vector()
-            );
-            // The table stays mapped (rt never unmaps); the handle is no longer needed.
-            Some(msg.vector())
-        }
-        Err(e) => {
-            log::warn!("MSI-X setup failed ({e}); polling");
-            None
-        }
-    }
-}
-
-/// Routes receive-queue events to our MSI-X entry and silences the others. `virtio-drivers`
-/// 0.13 does not expose `queue_msix_vector`, so the common configuration is written here,
-/// through a second mapping of the registers its transport also uses. That is sound because
-/// both are raw volatile accessors (no references), this runs between driver calls on the
-/// only CPU, and the transport re-selects the queue (`queue_select`) before each queue access.
-/// QEMU accepts vector changes after `DRIVER_OK`; the spec suggests setting them before
-/// enabling the queue, which virtio-drivers gives no hook for.
-fn route_vectors(dev: &PciNet) -> Result<(), hal::Error> {
-    let cap = virtio::find_cap(&dev.ecam, dev.func.bdf, virtio::CAP_COMMON_CFG)?;
-    let bar = dev.bars[usize::from(cap.bar)].ok_or(hal::Error::BarUnassigned)?;
-    let regs = platform::map_bar(&bar, u64::from(cap.offset), cap.length as usize)?;
-    let mut common = CommonCfg::new(regs)?;
-    let _ = common.set_config_vector(NO_VECTOR);
-    let _ = common.set_queue_vector(TX_QUEUE, NO_VECTOR)?;
-    let got = common.set_queue_vector(RX_QUEUE, RX_MSIX_ENTRY)?;
-    if got == RX_MSIX_ENTRY {
-        Ok(())
-    } else {
-        Err(hal::Error::Invalid)
-    }
-}
-
 /// One guest channel: its port and its device's registers and doorbell counters.
 struct Chan {
     port: ChannelPort<&'static SharedRegion>,
@@ -212,9 +94,8 @@ struct Chan {
 
 /// Opens every ivshmem-doorbell device (PCI order = guest ports 1..=N). A device that cannot
 /// be opened is skipped with a log line (its port number stays reserved).
-fn open_channels(ecam: &mut Ecam, boot: &rt::BootInfo) -> Vec<Chan> {
-    let mcfg = platform::find_ecam(boot);
-    let funcs = ivshmem::find_all(ecam, mcfg.start_bus, mcfg.end_bus);
+fn open_channels(ecam: &mut Ecam) -> Vec<Chan> {
+    let funcs = ivshmem::find_all(ecam, ecam.start_bus(), ecam.end_bus());
     let mut chans = Vec::new();
     for (i, func) in funcs.iter().enumerate() {
         let Some(port) = switch::guest_port(i) else {
@@ -279,47 +160,23 @@ fn ns(t: rt::time::Instant) -> u64 {
 fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> {
     let t0 = rt::time::now();
     let cfg = NetConfig::from_cmdline(boot.cmdline)?;
-    let mut pdev = find_device(boot)?;
-
-    // SAFETY: the alias is used only by virtio-drivers' transport set-up below, which runs to
-    // completion before we touch this function's configuration space again.
-    let mut root = PciRoot::new(unsafe { pdev.ecam.alias() });
-    let transport =
-        PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(pdev.func.bdf))
-            .map_err(|e| {
-                log::error!("virtio PCI transport: {e}");
-                Error::DeviceInit
-            })?;
-    pci::update_command(
-        &mut pdev.ecam,
-        pdev.func.bdf,
-        command::MEMORY_SPACE | command::BUS_MASTER,
-        0,
-    );
-    let t_pci = rt::time::now();
-    let mut irq = setup_irq(&mut pdev);
-    // virtio-drivers logs its feature negotiation at info level; keep the boot path quiet
-    // (every console byte is an I/O exit) unless debugging.
-    let level = log::max_level();
-    if level <= log::LevelFilter::Info {
-        log::set_max_level(log::LevelFilter::Warn);
-    }
-    let net = Net::new(transport);
-    log::set_max_level(level);
-    let net = net.map_err(|e| {
-        log::error!("virtio-net init: {e}");
-        Error::DeviceInit
+    let mcfg = platform::find_ecam(boot);
+    let mut ecam = platform::map_ecam(&mcfg).map_err(|e| {
+        log::error!("cannot map ECAM: {e}");
+        Error::NoDevice
     })?;
-    if irq.is_some()
-        && let Err(e) = route_vectors(&pdev)
-    {
-        log::warn!("virtio MSI-X vector routing failed ({e}); polling");
-        irq = None;
-    }
+    let Some(func) = vnet::find(&ecam) else {
+        log::error!("no virtio-net (1af4:1041/1000) on PCI");
+        return Err(Error::NoDevice);
+    };
+    let t_pci = rt::time::now();
+    let opened = vnet::open::<QUEUE_SIZE>(&mut ecam, func, BAR_WINDOW, Some(on_rx_irq))
+        .map_err(|_| Error::DeviceInit)?;
+    let (net, irq) = (opened.net, opened.rx_vector);
     let mac = EthernetAddress(net.mac_address());
     let mut nic = VirtioNetDevice::new(net);
     let t_dev = rt::time::now();
-    let mut chans = open_channels(&mut pdev.ecam, boot);
+    let mut chans = open_channels(&mut ecam);
 
     let seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
     let mut stack = QueueDevice::new();
@@ -330,10 +187,10 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
         ChannelSwitch::new(cfg.link_bps, Mac(mac.0), ns(rt::time::now()));
     rt::ready("net-dd");
     // Reported after the marker: console output is not part of the initialisation.
-    let h = pdev.func.header;
+    let h = func.header;
     log::info!(
         "virtio-net {} ({:04x}:{:04x}) MAC {mac} IP {} gw {} echo port {}; {}; {} guest channel(s), link_bps={}; init: pci {} us, virtio {} us",
-        pdev.func.bdf,
+        func.bdf,
         h.vendor_id,
         h.device_id,
         cfg.cidr,

@@ -100,6 +100,9 @@ struct Vif<M: SharedMem, G> {
     failed: Option<netback::Error>,
     /// Drops counted by the switch (not by netback).
     drops: u64,
+    /// Frames (and bytes) taken from the guest's TX ring.
+    tx_frames: u64,
+    tx_bytes: u64,
 }
 
 /// Counters of the switch itself.
@@ -232,6 +235,8 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
             notify_rx: false,
             failed: None,
             drops: 0,
+            tx_frames: 0,
+            tx_bytes: 0,
         });
         Ok(decision)
     }
@@ -312,10 +317,9 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
     pub fn port_counters(&self, port: PortId) -> Option<PortCounters> {
         let v = self.vif(port)?;
         let s = v.nb.stats();
-        let (tx_bytes, tx_frames) = self.sched.sent(port);
         Some(PortCounters {
-            tx_frames,
-            tx_bytes,
+            tx_frames: v.tx_frames,
+            tx_bytes: v.tx_bytes,
             rx_frames: s.rx_packets,
             rx_bytes: s.rx_bytes,
             drops: v.drops
@@ -441,6 +445,10 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
                 Ok(p) => {
                     v.notify_tx |= p.notify;
                     let n = if meta.is_some() { frame.len() } else { 0 };
+                    if n > 0 {
+                        v.tx_frames += 1;
+                        v.tx_bytes += n as u64;
+                    }
                     self.sched.complete(g, n, p.more);
                 }
                 Err(e) => {
