@@ -235,16 +235,8 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
     fn connect(&mut self, sw: &mut ChannelSwitch<M>, now_ns: u64, events: &mut Vec<PortEvent>) {
         // A fresh answer for this connection.
         let keys = self.be.keys_mut();
-        for k in [
-            ERROR_KEY,
-            qos::ANSWER.status,
-            qos::ANSWER.reason,
-            qos::ANSWER.error_key,
-            qos::GRANTED_GUARANTEED,
-            qos::GRANTED_CEILING,
-            qos::GRANTED_BURST,
-            qos::GRANTED_CLASS,
-        ] {
+        keys.remove(ERROR_KEY);
+        for k in crate::switch::QOS_ANSWER_KEYS {
             keys.remove(k);
         }
         self.down_reason = None;

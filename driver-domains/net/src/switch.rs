@@ -58,6 +58,18 @@ pub trait Wire {
     fn stack_deliver(&mut self, frame: &[u8]);
 }
 
+/// Every key a QoS decision may write into the backend's keys (`iconnect::qos::write_decision`):
+/// remove them all before writing a new decision, so no stale answer is left behind.
+pub const QOS_ANSWER_KEYS: [&str; 7] = [
+    iconnect::qos::ANSWER.status,
+    iconnect::qos::ANSWER.reason,
+    iconnect::qos::ANSWER.error_key,
+    iconnect::qos::GRANTED_GUARANTEED,
+    iconnect::qos::GRANTED_CEILING,
+    iconnect::qos::GRANTED_BURST,
+    iconnect::qos::GRANTED_CLASS,
+];
+
 /// The QoS outcome of a guest port: `None` if it asked for nothing (best effort).
 pub type QosDecision = Option<Decision<NetQosGrant>>;
 
