@@ -238,11 +238,11 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("net-dd ping+tcp (16 MiB RAM)", qemu_net_dd, true),
     ("chan-test: 2 VMs over ivshmem-server", qemu_chan, true),
     ("chan-test proto=channel: iconnect-channel frontend/backend, QoS, data refs", qemu_chan_channel, true),
-    ("net: guest<->host through net-dd (ping, TCP echo)", crate::nettests::guest_host, false),
-    ("net: guest<->guest through net-dd's bridge (ping, TCP echo)", crate::nettests::guest_guest, false),
-    ("net: QoS guarantees 2:1 under contention", crate::nettests::qos_ratio, false),
-    ("net: QoS guarantee vs a best-effort flood (>= 95%)", crate::nettests::qos_guarantee, false),
-    ("net: hostile guest garbages its ring, another keeps working", crate::nettests::hostile, false),
+    ("net: guest<->host through net-dd (ping, TCP echo)", crate::nettests::guest_host, true),
+    ("net: guest<->guest through net-dd's bridge (ping, TCP echo)", crate::nettests::guest_guest, true),
+    ("net: QoS guarantees 2:1 under contention", crate::nettests::qos_ratio, true),
+    ("net: QoS guarantee vs a best-effort flood (>= 95%)", crate::nettests::qos_guarantee, true),
+    ("net: hostile guest garbages its ring, another keeps working", crate::nettests::hostile, true),
 ];
 
 fn qemu_chan_channel(accel: Accel) -> Result<String> {

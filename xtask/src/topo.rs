@@ -501,6 +501,22 @@ impl Net {
         anyhow!(s)
     }
 
+    /// VMs whose calibrated TSC rate (rt's `TSC <N> kHz` line) is more than 25% off the median
+    /// of all VMs: their own time-based numbers (rates, `secs=`, RTTs) are not to be trusted (rt's
+    /// PIT calibration can be preempted under TCG on a loaded host).
+    pub fn tsc_outliers(&self) -> Vec<String> {
+        let rates: Vec<(String, u64)> =
+            self.vms.iter().filter_map(|v| Some((v.name.clone(), chan::tsc_khz(&v.serial())?))).collect();
+        let mut sorted: Vec<u64> = rates.iter().map(|r| r.1).collect();
+        sorted.sort_unstable();
+        let Some(&median) = sorted.get(sorted.len() / 2) else { return Vec::new() };
+        rates
+            .into_iter()
+            .filter(|(_, khz)| khz.max(&median) * 4 > khz.min(&median) * 5)
+            .map(|(n, khz)| format!("{n} (TSC {khz} kHz vs median {median})"))
+            .collect()
+    }
+
     /// Console lines of `vm` so far.
     pub fn serial(&self, vm: &str) -> Vec<String> {
         self.vm(vm).map(Vm::serial).unwrap_or_default()
