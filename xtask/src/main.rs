@@ -76,6 +76,9 @@ enum Cmd {
         /// Accelerator (default: automatic).
         #[arg(long, value_enum)]
         accel: Option<Accel>,
+        /// The Xen demo instead: net-dd as a driver domain for Linux netfront guests, nested Xen.
+        #[arg(long)]
+        xen: bool,
     },
     /// Benchmarks (criterion).
     Bench {
@@ -106,7 +109,8 @@ fn main() -> ExitCode {
             qemu::run_cmd(&image, append, accel, timeout, memory, no_build)
         }
         Cmd::Test(args) => suite::run(&args),
-        Cmd::Demo { accel } => demo::run(accel),
+        Cmd::Demo { xen: true, .. } => xen::demo(),
+        Cmd::Demo { accel, .. } => demo::run(accel),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Probe { probe } => probe::run(&probe),
         Cmd::Xen(args) => xen::run_cmd(&args),
