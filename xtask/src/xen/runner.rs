@@ -32,6 +32,9 @@ pub struct Boot {
     pub initrd: PathBuf,
     pub timeout: Duration,
     pub echo: bool,
+    /// While the scenario runs, every serial line this maps to `Some(text)` is printed as it
+    /// arrives (the demo's live narration).
+    pub live: Option<fn(&str) -> Option<String>>,
 }
 
 /// Milestones of a run, in order.
@@ -369,8 +372,27 @@ pub fn boot(b: &Boot, serial_log: &Path) -> Result<XenRun> {
     let mut running = qemu(b)?.spawn()?;
     println!("xen: QEMU pid {} (TCG, -cpu max, -smp {SMP}, {MACHINE_MIB} MiB), timeout {}", running.pid(), fmt_dur(b.timeout));
     let mut stages = Vec::new();
+    let started = std::time::Instant::now();
+    let mut shown = 0;
     for s in Stage::ALL {
-        match running.wait_for(|l| s.matches(l), b.timeout) {
+        let waited = match b.live.filter(|_| s == Stage::ScenarioEnd) {
+            None => running.wait_for(|l| s.matches(l), b.timeout),
+            Some(live) => loop {
+                let r = running.wait_for(|l| s.matches(l), Duration::from_millis(500));
+                let lines = running.serial();
+                for l in lines.iter().skip(shown) {
+                    if let Some(text) = live(l) {
+                        println!("  [{}] {text}", fmt_dur(started.elapsed()));
+                    }
+                }
+                shown = lines.len();
+                match r {
+                    Err(crate::qemu::WaitError::Deadline(_)) if started.elapsed() < b.timeout => continue,
+                    other => break other,
+                }
+            },
+        };
+        match waited {
             Ok((_, at)) => {
                 println!("xen: [{}] {}", fmt_dur(at), s.describe());
                 stages.push((s, at));
@@ -484,6 +506,7 @@ XENTEST-END rc=0 uptime_ms=13000
             initrd: "/c/initrd.cpio".into(),
             timeout: Duration::from_secs(5),
             echo: false,
+            live: None,
         };
         let a = qemu(&b).unwrap().args().join(" ");
         assert!(a.contains("-kernel /c/xen -append console=com1"), "{a}");

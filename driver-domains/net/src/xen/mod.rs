@@ -10,16 +10,18 @@
 //!   request (`iconnect-qos-*` keys in the frontend directory, with `rate=` of the xl config as
 //!   an administrative ceiling) in the backend directory. Frontend Closing/Closed, a vanished
 //!   frontend (`xl destroy`) or `online = 0` disconnect it: rings unmapped, ports closed.
-//! * Data plane: the netback engine per vif (`poll_tx`, `queue_rx`, `poll_rx`) with grant copies
-//!   ([`grants`]); frames between vifs go through a learning bridge ([`bridge`]).
+//! * Data plane: each connected vif is a guest port of net-dd's platform-independent
+//!   [`Switch`] (the same as on QEMU: netswitch's learning bridge and QoS scheduler, one netback
+//!   engine per port) with the ring pages mapped and buffers reached by grant copies
+//!   ([`grants`]); the domain's own smoltcp stack (`ip=`, ICMP echo, TCP echo on `echo_port`)
+//!   is the switch's stack port. There is no uplink yet: frames for it are dropped.
 //!
 //! Markers: `ICONNECT-READY net-dd`, `ICONNECT-XEN domid=<N> name=<name>`,
-//! `ICONNECT-VIF <fe>/<dev> up mac=<mac> qos=<granted|refused|none> ceiling_bps=<n|none>`,
+//! `ICONNECT-VIF <fe>/<dev> up port=<n> mac=<mac> qos=<granted|refused|none> ceiling_bps=<n|none>`,
 //! `ICONNECT-VIF <fe>/<dev> qos=<...> ceiling_bps=<...>` (a QoS request changed),
-//! `ICONNECT-VIF <fe>/<dev> down reason=<why>`, and periodic
-//! `ICONNECT-VIFSTAT <fe>/<dev> tx_packets=.. tx_bytes=.. rx_packets=.. rx_bytes=.. drops=..`.
+//! `ICONNECT-VIF <fe>/<dev> down port=<n> reason=<why> ...`, and once a second while counters move
+//! `ICONNECT-VIFSTAT <fe>/<dev> port=<n> tx_bps=.. rx_bps=.. tx_frames=.. rx_frames=.. drops=..`.
 
-mod bridge;
 mod grants;
 mod vif;
 
@@ -27,14 +29,26 @@ use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
 
+use net_dd::config::NetConfig;
+use net_dd::echo::EchoService;
+use net_dd::stackdev::QueueDevice;
+use net_dd::switch::{STACK, Switch};
+use netswitch::Mac;
+use smoltcp::iface::SocketSet;
+use smoltcp::wire::EthernetAddress;
 use xen_domain::{DomainError, Events, Store};
 
-use self::vif::Backend;
+use self::vif::{Backend, XenWire};
 
 /// Longest sleep when nothing is scheduled (events wake the loop earlier).
 const IDLE: Duration = Duration::from_secs(1);
+/// Every vif is looked at this often even without an event.
+const SWEEP: Duration = Duration::from_millis(100);
 /// Period of the `ICONNECT-VIFSTAT` lines (only printed when counters moved).
-const STATS_EVERY: Duration = Duration::from_secs(5);
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Echo sockets of the domain's own stack, and their buffers.
+const ECHO_SOCKETS: usize = 8;
+const ECHO_BUF: usize = 8192;
 
 /// The image's entry point on Xen.
 pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
@@ -44,44 +58,83 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
     match run(boot) {
         Ok(never) => match never {},
         Err(e) => {
-            log::error!("net-dd on Xen: {e:?}");
+            log::error!("net-dd on Xen: {e}");
             rt::ExitCode::Failure
         }
     }
 }
 
-fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, DomainError> {
-    let xen = rt::xen().ok_or(DomainError::NotXen)?;
-    let events = Events::new()?;
-    let mut store = Store::open()?;
-    let domid = store.domid()?;
-    let name = store.read("name").unwrap_or_else(|_| String::from("?"));
-    let link_bps = rt::cmdline::get(boot.cmdline, "link_bps")
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(1_000_000_000);
-    let base = format!("/local/domain/{domid}/backend/vif");
-    let mut be = Backend::new(xen, events, base, link_bps);
-    be.watch(&mut store)?;
-    rt::ready("net-dd");
-    log::info!("ICONNECT-XEN domid={domid} name={name} link_bps={link_bps} serving {}", be.base());
+fn smol_now() -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(rt::time::now().as_micros() as i64)
+}
 
-    let mut last_stats = rt::time::now();
+fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String> {
+    let cfg = NetConfig::from_cmdline(boot.cmdline).map_err(|e| format!("{e}"))?;
+    let xen = rt::xen().ok_or("not on Xen")?;
+    let err = |e: DomainError| format!("{e:?}");
+    let events = Events::new().map_err(err)?;
+    let mut store = Store::open().map_err(err)?;
+    let domid = store.domid().map_err(err)?;
+    let name = store.read("name").unwrap_or_else(|_| String::from("?"));
+    // The stack's MAC: locally administered, from the domain id.
+    let stack_mac = Mac([0x02, 0x16, 0x3e, 0xdd, (domid >> 8) as u8, domid as u8]);
+    let mut stack = QueueDevice::new();
+    let seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry.rotate_left(17);
+    let mut iface = net_dd::build_interface(&cfg, EthernetAddress(stack_mac.0), &mut stack, smol_now(), seed);
+    let mut sockets = SocketSet::new(alloc::vec![]);
+    let mut echo = EchoService::new(&mut sockets, cfg.echo_port, ECHO_SOCKETS, ECHO_BUF);
+    let base = format!("/local/domain/{domid}/backend/vif");
+    let sw = Switch::new(cfg.link_bps, stack_mac, rt::time::now().as_nanos());
+    let mut be = Backend::new(xen, events, base, sw);
+    be.watch(&mut store).map_err(err)?;
+    rt::ready("net-dd");
+    log::info!(
+        "ICONNECT-XEN domid={domid} name={name} link_bps={} ip={} mac={stack_mac} echo_port={} serving {}",
+        cfg.link_bps,
+        cfg.cidr,
+        cfg.echo_port,
+        be.base()
+    );
+
+    let (mut last_stats, mut last_sweep) = (rt::time::now(), rt::time::now());
     loop {
-        while let Some(ev) = store.poll_event()? {
+        while let Some(ev) = store.poll_event().map_err(err)? {
             be.on_watch(&mut store, &ev.path, &ev.token);
         }
         let now = rt::time::now();
-        let next = be.poll_data(&mut store, now);
-        if now - last_stats >= STATS_EVERY {
-            last_stats = now;
-            be.report_stats();
+        let now_ns = now.as_nanos();
+        let sweep = now - last_sweep >= SWEEP;
+        if sweep {
+            last_sweep = now;
         }
-        let deadline = match next {
-            vif::Next::Now => continue,
-            vif::Next::At(t) => t.min(now + IDLE),
-            vif::Next::Idle => now + IDLE,
-        };
-        rt::event::wait_until(Some(deadline));
+        be.doorbells(sweep);
+        let mut busy = false;
+        let mut wire = XenWire { stack: &mut stack };
+        let snow = smol_now();
+        iface.poll(snow, wire.stack, &mut sockets);
+        busy |= echo.poll(&mut sockets);
+        while let Some(f) = wire.stack.pop_sent() {
+            be.sw.input(STACK, &f, now_ns, &mut wire);
+            wire.stack.recycle(f);
+        }
+        let wake = be.sw.pump(now_ns, &mut wire);
+        busy |= be.sw.flush();
+        busy |= wire.stack.pending() > 0;
+        be.after_switch();
+        if now - last_stats >= STATS_EVERY {
+            be.report_stats((now - last_stats).as_secs_f64());
+            last_stats = now;
+        }
+        if busy || wake.is_some_and(|t| t <= now_ns) {
+            continue;
+        }
+        let mut next = IDLE.min(SWEEP);
+        if let Some(d) = iface.poll_delay(snow, &sockets) {
+            next = next.min(Duration::from_micros(d.total_micros()));
+        }
+        if let Some(t) = wake {
+            next = next.min(Duration::from_nanos(t - now_ns));
+        }
+        rt::event::wait_until(Some(now + next));
     }
 }

@@ -8,37 +8,24 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::time::Duration;
 
-use iconnect::qos::{self, LinkAdmission, NetQosGrant, NetQosRequest, XenRate};
+use iconnect::qos::{self, NetQosRequest, XenRate};
 use iconnect::{Decision, KeySink, KeySource};
+use net_dd::switch::{self, PortCounters, QosDecision, Switch, Wire};
 use netback::engine::RxQueueLimits;
 use netback::negotiate::EventChannels;
-use netback::{BackendFeatures, FrontendConfig, Netback, RxMeta, Stats};
-use rt::time::Instant;
+use netback::{BackendFeatures, FrontendConfig, Netback};
+use netswitch::{Mac, PortId};
 use xen_abi::xenbus::{BackendFsm, BackendInput, BackendOutput, XenbusState};
 use xen_domain::{DomainError, Events, MappedGrant, Port, Store, Xen};
 
-use super::bridge::{Bridge, Forward, VifId};
 use super::grants::XenGrants;
 
-/// Packets per poll of one ring before the other vifs get their turn.
-const BUDGET: usize = 64;
-/// Window of the credit scheduler that enforces a QoS ceiling (10 ms, like a typical `rate=`).
-const RATE_WINDOW_US: u32 = 10_000;
+/// A vif: (frontend domid, device id).
+pub type VifId = (u16, u32);
+
 /// Watch token of the backend directory.
 const BACKEND_TOKEN: &str = "be";
-
-/// When the data path wants to run again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    /// Work is pending: poll again at once.
-    Now,
-    /// At this time (a rate window opens).
-    At(Instant),
-    /// Only when an event arrives.
-    Idle,
-}
 
 /// A snapshot of a xenstore directory's keys (values of its direct children).
 struct Keys(Vec<(String, String)>);
@@ -81,40 +68,12 @@ fn parse_id(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-/// `xx:xx:xx:xx:xx:xx`.
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-fn fmt_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
-/// A connected vif's data path.
+/// A connected vif: its switch port and event channels (the engine lives in the switch).
 struct Conn {
-    nb: Netback<MappedGrant>,
-    grants: XenGrants,
+    port: PortId,
     tx_port: Port,
     /// The RX port when the frontend split its event channels.
     rx_port: Option<Port>,
-    more_tx: bool,
-    throttled_until: Option<u64>,
-    rx_kick: bool,
-}
-
-impl Conn {
-    fn rx_port(&self) -> Port {
-        self.rx_port.unwrap_or(self.tx_port)
-    }
 }
 
 /// One vif.
@@ -122,43 +81,37 @@ struct Vif {
     be: String,
     fe: String,
     fsm: BackendFsm,
-    mac: Option<[u8; 6]>,
+    /// The MAC xl gave the guest (backend `mac`): the only source it may send from.
+    mac: Option<Mac>,
     conn: Option<Conn>,
-    /// What admission control granted this vif (reserved while connected).
-    qos: Option<NetQosGrant>,
+    /// `rate=` of the xl config (backend `rate`), an administrative ceiling.
+    rate: Option<XenRate>,
     /// Counters at the last stats line.
-    reported: Stats,
+    reported: PortCounters,
 }
 
-/// All vifs of this driver domain.
+/// All vifs of this driver domain, attached as guest ports of net-dd's switch.
 pub struct Backend {
     xen: Xen,
     events: Events,
     base: String,
     features: BackendFeatures,
-    admission: LinkAdmission,
+    /// The switch: guest ports (netback engines over mapped rings), the domain's stack.
+    pub sw: Switch<MappedGrant, XenGrants>,
     vifs: BTreeMap<VifId, Vif>,
     /// Vifs removed by their state machine whose backend directory still exists: not re-created
     /// until the toolstack removes the directory.
     retired: BTreeSet<VifId>,
-    bridge: Bridge,
-    frames: Vec<(VifId, Vec<u8>, RxMeta)>,
+}
+
+fn ns(t: rt::time::Instant) -> u64 {
+    t.as_nanos()
 }
 
 impl Backend {
-    /// Serves the vifs under `base` (`/local/domain/<self>/backend/vif`).
-    pub fn new(xen: Xen, events: Events, base: String, link_bps: u64) -> Self {
-        Self {
-            xen,
-            events,
-            base,
-            features: BackendFeatures::default(),
-            admission: LinkAdmission::new(link_bps),
-            vifs: BTreeMap::new(),
-            retired: BTreeSet::new(),
-            bridge: Bridge::default(),
-            frames: Vec::new(),
-        }
+    /// Serves the vifs under `base` (`/local/domain/<self>/backend/vif`) through `sw`.
+    pub fn new(xen: Xen, events: Events, base: String, sw: Switch<MappedGrant, XenGrants>) -> Self {
+        Self { xen, events, base, features: BackendFeatures::default(), sw, vifs: BTreeMap::new(), retired: BTreeSet::new() }
     }
 
     /// The backend directory served.
@@ -285,8 +238,8 @@ impl Backend {
             self.retired.insert(id);
             return Ok(());
         }
-        let mac = store.read_opt(&format!("{be}/mac"))?.as_deref().and_then(parse_mac);
-        log::info!("vif {}/{}: new, frontend {fe}, mac {}", id.0, id.1, mac.as_ref().map_or("?".to_string(), fmt_mac));
+        let mac = store.read_opt(&format!("{be}/mac"))?.as_deref().and_then(Mac::parse);
+        log::info!("vif {}/{}: new, frontend {fe}, mac {}", id.0, id.1, mac.map_or("?".to_string(), |m| m.to_string()));
         self.vifs.insert(
             id,
             Vif {
@@ -295,8 +248,8 @@ impl Backend {
                 fsm: BackendFsm::new(),
                 mac,
                 conn: None,
-                qos: None,
-                reported: Stats::default(),
+                rate: None,
+                reported: PortCounters::default(),
             },
         );
         let advertised = self.features.advertise(&mut StoreSink { store, dir: &be });
@@ -335,7 +288,7 @@ impl Backend {
             }
             k if k.starts_with("/iconnect-qos-") && self.vifs.get(&id).is_some_and(|v| v.conn.is_some()) => {
                 let keys = Keys::read(store, &fe)?;
-                self.apply_qos(store, id, &keys);
+                self.requalify(store, id, &keys);
             }
             _ => {}
         }
@@ -380,23 +333,42 @@ impl Backend {
             }
         }
         if out.remove {
+            let be = self.vifs.get(&id).map(|v| v.be.clone());
             self.remove(store, id, "removed");
-            self.retired.insert(id);
+            if let Some(be) = be {
+                // In a driver domain the backend removes its own directory (Linux: `xl devd`);
+                // libxl waits for that before it finishes destroying the frontend's domain.
+                let _ = store.rm(&be);
+                let parent = format!("{}/{}", self.base, id.0);
+                if store.directory(&parent).is_ok_and(|d| d.is_empty()) {
+                    let _ = store.rm(&parent);
+                }
+            } else {
+                self.retired.insert(id);
+            }
         }
         if let Some(n) = next {
             self.apply(store, id, n);
         }
     }
 
-    /// Reads the frontend's keys, maps its rings, binds its event channels, answers QoS.
+    /// Reads the frontend's keys, maps its rings, binds its event channels, attaches it to the
+    /// switch with its QoS request and writes the decision.
     fn connect(&mut self, store: &mut Store, id: VifId) -> Result<(), String> {
         let Some(v) = self.vifs.get(&id) else { return Err("unknown vif".into()) };
-        let fe = v.fe.clone();
+        let (fe, be) = (v.fe.clone(), v.be.clone());
+        let mac = v.mac.ok_or("no valid mac in the backend directory")?;
         let keys = Keys::read(store, &fe).map_err(|e| format!("reading frontend keys: {e:?}"))?;
         let cfg = FrontendConfig::from_keys(&keys, &self.features).map_err(|e| format!("frontend keys: {e}"))?;
+        let rate = read_rate(store, &be, id);
+        let port = (0..switch::MAX_GUESTS)
+            .filter_map(switch::guest_port)
+            .find(|p| !self.sw.is_attached(*p))
+            .ok_or("no free switch port")?;
         let tx = rt::xen::map_grant(self.xen, id.0, cfg.tx_ring_ref).map_err(|e| format!("mapping tx-ring-ref: {e:?}"))?;
         let rx = rt::xen::map_grant(self.xen, id.0, cfg.rx_ring_ref).map_err(|e| format!("mapping rx-ring-ref: {e:?}"))?;
         let nb = Netback::new(tx, rx, cfg.features, RxQueueLimits::default()).map_err(|e| format!("rings: {e}"))?;
+        let now = rt::time::now();
         let (tx_port, rx_port) = match cfg.events {
             EventChannels::Shared(p) => (self.bind(id.0, p)?, None),
             EventChannels::Split { tx, rx } => {
@@ -410,25 +382,31 @@ impl Backend {
                 }
             }
         };
-        let conn = Conn {
-            nb,
-            grants: XenGrants::new(self.xen, id.0),
-            tx_port,
-            rx_port,
-            more_tx: true,
-            throttled_until: None,
-            rx_kick: true,
+        let request = qos_request(&keys, rate);
+        let asked = !matches!(request, Ok(None));
+        let decision = match self.sw.attach(port, nb, XenGrants::new(self.xen, id.0), mac, admin_only(request, rate), ns(now)) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.events.close(tx_port);
+                if let Some(p) = rx_port {
+                    let _ = self.events.close(p);
+                }
+                return Err(e.reason().into());
+            }
         };
+        if asked {
+            write_decision(store, &be, id, &decision);
+        }
         let Some(v) = self.vifs.get_mut(&id) else { return Err("unknown vif".into()) };
-        v.conn = Some(conn);
-        v.reported = Stats::default();
-        let mac = v.mac.as_ref().map_or("?".to_string(), fmt_mac);
-        let (qos, ceiling) = self.apply_qos(store, id, &keys);
+        v.conn = Some(Conn { port, tx_port, rx_port });
+        v.rate = rate;
+        v.reported = PortCounters::default();
         log::info!(
-            "ICONNECT-VIF {}/{} up mac={mac} qos={qos} ceiling_bps={} sg={} split_events={} rx_notify={}",
+            "ICONNECT-VIF {}/{} up port={port} mac={mac} qos={} ceiling_bps={} sg={} split_events={} rx_notify={}",
             id.0,
             id.1,
-            ceiling.map_or("none".to_string(), |c| c.to_string()),
+            switch::qos_word(&decision),
+            ceiling(&decision, rate),
             cfg.features.sg,
             rx_port.is_some(),
             cfg.features.rx_notify
@@ -440,96 +418,45 @@ impl Backend {
         self.events.bind_interdomain(remote, port).map_err(|e| format!("binding event channel {port}: {e:?}"))
     }
 
-    /// Evaluates the vif's QoS request (frontend keys) against the link and `rate=` (backend
-    /// key), writes the decision into the backend directory and sets the engine's ceiling.
-    /// Returns (`granted|refused|none`, the ceiling now enforced).
-    fn apply_qos(&mut self, store: &mut Store, id: VifId, fe_keys: &Keys) -> (&'static str, Option<u64>) {
-        let Some(v) = self.vifs.get_mut(&id) else { return ("none", None) };
-        if let Some(g) = v.qos.take() {
-            self.admission.release(&g);
+    /// The connected guest changed its QoS keys: decide again, write the answer.
+    fn requalify(&mut self, store: &mut Store, id: VifId, fe_keys: &Keys) {
+        let Some(v) = self.vifs.get(&id) else { return };
+        let Some(port) = v.conn.as_ref().map(|c| c.port) else { return };
+        let (be, rate) = (v.be.clone(), v.rate);
+        let now = ns(rt::time::now());
+        let request = qos_request(fe_keys, rate);
+        let asked = !matches!(request, Ok(None));
+        let Some(decision) = self.sw.requalify(port, admin_only(request, rate), now) else { return };
+        if asked {
+            write_decision(store, &be, id, &decision);
         }
-        let be = v.be.clone();
-        let rate = match store.read_opt(&format!("{be}/{}", qos::XEN_RATE)) {
-            Ok(Some(r)) => match XenRate::parse(&r) {
-                Ok(r) => Some(r),
-                Err(_) => {
-                    log::warn!("vif {}/{}: rate {r:?} invalid; ignored", id.0, id.1);
-                    None
-                }
-            },
-            _ => None,
-        };
-        let decision = match NetQosRequest::from_keys(fe_keys).and_then(|r| r.map(|r| r.with_admin_ceiling(rate)).transpose()) {
-            Ok(None) => None,
-            Ok(Some(req)) => Some(self.admission.admit(&req)),
-            Err(e) => Some(Decision::invalid(e)),
-        };
-        let admin = rate.map(|r| r.bits_per_second());
-        let (label, ceiling) = match &decision {
-            None => ("none", admin),
-            Some(Decision::Granted(g)) => ("granted", Some(g.ceiling_bps)),
-            Some(Decision::Refused { .. }) => ("refused", admin),
-        };
-        if let Some(d) = &decision {
-            for k in [
-                qos::ANSWER.status,
-                qos::ANSWER.reason,
-                qos::ANSWER.error_key,
-                qos::GRANTED_GUARANTEED,
-                qos::GRANTED_CEILING,
-                qos::GRANTED_BURST,
-                qos::GRANTED_CLASS,
-            ] {
-                let _ = store.rm(&format!("{be}/{k}"));
-            }
-            if let Err(e) = qos::write_decision(d, &mut StoreSink { store, dir: &be }) {
-                log::warn!("vif {}/{}: writing the QoS decision: {e:?}", id.0, id.1);
-            }
-        }
-        let Some(v) = self.vifs.get_mut(&id) else { return (label, ceiling) };
-        if let Some(Decision::Granted(g)) = decision {
-            v.qos = Some(g);
-        }
-        if let Some(c) = &mut v.conn {
-            let now_us = rt::time::now().as_micros();
-            let limit = ceiling.map(|bps| XenRate {
-                bytes: (bps / 8 / (1_000_000 / u64::from(RATE_WINDOW_US))).max(1),
-                usecs: RATE_WINDOW_US,
-            });
-            c.nb.set_tx_rate(limit, now_us);
-            c.more_tx = true;
-        }
-        if decision.is_some() {
-            log::info!(
-                "ICONNECT-VIF {}/{} qos={label} ceiling_bps={}",
-                id.0,
-                id.1,
-                ceiling.map_or("none".to_string(), |c| c.to_string())
-            );
-        }
-        (label, ceiling)
+        log::info!(
+            "ICONNECT-VIF {}/{} qos={} ceiling_bps={}",
+            id.0,
+            id.1,
+            switch::qos_word(&decision),
+            ceiling(&decision, rate)
+        );
     }
 
-    /// Stops serving the vif's rings: ports closed, rings unmapped, QoS reservation returned.
+    /// Stops serving the vif's rings: detached from the switch (rings unmapped, QoS reservation
+    /// returned), event channels closed.
     fn disconnect(&mut self, id: VifId, reason: &str) {
         let Some(v) = self.vifs.get_mut(&id) else { return };
         let Some(c) = v.conn.take() else { return };
+        let counters = self.sw.detach(c.port).unwrap_or_default();
         let _ = self.events.close(c.tx_port);
         if let Some(p) = c.rx_port {
             let _ = self.events.close(p);
         }
-        let s = *c.nb.stats();
-        drop(c); // unmaps both ring pages
-        if let Some(g) = v.qos.take() {
-            self.admission.release(&g);
-        }
-        self.bridge.remove(id);
         log::info!(
-            "ICONNECT-VIF {}/{} down reason={reason} tx_packets={} rx_packets={} mapped_grants={}",
+            "ICONNECT-VIF {}/{} down port={} reason={reason} tx_frames={} rx_frames={} drops={} mapped_grants={}",
             id.0,
             id.1,
-            s.tx_packets,
-            s.rx_packets,
+            c.port,
+            counters.tx_frames,
+            counters.rx_frames,
+            counters.drops,
             rt::xen::mapped_grants()
         );
     }
@@ -542,116 +469,153 @@ impl Backend {
         }
     }
 
-    /// Moves frames: every vif's TX ring into the bridge, the bridge's output into RX rings.
-    pub fn poll_data(&mut self, store: &mut Store, now: Instant) -> Next {
-        let now_us = now.as_micros();
-        let mut broken = Vec::new();
-        let frames = &mut self.frames;
-        for (id, v) in self.vifs.iter_mut() {
-            let Some(c) = &mut v.conn else { continue };
-            let fired_tx = self.events.take(c.tx_port);
-            let fired_rx = match c.rx_port {
-                Some(p) => self.events.take(p),
-                None => fired_tx,
+    /// Event channels that fired become doorbells of their switch ports; `sweep` rings every
+    /// port (a safety net: the engines arm their event indices, so nothing should be missed).
+    pub fn doorbells(&mut self, sweep: bool) {
+        for v in self.vifs.values() {
+            let Some(c) = &v.conn else { continue };
+            let tx = self.events.take(c.tx_port);
+            let rx = c.rx_port.is_some_and(|p| self.events.take(p));
+            if tx || rx || sweep {
+                self.sw.doorbell(c.port);
+            }
+        }
+    }
+
+    /// After the switch ran: notifies the frontends it answered, tears down vifs whose
+    /// frontend broke the protocol.
+    pub fn after_switch(&mut self) {
+        for v in self.vifs.values() {
+            let Some(c) = &v.conn else { continue };
+            let (tx, rx) = self.sw.take_notify(c.port);
+            match c.rx_port {
+                Some(rxp) => {
+                    if tx {
+                        let _ = self.events.notify(c.tx_port);
+                    }
+                    if rx {
+                        let _ = self.events.notify(rxp);
+                    }
+                }
+                None => {
+                    if tx || rx {
+                        let _ = self.events.notify(c.tx_port);
+                    }
+                }
+            }
+        }
+        for (port, e) in self.sw.take_failed() {
+            let Some(id) = self.vifs.iter().find(|(_, v)| v.conn.as_ref().is_some_and(|c| c.port == port)).map(|(id, _)| *id)
+            else {
+                continue;
             };
-            c.rx_kick |= fired_rx;
-            let due = c.throttled_until.is_some_and(|t| t <= now_us);
-            if fired_tx || c.more_tx || due {
-                let id = *id;
-                match c.nb.poll_tx(now_us, &mut c.grants, BUDGET, |f| {
-                    frames.push((id, f.data.to_vec(), RxMeta::from_tx(&f)));
-                }) {
-                    Ok(p) => {
-                        if p.notify {
-                            let _ = self.events.notify(c.tx_port);
-                        }
-                        c.more_tx = p.more;
-                        c.throttled_until = p.throttled_until;
-                    }
-                    Err(e) => broken.push((id, e)),
-                }
-            }
-        }
-        for (src, data, meta) in core::mem::take(&mut self.frames) {
-            let pinned = self.vifs.get(&src).and_then(|v| v.mac);
-            match self.bridge.forward(src, pinned, &data) {
-                Forward::Drop => {}
-                Forward::One(dst) => {
-                    if let Some(c) = self.vifs.get_mut(&dst).and_then(|v| v.conn.as_mut()) {
-                        let _ = c.nb.queue_rx(&data, meta);
-                    }
-                }
-                Forward::Flood => {
-                    for (id, v) in self.vifs.iter_mut() {
-                        if *id != src
-                            && let Some(c) = &mut v.conn
-                        {
-                            let _ = c.nb.queue_rx(&data, meta);
-                        }
-                    }
-                }
-            }
-        }
-        let mut next = Next::Idle;
-        for (id, v) in self.vifs.iter_mut() {
-            let Some(c) = &mut v.conn else { continue };
-            if c.rx_kick || c.nb.rx_queued() > 0 {
-                c.rx_kick = false;
-                match c.nb.poll_rx(&mut c.grants, BUDGET) {
-                    Ok(p) => {
-                        if p.notify {
-                            let _ = self.events.notify(c.rx_port());
-                        }
-                        if p.queued > 0 && !p.waiting_for_buffers {
-                            next = Next::Now;
-                        }
-                    }
-                    Err(e) => broken.push((*id, e)),
-                }
-            }
-            if c.more_tx {
-                next = Next::Now;
-            } else if let Some(t) = c.throttled_until
-                && next != Next::Now
-            {
-                let at = now + Duration::from_micros(t.saturating_sub(now_us));
-                next = match next {
-                    Next::At(a) if a <= at => Next::At(a),
-                    _ => Next::At(at),
-                };
-            }
-        }
-        for (id, e) in broken {
             // Linux netback disables a vif that broke the protocol; so do we (its xenbus state
-            // stays, the frontend's next Closing/Closed cleans up).
+            // stays: the frontend's next Closing/Closed or the toolstack cleans up).
             log::warn!("vif {}/{}: frontend broke the protocol: {e}", id.0, id.1);
             self.disconnect(id, "protocol-error");
         }
-        let _ = store;
-        next
     }
 
-    /// Prints `ICONNECT-VIFSTAT` for every connected vif whose counters moved.
-    pub fn report_stats(&mut self) {
+    /// Prints `ICONNECT-VIFSTAT` for every connected vif whose counters moved (rates since the
+    /// last line, `secs` ago).
+    pub fn report_stats(&mut self, secs: f64) {
         for (id, v) in self.vifs.iter_mut() {
             let Some(c) = &v.conn else { continue };
-            let s = *c.nb.stats();
-            if s == v.reported {
+            let Some(cur) = self.sw.port_counters(c.port) else { continue };
+            if cur == v.reported {
                 continue;
             }
-            v.reported = s;
-            let drops = s.rx_queue_full + s.rx_bad_size + s.rx_csum_errors + s.rx_copy_errors;
-            let errors = s.tx_malformed + s.tx_unsupported + s.tx_copy_errors;
+            let bps = |a: u64, b: u64| (a.saturating_sub(b) as f64 * 8.0 / secs.max(1e-6)) as u64;
             log::info!(
-                "ICONNECT-VIFSTAT {}/{} tx_packets={} tx_bytes={} rx_packets={} rx_bytes={} drops={drops} tx_errors={errors}",
+                "ICONNECT-VIFSTAT {}/{} port={} tx_bps={} rx_bps={} tx_frames={} rx_frames={} drops={} spoofed={}",
                 id.0,
                 id.1,
-                s.tx_packets,
-                s.tx_bytes,
-                s.rx_packets,
-                s.rx_bytes
+                c.port,
+                bps(cur.tx_bytes, v.reported.tx_bytes),
+                bps(cur.rx_bytes, v.reported.rx_bytes),
+                cur.tx_frames,
+                cur.rx_frames,
+                cur.drops,
+                cur.spoofed
             );
+            v.reported = cur;
         }
+    }
+}
+
+/// `rate` of the backend directory (xl's vif `rate=`); an invalid value is ignored (logged).
+fn read_rate(store: &mut Store, be: &str, id: VifId) -> Option<XenRate> {
+    let r = store.read_opt(&format!("{be}/{}", qos::XEN_RATE)).ok()??;
+    match XenRate::parse(&r) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            log::warn!("vif {}/{}: rate {r:?} invalid; ignored", id.0, id.1);
+            None
+        }
+    }
+}
+
+/// The guest's QoS request from its frontend keys, with `rate=` as an administrative ceiling.
+fn qos_request(fe_keys: &Keys, rate: Option<XenRate>) -> Result<Option<NetQosRequest>, iconnect::Error> {
+    NetQosRequest::from_keys(fe_keys)?.map(|r| r.with_admin_ceiling(rate)).transpose()
+}
+
+/// What the switch enforces: the guest's request, or, when it asked for nothing, `rate=` alone
+/// as a best-effort ceiling (the decision on that is not written into the guest's keys).
+fn admin_only(
+    request: Result<Option<NetQosRequest>, iconnect::Error>,
+    rate: Option<XenRate>,
+) -> Result<Option<NetQosRequest>, iconnect::Error> {
+    match request {
+        Ok(None) => rate.map(|_| NetQosRequest::default().with_admin_ceiling(rate)).transpose(),
+        other => other,
+    }
+}
+
+/// The ceiling in force, for markers: the granted one, else `rate=`.
+fn ceiling(d: &QosDecision, rate: Option<XenRate>) -> String {
+    match (d, rate) {
+        (Some(Decision::Granted(g)), _) => g.ceiling_bps.to_string(),
+        (_, Some(r)) => r.bits_per_second().to_string(),
+        _ => "none".into(),
+    }
+}
+
+/// Replaces the QoS answer in the backend directory (nothing for no request).
+fn write_decision(store: &mut Store, be: &str, id: VifId, d: &QosDecision) {
+    let Some(d) = d else { return };
+    for k in [
+        qos::ANSWER.status,
+        qos::ANSWER.reason,
+        qos::ANSWER.error_key,
+        qos::GRANTED_GUARANTEED,
+        qos::GRANTED_CEILING,
+        qos::GRANTED_BURST,
+        qos::GRANTED_CLASS,
+    ] {
+        let _ = store.rm(&format!("{be}/{k}"));
+    }
+    if let Err(e) = qos::write_decision(d, &mut StoreSink { store, dir: be }) {
+        log::warn!("vif {}/{}: writing the QoS decision: {e:?}", id.0, id.1);
+    }
+}
+
+/// The switch's non-guest ends on Xen: no uplink yet (frames for it are dropped and counted),
+/// the domain's own stack.
+pub struct XenWire<'a> {
+    /// The stack's device.
+    pub stack: &'a mut net_dd::stackdev::QueueDevice,
+}
+
+impl Wire for XenWire<'_> {
+    fn uplink_ready(&mut self) -> bool {
+        true
+    }
+    fn uplink_send(&mut self, _frame: &[u8]) -> bool {
+        false
+    }
+    fn stack_deliver(&mut self, frame: &[u8]) {
+        self.stack.deliver(frame);
     }
 }
 
