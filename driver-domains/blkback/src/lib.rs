@@ -17,6 +17,9 @@
 //!   `vol=<name>:nbd://HOST:PORT/EXPORT`): parsing, non-overlap and in-disk checks, and
 //!   [`volumes::Slice`], the only translation from volume to disk offsets (it refuses any range
 //!   leaving the slice, so a guest can never reach another guest's blocks).
+//! * [`remote`] — [`remote::NbdVolume`], a [`Volume`] on an NBD export over the sans-IO
+//!   `nbd` client: splitting, retry across reconnects, and a replay log so that no write the
+//!   server acknowledged is lost before a flush makes it durable.
 //! * [`negotiate`] — the xenbus keys the backend writes for a volume (`sectors`,
 //!   `sector-size`, `feature-flush-cache`, `feature-discard`,
 //!   `feature-max-indirect-segments`, ...) and strict parsing of the frontend's keys.
@@ -44,6 +47,7 @@ extern crate alloc;
 
 pub mod engine;
 pub mod negotiate;
+pub mod remote;
 pub mod volume;
 pub mod volumes;
 
