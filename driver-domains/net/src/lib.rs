@@ -1,9 +1,25 @@
 //! `net-dd`: the network driver domain's device-independent logic.
 //!
-//! The image (`main.rs`, target only) finds the virtio-net device with `hal`, drives it with
-//! `virtio-drivers` and runs `smoltcp` on it. What does not touch hardware lives here and is
-//! tested on the host: the command-line configuration ([`config`]) and the TCP echo service
-//! ([`echo`], exercised over smoltcp's loopback device).
+//! The image (`main.rs`, target only) owns the virtio-net NIC (the *uplink*, through `hal`) and
+//! serves every ivshmem-doorbell device as one guest's iConnect channel; on Xen (`src/xen/`) it
+//! serves Linux netfront vifs instead. What does not touch hardware lives here and is tested on
+//! the host:
+//!
+//! * [`switch`] — the data plane: guest ports (one `netback` engine each, over any shared
+//!   memory and any grant access), the uplink and the domain's own stack, joined by
+//!   `netswitch`'s learning bridge (guests pinned to their announced MAC) and its QoS scheduler
+//!   (guest frames are *pulled* from their TX rings in scheduler order, shaped at `link_bps`);
+//! * [`chanport`] — one guest channel on the QEMU platform: the iConnect handshake, the
+//!   frontend's keys (`mac`, features, QoS request, doorbell id), admission, the decision and
+//!   refusal keys, the `ICONNECT-PORT` markers;
+//! * [`stackdev`] — the domain's smoltcp stack as a switch port (a queue device);
+//! * [`config`] — the command line (`ip= gw= echo_port= link_bps=`);
+//! * [`echo`] — the TCP echo service (exercised over smoltcp's loopback device).
+//!
+//! `tests/switch_guests.rs` runs several guests — the real `netfront` engine behind a real
+//! channel `Frontend` — through the real `ChannelPort`s, `Switch` and `netback` engines:
+//! switching, flooding, spoofing, QoS keys and enforcement, refusals, a hostile guest that loses
+//! only its own channel and comes back after a reboot.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,7 @@
-//! The `net-dd` image: virtio-net over PCI, smoltcp on top; answers ARP and ICMP echo and
-//! runs a TCP echo service. See the library (`net_dd`) for the host-tested logic.
+//! The `net-dd` image: the network driver domain. On QEMU it owns the virtio-net NIC (uplink)
+//! and serves one guest per ivshmem-doorbell device through a learning bridge with QoS
+//! scheduling; its own smoltcp stack answers ARP, ICMP echo and a TCP echo service. On Xen it
+//! serves netfront vifs (`xen/`). See the library (`net_dd`) for the host-tested logic.
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 
