@@ -71,6 +71,8 @@ struct Guest {
     keys: KeyMap,
     ready: bool,
     rx: Vec<Vec<u8>>,
+    /// A guest that has stopped running its driver (never polls, never reposts buffers).
+    frozen: bool,
 }
 
 fn guest_keys(i: usize, mac: Mac, qos: Option<NetQosRequest>) -> KeyMap {
@@ -116,6 +118,7 @@ impl Guest {
             keys,
             ready: false,
             rx: Vec::new(),
+            frozen: false,
         }
     }
 
@@ -127,6 +130,9 @@ impl Guest {
     }
 
     fn poll(&mut self) {
+        if self.frozen {
+            return;
+        }
         while let Some(ev) = self.fe.poll() {
             match ev {
                 FrontendEvent::SetUp => {
@@ -521,4 +527,51 @@ fn qos_holds_through_the_real_engines() {
     for p in 1..=3 {
         assert_eq!(net.sw.port_counters(p).unwrap().drops, 0);
     }
+}
+
+#[test]
+fn a_guest_that_stops_receiving_costs_only_itself() {
+    let macs: Vec<_> = (0..2).map(|i| (guest_mac(i), None)).collect();
+    let mut net = Net::new(1_000_000_000, &macs);
+    net.guests[0].frozen = true;
+    // Broadcasts from the host, 16 per round: guest 2 gets every one; guest 1's posted buffers
+    // and its bounded queue fill up, the rest is dropped and counted against guest 1 only.
+    for batch in 0..40u32 {
+        for k in 0..16 {
+            let f = frame(Mac::BROADCAST, HOST, 1000, batch * 16 + k);
+            net.sw.input(UPLINK, &f, net.now, &mut net.wire);
+        }
+        net.round();
+    }
+    net.settle();
+    let got = net.guests[1].take_rx();
+    assert_eq!(got.len(), 640);
+    assert!(got.iter().enumerate().all(|(i, f)| tag_of(f) == i as u32));
+    let c1 = net.sw.port_counters(1).unwrap();
+    let c2 = net.sw.port_counters(2).unwrap();
+    assert_eq!(c2.drops, 0);
+    // At most its posted buffers (64) were filled and its queue (64 frames) holds the rest.
+    assert!(c1.rx_frames <= 64, "{c1:?}");
+    assert_eq!(c1.rx_frames + c1.drops + 64, 640, "{c1:?}");
+    // The guest wakes up: it gets the queued frames (in order), then new ones again.
+    net.guests[0].frozen = false;
+    net.settle();
+    net.settle();
+    let late = net.guests[0].take_rx();
+    assert_eq!(late.len() as u64, c1.rx_frames + 64);
+    net.sw.input(
+        UPLINK,
+        &frame(guest_mac(0), HOST, 100, 9999),
+        net.now,
+        &mut net.wire,
+    );
+    net.settle();
+    assert_eq!(
+        net.guests[0]
+            .take_rx()
+            .iter()
+            .map(|f| tag_of(f))
+            .collect::<Vec<_>>(),
+        [9999]
+    );
 }
