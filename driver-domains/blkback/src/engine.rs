@@ -4,8 +4,9 @@
 //! The owner (blk-dd's per-guest task) calls [`Blkback::poll`] when the event channel (or
 //! doorbell) fired, when the volume signalled completions, or when a previous poll reported
 //! `more`; it kicks the frontend when a poll says `notify`. Everything is non-blocking and
-//! bounded: at most [`Config::max_in_flight`] requests are being served at once, and a request
-//! is only taken off the ring when the volume can accept it (back-pressure stays in the ring).
+//! bounded: at most [`Config::max_in_flight`] requests (and about
+//! [`Config::max_in_flight_bytes`] of data) are being served at once, and a request is only
+//! taken off the ring when the volume can accept it (back-pressure stays in the ring).
 //!
 //! ## Validation (every field the frontend wrote is hostile)
 //! * Ring indices: checked by [`BackRing`]; a violation breaks the interface (fatal).
@@ -57,14 +58,19 @@ pub struct Config {
     pub max_indirect_segments: u16,
     /// Requests served at once at most.
     pub max_in_flight: usize,
+    /// Data bytes of the requests being served at most (checked before a request is taken
+    /// off the ring, so one request may overshoot it by at most its own size). Bounds the
+    /// private buffers an interface can make the driver domain hold.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for Config {
-    /// 64 indirect segments (256 KiB per request), 32 requests in flight.
+    /// 64 indirect segments (256 KiB per request), 32 requests and 1 MiB in flight.
     fn default() -> Self {
         Self {
             max_indirect_segments: 64,
             max_in_flight: 32,
+            max_in_flight_bytes: 1 << 20,
         }
     }
 }
@@ -133,6 +139,8 @@ struct Pending {
     kind: Kind,
     /// Submitted to the volume (a flush may be held first).
     submitted: bool,
+    /// Data bytes held for it (counted against `max_in_flight_bytes`).
+    bytes: usize,
 }
 
 /// The backend engine of one blkif interface over its ring.
@@ -145,6 +153,7 @@ pub struct Blkback<M: SharedMem> {
     /// Flushes waiting for earlier writes, in order.
     held: VecDeque<u64>,
     next_tag: u64,
+    pending_bytes: usize,
     stats: Stats,
     broken: Option<Error>,
     indirect: Vec<u8>,
@@ -162,7 +171,10 @@ impl<M: SharedMem> Blkback<M> {
     /// until a request is answered), serving a volume with `geometry`.
     pub fn new(ring_mem: M, geometry: Geometry, config: Config) -> Result<Self, Error> {
         geometry.validate()?;
-        if config.max_in_flight == 0 || usize::from(config.max_indirect_segments) > blkif::MAX_INDIRECT_SEGMENTS {
+        if config.max_in_flight == 0
+            || config.max_in_flight_bytes == 0
+            || usize::from(config.max_indirect_segments) > blkif::MAX_INDIRECT_SEGMENTS
+        {
             return Err(Error::BadConfig);
         }
         Ok(Self {
@@ -172,6 +184,7 @@ impl<M: SharedMem> Blkback<M> {
             pending: BTreeMap::new(),
             held: VecDeque::new(),
             next_tag: 1,
+            pending_bytes: 0,
             stats: Stats::default(),
             broken: None,
             indirect: Vec::new(),
@@ -226,7 +239,11 @@ impl<M: SharedMem> Blkback<M> {
         let mut poll = Poll::default();
         self.completions(now_us, grants, volume, &mut poll)?;
         loop {
-            if poll.requests >= budget || self.pending.len() >= self.config.max_in_flight || !volume.can_submit() {
+            if poll.requests >= budget
+                || self.pending.len() >= self.config.max_in_flight
+                || self.pending_bytes >= self.config.max_in_flight_bytes
+                || !volume.can_submit()
+            {
                 poll.more = self.ring.unconsumed_requests().map_err(|e| self.fatal(e))? > 0;
                 break;
             }
@@ -326,6 +343,7 @@ impl<M: SharedMem> Blkback<M> {
                         op: op::FLUSH_DISKCACHE,
                         kind: Kind::Flush,
                         submitted: false,
+                        bytes: 0,
                     },
                 );
                 self.held.push_back(tag);
@@ -418,6 +436,11 @@ impl<M: SharedMem> Blkback<M> {
     #[allow(clippy::too_many_arguments)]
     fn submit<V: Volume + ?Sized>(&mut self, volume: &mut V, id: u64, op: u8, kind: Kind, io: IoKind, offset: u64, len: u64, data: Vec<u8>) {
         let tag = self.tag();
+        let bytes = match kind {
+            Kind::Read(_) | Kind::Write(_) => len as usize,
+            _ => 0,
+        };
+        self.pending_bytes += bytes;
         self.pending.insert(
             tag,
             Pending {
@@ -425,6 +448,7 @@ impl<M: SharedMem> Blkback<M> {
                 op,
                 kind,
                 submitted: true,
+                bytes,
             },
         );
         volume.submit(IoRequest {
@@ -523,6 +547,7 @@ impl<M: SharedMem> Blkback<M> {
             return Ok(());
         }
         let Some(p) = self.pending.remove(&c.tag) else { return Ok(()) };
+        self.pending_bytes -= p.bytes;
         let status = match (c.result, &p.kind) {
             (Ok(()), Kind::Read(segs)) => {
                 let total: usize = segs.iter().map(|s| s.byte_len()).sum();

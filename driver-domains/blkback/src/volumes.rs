@@ -16,13 +16,15 @@
 //! aligned to 4 KiB (whatever sector size is exposed), inside the disk, and pairwise disjoint
 //! ([`VolumeMap::check_disk`]). [`Slice`] is the only way the engine's volume offsets become
 //! disk offsets: it refuses any range that leaves the slice, so a guest can never reach another
-//! guest's blocks even if an upper layer forgot a check.
+//! guest's blocks even if an upper layer forgot a check. [`DiskMux`] shares one disk between
+//! the guests' engines through it.
 
+use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::Error;
-use crate::volume::{IoKind, IoRequest};
+use crate::volume::{Geometry, IoCompletion, IoKind, IoRequest, Volume};
 
 /// Alignment of local slices (bytes).
 pub const SLICE_ALIGN: u64 = 4096;
@@ -272,6 +274,145 @@ impl VolumeMap {
             Backing::Local(s) => Some(s),
             Backing::Nbd { .. } => None,
         })
+    }
+}
+
+/// One local disk shared by several guests' volumes, each confined to its [`Slice`].
+///
+/// blk-dd owns one disk (virtio-blk) and serves many guests from it. The mux hands each guest's
+/// engine a [`SliceVolume`] for the duration of one poll ([`DiskMux::volume`]); it translates
+/// offsets through the guest's slice (refusing anything outside it), namespaces the engine's
+/// tags so that completions reach the guest that asked, and passes flushes through (a disk
+/// flush makes every guest's completed writes durable, which is what each flush needs).
+#[derive(Debug)]
+pub struct DiskMux<V: Volume> {
+    disk: V,
+    guests: Vec<(Slice, Geometry)>,
+    outbox: Vec<VecDeque<IoCompletion>>,
+    stray: u64,
+}
+
+/// Guests per [`DiskMux`] at most (the tag namespace uses 8 bits).
+pub const MAX_MUX_GUESTS: usize = 256;
+
+impl<V: Volume> DiskMux<V> {
+    /// A mux over `disk` with no guests yet.
+    pub fn new(disk: V) -> Self {
+        Self {
+            disk,
+            guests: Vec::new(),
+            outbox: Vec::new(),
+            stray: 0,
+        }
+    }
+
+    /// Adds a guest volume on `slice` exposing `sector_size`-byte sectors; returns its index.
+    /// The slice must lie inside the disk, be aligned to both sector sizes, and overlap no
+    /// other guest's slice.
+    pub fn add(&mut self, slice: Slice, sector_size: u32, read_only: bool) -> Result<usize, Error> {
+        let d = self.disk.geometry();
+        let g = Geometry {
+            size: slice.len,
+            sector_size,
+            read_only: read_only || d.read_only,
+            flush: d.flush,
+            discard: d.discard,
+        };
+        g.validate()?;
+        if sector_size < d.sector_size
+            || !slice.offset.is_multiple_of(u64::from(sector_size.max(d.sector_size)))
+            || slice.len == 0
+        {
+            return Err(Error::Misaligned);
+        }
+        if slice.offset.checked_add(slice.len).is_none_or(|e| e > d.size) {
+            return Err(Error::OutsideDisk);
+        }
+        if self.guests.iter().any(|(s, _)| s.overlaps(&slice)) {
+            return Err(Error::Overlap);
+        }
+        if self.guests.len() == MAX_MUX_GUESTS {
+            return Err(Error::BadConfig);
+        }
+        self.guests.push((slice, g));
+        self.outbox.push(VecDeque::new());
+        Ok(self.guests.len() - 1)
+    }
+
+    /// Guest `guest`'s view of the disk, for one poll of its engine.
+    pub fn volume(&mut self, guest: usize) -> Option<SliceVolume<'_, V>> {
+        (guest < self.guests.len()).then_some(SliceVolume { mux: self, guest })
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &V {
+        &self.disk
+    }
+
+    /// The disk, mutably (for its owner's interrupt handling).
+    pub fn disk_mut(&mut self) -> &mut V {
+        &mut self.disk
+    }
+
+    /// Completions whose tag named no guest (a disk bug; dropped).
+    pub fn stray(&self) -> u64 {
+        self.stray
+    }
+
+    fn drain(&mut self, now_us: u64) {
+        while let Some(mut c) = self.disk.poll(now_us) {
+            let who = (c.tag & 0xff) as usize;
+            c.tag >>= 8;
+            match self.outbox.get_mut(who) {
+                Some(q) => q.push_back(c),
+                None => self.stray += 1,
+            }
+        }
+    }
+}
+
+/// One guest's view of a [`DiskMux`] (see there).
+#[derive(Debug)]
+pub struct SliceVolume<'a, V: Volume> {
+    mux: &'a mut DiskMux<V>,
+    guest: usize,
+}
+
+impl<V: Volume> Volume for SliceVolume<'_, V> {
+    fn geometry(&self) -> Geometry {
+        self.mux.guests[self.guest].1
+    }
+
+    fn can_submit(&self) -> bool {
+        self.mux.disk.can_submit()
+    }
+
+    fn submit(&mut self, mut req: IoRequest) {
+        let (slice, g) = self.mux.guests[self.guest];
+        let tag = req.tag;
+        let refuse = if tag >> 56 != 0 {
+            Some(Error::Io)
+        } else if g.read_only && matches!(req.kind, IoKind::Write | IoKind::Discard) {
+            Some(Error::ReadOnly)
+        } else {
+            slice.translate(&mut req).err()
+        };
+        match refuse {
+            Some(e) => self.mux.outbox[self.guest].push_back(IoCompletion {
+                tag,
+                result: Err(e),
+                data: Vec::new(),
+            }),
+            None => {
+                req.tag = tag << 8 | self.guest as u64;
+                self.mux.disk.submit(req);
+            }
+        }
+    }
+
+    fn poll(&mut self, now_us: u64) -> Option<IoCompletion> {
+        self.mux.drain(now_us);
+        self.mux.outbox[self.guest].pop_front()
     }
 }
 

@@ -147,7 +147,7 @@ fn read_only_and_feature_less_volumes() {
         flush: false,
         discard: false,
     };
-    let c = Config { max_indirect_segments: 0, max_in_flight: 4 };
+    let c = Config { max_indirect_segments: 0, max_in_flight: 4, ..Config::default() };
     let mut case = Case::new(g, c);
     let w = case.f.page(true);
     let d = Request::Discard { secure: false, handle: 0, id: 3, sector: 0, nr_sectors: 8 }.to_bytes();
@@ -210,7 +210,7 @@ fn ring_violation_breaks_only_this_interface() {
 fn back_pressure_keeps_requests_in_the_ring() {
     let g = geometry(1 << 20, 512);
     let mut f = SimFront::new(1);
-    let mut be = f.backend(g, Config { max_indirect_segments: 8, max_in_flight: 3 });
+    let mut be = f.backend(g, Config { max_indirect_segments: 8, max_in_flight: 3, ..Config::default() });
     let mut vol = MemVolume::new(g, 100);
     let mut rng = Rng(1);
     for i in 0..10 {
@@ -227,6 +227,18 @@ fn back_pressure_keeps_requests_in_the_ring() {
         total += be.poll(0, &mut f.grants, &mut vol, 32).unwrap().requests;
     }
     assert_eq!(f.responses().len(), 10);
+
+    // The byte budget: 4 KiB reads, 8 KiB in flight: two per poll.
+    let mut f = SimFront::new(1);
+    let mut be = f.backend(g, Config { max_in_flight_bytes: 8192, ..Config::default() });
+    for i in 0..6 {
+        let segs = f.segments(&mut rng, 8, false, false);
+        f.rw(RwOp::Read, i * 8, segs, false);
+    }
+    f.publish();
+    let p = be.poll(0, &mut f.grants, &mut vol, 32).unwrap();
+    assert_eq!((p.requests, p.more), (2, true));
+    assert_eq!(f.responses().len(), 2);
 }
 
 type Expected = std::collections::BTreeMap<u64, Option<Vec<u8>>>;
@@ -269,7 +281,7 @@ proptest! {
         let mut rng = Rng(seed | 1);
         let g = geometry(256 * 1024, if seed & 1 == 0 { 512 } else { 4096 });
         let mut f = SimFront::new(1);
-        let mut be = f.backend(g, Config { max_indirect_segments: 32, max_in_flight: 8 });
+        let mut be = f.backend(g, Config { max_indirect_segments: 32, max_in_flight: 8, ..Config::default() });
         let mut vol = MemVolume::new(g, 6);
         vol.set_order(Order::Shuffled(seed | 5));
         let pages: Vec<u32> = (0..6).map(|i| f.page(i % 2 == 0)).collect();

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
+use std::collections::BTreeMap;
 
 use blkback::volume::{Geometry, IoCompletion, IoRequest, MemVolume, Order, Volume};
+use blkback::volumes::DiskMux;
 use blkback::{Config, Slice};
 use common::{Rng, SimFront, geometry, sectors_bytes};
 use xen_abi::blkif::{RwOp, Status};
@@ -34,6 +33,7 @@ fn run(seed: u64, sector_size: u32, n_ops: usize, ring_pages: usize) -> (u64, u6
     let cfg = Config {
         max_indirect_segments: 1024,
         max_in_flight: 24,
+        max_in_flight_bytes: 1 << 20,
     };
     let mut be = front.backend(g, cfg);
     let mut vol = MemVolume::new(g, 16);
@@ -221,50 +221,6 @@ fn flush_waits_for_earlier_writes_and_answers_only_when_durable() {
     assert_eq!(be.stats().io_errors, 1);
 }
 
-/// Two guests, each on its own slice of one disk, behind a tag-routing multiplexer (what
-/// blk-dd does with its virtio-blk disk): whatever guest A sends, B's slice never changes.
-struct Disk {
-    vol: MemVolume,
-    out: [VecDeque<IoCompletion>; 2],
-}
-
-struct SliceVol {
-    disk: Rc<RefCell<Disk>>,
-    slice: Slice,
-    who: usize,
-    geometry: Geometry,
-}
-
-impl Volume for SliceVol {
-    fn geometry(&self) -> Geometry {
-        self.geometry
-    }
-    fn can_submit(&self) -> bool {
-        self.disk.borrow().vol.can_submit()
-    }
-    fn submit(&mut self, mut req: IoRequest) {
-        let tag = req.tag;
-        req.tag = tag << 1 | self.who as u64;
-        match self.slice.translate(&mut req) {
-            Ok(()) => self.disk.borrow_mut().vol.submit(req),
-            Err(e) => self.disk.borrow_mut().out[self.who].push_back(IoCompletion {
-                tag,
-                result: Err(e),
-                data: Vec::new(),
-            }),
-        }
-    }
-    fn poll(&mut self, now_us: u64) -> Option<IoCompletion> {
-        let mut d = self.disk.borrow_mut();
-        while let Some(mut c) = d.vol.poll(now_us) {
-            let who = (c.tag & 1) as usize;
-            c.tag >>= 1;
-            d.out[who].push_back(c);
-        }
-        d.out[self.who].pop_front()
-    }
-}
-
 #[test]
 fn guests_on_slices_never_reach_each_other() {
     let slice_len = 256 * 1024u64;
@@ -272,22 +228,14 @@ fn guests_on_slices_never_reach_each_other() {
     let mut disk = MemVolume::new(disk_g, 64);
     disk.set_order(Order::Shuffled(5));
     disk.view_mut()[slice_len as usize..].fill(0xbb);
-    let disk = Rc::new(RefCell::new(Disk {
-        vol: disk,
-        out: [VecDeque::new(), VecDeque::new()],
-    }));
-    let g = geometry(slice_len, 512);
-    let mut vols: Vec<SliceVol> = (0..2)
-        .map(|who| SliceVol {
-            disk: disk.clone(),
-            slice: Slice {
-                offset: who as u64 * slice_len,
-                len: slice_len,
-            },
-            who,
-            geometry: g,
-        })
-        .collect();
+    let mut mux = DiskMux::new(disk);
+    let ga = mux.add(Slice { offset: 0, len: slice_len }, 512, false).unwrap();
+    let gb = mux.add(Slice { offset: slice_len, len: slice_len }, 4096, false).unwrap();
+    assert_eq!(mux.add(Slice { offset: slice_len - 4096, len: 8192 }, 512, false), Err(blkback::Error::Overlap));
+    assert_eq!(mux.add(Slice { offset: 2 * slice_len, len: 4096 }, 512, false), Err(blkback::Error::OutsideDisk));
+    let g = mux.volume(ga).unwrap().geometry();
+    assert_eq!((g.size, g.sector_size), (slice_len, 512));
+    assert_eq!(mux.volume(gb).unwrap().geometry().sector_size, 4096);
     let mut a = SimFront::new(1);
     let mut be = a.backend(g, Config::default());
     let mut rng = Rng(99);
@@ -309,7 +257,7 @@ fn guests_on_slices_never_reach_each_other() {
             a.rw(RwOp::Write, sector, segs, i % 3 == 0);
         }
         a.publish();
-        be.poll(0, &mut a.grants, &mut vols[0], 32).unwrap();
+        be.poll(0, &mut a.grants, &mut mux.volume(ga).unwrap(), 32).unwrap();
         for d in a.responses() {
             if d.rsp.status == Status::Okay {
                 ok += 1;
@@ -319,7 +267,7 @@ fn guests_on_slices_never_reach_each_other() {
         }
     }
     while be.in_flight() > 0 {
-        be.poll(0, &mut a.grants, &mut vols[0], 32).unwrap();
+        be.poll(0, &mut a.grants, &mut mux.volume(ga).unwrap(), 32).unwrap();
         for d in a.responses() {
             if d.rsp.status == Status::Okay {
                 ok += 1;
@@ -330,9 +278,30 @@ fn guests_on_slices_never_reach_each_other() {
     }
     println!("ok={ok} refused={refused}");
     assert!(ok > 50 && refused > 150);
-    let d = disk.borrow();
-    assert!(d.vol.view()[slice_len as usize..].iter().all(|&b| b == 0xbb), "B's slice was touched");
-    assert!(d.vol.view()[..slice_len as usize].contains(&0xaa));
-    assert_eq!(d.vol.range_violations(), 0);
-    assert!(d.out[1].is_empty(), "nothing was routed to B");
+    let d = mux.disk();
+    assert!(d.view()[slice_len as usize..].iter().all(|&b| b == 0xbb), "B's slice was touched");
+    assert!(d.view()[..slice_len as usize].contains(&0xaa));
+    assert_eq!(d.range_violations(), 0);
+    assert!(mux.volume(gb).unwrap().poll(0).is_none(), "nothing was routed to B");
+    // B, through its own engine (4 KiB sectors), reads its slice back and writes its end.
+    let mut b = SimFront::new(1);
+    let gbg = mux.volume(gb).unwrap().geometry();
+    let mut be_b = b.backend(gbg, Config::default());
+    let segs = b.segments(&mut rng, 16, false, true);
+    let rid = b.rw(RwOp::Read, 0, segs, false);
+    let segs = b.segments(&mut rng, 8, true, true);
+    b.fill(&segs, &[0xcc; 4096]);
+    let wid = b.rw(RwOp::Write, slice_len / 512 - 8, segs, false);
+    b.publish();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        be_b.poll(0, &mut b.grants, &mut mux.volume(gb).unwrap(), 32).unwrap();
+        got.extend(b.responses());
+    }
+    let r = got.iter().find(|d| d.id == rid).unwrap();
+    assert!(r.rsp.status == Status::Okay && r.data.iter().all(|&x| x == 0xbb));
+    assert_eq!(got.iter().find(|d| d.id == wid).unwrap().rsp.status, Status::Okay);
+    let end = 2 * slice_len as usize;
+    assert!(mux.disk().view()[end - 4096..end].iter().all(|&x| x == 0xcc));
+    assert_eq!(mux.stray(), 0);
 }
