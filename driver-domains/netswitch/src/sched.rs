@@ -412,6 +412,36 @@ mod tests {
     }
 
     #[test]
+    fn latency_class_goes_first_within_its_guarantee_only() {
+        let link = 100_000_000;
+        let mut s = Scheduler::new(link, 0);
+        let q = |class| PortQos {
+            guaranteed_bps: 10_000_000,
+            ceiling_bps: link,
+            burst_bytes: 10_000,
+            class,
+        };
+        s.add_port(1, q(Class::Bulk), 0).unwrap();
+        s.add_port(2, q(Class::Realtime), 0).unwrap();
+        s.set_backlog(1, true);
+        s.set_backlog(2, true);
+        // Equal tags, port 1 numbered first: the realtime port still goes first...
+        let Pick::Go(g) = s.pick(0) else { panic!() };
+        assert_eq!((g.port, g.phase), (2, Phase::Latency));
+        // ...until its guarantee tokens are spent; then port 1's guarantee.
+        s.complete(g, 5000, true);
+        let Pick::Go(g) = s.pick(0) else { panic!() };
+        assert_eq!((g.port, g.phase), (1, Phase::Guarantee));
+        s.complete(g, 5000, true);
+        // Spare capacity: no class priority, start tags decide (equal: lower port number).
+        let Pick::Go(g) = s.pick(0) else { panic!() };
+        assert_eq!((g.port, g.phase), (1, Phase::Spare));
+        s.complete(g, 1000, true);
+        let Pick::Go(g) = s.pick(0) else { panic!() };
+        assert_eq!((g.port, g.phase), (2, Phase::Spare));
+    }
+
+    #[test]
     fn idle_and_single_port() {
         let mut s = Scheduler::new(1_000_000, 0);
         assert_eq!(s.pick(0), Pick::Idle);
