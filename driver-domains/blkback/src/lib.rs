@@ -20,6 +20,8 @@
 //! * [`remote`] — [`remote::NbdVolume`], a [`Volume`] on an NBD export over the sans-IO
 //!   `nbd` client: splitting, retry across reconnects, and a replay log so that no write the
 //!   server acknowledged is lost before a flush makes it durable.
+//! * [`fuzzing`] — a hostile frontend scripted by arbitrary bytes (fuzz entry point, replayed
+//!   with its corpus by `cargo test`).
 //! * [`negotiate`] — the xenbus keys the backend writes for a volume (`sectors`,
 //!   `sector-size`, `feature-flush-cache`, `feature-discard`,
 //!   `feature-max-indirect-segments`, ...) and strict parsing of the frontend's keys.
@@ -46,6 +48,7 @@
 extern crate alloc;
 
 pub mod engine;
+pub mod fuzzing;
 pub mod negotiate;
 pub mod remote;
 pub mod volume;
