@@ -18,7 +18,8 @@ use xen_abi::{GrantRef, PAGE_SIZE};
 
 use crate::{Buffers, Error};
 
-/// How the engine runs.
+/// How the engine runs. `tx_buffers + rx_buffers` pages should fit in the [`Buffers`] pool:
+/// RX takes its pages first (at start), so a smaller pool leaves TX refusing every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// The backend offers `feature-sg` (frames spanning several pages both ways). Without it
@@ -35,7 +36,7 @@ impl Default for Config {
         Self {
             sg: false,
             tx_buffers: 128,
-            rx_buffers: 128,
+            rx_buffers: 256,
         }
     }
 }

@@ -17,7 +17,7 @@ fn cfg(sg: bool) -> Config {
 #[test]
 fn frames_both_ways_byte_exact() {
     let mut p = pair(cfg(false), plain_features(), RxQueueLimits::default());
-    assert_eq!(p.front.rx_posted(), 128, "rx ring filled at start");
+    assert_eq!(p.front.rx_posted(), 256, "rx ring filled at start");
     let mut sent = Vec::new();
     for (i, len) in [14usize, 60, 61, 1514, 2000, 4095, 4096].into_iter().enumerate() {
         let f = frame(len, i as u32);
@@ -37,7 +37,7 @@ fn frames_both_ways_byte_exact() {
     }
     assert_eq!(p.back_rx().delivered, queued.len());
     assert_eq!(p.front_rx(), queued);
-    assert_eq!(p.front.rx_posted(), 128, "buffers reposted");
+    assert_eq!(p.front.rx_posted(), 256, "buffers reposted");
     let s = *p.front.stats();
     assert_eq!((s.tx_packets, s.rx_packets), (7, 4));
     assert_eq!((s.tx_errors, s.rx_errors, s.bad_responses), (0, 0, 0));
@@ -200,7 +200,7 @@ fn steady_state_reuses_pages() {
     assert!(used <= 16, "tx pages are recycled, not leaked ({used} more taken)");
     assert_eq!(p.front.stats().rx_packets, 2000);
     let posted = p.front.rx_posted();
-    assert_eq!(posted, 128);
+    assert_eq!(posted, 256);
     let bufs = p.front.into_buffers();
     assert_eq!(
         bufs.allocator().free_pages(),

@@ -164,10 +164,14 @@ impl<M: SharedMem + Clone> Link<M> {
                     let tx = self.fe.front_ring::<TxRing>(netfront::channel::TX_RING).map_err(|e| format!("ring 0: {e}"))?;
                     let rx = self.fe.front_ring::<RxRing>(netfront::channel::RX_RING).map_err(|e| format!("ring 1: {e}"))?;
                     let data = self.fe.data_area().map_err(|e| format!("data area: {e}"))?;
+                    let pages = data.pages();
                     let bufs = ChannelBuffers::new(data, self.fe.page_allocator());
+                    // A small data area is shared so that neither direction starves the other.
+                    let d = Config::default();
                     let config = Config {
                         sg,
-                        ..Config::default()
+                        tx_buffers: d.tx_buffers.min(pages / 3).max(1),
+                        rx_buffers: d.rx_buffers.min(pages / 2).max(1),
                     };
                     self.device = Some(NetfrontDevice::new(Netfront::new(tx, rx, bufs, config)));
                     self.up = true;

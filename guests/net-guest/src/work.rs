@@ -28,8 +28,8 @@ pub const DISCARD_PORT: u16 = 9;
 const SERVE_SOCKETS: usize = 4;
 /// Echo buffers (each way).
 const ECHO_BUF: usize = 16 * 1024;
-/// Discard receive buffer.
-const DISCARD_BUF: usize = 64 * 1024;
+/// Discard receive buffer (the receive window: a bulk sender is window-bound at buffer / RTT).
+const DISCARD_BUF: usize = 256 * 1024;
 /// `tcp-send` send buffer.
 const SEND_BUF: usize = 128 * 1024;
 /// `tcp-rtt` message.
