@@ -4,7 +4,7 @@
 //! when the device reports them used).
 
 use hal::dma::VirtioHal;
-use hal::virtio_net::{NetStats, VirtioNet};
+use hal::virtio_net::{NetStats, RxFrame, VirtioNet};
 use virtio_drivers::transport::pci::PciTransport;
 
 /// Virtqueue size (entries); also the number of receive and of transmit buffers.
@@ -31,12 +31,15 @@ impl VirtioNetDevice {
         self.net.stats()
     }
 
-    /// Hands the next received frame to `f`, then gives its buffer back to the device.
-    pub fn receive_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        let frame = self.net.receive()?;
-        let r = f(frame.packet());
+    /// The next received frame; give it back with [`recycle`](Self::recycle) (the device has
+    /// one buffer fewer until then).
+    pub fn receive(&mut self) -> Option<RxFrame> {
+        self.net.receive()
+    }
+
+    /// Returns a received frame's buffer to the device.
+    pub fn recycle(&mut self, frame: RxFrame) {
         self.net.recycle(frame);
-        Some(r)
     }
 
     /// Whether a frame can be sent now.

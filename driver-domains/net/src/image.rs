@@ -216,7 +216,6 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
     let mut last_sweep = rt::time::now();
     let mut last_log = rt::time::now();
     let mut logged = (echo.stats(), 0, nic.stats());
-    let mut rxbuf: Vec<u8> = Vec::with_capacity(2048);
     // Last doorbell or port event (for the handshake tick's back-off).
     let mut last_activity = rt::time::now();
     let mut task = |now: rt::time::Instant| -> Step {
@@ -247,15 +246,12 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
                 busy = true;
                 break;
             }
-            rxbuf.clear();
-            if wire
-                .nic
-                .receive_with(|f| rxbuf.extend_from_slice(f))
-                .is_none()
-            {
+            // The frame owns its buffer: forwarded in place, then returned to the device.
+            let Some(frame) = wire.nic.receive() else {
                 break;
-            }
-            sw.input(UPLINK, &rxbuf, now_ns, &mut wire);
+            };
+            sw.input(UPLINK, frame.packet(), now_ns, &mut wire);
+            wire.nic.recycle(frame);
         }
         // The domain's stack.
         let snow = smol_now();
