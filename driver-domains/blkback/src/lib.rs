@@ -35,7 +35,13 @@
 //! requests) drives the engine over `HostMem` with thousands of random reads/writes/discards/
 //! flushes byte-exact against a model, with volumes completing out of order, 512- and
 //! 4096-byte sectors, flush durability checked against the volume's durable image, every
-//! hostile request as a unit case, and property tests mixing hostile and valid requests.
+//! hostile request as a unit case, and property tests mixing hostile and valid requests;
+//! `tests/remote.rs`: the same frontend through the engine and [`remote::NbdVolume`] to a server
+//! that loses unflushed writes when it crashes (the replay log must keep every acknowledged
+//! write) and to the real `qemu-nbd`, killed twice mid-run (the image file must equal what the
+//! guest wrote); `tests/over_channel.rs`: the engine serving a block-style iConnect channel,
+//! volume chosen by `iconnect-storage-volume` from the platform's map; `tests/corpus.rs`: the
+//! [`fuzzing`] corpus.
 //!
 //! ## Trust
 //! Ring indices are checked by `xen-abi`'s ring (a violation breaks only this interface:

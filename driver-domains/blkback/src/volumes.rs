@@ -344,6 +344,11 @@ impl<V: Volume> DiskMux<V> {
         (guest < self.guests.len()).then_some(SliceVolume { mux: self, guest })
     }
 
+    /// What guest `guest` sees.
+    pub fn geometry(&self, guest: usize) -> Option<Geometry> {
+        self.guests.get(guest).map(|g| g.1)
+    }
+
     /// The disk.
     pub fn disk(&self) -> &V {
         &self.disk
