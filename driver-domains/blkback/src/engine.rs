@@ -166,6 +166,44 @@ enum Refuse {
     Copy,
 }
 
+/// Copies the segments' sectors out of the frontend's pages into `data` (their total size),
+/// as one batch; whether every copy succeeded.
+fn gather<G: GrantAccess + ?Sized>(grants: &mut G, segs: &[Segment], data: &mut [u8]) -> bool {
+    let mut ops = Vec::with_capacity(segs.len());
+    let mut rest = data;
+    for s in segs {
+        let (dst, r) = rest.split_at_mut(s.byte_len());
+        rest = r;
+        ops.push(CopyIn {
+            gref: s.gref,
+            offset: s.byte_offset() as u16,
+            dst,
+            ok: false,
+        });
+    }
+    grants.copy_from_batch(&mut ops);
+    ops.iter().all(|o| o.ok)
+}
+
+/// Copies `data` (the segments' total size) into the frontend's pages, as one batch; whether
+/// every copy succeeded.
+fn scatter<G: GrantAccess + ?Sized>(grants: &mut G, segs: &[Segment], data: &[u8]) -> bool {
+    let mut ops = Vec::with_capacity(segs.len());
+    let mut rest = data;
+    for s in segs {
+        let (src, r) = rest.split_at(s.byte_len());
+        rest = r;
+        ops.push(CopyOut {
+            gref: s.gref,
+            offset: s.byte_offset() as u16,
+            src,
+            ok: false,
+        });
+    }
+    grants.copy_to_batch(&mut ops);
+    ops.iter().all(|o| o.ok)
+}
+
 impl<M: SharedMem> Blkback<M> {
     /// Attaches to the frontend's ring (already reachable as `ring_mem`; nothing is written
     /// until a request is answered), serving a volume with `geometry`.
@@ -480,20 +518,7 @@ impl<M: SharedMem> Blkback<M> {
                 return self.refuse(id, code, Refuse::Bad, poll);
             }
             let mut data = vec![0u8; len as usize];
-            let mut ops = Vec::with_capacity(segs.len());
-            let mut rest = &mut data[..];
-            for s in segs {
-                let (dst, r) = rest.split_at_mut(s.byte_len());
-                rest = r;
-                ops.push(CopyIn {
-                    gref: s.gref,
-                    offset: s.byte_offset() as u16,
-                    dst,
-                    ok: false,
-                });
-            }
-            grants.copy_from_batch(&mut ops);
-            if !ops.iter().all(|o| o.ok) {
+            if !gather(grants, segs, &mut data) {
                 return self.refuse(id, code, Refuse::Copy, poll);
             }
             self.submit(volume, id, code, Kind::Write(len), IoKind::Write, offset, len, data);
@@ -554,28 +579,13 @@ impl<M: SharedMem> Blkback<M> {
                 if c.data.len() != total {
                     self.stats.io_errors += 1;
                     Status::Error
+                } else if scatter(grants, segs, &c.data) {
+                    self.stats.reads += 1;
+                    self.stats.bytes_read += total as u64;
+                    Status::Okay
                 } else {
-                    let mut ops = Vec::with_capacity(segs.len());
-                    let mut rest = &c.data[..];
-                    for s in segs {
-                        let (src, r) = rest.split_at(s.byte_len());
-                        rest = r;
-                        ops.push(CopyOut {
-                            gref: s.gref,
-                            offset: s.byte_offset() as u16,
-                            src,
-                            ok: false,
-                        });
-                    }
-                    grants.copy_to_batch(&mut ops);
-                    if ops.iter().all(|o| o.ok) {
-                        self.stats.reads += 1;
-                        self.stats.bytes_read += total as u64;
-                        Status::Okay
-                    } else {
-                        self.stats.copy_errors += 1;
-                        Status::Error
-                    }
+                    self.stats.copy_errors += 1;
+                    Status::Error
                 }
             }
             (Ok(()), Kind::Write(len)) => {

@@ -7,33 +7,11 @@ mod common;
 
 use blkback::volume::{Geometry, MemVolume, Order};
 use blkback::{Config, Error};
-use common::{Rng, Shadow, SimFront, geometry};
+use common::{Rng, Shadow, SimFront, geometry, rw_slot, seg};
 use proptest::prelude::*;
-use xen_abi::blkif::{self, Request, RwOp, Segment, Status, op};
+use xen_abi::blkif::{self, Request, RwOp, Status, op};
 use xen_abi::ring::REQ_PROD_OFF;
 use xen_abi::shmem::SharedMem;
-
-fn seg(gref: u32, f: u8, l: u8) -> Segment {
-    Segment {
-        gref,
-        first_sect: f,
-        last_sect: l,
-    }
-}
-
-fn rw(op: RwOp, id: u64, sector: u64, segs: &[Segment]) -> [u8; blkif::REQUEST_SIZE] {
-    let mut a = [Segment::default(); 11];
-    a[..segs.len()].copy_from_slice(segs);
-    Request::Rw {
-        op,
-        handle: 0,
-        id,
-        sector,
-        nr_segments: segs.len() as u8,
-        segments: a,
-    }
-    .to_bytes()
-}
 
 /// One frontend and one engine; cases run one after another on the same ring.
 struct Case {
@@ -78,21 +56,21 @@ fn every_bad_request_gets_an_error_and_reaches_nothing() {
         let w = f.page(true);
         let r = f.page(false);
         let mut v = vec![
-            ("read without segments", rw(RwOp::Read, 1, 0, &[]), op::READ, Status::Error),
-            ("first > last", rw(RwOp::Read, 2, 0, &[seg(r, 5, 4)]), op::READ, Status::Error),
-            ("last beyond page", rw(RwOp::Write, 3, 0, &[seg(w, 0, 8)]), op::WRITE, Status::Error),
-            ("past the end", rw(RwOp::Read, 4, last, &[seg(r, 0, 0)]), op::READ, Status::Error),
-            ("crossing the end", rw(RwOp::Write, 5, last - 4, &[seg(w, 0, 7)]), op::WRITE, Status::Error),
-            ("sector overflow", rw(RwOp::Read, 6, u64::MAX - 1, &[seg(r, 0, 7)]), op::READ, Status::Error),
-            ("sector*512 overflow", rw(RwOp::Read, 7, 1 << 55, &[seg(r, 0, 0)]), op::READ, Status::Error),
-            ("barrier", rw(RwOp::WriteBarrier, 8, 0, &[]), op::WRITE_BARRIER, Status::EOpNotSupp),
-            ("flush with data", rw(RwOp::FlushDiskcache, 9, 0, &[seg(w, 0, 7)]), op::FLUSH_DISKCACHE, Status::Error),
-            ("unknown grant (write)", rw(RwOp::Write, 10, 0, &[seg(9999, 0, 7)]), op::WRITE, Status::Error),
+            ("read without segments", rw_slot(RwOp::Read, 1, 0, &[]), op::READ, Status::Error),
+            ("first > last", rw_slot(RwOp::Read, 2, 0, &[seg(r, 5, 4)]), op::READ, Status::Error),
+            ("last beyond page", rw_slot(RwOp::Write, 3, 0, &[seg(w, 0, 8)]), op::WRITE, Status::Error),
+            ("past the end", rw_slot(RwOp::Read, 4, last, &[seg(r, 0, 0)]), op::READ, Status::Error),
+            ("crossing the end", rw_slot(RwOp::Write, 5, last - 4, &[seg(w, 0, 7)]), op::WRITE, Status::Error),
+            ("sector overflow", rw_slot(RwOp::Read, 6, u64::MAX - 1, &[seg(r, 0, 7)]), op::READ, Status::Error),
+            ("sector*512 overflow", rw_slot(RwOp::Read, 7, 1 << 55, &[seg(r, 0, 0)]), op::READ, Status::Error),
+            ("barrier", rw_slot(RwOp::WriteBarrier, 8, 0, &[]), op::WRITE_BARRIER, Status::EOpNotSupp),
+            ("flush with data", rw_slot(RwOp::FlushDiskcache, 9, 0, &[seg(w, 0, 7)]), op::FLUSH_DISKCACHE, Status::Error),
+            ("unknown grant (write)", rw_slot(RwOp::Write, 10, 0, &[seg(9999, 0, 7)]), op::WRITE, Status::Error),
         ];
-        let mut raw = rw(RwOp::Read, 11, 0, &[seg(r, 0, 0)]);
+        let mut raw = rw_slot(RwOp::Read, 11, 0, &[seg(r, 0, 0)]);
         raw[1] = 12;
         v.push(("12 segments", raw, op::READ, Status::Error));
-        let mut raw = rw(RwOp::Read, 12, 0, &[]);
+        let mut raw = rw_slot(RwOp::Read, 12, 0, &[]);
         raw[0] = op::RESERVED_1;
         v.push(("reserved op", raw, op::RESERVED_1, Status::EOpNotSupp));
         raw[0] = 0xc8;
@@ -128,7 +106,7 @@ fn every_bad_request_gets_an_error_and_reaches_nothing() {
             assert_eq!(submitted, 0, "{name}: nothing reaches the volume");
         }
         // A read into a read-only page: the read is done, the copy out fails: Error.
-        let submitted = case.expect(rw(RwOp::Read, 30, 0, &[seg(w, 0, 7)]), op::READ, Status::Error);
+        let submitted = case.expect(rw_slot(RwOp::Read, 30, 0, &[seg(w, 0, 7)]), op::READ, Status::Error);
         assert_eq!(submitted, 1);
         assert!(case.f.grants.ref_faults() > 0);
         let st = case.be.stats();
@@ -152,8 +130,8 @@ fn read_only_and_feature_less_volumes() {
     let w = case.f.page(true);
     let d = Request::Discard { secure: false, handle: 0, id: 3, sector: 0, nr_sectors: 8 }.to_bytes();
     for (raw, echo, status) in [
-        (rw(RwOp::Write, 1, 0, &[seg(w, 0, 7)]), op::WRITE, Status::Error),
-        (rw(RwOp::FlushDiskcache, 2, 0, &[]), op::FLUSH_DISKCACHE, Status::EOpNotSupp),
+        (rw_slot(RwOp::Write, 1, 0, &[seg(w, 0, 7)]), op::WRITE, Status::Error),
+        (rw_slot(RwOp::FlushDiskcache, 2, 0, &[]), op::FLUSH_DISKCACHE, Status::EOpNotSupp),
         (d, op::DISCARD, Status::EOpNotSupp),
     ] {
         assert_eq!(case.expect(raw, echo, status), 0);
@@ -171,10 +149,10 @@ fn sector_size_4096_rules() {
     let w = case.f.page(true);
     let w2 = case.f.page(true);
     for (raw, status) in [
-        (rw(RwOp::Write, 1, 4, &[seg(w, 0, 7)]), Status::Error),            // start not on a 4K sector
-        (rw(RwOp::Write, 2, 8, &[seg(w, 0, 3)]), Status::Error),            // half a sector
-        (rw(RwOp::Write, 3, 8, &[seg(w, 0, 3), seg(w2, 4, 7)]), Status::Error), // halves add up, still refused
-        (rw(RwOp::Write, 4, 8, &[seg(w, 0, 7), seg(w2, 0, 7)]), Status::Okay),
+        (rw_slot(RwOp::Write, 1, 4, &[seg(w, 0, 7)]), Status::Error),            // start not on a 4K sector
+        (rw_slot(RwOp::Write, 2, 8, &[seg(w, 0, 3)]), Status::Error),            // half a sector
+        (rw_slot(RwOp::Write, 3, 8, &[seg(w, 0, 3), seg(w2, 4, 7)]), Status::Error), // halves add up, still refused
+        (rw_slot(RwOp::Write, 4, 8, &[seg(w, 0, 7), seg(w2, 0, 7)]), Status::Okay),
     ] {
         let want = u64::from(status == Status::Okay);
         assert_eq!(case.expect(raw, op::WRITE, status), want);

@@ -5,13 +5,16 @@
 //! and serves ring 0 (blkif requests, 112-byte slots) with "grant references" that are data
 //! page numbers checked by the channel's `DataArea`. A bad reference costs only its request.
 
+mod common;
+
 use blkback::volume::MemVolume;
 use blkback::volumes::DiskMux;
 use blkback::{Blkback, Config, VolumeMap, negotiate};
 use iconnect::storage::{StorageGrant, StorageRequest, VolumeName};
 use iconnect::Decision;
 use iconnect_channel::{Backend, BackendEvent, Frontend, FrontendConfig, FrontendEvent, KeyMap, RingSpec};
-use xen_abi::blkif::{self, BlkRing, Request, Response, RwOp, Segment, Status};
+use common::{rw_slot, seg};
+use xen_abi::blkif::{self, BlkRing, Response, RwOp, Status};
 use xen_abi::shmem::HostMem;
 use xen_abi::xenbus::FrontendStyle;
 
@@ -102,31 +105,13 @@ fn blkback_serves_a_block_channel_by_volume_name() {
     let (p0, p1) = (pages.alloc().unwrap(), pages.alloc().unwrap());
     data.copy_to_page(p0, 0, &[0x11; 4096]).unwrap();
     data.copy_to_page(p1, 0, &[0x22; 4096]).unwrap();
-    let seg = |gref, f, l| Segment {
-        gref,
-        first_sect: f,
-        last_sect: l,
-    };
-    let rw = |op, id, sector, segs: &[Segment]| {
-        let mut a = [Segment::default(); 11];
-        a[..segs.len()].copy_from_slice(segs);
-        Request::Rw {
-            op,
-            handle: 0,
-            id,
-            sector,
-            nr_segments: segs.len() as u8,
-            segments: a,
-        }
-        .to_bytes()
-    };
-    ring.push_request(&rw(RwOp::Write, 1, 8, &[seg(p0, 0, 7), seg(p1, 0, 7)])).unwrap();
-    ring.push_request(&rw(RwOp::Write, 2, 0, &[seg(pages.pages() + 5, 0, 7)])).unwrap();
-    ring.push_request(&rw(RwOp::FlushDiskcache, 3, 0, &[])).unwrap();
+    ring.push_request(&rw_slot(RwOp::Write, 1, 8, &[seg(p0, 0, 7), seg(p1, 0, 7)])).unwrap();
+    ring.push_request(&rw_slot(RwOp::Write, 2, 0, &[seg(pages.pages() + 5, 0, 7)])).unwrap();
+    ring.push_request(&rw_slot(RwOp::FlushDiskcache, 3, 0, &[])).unwrap();
     let r0 = pages.alloc().unwrap();
-    ring.push_request(&rw(RwOp::Read, 4, 16, &[seg(r0, 0, 7)])).unwrap();
+    ring.push_request(&rw_slot(RwOp::Read, 4, 16, &[seg(r0, 0, 7)])).unwrap();
     // 512-byte sector 12 is not on a 4 KiB sector of this volume.
-    ring.push_request(&rw(RwOp::Read, 5, 12, &[seg(r0, 0, 7)])).unwrap();
+    ring.push_request(&rw_slot(RwOp::Read, 5, 12, &[seg(r0, 0, 7)])).unwrap();
     assert!(ring.publish_requests_and_check_notify());
     let mut rsps = Vec::new();
     while rsps.len() < 5 {

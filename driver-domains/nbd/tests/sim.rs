@@ -398,6 +398,28 @@ fn dropped_connections_lose_no_acknowledged_write() {
     run_drops(3, 400);
 }
 
+/// The corrupted-stream scenario's client: once ready, a read or write every 5th step.
+fn maybe_submit(c: &mut Client, rng: &mut Rng, ready: bool, step: usize) -> Option<u64> {
+    if !(ready && step.is_multiple_of(5) && c.can_submit()) {
+        return None;
+    }
+    Some(if rng.below(2) == 0 {
+        c.read(0, 512 * rng.below(100), 512 * (1 + rng.below(8) as u32)).unwrap()
+    } else {
+        c.write(0, 512 * rng.below(100), &[7; 1024], false).unwrap()
+    })
+}
+
+/// Moves the client's pending bytes to the server, lets it answer up to two requests, and
+/// returns what it sent back.
+fn server_turn(c: &mut Client, s: &mut SimServer, rng: &mut Rng) -> Vec<u8> {
+    let b = c.transmit().to_vec();
+    c.sent(b.len());
+    s.feed(&b);
+    s.answer(rng, 2);
+    s.out.drain(..).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -425,20 +447,8 @@ proptest! {
         let mut handles = BTreeSet::new();
         let mut ready = false;
         for step in 0..400 {
-            if ready && step % 5 == 0 && c.can_submit() {
-                let h = if rng.below(2) == 0 {
-                    c.read(0, 512 * rng.below(100), 512 * (1 + rng.below(8) as u32)).unwrap()
-                } else {
-                    c.write(0, 512 * rng.below(100), &[7; 1024], false).unwrap()
-                };
-                handles.insert(h);
-            }
-            let n = c.transmit().len();
-            let b = c.transmit().to_vec();
-            c.sent(n);
-            s.feed(&b);
-            s.answer(&mut rng, 2);
-            let out: Vec<u8> = s.out.drain(..).collect();
+            handles.extend(maybe_submit(&mut c, &mut rng, ready, step));
+            let out = server_turn(&mut c, &mut s, &mut rng);
             stream.extend_from_slice(&out);
             c.receive(0, &out).unwrap();
             while let Some(ev) = c.next_event() {
@@ -459,21 +469,8 @@ proptest! {
         let mut fed = 0;
         let mut ready = false;
         for step in 0..400 {
-            if ready && step % 5 == 0 && c.can_submit() {
-                let h = if rng.below(2) == 0 {
-                    c.read(0, 512 * rng.below(100), 512 * (1 + rng.below(8) as u32)).unwrap()
-                } else {
-                    c.write(0, 512 * rng.below(100), &[7; 1024], false).unwrap()
-                };
-                submitted.insert(h);
-            }
-            let n = c.transmit().len();
-            let b = c.transmit().to_vec();
-            c.sent(n);
-            s2.feed(&b);
-            s2.answer(&mut rng, 2);
-            let produced = s2.out.len();
-            s2.out.clear();
+            submitted.extend(maybe_submit(&mut c, &mut rng, ready, step));
+            let produced = server_turn(&mut c, &mut s2, &mut rng).len();
             let end = (fed + produced).min(bad.len());
             let _ = c.receive(0, &bad[fed..end]);
             fed = end;

@@ -155,17 +155,8 @@ impl SimFront {
     pub fn rw(&mut self, op: RwOp, sector: u64, segs: Vec<Segment>, indirect: bool) -> u64 {
         let id = self.id();
         let mut pages = Vec::new();
-        let req = if segs.len() <= blkif::MAX_SEGMENTS_PER_REQUEST && !indirect {
-            let mut a = [Segment::default(); blkif::MAX_SEGMENTS_PER_REQUEST];
-            a[..segs.len()].copy_from_slice(&segs);
-            Request::Rw {
-                op,
-                handle: 0,
-                id,
-                sector,
-                nr_segments: segs.len() as u8,
-                segments: a,
-            }
+        let raw = if segs.len() <= blkif::MAX_SEGMENTS_PER_REQUEST && !indirect {
+            rw_slot(op, id, sector, &segs)
         } else {
             let mut grefs = [0; blkif::MAX_INDIRECT_PAGES_PER_REQUEST];
             for (i, chunk) in segs.chunks(blkif::SEGMENTS_PER_INDIRECT_PAGE).enumerate() {
@@ -185,23 +176,17 @@ impl SimFront {
                 nr_segments: segs.len() as u16,
                 indirect_grefs: grefs,
             }
+            .to_bytes()
         };
         let op_code = op.code();
-        self.push_raw(id, &req.to_bytes(), Shadow { op: op_code, segs, pages });
+        self.push_raw(id, &raw, Shadow { op: op_code, segs, pages });
         id
     }
 
     pub fn flush(&mut self) -> u64 {
         let id = self.id();
-        let req = Request::Rw {
-            op: RwOp::FlushDiskcache,
-            handle: 0,
-            id,
-            sector: 0,
-            nr_segments: 0,
-            segments: [Segment::default(); blkif::MAX_SEGMENTS_PER_REQUEST],
-        };
-        self.push_raw(id, &req.to_bytes(), Shadow { op: blkif::op::FLUSH_DISKCACHE, segs: vec![], pages: vec![] });
+        let raw = rw_slot(RwOp::FlushDiskcache, id, 0, &[]);
+        self.push_raw(id, &raw, Shadow { op: blkif::op::FLUSH_DISKCACHE, segs: vec![], pages: vec![] });
         id
     }
 
@@ -256,6 +241,30 @@ impl SimFront {
             out.push(Done { id: rsp.id, rsp, data });
         }
         out
+    }
+}
+
+/// The 112 bytes of a direct request (up to 11 segments).
+pub fn rw_slot(op: RwOp, id: u64, sector: u64, segs: &[Segment]) -> [u8; blkif::REQUEST_SIZE] {
+    let mut a = [Segment::default(); blkif::MAX_SEGMENTS_PER_REQUEST];
+    a[..segs.len()].copy_from_slice(segs);
+    Request::Rw {
+        op,
+        handle: 0,
+        id,
+        sector,
+        nr_segments: segs.len() as u8,
+        segments: a,
+    }
+    .to_bytes()
+}
+
+/// A segment.
+pub fn seg(gref: GrantRef, first_sect: u8, last_sect: u8) -> Segment {
+    Segment {
+        gref,
+        first_sect,
+        last_sect,
     }
 }
 
