@@ -20,6 +20,9 @@
 //!   [`RemoteConfig::max_log_bytes`], the volume flushes on its own and sends nothing else until
 //!   that flush trims the log (FUA writes would not do: replaying an older logged write would
 //!   overwrite a newer FUA write).
+//! * **Deadline**: an operation still unfinished [`RemoteConfig::op_timeout_us`] after its
+//!   submission (no server to reconnect to) fails with [`Error::Io`], so the guest gets an
+//!   error response instead of waiting forever.
 //! * **Durability**: the volume's FLUSH is `NBD_CMD_FLUSH`; it completes `Ok` only on the
 //!   server's acknowledgement (on the connection where every logged write was acknowledged).
 
@@ -42,16 +45,20 @@ pub struct RemoteConfig {
     pub max_attempts: u32,
     /// Replay-log bytes above which the volume flushes on its own.
     pub max_log_bytes: usize,
+    /// An operation not finished this long after submission fails with [`Error::Io`] (the
+    /// server is unreachable); `None`: wait forever.
+    pub op_timeout_us: Option<u64>,
 }
 
 impl Default for RemoteConfig {
-    /// 512-byte sectors, 64 operations, 8 attempts, 4 MiB of replay log.
+    /// 512-byte sectors, 64 operations, 8 attempts, 1 MiB of replay log, 60 s per operation.
     fn default() -> Self {
         Self {
             sector_size: 512,
             max_ops: 64,
             max_attempts: 8,
-            max_log_bytes: 4 << 20,
+            max_log_bytes: 1 << 20,
+            op_timeout_us: Some(60_000_000),
         }
     }
 }
@@ -78,6 +85,10 @@ struct Op {
     data: Vec<u8>,
     parts_left: usize,
     error: Option<Error>,
+    /// When the operation fails if still waiting (set at the first poll after submission).
+    deadline: Option<u64>,
+    /// Failed by its deadline (its queued parts were dropped).
+    expired: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -321,6 +332,34 @@ impl NbdVolume {
         }
     }
 
+    /// Arms the deadline of new operations; fails those past it. Their queued parts (and a
+    /// queued flush) are dropped; parts already sent complete normally but cannot make the
+    /// operation succeed.
+    fn expire(&mut self, now_us: u64) {
+        let Some(timeout) = self.config.op_timeout_us else { return };
+        let mut late = Vec::new();
+        for (tag, op) in self.ops.iter_mut() {
+            match op.deadline {
+                None => op.deadline = Some(now_us.saturating_add(timeout)),
+                Some(d) if now_us >= d && !op.expired => {
+                    op.expired = true;
+                    late.push(*tag);
+                }
+                Some(_) => {}
+            }
+        }
+        for tag in late {
+            let before = self.queue.len() + self.flushes.len();
+            self.queue.retain(|p| p.tag != tag);
+            self.flushes.retain(|&f| f != tag);
+            let dropped = before - self.queue.len() - self.flushes.len();
+            self.fail_op(tag, Error::Io);
+            for _ in 0..dropped {
+                self.part_done(tag);
+            }
+        }
+    }
+
     /// Drops the log entries acknowledged before a flush that succeeded (sequence below `seq`).
     fn trim_log(&mut self, seq: u64) {
         while self.log.front().is_some_and(|e| e.0 < seq) {
@@ -444,6 +483,8 @@ impl Volume for NbdVolume {
             data: req.data,
             parts_left: 1,
             error: None,
+            deadline: None,
+            expired: false,
         };
         let refuse = match req.kind {
             IoKind::Flush => (!g.flush).then_some(Error::Unsupported),
@@ -502,6 +543,7 @@ impl Volume for NbdVolume {
     fn poll(&mut self, now_us: u64) -> Option<IoCompletion> {
         self.client.poll(now_us);
         self.events();
+        self.expire(now_us);
         self.send(now_us);
         self.events();
         self.done.pop_front()

@@ -401,6 +401,34 @@ fn lossy_server_small_log_flushes_on_its_own() {
 }
 
 #[test]
+fn unreachable_server_fails_operations_at_their_deadline() {
+    use blkback::volume::{IoKind, IoRequest};
+    let mut srv = Lossy::new(1 << 20, 0);
+    let cfg = RemoteConfig {
+        op_timeout_us: Some(5_000_000),
+        ..RemoteConfig::default()
+    };
+    let mut vol = NbdVolume::new(client(), cfg);
+    srv.reconnect(&mut vol, 0);
+    while !vol.is_ready() {
+        srv.pump(&mut vol, 0);
+        vol.poll(0);
+    }
+    // The server goes away for good; a read and a flush wait, then fail at the deadline.
+    srv.connected = false;
+    vol.client_mut().connection_lost();
+    let req = |tag, kind, len| IoRequest { tag, kind, offset: 0, len, data: Vec::new() };
+    vol.submit(req(1, IoKind::Read, 4096));
+    vol.submit(req(2, IoKind::Flush, 0));
+    assert!(vol.poll(1_000_000).is_none(), "armed at the first poll");
+    assert!(vol.poll(5_999_999).is_none());
+    let mut got: Vec<(u64, Result<(), blkback::Error>)> = std::iter::from_fn(|| vol.poll(6_000_000)).map(|c| (c.tag, c.result)).collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(got, vec![(1, Err(blkback::Error::Io)), (2, Err(blkback::Error::Io))]);
+    assert!(vol.can_submit());
+}
+
+#[test]
 fn qemu_nbd_killed_twice_guest_sees_no_error_and_file_is_exact() {
     if !Path::new(QEMU_NBD).exists() {
         eprintln!("SKIP: {QEMU_NBD} not installed (Debian package qemu-utils)");
