@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use iconnect::qos::{self, LinkAdmission, NetQosRequest};
 use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Window};
 use net_guest::config::GuestConfig;
+use net_guest::device::Metered;
 use net_guest::link::{Link, LinkEvent, QosAnswer};
 use net_guest::work::{Report, Step, Workload};
 use netback::engine::RxQueueLimits;
@@ -189,7 +190,7 @@ struct World {
     back: Back,
     guest_cfg: GuestConfig,
     guest: Option<Stack>,
-    peer_dev: Queues,
+    peer_dev: Metered<Queues>,
     peer: Stack,
     events: Vec<LinkEvent>,
 }
@@ -202,7 +203,7 @@ impl World {
         let guest_cfg = GuestConfig::from_cmdline(guest).unwrap();
         let link = Link::new(region.clone(), 1, &guest_cfg).unwrap();
         let back = Back::new(region, link_bps);
-        let mut peer_dev = Queues::default();
+        let mut peer_dev = Metered::new(Queues::default());
         let peer_cfg = GuestConfig::from_cmdline(&format!("{PEER} {peer}")).unwrap();
         let peer = Stack::new(&peer_cfg, &mut peer_dev, Instant::ZERO);
         Self {
@@ -237,9 +238,11 @@ impl World {
             g.poll(dev, now);
         }
         let _ = self.link.take_doorbells();
-        self.back.poll(self.now_us, &mut self.peer_dev.rx, &mut self.peer_dev.tx);
+        let q = self.peer_dev.inner();
+        self.back.poll(self.now_us, &mut q.rx, &mut q.tx);
         self.peer.poll(&mut self.peer_dev, now);
-        self.back.poll(self.now_us, &mut self.peer_dev.rx, &mut self.peer_dev.tx);
+        let q = self.peer_dev.inner();
+        self.back.poll(self.now_us, &mut q.rx, &mut q.tx);
         self.now_us += self.step_us;
     }
 
@@ -306,8 +309,15 @@ fn tcp_send_to_a_sink_through_netback() {
     let bytes = field(&r, "bytes");
     assert!(bytes > 100_000, "{}", r.fields);
     assert!(w.peer.work.payload().1 >= bytes, "the sink received what was acknowledged");
+    // Let the last frames land, then every frame one side sent reached the other.
+    for _ in 0..200 {
+        w.step();
+    }
     let nf = *w.link.device().unwrap().netfront().stats();
     assert!(nf.tx_bytes > bytes && nf.tx_errors == 0 && nf.rx_errors == 0, "{nf:?}");
+    let m = w.peer_dev.meter();
+    assert_eq!((m.rx_frames, m.rx_bytes), (nf.tx_packets, nf.tx_bytes), "guest -> peer");
+    assert_eq!((m.tx_frames, m.tx_bytes), (nf.rx_packets, nf.rx_bytes), "peer -> guest");
 }
 
 #[test]
@@ -344,7 +354,8 @@ fn hostile_bad_refs_are_answered_with_errors() {
     assert!(what.contains("8 requests"), "{what}");
     let (mut answered, mut errors) = (0, 0);
     for _ in 0..100 {
-        w.back.poll(w.now_us, &mut w.peer_dev.rx, &mut w.peer_dev.tx);
+        let q = w.peer_dev.inner();
+        w.back.poll(w.now_us, &mut q.rx, &mut q.tx);
         w.link.hostile_responses(&mut answered, &mut errors).unwrap();
     }
     assert_eq!((answered, errors), (8, 8));
