@@ -239,6 +239,8 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             nic: &mut nic,
             stack: &mut stack,
         };
+        // Guests first (a guest's frame waits for nothing else): the scheduled pull.
+        let wake = sw.pump(now_ns, &mut wire);
         // Uplink receive.
         let mut busy = false;
         for n in 0.. {
@@ -263,8 +265,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             sw.input(STACK, &f, now_ns, &mut wire);
             wire.stack.recycle(f);
         }
-        // Guests: scheduled pull, then delivery into their buffers.
-        let wake = sw.pump(now_ns, &mut wire);
+        // Delivery into the guests' buffers (frames from the uplink, the stack, other guests).
         if sw.flush() {
             busy = true;
         }
