@@ -103,6 +103,9 @@ pub fn run() -> Result<()> {
         if accel == Accel::Tcg {
             " This run used TCG (no usable hardware KVM here): every packet crosses two emulated \
              CPUs on the net-dd path, so the ratios measure the emulator as much as the design."
+        } else if crate::qemu::kvm_is_pvm() {
+            " This KVM is kvm_pvm (a software virtualizer: costly exits, late interrupts), not \
+             hardware KVM: not a measurement of the goal."
         } else {
             ""
         }

@@ -69,20 +69,7 @@ impl Session {
     }
 
     pub fn ping(&self, count: u16) -> Result<PingReport> {
-        let args: Vec<String> = ["ping", GUEST_IP, "--count", &count.to_string(), "--timeout-ms", "5000"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let lines = probe::run_in(&self.ns, &args, Duration::from_secs(10 + 6 * u64::from(count)))
-            .map_err(|e| self.with_serial(e))?;
-        let rtts_us: Vec<u64> = lines
-            .iter()
-            .filter(|l| l.starts_with("PROBE ping "))
-            .filter_map(|l| probe::field(l, "rtt_us")?.parse().ok())
-            .collect();
-        if rtts_us.len() != usize::from(count) {
-            return Err(self.with_serial(anyhow!("expected {count} echo replies, probe reported {}", rtts_us.len())));
-        }
+        let rtts_us = probe::ping_in(&self.ns, GUEST_IP, count, 200).map_err(|e| self.with_serial(e))?;
         Ok(PingReport { rtts_us })
     }
 

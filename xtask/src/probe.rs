@@ -121,16 +121,21 @@ pub struct PeerConn {
 impl PeerConn {
     pub fn parse(line: &str) -> Option<PeerConn> {
         let rest = line.strip_prefix("PROBE conn ")?;
-        let from = field(rest, "from")?;
-        let from = from.split_once(':').map_or(from, |(ip, _)| ip);
+        let num = |k: &str| field(rest, k)?.parse().ok();
         Some(PeerConn {
             kind: field(rest, "kind")?.to_string(),
-            from: from.parse().ok()?,
-            bytes: field(rest, "bytes")?.parse().ok()?,
-            us: field(rest, "us")?.parse().ok()?,
-            bps: field(rest, "bps")?.parse().ok()?,
+            from: from_ip(rest)?,
+            bytes: num("bytes")?,
+            us: num("us")?,
+            bps: num("bps")?,
         })
     }
+}
+
+/// The address of a `from=<ip>:<port>` field.
+fn from_ip(fields: &str) -> Option<Ipv4Addr> {
+    let from = field(fields, "from")?;
+    from.split_once(':').map_or(from, |(ip, _)| ip).parse().ok()
 }
 
 /// One `PROBE sink-tick from=<ip:port> bytes=<in this tick> ms=<tick length> at_ms=<tick end>`.
@@ -146,13 +151,8 @@ pub struct SinkTick {
 impl SinkTick {
     pub fn parse(line: &str) -> Option<SinkTick> {
         let rest = line.strip_prefix("PROBE sink-tick ")?;
-        let from = field(rest, "from")?;
-        Some(SinkTick {
-            from: from.split_once(':').map_or(from, |(ip, _)| ip).parse().ok()?,
-            bytes: field(rest, "bytes")?.parse().ok()?,
-            ms: field(rest, "ms")?.parse().ok()?,
-            at_ms: field(rest, "at_ms")?.parse().ok()?,
-        })
+        let num = |k: &str| field(rest, k)?.parse().ok();
+        Some(SinkTick { from: from_ip(rest)?, bytes: num("bytes")?, ms: num("ms")?, at_ms: num("at_ms")? })
     }
 }
 
@@ -490,6 +490,25 @@ fn tcp_echo(addr: Ipv4Addr, port: u16, bytes: usize, seed: u64, timeout: Duratio
 /// Value of `key=` in a `PROBE ...` line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// ICMP echo from inside `ns` to `ip`, `count` times `interval_ms` apart: the RTTs (µs), one per
+/// request (an error unless every reply came back intact).
+pub fn ping_in(ns: &Netns, ip: &str, count: u16, interval_ms: u64) -> Result<Vec<u64>> {
+    let args: Vec<String> =
+        ["ping", ip, "--count", &count.to_string(), "--timeout-ms", "5000", "--interval-ms", &interval_ms.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let limit = Duration::from_millis(10_000 + (5000 + interval_ms) * u64::from(count));
+    let lines = run_in(ns, &args, limit)?;
+    let rtts: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.starts_with("PROBE ping "))
+        .filter_map(|l| field(l, "rtt_us")?.parse().ok())
+        .collect();
+    ensure!(rtts.len() == usize::from(count), "expected {count} echo replies from {ip}, the probe reported {}", rtts.len());
+    Ok(rtts)
 }
 
 /// Run `xtask probe <args>` inside `ns` (re-exec of this binary), killed by PID after `limit`.

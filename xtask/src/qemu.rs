@@ -6,7 +6,7 @@
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -273,14 +273,7 @@ impl Qemu {
         let mut cmd = self.command();
         println!("$ {}", util::show(&cmd));
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
-        // async-signal-safe; it touches no memory shared with the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-                Ok(())
-            });
-        }
+        util::die_with_parent(&mut cmd);
         let started = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));

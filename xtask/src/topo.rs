@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -384,13 +383,7 @@ impl Peer {
         cmd.args(["probe", "serve"]);
         println!("$ {}", util::show(&cmd));
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        // SAFETY: runs in the forked child before exec and only calls prctl(2) (async-signal-safe).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-                Ok(())
-            });
-        }
+        util::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().context("starting the host peer")?;
         let out = child.stdout.take().context("no stdout")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -638,22 +631,7 @@ impl Net {
 
     /// ICMP echo from the host peer to `ip`: the RTTs (µs). Errors show `vm`'s console.
     pub fn ping(&self, vm: &str, ip: Ipv4Addr, count: u16) -> Result<Vec<u64>> {
-        let args: Vec<String> =
-            ["ping", &ip.to_string(), "--count", &count.to_string(), "--timeout-ms", "5000", "--interval-ms", "50"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let lines = probe::run_in(&self.ns, &args, Duration::from_secs(10 + 6 * u64::from(count)))
-            .map_err(|e| self.fail(vm, format!("ping {ip}: {e:#}")))?;
-        let rtts: Vec<u64> = lines
-            .iter()
-            .filter(|l| l.starts_with("PROBE ping "))
-            .filter_map(|l| probe::field(l, "rtt_us")?.parse().ok())
-            .collect();
-        if rtts.len() != usize::from(count) {
-            return Err(self.fail(vm, format!("ping {ip}: {} of {count} replies", rtts.len())));
-        }
-        Ok(rtts)
+        probe::ping_in(&self.ns, &ip.to_string(), count, 50).map_err(|e| self.fail(vm, format!("ping {ip}: {e:#}")))
     }
 
     /// TCP echo exchange from the host to `ip:port` (`bytes`, verified byte for byte by the

@@ -111,6 +111,20 @@ fn quote(a: &OsStr) -> String {
     }
 }
 
+/// Make the child die (SIGKILL) when this process dies, so nothing outlives an xtask that was
+/// killed outright.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+}
+
 /// Run a command with inherited stdio, echoing it first; error if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", show(cmd));
