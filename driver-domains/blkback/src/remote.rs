@@ -17,9 +17,9 @@
 //!   anything else is sent. A flush trims the log of everything acknowledged before it was
 //!   sent. Discards (trims) are logged and replayed the same way (in order with the writes, so
 //!   an old write never resurrects discarded data). When the log holds more than
-//!   [`RemoteConfig::max_log_bytes`], the volume flushes on its own and sends nothing else until
-//!   that flush trims the log (FUA writes would not do: replaying an older logged write would
-//!   overwrite a newer FUA write).
+//!   [`RemoteConfig::max_log_bytes`], the volume sends a flush of its own (traffic goes on); at
+//!   twice that, it sends nothing else until a flush has trimmed the log (FUA writes would not
+//!   do: replaying an older logged write would overwrite a newer FUA write).
 //! * **Deadline**: an operation still unfinished [`RemoteConfig::op_timeout_us`] after its
 //!   submission (no server to reconnect to) fails with [`Error::Io`], so the guest gets an
 //!   error response instead of waiting forever.
@@ -43,7 +43,8 @@ pub struct RemoteConfig {
     pub max_ops: usize,
     /// Sends of one part at most (1 = no retry).
     pub max_attempts: u32,
-    /// Replay-log bytes above which the volume flushes on its own.
+    /// Replay-log bytes above which the volume flushes on its own (the log holds at most
+    /// about twice this).
     pub max_log_bytes: usize,
     /// An operation not finished this long after submission fails with [`Error::Io`] (the
     /// server is unreachable); `None`: wait forever.
@@ -395,7 +396,8 @@ impl NbdVolume {
             }
             return;
         }
-        // A full log: flush first, send nothing else until it is trimmed.
+        // A full log: flush (pipelined with the traffic); at twice the limit, send nothing
+        // else until a flush has trimmed it.
         if self.log_bytes >= self.config.max_log_bytes {
             if !self.own_flush && self.client.can_submit() {
                 let seq = self.next_seq;
@@ -405,7 +407,9 @@ impl NbdVolume {
                     self.stats.log_flushes += 1;
                 }
             }
-            return;
+            if self.log_bytes >= self.config.max_log_bytes.saturating_mul(2) {
+                return;
+            }
         }
         while self.client.can_submit() {
             if let Some(p) = self.queue.pop_front() {
