@@ -447,7 +447,7 @@ fn qemu_nbd_killed_twice_guest_sees_no_error_and_file_is_exact() {
         port,
         sock: None,
         buf: vec![0; 256 * 1024],
-        kill_at: vec![300, 900],
+        kill_at: vec![200, 500],
         kills: 0,
         pumps: 0,
     };
