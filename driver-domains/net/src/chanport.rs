@@ -12,6 +12,11 @@
 //! `iconnect-net-error = <reason>` (`bad-mac`, `mac-in-use`, `no-rx-copy`, `bad-key:<key>`,
 //! `no-peer-id`, `bad-layout`). A refused QoS request does not refuse the connection: the port
 //! comes up best effort and the refusal (with its reason) is in the QoS keys.
+//!
+//! Liveness (optional, [`HEARTBEAT_KEY`]): a guest that publishes `heartbeat-ms = <n>` and then
+//! leaves its heartbeat counter unchanged for [`HEARTBEAT_MISSES`] × n ms is taken down with
+//! `heartbeat-timeout` (a VM that died without closing). net-dd publishes `heartbeat-ms = 100`
+//! and beats that often.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -34,6 +39,16 @@ pub const PEER_KEY: &str = "ivshmem-peer";
 pub const ERROR_KEY: &str = "iconnect-net-error";
 /// The frontend's MAC.
 pub const MAC_KEY: &str = "mac";
+/// Optional liveness key (both ends): `heartbeat-ms = <1..=60000>` promises that the end bumps
+/// its heartbeat counter at least that often. A guest that promised it and then stays silent
+/// for [`HEARTBEAT_MISSES`] periods is taken down (`heartbeat-timeout`), so a VM that died
+/// without closing its channel frees its port. net-dd itself promises [`OWN_HEARTBEAT_MS`].
+pub const HEARTBEAT_KEY: &str = "heartbeat-ms";
+/// Periods without a heartbeat after which a guest is declared dead.
+pub const HEARTBEAT_MISSES: u64 = 5;
+/// net-dd's own heartbeat period (the owner calls [`ChannelPort::beat`] at least this often).
+pub const OWN_HEARTBEAT_MS: u64 = 100;
+
 /// Doorbell vector of the TX ring (ring 0).
 pub const TX_VECTOR: u16 = 0;
 /// Doorbell vector of the RX ring (ring 1).
@@ -133,6 +148,8 @@ pub struct ChannelPort<M: SharedMem + Clone> {
     /// Why the channel is going down (set when we fail it or it fails).
     down_reason: Option<String>,
     kick: bool,
+    /// The guest's promised heartbeat period (ns), the last value seen and when it changed.
+    heartbeat: Option<(u64, u32, u64)>,
 }
 
 impl<M: SharedMem + Clone> ChannelPort<M> {
@@ -141,6 +158,7 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
     pub fn new(port: PortId, mem: M, own_id: u16) -> Result<Self, iconnect_channel::Error> {
         let mut keys = KeyMap::new();
         keys.insert(PEER_KEY, &own_id.to_string())?;
+        keys.insert(HEARTBEAT_KEY, &OWN_HEARTBEAT_MS.to_string())?;
         BackendFeatures::default()
             .advertise(&mut keys)
             .map_err(|_| iconnect_channel::Error::KeyRejected)?;
@@ -153,6 +171,7 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
             attached: false,
             down_reason: None,
             kick: true,
+            heartbeat: None,
         })
     }
 
@@ -211,6 +230,7 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
             .down_reason
             .take()
             .unwrap_or_else(|| "disconnected".into());
+        self.heartbeat = None;
         if self.attached {
             sw.detach(self.port);
             self.attached = false;
@@ -264,6 +284,13 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
             Ok(f) => f,
             Err(why) => return self.refuse(why, events),
         };
+        let heartbeat_ms = match fk.get(HEARTBEAT_KEY) {
+            None => None,
+            Some(v) => match iconnect::keys::parse_in_range(HEARTBEAT_KEY, v, 1, 60_000) {
+                Ok(ms) => Some(ms),
+                Err(_) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
+            },
+        };
         let request = NetQosRequest::from_keys(fk);
         let rings = (
             self.be.ring_window::<TxRing>(0),
@@ -286,6 +313,8 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
                 self.be.publish_keys();
                 self.be.accept();
                 self.attached = true;
+                self.heartbeat =
+                    heartbeat_ms.map(|ms| (ms * 1_000_000, self.be.peer_heartbeat(), now_ns));
                 self.kick = true;
                 events.push(PortEvent::Up {
                     port: self.port,
@@ -295,6 +324,31 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
             }
             Err(e) => self.refuse(e.reason().into(), events),
         }
+    }
+
+    /// Bumps our heartbeat (call at least every [`OWN_HEARTBEAT_MS`]).
+    pub fn beat(&mut self) {
+        self.be.beat();
+    }
+
+    /// Checks an attached guest's heartbeat (if it promised one): a guest silent for
+    /// [`HEARTBEAT_MISSES`] periods is failed with `heartbeat-timeout` (the `Down` event follows
+    /// at the next [`poll`](Self::poll)). Returns `false` if it was declared dead now.
+    pub fn check_liveness(&mut self, now_ns: u64) -> bool {
+        let Some((period, last, seen)) = self.heartbeat.filter(|_| self.attached) else {
+            return true;
+        };
+        let hb = self.be.peer_heartbeat();
+        if hb != last {
+            self.heartbeat = Some((period, hb, now_ns));
+            return true;
+        }
+        if now_ns.saturating_sub(seen) > period.saturating_mul(HEARTBEAT_MISSES) {
+            self.heartbeat = None;
+            self.fail("heartbeat-timeout".into());
+            return false;
+        }
+        true
     }
 
     /// Closes the channel because of a protocol error found outside the handshake (the

@@ -45,8 +45,8 @@ const HANDSHAKE_SLOW_TICK: Duration = Duration::from_millis(50);
 /// See `HANDSHAKE_SLOW_TICK`.
 const HANDSHAKE_BACKOFF_AFTER: Duration = Duration::from_secs(2);
 /// Attached guests are looked at this often even without a doorbell (a doorbell rung before
-/// the peer's QEMU knew our eventfd is lost).
-const SWEEP_TICK: Duration = Duration::from_millis(100);
+/// the peer's QEMU knew our eventfd is lost), their heartbeats checked, ours bumped.
+const SWEEP_TICK: Duration = Duration::from_millis(chanport::OWN_HEARTBEAT_MS);
 /// `ICONNECT-PORTSTAT` period.
 const STATS_TICK: Duration = Duration::from_secs(1);
 /// Uplink frames taken per wake-up before the other ports get their turn.
@@ -233,6 +233,11 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             if rung > 0 || sweep {
                 sw.doorbell(c.port.port());
             }
+            if sweep {
+                // Our promised heartbeat (chanport::OWN_HEARTBEAT_MS = the sweep period).
+                c.port.beat();
+            }
+            c.port.check_liveness(now_ns);
             c.port.poll(&mut sw, now_ns, &mut events);
         }
         let mut wire = ImageWire {

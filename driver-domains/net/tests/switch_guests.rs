@@ -133,6 +133,7 @@ impl Guest {
         if self.frozen {
             return;
         }
+        self.fe.beat();
         while let Some(ev) = self.fe.poll() {
             match ev {
                 FrontendEvent::SetUp => {
@@ -213,6 +214,7 @@ impl Net {
             g.poll();
         }
         for p in &mut self.ports {
+            p.check_liveness(self.now);
             p.poll(&mut self.sw, self.now, &mut self.events);
             if p.attached() {
                 self.sw.doorbell(p.port());
@@ -688,4 +690,67 @@ proptest::proptest! {
             proptest::prop_assert_eq!(st, if want_stack { vec![tag] } else { vec![] }, "stack after {:?}", op);
         }
     }
+}
+
+#[test]
+fn a_guest_that_promised_a_heartbeat_and_died_is_taken_down() {
+    let macs: Vec<_> = (0..2).map(|i| (guest_mac(i), None)).collect();
+    let mut net = Net::new(1_000_000_000, &macs);
+    // Guest 1 promises a 10 ms heartbeat (reconnects with the key); guest 2 promises nothing.
+    net.guests[0]
+        .keys
+        .insert(chanport::HEARTBEAT_KEY, "10")
+        .unwrap();
+    net.guests[0].reboot();
+    net.settle();
+    net.take_events();
+    assert_eq!(
+        net.guests[0].fe.backend_keys().get(chanport::HEARTBEAT_KEY),
+        Some("100")
+    );
+    // Alive (beating on every poll) for a simulated second, 10 ms per round.
+    for _ in 0..100 {
+        net.now += 10 * MS;
+        net.round();
+    }
+    assert!(net.take_events().is_empty());
+    // Both stop running; only the one that promised a heartbeat is declared dead, after
+    // 5 periods.
+    net.guests[0].frozen = true;
+    net.guests[1].frozen = true;
+    for _ in 0..4 {
+        net.now += 10 * MS;
+        net.round();
+    }
+    assert!(net.take_events().is_empty(), "not before 5 periods");
+    for _ in 0..3 {
+        net.now += 10 * MS;
+        net.round();
+    }
+    assert_eq!(
+        net.take_events(),
+        ["ICONNECT-PORT 1 down reason=heartbeat-timeout"]
+    );
+    assert!(!net.sw.is_attached(1) && net.sw.is_attached(2));
+    // The VM comes back (a new generation) and is served again.
+    net.guests[0].frozen = false;
+    net.guests[0].reboot();
+    net.settle();
+    assert_eq!(
+        net.take_events(),
+        ["ICONNECT-PORT 1 up mac=52:54:00:12:34:20 qos=none"]
+    );
+    // A malformed promise is refused.
+    net.guests[1].frozen = false;
+    net.guests[1]
+        .keys
+        .insert(chanport::HEARTBEAT_KEY, "0")
+        .unwrap();
+    net.guests[1].reboot();
+    net.settle();
+    let ev = net.take_events();
+    assert!(
+        ev.contains(&"ICONNECT-PORT 2 down reason=bad-key:heartbeat-ms".to_string()),
+        "{ev:?}"
+    );
 }
