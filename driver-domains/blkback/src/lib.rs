@@ -22,6 +22,9 @@
 //!   server acknowledged is lost before a flush makes it durable.
 //! * [`fuzzing`] — a hostile frontend scripted by arbitrary bytes (fuzz entry point, replayed
 //!   with its corpus by `cargo test`).
+//! * [`front`] — [`front::Blkfront`], the guest side: requests over whole pages (indirect
+//!   beyond 11), responses validated, backend keys parsed (here until guests get a `blkfront`
+//!   crate).
 //! * [`negotiate`] — the xenbus keys the backend writes for a volume (`sectors`,
 //!   `sector-size`, `feature-flush-cache`, `feature-discard`,
 //!   `feature-max-indirect-segments`, ...) and strict parsing of the frontend's keys.
@@ -54,6 +57,7 @@
 extern crate alloc;
 
 pub mod engine;
+pub mod front;
 pub mod fuzzing;
 pub mod negotiate;
 pub mod remote;
@@ -98,6 +102,13 @@ pub enum Error {
     MissingKey(&'static str),
     /// A xenbus key has a value outside its strict syntax or range.
     BadKey(&'static str),
+    /// (Frontend) no free ring slot or buffer page: retry after completions.
+    Busy,
+    /// (Frontend) a request larger than one request may carry.
+    TooLarge,
+    /// (Frontend) the backend answered an unknown id, with the wrong operation, or with an
+    /// unknown status.
+    BadResponse,
 }
 
 impl core::fmt::Display for Error {
@@ -118,6 +129,9 @@ impl core::fmt::Display for Error {
             Error::DuplicateName => f.write_str("duplicate volume name"),
             Error::MissingKey(k) => write!(f, "{k}: missing"),
             Error::BadKey(k) => write!(f, "{k}: invalid value"),
+            Error::Busy => f.write_str("no free ring slot or page"),
+            Error::TooLarge => f.write_str("request too large"),
+            Error::BadResponse => f.write_str("malformed response from the backend"),
         }
     }
 }
