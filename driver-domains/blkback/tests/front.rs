@@ -315,7 +315,6 @@ fn frontend_and_backend_over_an_iconnect_channel() {
     serve(&mut front, &mut pages, &mut done, 3);
     assert_eq!((done[2].id, done[2].status), (r, Status::Okay));
     assert!(done[2].data == pattern);
-    drop(serve);
     assert!(vol.durable()[8192..8192 + pattern.len()] == pattern[..]);
     assert_eq!(pages.alloc.free_pages(), free0, "pages given back");
 }
