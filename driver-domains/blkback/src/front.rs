@@ -36,9 +36,9 @@ pub trait FrontPages {
     fn alloc(&mut self, writable: bool) -> Option<GrantRef>;
     /// Gives a page back (after the request using it completed).
     fn free(&mut self, page: GrantRef);
-    /// Copies `src` into the page at `offset`.
+    /// Copies `src` into the page at `offset` (`false`: not a page of this source).
     fn write(&mut self, page: GrantRef, offset: usize, src: &[u8]) -> bool;
-    /// Copies from the page at `offset` into `dst`.
+    /// Copies from the page at `offset` into `dst` (`false`: not a page of this source).
     fn read(&mut self, page: GrantRef, offset: usize, dst: &mut [u8]) -> bool;
 }
 
@@ -215,10 +215,11 @@ impl<M: SharedMem> Blkfront<M> {
         }
         let ind_pages = got.split_off(n);
         let mut segs = Vec::with_capacity(n);
+        let mut copied = true;
         for (i, &p) in got.iter().enumerate() {
             let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
             if let Some(data) = write {
-                pages.write(p, 0, &data[i * PAGE_SIZE..i * PAGE_SIZE + bytes]);
+                copied &= pages.write(p, 0, &data[i * PAGE_SIZE..i * PAGE_SIZE + bytes]);
             }
             segs.push(Segment {
                 gref: p,
@@ -237,7 +238,7 @@ impl<M: SharedMem> Blkfront<M> {
                 for (j, s) in chunk.iter().enumerate() {
                     s.emit(&mut page[j * blkif::SEGMENT_SIZE..(j + 1) * blkif::SEGMENT_SIZE]);
                 }
-                pages.write(ind_pages[k], 0, &page);
+                copied &= pages.write(ind_pages[k], 0, &page);
                 grefs[k] = ind_pages[k];
             }
             Request::Indirect {
@@ -262,6 +263,13 @@ impl<M: SharedMem> Blkfront<M> {
             }
             .to_bytes()
         };
+        if !copied {
+            // The page source refused its own page: nothing is sent.
+            for p in got.into_iter().chain(ind_pages) {
+                pages.free(p);
+            }
+            return Err(Error::BadConfig);
+        }
         let shadow = Shadow {
             op: op.code(),
             len,
@@ -351,11 +359,16 @@ impl<M: SharedMem> Blkfront<M> {
         }
         let Some(sh) = self.shadow.remove(&id) else { return Err(Error::BadResponse) };
         let mut data = Vec::new();
+        let mut status = status;
         if sh.op == blkif::op::READ && status == Status::Okay {
             data = vec![0u8; sh.len];
             for (i, &p) in sh.pages.iter().enumerate() {
                 let end = ((i + 1) * PAGE_SIZE).min(sh.len);
-                pages.read(p, 0, &mut data[i * PAGE_SIZE..end]);
+                if !pages.read(p, 0, &mut data[i * PAGE_SIZE..end]) {
+                    status = Status::Error;
+                    data.clear();
+                    break;
+                }
             }
         }
         for p in sh.pages.into_iter().chain(sh.indirect) {
