@@ -16,7 +16,8 @@
 //! * [`volumes`] — the platform's volume map (`vol=<name>:local:<offset>:<len>`,
 //!   `vol=<name>:nbd://HOST:PORT/EXPORT`): parsing, non-overlap and in-disk checks, and
 //!   [`volumes::Slice`], the only translation from volume to disk offsets (it refuses any range
-//!   leaving the slice, so a guest can never reach another guest's blocks).
+//!   leaving the slice, so a guest can never reach another guest's blocks);
+//!   [`volumes::DiskMux`] shares one local disk between the guests' engines through it.
 //! * [`remote`] — [`remote::NbdVolume`], a [`Volume`] on an NBD export over the sans-IO
 //!   `nbd` client: splitting, retry across reconnects, and a replay log so that no write the
 //!   server acknowledged is lost before a flush makes it durable.
@@ -43,8 +44,10 @@
 //! that loses unflushed writes when it crashes (the replay log must keep every acknowledged
 //! write) and to the real `qemu-nbd`, killed twice mid-run (the image file must equal what the
 //! guest wrote); `tests/over_channel.rs`: the engine serving a block-style iConnect channel,
-//! volume chosen by `iconnect-storage-volume` from the platform's map; `tests/corpus.rs`: the
-//! [`fuzzing`] corpus.
+//! volume chosen by `iconnect-storage-volume` from the platform's map; `tests/front.rs`:
+//! [`front::Blkfront`] against the engine (random workloads, over a channel too, hostile
+//! responses); `tests/corpus.rs`: the [`fuzzing`] corpus. Measurements (not tests):
+//! `cargo run --release -p blkback --example nbd_chain_iops`.
 //!
 //! ## Trust
 //! Ring indices are checked by `xen-abi`'s ring (a violation breaks only this interface:
