@@ -242,21 +242,34 @@ pub fn qos_guarantee(accel: Accel) -> Result<String> {
     Ok(format!("g1 kept {:.1}% of its guarantee; {desc}", r[0] as f64 * 100.0 / g as f64))
 }
 
-/// A hostile guest garbages its ring (`hostile:req-prod`): its port goes down with a reason while
-/// the other guests keep working: g2 streams to the host's sink for 3 s (across the attack; net-dd
-/// keeps counting its traffic after port 1 went down, and the sink receives every byte g2 sent),
-/// g3 runs TCP round trips with the host's echo (verified by g3, counted by the host).
+/// Hostile guests garbage their TX rings while the others keep working. g1 writes a wild producer
+/// index (`hostile:req-prod`) and g4 a request past its page (`hostile:oversize`): their ports go
+/// down with a reason and each of them sees its channel closed. g5 sends requests with data
+/// references outside its data area (`hostile:bad-ref`): each is answered with an error and its
+/// port stays up. Meanwhile g2 streams to the host's sink for 3 s (the sink gets all it sent, and
+/// net-dd keeps counting port 2's traffic after port 1 went down) and g3 runs verified TCP round
+/// trips with the host's echo (the host counts the bytes).
 pub fn hostile(accel: Accel) -> Result<String> {
     let rounds = 2000;
     let mut net = topology("hostile", accel)?
         .guest(GuestSpec::new(1).work(work::hostile("req-prod")))
         .guest(GuestSpec::new(2).work(work::stream(HOST_IP, PEER_SINK_PORT, 3)))
         .guest(GuestSpec::new(3).work(work::rtt(HOST_IP, PEER_ECHO_PORT, rounds)))
+        .guest(GuestSpec::new(4).work(work::hostile("oversize")))
+        .guest(GuestSpec::new(5).work(work::hostile("bad-ref")))
         .start()?;
-    let down = net.wait_port(1, "down", Duration::from_secs(60))?;
-    let reason = down.get("reason").unwrap_or("").to_string();
-    if reason.is_empty() {
-        return Err(net.fail("net-dd", "port 1 went down without a reason"));
+    let mut reasons = Vec::new();
+    for port in [1, 4] {
+        let down = net.wait_port(port, "down", Duration::from_secs(60))?;
+        match down.get("reason") {
+            Some(r) if !r.is_empty() && r != "disconnected" => reasons.push(format!("port {port}: {r}")),
+            r => return Err(net.fail("net-dd", format!("port {port} went down with reason {r:?}, expected the fault named"))),
+        }
+    }
+    let mut outcomes = Vec::new();
+    for g in ["g1", "g4", "g5"] {
+        let d = finish_ok(&mut net, g)?;
+        outcomes.push(format!("{g} {}", d.result.as_ref().and_then(|f| f.get("outcome")).unwrap_or("?")));
     }
     let d2 = finish_ok(&mut net, "g2")?;
     let d3 = finish_ok(&mut net, "g3")?;
@@ -274,7 +287,7 @@ pub fn hostile(accel: Accel) -> Result<String> {
     if echoed[0].bytes != want {
         return Err(net.fail("g3", format!("the host echoed {} bytes for g3, expected {want}", echoed[0].bytes)));
     }
-    // In net-dd's own order: after port 1 went down, port 2 still moved traffic, and ports 2 and 3
+    // In net-dd's own order: after port 1 went down, port 2 still moved traffic; ports 2, 3 and 5
     // went down only by their guests leaving.
     let dd = net.serial("net-dd");
     let port = |l: &str| crate::markers::parse_fields(l, "ICONNECT-PORT");
@@ -287,14 +300,15 @@ pub fn hostile(accel: Accel) -> Result<String> {
         return Err(net.fail("net-dd", "no ICONNECT-PORTSTAT with traffic on port 2 after port 1 went down"));
     }
     if let Some(f) = dd.iter().filter_map(|l| port(l)).find(|f| {
-        matches!(f.word(0), Some("2" | "3")) && f.word(1) == Some("down") && f.get("reason") != Some("disconnected")
+        matches!(f.word(0), Some("2" | "3" | "5")) && f.word(1) == Some("down") && f.get("reason") != Some("disconnected")
     }) {
         return Err(net.fail("net-dd", format!("port {} went down too: reason={:?}", f.word(0).unwrap_or("?"), f.get("reason"))));
     }
-    net.kill("g1")?;
     net.stop()?;
     Ok(format!(
-        "port 1 down (reason={reason}); meanwhile g2 streamed {} to the host (all received) and g3 completed {rounds} verified TCP round trips (p50 {} us)",
+        "{}; guests saw: {}; meanwhile g2 streamed {} to the host (all received) and g3 completed {rounds} verified TCP round trips (p50 {} us)",
+        reasons.join(", "),
+        outcomes.join(", "),
         crate::util::fmt_bytes(sunk[0].bytes),
         d3.num("rtt_us_p50").unwrap_or(0)
     ))

@@ -242,7 +242,7 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("net: guest<->guest through net-dd's bridge (ping, TCP echo)", crate::nettests::guest_guest, true),
     ("net: QoS guarantees 2:1 under contention", crate::nettests::qos_ratio, true),
     ("net: QoS guarantee vs a best-effort flood (>= 95%)", crate::nettests::qos_guarantee, true),
-    ("net: hostile guest garbages its ring, another keeps working", crate::nettests::hostile, true),
+    ("net: hostile guests (wild req_prod, oversize, bad refs) while others keep working", crate::nettests::hostile, true),
 ];
 
 fn qemu_chan_channel(accel: Accel) -> Result<String> {
