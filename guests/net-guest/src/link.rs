@@ -68,7 +68,7 @@ impl QosAnswer {
                 g.burst_bytes,
                 g.class.as_str()
             ),
-            QosAnswer::Refused(r) => format!("qos=refused granted_bps=0 reason={r}"),
+            QosAnswer::Refused(r) => format!("qos=refused granted_bps=0 qos_reason={r}"),
             QosAnswer::None => "qos=none granted_bps=0".into(),
         }
     }

@@ -339,7 +339,7 @@ fn qos_over_capacity_is_refused_and_reported() {
     match &w.events[0] {
         LinkEvent::Down(why) => {
             assert!(why.contains("reason=backend-refused"), "{why}");
-            assert!(why.contains("qos=refused") && why.contains("over-capacity"), "{why}");
+            assert!(why.contains("qos=refused granted_bps=0 qos_reason=over-capacity"), "{why}");
         }
         e => panic!("{e:?}"),
     }
