@@ -23,9 +23,6 @@
 //!   server acknowledged is lost before a flush makes it durable.
 //! * [`fuzzing`] — a hostile frontend scripted by arbitrary bytes (fuzz entry point, replayed
 //!   with its corpus by `cargo test`).
-//! * [`front`] — [`front::Blkfront`], the guest side: requests over whole pages (indirect
-//!   beyond 11), responses validated, backend keys parsed (here until guests get a `blkfront`
-//!   crate).
 //! * [`negotiate`] — the xenbus keys the backend writes for a volume (`sectors`,
 //!   `sector-size`, `feature-flush-cache`, `feature-discard`,
 //!   `feature-max-indirect-segments`, ...) and strict parsing of the frontend's keys.
@@ -45,7 +42,7 @@
 //! write) and to the real `qemu-nbd`, killed twice mid-run (the image file must equal what the
 //! guest wrote); `tests/over_channel.rs`: the engine serving a block-style iConnect channel,
 //! volume chosen by `iconnect-storage-volume` from the platform's map; `tests/front.rs`:
-//! [`front::Blkfront`] against the engine (random workloads, over a channel too, hostile
+//! the guest's `blkfront::Blkfront` against the engine (random workloads, over a channel too, hostile
 //! responses); `tests/corpus.rs`: the [`fuzzing`] corpus. Measurements (not tests):
 //! `cargo run --release -p blkback --example nbd_chain_iops`.
 //!
@@ -60,7 +57,6 @@
 extern crate alloc;
 
 pub mod engine;
-pub mod front;
 pub mod fuzzing;
 pub mod negotiate;
 pub mod remote;

@@ -17,28 +17,20 @@ use crate::Error;
 use crate::engine::Config;
 use crate::volume::Geometry;
 
-/// Backend: size in units of `sector-size`.
-pub const SECTORS: &str = "sectors";
-/// Backend: `VDISK_*` flags.
-pub const INFO: &str = "info";
-/// Backend: logical sector size.
-pub const SECTOR_SIZE: &str = "sector-size";
+// The keys a frontend reads are defined once, in the frontend crate.
+pub use blkfront::keys::{
+    FEATURE_DISCARD, FEATURE_FLUSH_CACHE, FEATURE_MAX_INDIRECT_SEGMENTS, INFO, SECTOR_SIZE, SECTORS, VDISK_READONLY,
+};
 /// Backend: physical sector size.
 pub const PHYSICAL_SECTOR_SIZE: &str = "physical-sector-size";
-/// Backend: FLUSH_DISKCACHE supported.
-pub const FEATURE_FLUSH_CACHE: &str = "feature-flush-cache";
 /// Backend: WRITE_BARRIER supported (never: 0).
 pub const FEATURE_BARRIER: &str = "feature-barrier";
-/// Backend: DISCARD supported.
-pub const FEATURE_DISCARD: &str = "feature-discard";
 /// Backend: discard granularity in bytes.
 pub const DISCARD_GRANULARITY: &str = "discard-granularity";
 /// Backend: discard alignment in bytes.
 pub const DISCARD_ALIGNMENT: &str = "discard-alignment";
 /// Backend: secure discard supported (never: 0).
 pub const DISCARD_SECURE: &str = "discard-secure";
-/// Backend: most segments in an indirect request.
-pub const FEATURE_MAX_INDIRECT_SEGMENTS: &str = "feature-max-indirect-segments";
 /// Backend: largest `ring-page-order` accepted.
 pub const MAX_RING_PAGE_ORDER_KEY: &str = "max-ring-page-order";
 /// Frontend: grant of a one-page ring.
@@ -51,8 +43,6 @@ pub const EVENT_CHANNEL: &str = "event-channel";
 pub const PROTOCOL: &str = "protocol";
 /// Frontend: queues (only 1 supported).
 pub const MULTI_QUEUE_NUM_QUEUES: &str = "multi-queue-num-queues";
-/// `VDISK_READONLY` in `info`.
-pub const VDISK_READONLY: u32 = 4;
 
 fn sink_err(_: iconnect::Error) -> Error {
     Error::BadKey("xenbus write failed")

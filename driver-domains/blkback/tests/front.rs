@@ -5,11 +5,12 @@
 
 mod common;
 
-use blkback::front::{BackendInfo, Blkfront, FrontPages};
+use blkfront::channel::ChannelPages;
+use blkfront::{BackendInfo, Blkfront, Error, FrontPages};
 use blkback::volume::{MemVolume, Order};
-use blkback::{Config, Error, negotiate};
+use blkback::{Config, negotiate};
 use common::{Rng, geometry};
-use iconnect_channel::{Backend, BackendEvent, DataArea, Frontend, FrontendConfig, FrontendEvent, KeyMap, PageAllocator, RingSpec};
+use iconnect_channel::{Backend, BackendEvent, Frontend, FrontendConfig, FrontendEvent, KeyMap, RingSpec};
 use netback::grant::FakeGrants;
 use xen_abi::blkif::{self, BlkRing, Response, Status};
 use xen_abi::ring::{BackRing, FrontRing};
@@ -227,27 +228,6 @@ fn backend_keys_strict() {
     );
 }
 
-/// The guest's pages as data pages of an iConnect channel.
-struct ChannelPages {
-    alloc: PageAllocator,
-    data: DataArea<HostMem>,
-}
-
-impl FrontPages for ChannelPages {
-    fn alloc(&mut self, _writable: bool) -> Option<GrantRef> {
-        self.alloc.alloc()
-    }
-    fn free(&mut self, page: GrantRef) {
-        self.alloc.free(page).unwrap();
-    }
-    fn write(&mut self, page: GrantRef, offset: usize, src: &[u8]) -> bool {
-        self.data.copy_to_page(page, offset, src).is_ok()
-    }
-    fn read(&mut self, page: GrantRef, offset: usize, dst: &mut [u8]) -> bool {
-        self.data.copy_from_page(page, offset, dst).is_ok()
-    }
-}
-
 #[test]
 fn frontend_and_backend_over_an_iconnect_channel() {
     let g = geometry(1 << 20, 512);
@@ -292,15 +272,15 @@ fn frontend_and_backend_over_an_iconnect_channel() {
     let (ring, data, alloc) = ring.unwrap();
     let info = BackendInfo::from_keys(fe.backend_keys()).unwrap();
     let mut front = Blkfront::new(ring, info, 32);
-    let mut pages = ChannelPages { alloc, data };
-    let free0 = pages.alloc.free_pages();
+    let mut pages = ChannelPages::new(data, alloc);
+    let free0 = pages.free_pages();
     let mut vol = MemVolume::new(g, 8);
     let pattern: Vec<u8> = (0..20 * PAGE_SIZE).map(|i| (i * 7 + i / 4096) as u8).collect();
     let w = front.write(&mut pages, 8192, &pattern).unwrap(); // 20 pages: indirect
     let f = front.flush().unwrap();
     assert!(front.publish());
     let mut done = Vec::new();
-    let mut serve = |front: &mut Blkfront<_>, pages: &mut ChannelPages, done: &mut Vec<_>, n| {
+    let mut serve = |front: &mut Blkfront<_>, pages: &mut ChannelPages<HostMem>, done: &mut Vec<_>, n| {
         while done.len() < n {
             back.poll(0, &mut grants, &mut vol, 8).unwrap();
             while let Some(c) = front.poll(pages).unwrap() {
@@ -316,5 +296,5 @@ fn frontend_and_backend_over_an_iconnect_channel() {
     assert_eq!((done[2].id, done[2].status), (r, Status::Okay));
     assert!(done[2].data == pattern);
     assert!(vol.durable()[8192..8192 + pattern.len()] == pattern[..]);
-    assert_eq!(pages.alloc.free_pages(), free0, "pages given back");
+    assert_eq!(pages.free_pages(), free0, "pages given back");
 }
