@@ -4,7 +4,7 @@
 
 use alloc::vec;
 
-use iconnect_channel::{DataArea, FrontendConfig, PageAllocator, RingSpec};
+use iconnect_channel::{DataArea, FrontendConfig, KeyMap, PageAllocator, RingSpec};
 use xen_abi::GrantRef;
 use xen_abi::netif::{RX_RESPONSE_SIZE, TX_REQUEST_SIZE};
 use xen_abi::xenbus::FrontendStyle;
@@ -41,6 +41,38 @@ pub fn frontend_config() -> FrontendConfig {
         ],
         data_pages: None,
     }
+}
+
+/// Key carrying each end's ivshmem peer id (its doorbell address), decimal.
+pub const PEER_KEY: &str = "ivshmem-peer";
+
+/// A MAC address as the `mac` key writes it: `xx:xx:xx:xx:xx:xx`, lower-case hex.
+pub fn mac_key(m: [u8; 6]) -> alloc::string::String {
+    alloc::format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// The keys a netif frontend publishes on an iConnect channel (the contract): `mac` as
+/// `xx:xx:xx:xx:xx:xx`, `request-rx-copy = 1`, `feature-sg = 1`, `feature-rx-notify = 1`,
+/// `feature-no-csum-offload = 1` (the frontend fills and checks every checksum itself) and its
+/// doorbell address [`PEER_KEY`]. QoS keys (`iconnect::qos::NetQosRequest::write`) go on top.
+pub fn frontend_keys(mac: [u8; 6], ivshmem_peer: u16) -> Result<KeyMap, iconnect_channel::Error> {
+    let mac = mac_key(mac);
+    let peer = alloc::format!("{ivshmem_peer}");
+    let mut keys = KeyMap::new();
+    for (k, v) in [
+        ("mac", mac.as_str()),
+        ("request-rx-copy", "1"),
+        ("feature-sg", "1"),
+        ("feature-rx-notify", "1"),
+        ("feature-no-csum-offload", "1"),
+        (PEER_KEY, peer.as_str()),
+    ] {
+        keys.insert(k, v)?;
+    }
+    Ok(keys)
 }
 
 /// The frontend's data pages of one channel.
@@ -92,5 +124,24 @@ impl<M: SharedMem> Buffers for ChannelBuffers<M> {
         self.data
             .copy_from_page(page, offset, dst)
             .map_err(|_| Error::Buffer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_keys() {
+        let k = frontend_keys([0x52, 0x54, 0, 0x12, 0x34, 0xab], 3).unwrap();
+        assert_eq!(k.get("mac"), Some("52:54:00:12:34:ab"));
+        assert_eq!(k.get(PEER_KEY), Some("3"));
+        assert_eq!(k.get("request-rx-copy"), Some("1"));
+        assert_eq!(k.get("feature-no-csum-offload"), Some("1"));
+        let c = frontend_config();
+        assert_eq!(c.rings[TX_RING].vector, u32::from(TX_VECTOR));
+        assert_eq!(c.rings[RX_RING].vector, u32::from(RX_VECTOR));
+        assert_eq!(c.rings[TX_RING].slot_bytes, 12);
+        assert_eq!(c.rings[RX_RING].slot_bytes, 8);
     }
 }

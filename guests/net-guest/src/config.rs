@@ -185,15 +185,6 @@ fn parse_mac(s: &str) -> Option<EthernetAddress> {
     (parts.next().is_none() && mac.is_unicast()).then_some(mac)
 }
 
-/// `xx:xx:xx:xx:xx:xx` (the channel's `mac` key format; smoltcp's `Display` uses dashes).
-pub fn mac_str(mac: &EthernetAddress) -> alloc::string::String {
-    let m = mac.0;
-    alloc::format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 fn parse_class(s: &str) -> Option<Class> {
     Some(match s {
         "latency" | "realtime" => Class::Realtime,
@@ -288,7 +279,6 @@ mod tests {
         assert_eq!(c.cidr, Ipv4Cidr::new(Ipv4Addr::new(10, 0, 2, 21), 24));
         assert_eq!(c.mac, EthernetAddress([0x52, 0x54, 0, 0x12, 0x34, 0x21]));
         assert_eq!(c.name, "g1");
-        assert_eq!(mac_str(&c.mac), "52:54:00:12:34:21");
         assert_eq!(
             c.qos,
             Some(NetQosRequest {

@@ -186,7 +186,7 @@ fn run_virtio(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, 
         "net-guest {}: {} mac {} on virtio-net {} ({}); work={}",
         cfg.name,
         cfg.cidr,
-        net_guest::config::mac_str(&cfg.mac),
+        netfront::channel::mac_key(cfg.mac.0),
         func.bdf,
         match irq {
             Some(v) => format!("rx interrupts on vector {v}"),
@@ -246,7 +246,7 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
          work={}; waiting for the backend",
         cfg.name,
         cfg.cidr,
-        net_guest::config::mac_str(&cfg.mac),
+        netfront::channel::mac_key(cfg.mac.0),
         cfg.work_text
     );
     let parts = dev.parts();

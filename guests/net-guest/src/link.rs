@@ -7,7 +7,7 @@
 //! backend endpoint and netback engine on the other side.
 
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use core::sync::atomic::Ordering;
 
 use iconnect::Decision;
@@ -22,8 +22,7 @@ use xen_abi::shmem::SharedMem;
 use crate::config::{GuestConfig, Hostile};
 use crate::device::NetfrontDevice;
 
-/// Key carrying each end's ivshmem peer id (the doorbell address), as in chan-test.
-pub const PEER_KEY: &str = "ivshmem-peer";
+pub use netfront::channel::PEER_KEY;
 pub use netfront::channel::{RX_VECTOR, TX_VECTOR};
 
 /// The device type over a channel on `M`.
@@ -106,21 +105,8 @@ impl<M: SharedMem + Clone> Link<M> {
     /// Starts the frontend on `region`; `own_id` is our ivshmem peer id (published so the
     /// backend can ring us).
     pub fn new(region: M, own_id: u16, cfg: &GuestConfig) -> Result<Self, String> {
-        let mut keys = KeyMap::new();
-        let mac = crate::config::mac_str(&cfg.mac);
-        let own = own_id.to_string();
-        let pairs = [
-            ("mac", mac.as_str()),
-            ("request-rx-copy", "1"),
-            ("feature-sg", "1"),
-            ("feature-rx-notify", "1"),
-            // smoltcp fills and checks every checksum: never send us a blank one.
-            ("feature-no-csum-offload", "1"),
-            (PEER_KEY, own.as_str()),
-        ];
-        for (k, v) in pairs {
-            keys.insert(k, v).map_err(|e| format!("key {k}: {e}"))?;
-        }
+        let mut keys = netfront::channel::frontend_keys(cfg.mac.0, own_id)
+            .map_err(|e| format!("frontend keys: {e}"))?;
         if let Some(q) = &cfg.qos {
             q.write(&mut keys).map_err(|e| format!("QoS request keys: {e}"))?;
         }
