@@ -333,8 +333,8 @@ impl Topology {
                 }
             }
             net.vms.push(Vm { name: g.name(), run: Some(q.spawn()?), outcome: None });
-        }
-        for g in &self.guests {
+            // One at a time: rt calibrates its TSC against the PIT during boot, and under TCG
+            // several VMs booting at once on a small host can spoil each other's calibration.
             net.wait_line(&g.name(), "ICONNECT-READY", |l| l.contains("ICONNECT-READY"), self.ready_within)?;
         }
         println!(
