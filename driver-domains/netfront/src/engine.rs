@@ -132,8 +132,10 @@ pub struct Netfront<M: SharedMem, B: Buffers> {
     rx_pages: Vec<GrantRef>,
     rx_pages_total: u32,
     rx_posted: u32,
-    /// Frame being reassembled.
+    /// Frame being reassembled: its first `partial_len` bytes (the `Vec` may be longer: a
+    /// reused one keeps its old length, so steady-state frames cost no zero-filling).
     partial: Vec<u8>,
+    partial_len: usize,
     partial_started: bool,
     partial_bad: bool,
     partial_oversize: bool,
@@ -175,6 +177,7 @@ impl<M: SharedMem, B: Buffers> Netfront<M, B> {
             rx_pages_total: 0,
             rx_posted: 0,
             partial: Vec::new(),
+            partial_len: 0,
             partial_started: false,
             partial_bad: false,
             partial_oversize: false,
@@ -431,7 +434,7 @@ impl<M: SharedMem, B: Buffers> Netfront<M, B> {
                 continue;
             }
             // The frame is complete.
-            let bad = self.partial_bad || self.partial_oversize || self.partial.is_empty();
+            let bad = self.partial_bad || self.partial_oversize || self.partial_len == 0;
             if self.partial_oversize {
                 self.stats.rx_oversize += 1;
             } else if bad {
@@ -441,13 +444,13 @@ impl<M: SharedMem, B: Buffers> Netfront<M, B> {
             self.partial_started = false;
             self.partial_bad = false;
             self.partial_oversize = false;
+            let len = core::mem::take(&mut self.partial_len);
             if bad {
-                self.partial.clear();
                 continue;
             }
-            let mut next = self.spare.pop().unwrap_or_default();
-            next.clear();
-            let data = core::mem::replace(&mut self.partial, next);
+            let next = self.spare.pop().unwrap_or_default();
+            let mut data = core::mem::replace(&mut self.partial, next);
+            data.truncate(len);
             self.stats.rx_packets += 1;
             self.stats.rx_bytes += data.len() as u64;
             return Ok(Some(RxFrame {
@@ -486,20 +489,23 @@ impl<M: SharedMem, B: Buffers> Netfront<M, B> {
             Ok(r) if r.status < 0 => self.partial_bad = true,
             Ok(r) => {
                 let len = r.status as usize;
-                let at = self.partial.len();
+                let at = self.partial_len;
                 if self.partial_bad || self.partial_oversize {
                     // Dropped already: do not copy.
                 } else if at + len > self.max_frame() {
                     self.partial_oversize = true;
                 } else if len > 0 {
-                    self.partial.resize(at + len, 0);
+                    if self.partial.len() < at + len {
+                        self.partial.resize(at + len, 0);
+                    }
                     if self
                         .bufs
-                        .read(page, usize::from(r.offset), &mut self.partial[at..])
+                        .read(page, usize::from(r.offset), &mut self.partial[at..at + len])
                         .is_err()
                     {
                         self.partial_bad = true;
                     }
+                    self.partial_len = at + len;
                 }
             }
         }

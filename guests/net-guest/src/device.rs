@@ -32,7 +32,7 @@ impl<M: SharedMem, B: Buffers> NetfrontDevice<M, B> {
     pub fn new(nf: Netfront<M, B>) -> Self {
         Self {
             nf: RefCell::new(nf),
-            scratch: RefCell::new(Vec::with_capacity(MAX_FRAME)),
+            scratch: RefCell::new(alloc::vec![0; MAX_FRAME]),
             tx_dropped: Cell::new(0),
             fatal: Cell::new(None),
         }
@@ -117,10 +117,12 @@ impl<M: SharedMem, B: Buffers> TxToken for Tx<'_, M, B> {
         F: FnOnce(&mut [u8]) -> R,
     {
         let mut buf = self.dev.scratch.borrow_mut();
-        buf.clear();
-        buf.resize(len, 0);
-        let r = f(&mut buf);
-        match self.dev.nf.borrow_mut().send(&buf) {
+        // Grown once, never cleared: smoltcp writes every byte of the frame it asked for.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let r = f(&mut buf[..len]);
+        match self.dev.nf.borrow_mut().send(&buf[..len]) {
             Ok(()) => {}
             Err(e) if e.is_fatal() => self.dev.fatal.set(Some(e)),
             Err(_) => self.dev.tx_dropped.set(self.dev.tx_dropped.get() + 1),
