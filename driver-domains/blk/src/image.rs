@@ -1,0 +1,280 @@
+//! Bring-up and event loop of the image (QEMU platform).
+//!
+//! Devices: the virtio-blk disk (local volumes), the virtio-net NIC (remote volumes; opened only
+//! when the map has one), and one guest per ivshmem-doorbell device (ports 1..=N, PCI order).
+//! Command line: `vol=` tokens (`blkback::volumes`), `ip=<a.b.c.d/len>` (default
+//! 10.0.2.15/24) and `gw=<a.b.c.d>` (default 10.0.2.2) for the NIC.
+//!
+//! One executor task: doorbells, the stack and the NBD connections, the ports' handshakes, each
+//! attached guest's engine against its volume, the NBD connections again (to send what the
+//! engines queued), doorbells back, markers. It sleeps until an interrupt (doorbell, NIC
+//! receive) or the earliest deadline (handshake tick while a channel has no guest, smoltcp
+//! timers, NBD retry/timeouts, a 100 ms sweep against lost doorbells).
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::str::FromStr;
+use core::time::Duration;
+
+use blk_dd::{BlkPort, PortEvent, Registry};
+use blkback::volume::Volume;
+use blkback::volumes::DiskMux;
+use blkback::{Backing, VolumeMap};
+use hal::ivshmem::{self, Doorbells, Ivshmem, Registers, SharedRegion};
+use hal::mmio::Mmio;
+use hal::platform;
+use hal::virtio_net::pci as vnet;
+use rt::exec::Step;
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+
+use blk_dd::disk::{self, Disk};
+use crate::nic::{Nic, QUEUE_SIZE};
+use crate::remote::Remote;
+
+/// Where unassigned BARs are placed (32-bit MMIO hole above q35's ECAM, below the IOAPIC).
+const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
+/// Doorbell vectors per channel (the topology's servers give 2; ring 0 uses vector 0).
+const CHANNEL_VECTORS: u16 = 2;
+/// While a channel has no guest, its control page is polled this often...
+const HANDSHAKE_TICK: Duration = Duration::from_millis(2);
+/// ... and this often once nothing happened for `HANDSHAKE_BACKOFF_AFTER`.
+const HANDSHAKE_SLOW_TICK: Duration = Duration::from_millis(50);
+const HANDSHAKE_BACKOFF_AFTER: Duration = Duration::from_secs(2);
+/// Attached guests' rings are looked at this often without a doorbell.
+const SWEEP_TICK: Duration = Duration::from_millis(100);
+
+/// Where a volume's operations go.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Guest index in the disk mux.
+    Local(usize),
+    /// Index in the remote list.
+    Remote(usize),
+}
+
+struct Chan {
+    port: BlkPort<&'static SharedRegion>,
+    regs: &'static mut Registers<Mmio>,
+    bells: &'static Doorbells,
+}
+
+fn on_nic_irq() {}
+
+/// The image's entry point.
+pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
+    match run(boot) {
+        Ok(never) => match never {},
+        Err(e) => {
+            log::error!("blk-dd: {e}");
+            rt::ExitCode::Failure
+        }
+    }
+}
+
+fn open_channels(ecam: &mut hal::ecam::Ecam) -> Vec<Chan> {
+    let funcs = ivshmem::find_all(ecam, ecam.start_bus(), ecam.end_bus());
+    let mut chans = Vec::new();
+    for (i, func) in funcs.iter().enumerate() {
+        let port = i + 1;
+        let dev = match Ivshmem::open(ecam, func, CHANNEL_VECTORS, BAR_WINDOW) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("ICONNECT-PORT {port} down reason=open-failed:{e}");
+                continue;
+            }
+        };
+        let own_id = dev.id();
+        let len = dev.layout().shmem_len();
+        // The device lives as long as the domain (rt never unmaps BARs).
+        let dev: &'static mut Ivshmem = Box::leak(Box::new(dev));
+        let parts = dev.parts();
+        match BlkPort::new(port, parts.region, own_id) {
+            Ok(p) => {
+                log::info!("port {port}: ivshmem {} id {own_id}, {} KiB", func.bdf, len / 1024);
+                chans.push(Chan { port: p, regs: parts.regs, bells: parts.doorbells });
+            }
+            Err(e) => log::error!("ICONNECT-PORT {port} down reason=channel:{e}"),
+        }
+    }
+    chans
+}
+
+struct Net {
+    nic: Nic,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+}
+
+fn smol(t: rt::time::Instant) -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(t.as_micros() as i64)
+}
+
+fn open_net(boot: &'static rt::BootInfo, ecam: &mut hal::ecam::Ecam) -> Result<Net, String> {
+    let arg = |k: &str, d: &'static str| rt::cmdline::get(boot.cmdline, k).unwrap_or(d);
+    let cidr = IpCidr::from_str(arg("ip", "10.0.2.15/24")).map_err(|_| "bad ip=")?;
+    let gw = Ipv4Address::from_str(arg("gw", "10.0.2.2")).map_err(|_| "bad gw=")?;
+    let func = vnet::find(ecam).ok_or("remote volumes need a virtio-net NIC (1af4:1041/1000)")?;
+    let opened = vnet::open::<QUEUE_SIZE>(ecam, func, BAR_WINDOW, Some(on_nic_irq)).map_err(|e| format!("virtio-net: {e}"))?;
+    let mac = EthernetAddress(opened.net.mac_address());
+    let mut nic = Nic::new(opened.net);
+    let mut cfg = Config::new(HardwareAddress::Ethernet(mac));
+    cfg.random_seed = rt::time::now().as_nanos() ^ boot.tsc_at_entry;
+    let mut iface = Interface::new(cfg, &mut nic, smol(rt::time::now()));
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(cidr);
+    });
+    let _ = iface.routes_mut().add_default_ipv4_route(gw);
+    log::info!(
+        "virtio-net {} MAC {mac} IP {cidr} gw {gw}; {}",
+        func.bdf,
+        if opened.rx_vector.is_some() { "rx interrupts" } else { "polling" }
+    );
+    Ok(Net { nic, iface, sockets: SocketSet::new(alloc::vec![]) })
+}
+
+fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String> {
+    let map = VolumeMap::from_cmdline(boot.cmdline).map_err(|e| format!("volume map: {e}"))?;
+    let mcfg = platform::find_ecam(boot);
+    let mut ecam = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
+    let has_local = map.volumes().iter().any(|v| matches!(v.backing, Backing::Local(_)));
+    let has_remote = map.volumes().iter().any(|v| matches!(v.backing, Backing::Nbd { .. }));
+    let mut mux = match disk::find(&ecam) {
+        Some(f) => {
+            let second = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
+            let d = Disk::open(&mut ecam, second, f, BAR_WINDOW).map_err(|e| format!("{}: {e}", f.bdf))?;
+            let g = d.geometry();
+            log::info!("virtio-blk {}: {} MiB, {}", f.bdf, g.size >> 20, if g.read_only { "read-only" } else { "read-write" });
+            map.check_disk(g.size, g.sector_size).map_err(|e| format!("volume map vs disk of {} bytes: {e}", g.size))?;
+            Some(DiskMux::new(d))
+        }
+        None if has_local => return Err("local volumes but no virtio-blk disk (1af4:1042/1001)".into()),
+        None => None,
+    };
+    let mut net = if has_remote { Some(open_net(boot, &mut ecam)?) } else { None };
+    let mut reg = Registry::new(&map);
+    let mut targets = Vec::new();
+    let mut remotes: Vec<Remote> = Vec::new();
+    for (id, v) in map.volumes().iter().enumerate() {
+        match (&v.backing, mux.as_mut(), net.as_mut()) {
+            (Backing::Local(s), Some(m), _) => {
+                let i = m.add(*s, v.sector_size, v.read_only).map_err(|e| format!("volume {}: {e}", v.name))?;
+                if let Some(g) = m.geometry(i) {
+                    reg.set_geometry(id, g);
+                }
+                targets.push(Target::Local(i));
+            }
+            (Backing::Nbd { addr, port, export }, _, Some(n)) => {
+                targets.push(Target::Remote(remotes.len()));
+                remotes.push(Remote::new(id, *addr, *port, export, v.sector_size, &mut n.sockets));
+            }
+            _ => return Err(format!("volume {}: no device for it", v.name)),
+        }
+    }
+    let mut chans = open_channels(&mut ecam);
+    rt::ready("blk-dd");
+    for id in 0..reg.slots().len() {
+        log::info!("{}", reg.marker(id));
+    }
+    log::info!("blk-dd: {} volume(s), {} guest channel(s)", reg.slots().len(), chans.len());
+
+    let mut events: Vec<PortEvent> = Vec::new();
+    let mut last_sweep = rt::time::now();
+    let mut last_activity = rt::time::now();
+    let mut task = |now: rt::time::Instant| -> Step {
+        let now_us = now.as_micros();
+        let sweep = now - last_sweep >= SWEEP_TICK;
+        if sweep {
+            last_sweep = now;
+        }
+        let mut rung = false;
+        for c in chans.iter() {
+            if c.bells.take(0) + c.bells.take(1) > 0 {
+                rung = true;
+            }
+        }
+        if rung {
+            last_activity = now;
+        }
+        let mut busy = false;
+        if let Some(n) = net.as_mut() {
+            n.iface.poll(smol(now), &mut n.nic, &mut n.sockets);
+            for r in remotes.iter_mut() {
+                busy |= r.pump(&mut n.iface, &mut n.sockets, now_us);
+                if !r.announced && r.vol.is_ready() {
+                    r.announced = true;
+                    reg.set_geometry(r.id, r.vol.geometry());
+                    log::info!("{}", reg.marker(r.id));
+                }
+            }
+        }
+        for c in chans.iter_mut() {
+            c.port.poll(&mut reg, &mut events);
+            let Some(id) = c.port.volume() else { continue };
+            let (_, more) = match targets[id] {
+                Target::Local(i) => match mux.as_mut().and_then(|m| m.volume(i)) {
+                    Some(mut v) => c.port.serve(now_us, &mut v),
+                    None => (0, false),
+                },
+                Target::Remote(j) => c.port.serve(now_us, &mut remotes[j].vol),
+            };
+            busy |= more;
+        }
+        // Remote volumes nobody uses: keep their sessions (handshake, replay) moving.
+        for r in remotes.iter_mut() {
+            if reg.slots()[r.id].user.is_none() {
+                while r.vol.poll(now_us).is_some() {}
+            }
+        }
+        if let Some(n) = net.as_mut() {
+            for r in remotes.iter_mut() {
+                busy |= r.pump(&mut n.iface, &mut n.sockets, now_us);
+            }
+            n.iface.poll(smol(now), &mut n.nic, &mut n.sockets);
+        }
+        if !events.is_empty() {
+            last_activity = now;
+        }
+        for ev in events.drain(..) {
+            let backing = match ev {
+                PortEvent::Up { id, .. } => match targets[id] {
+                    Target::Local(_) => "local",
+                    Target::Remote(_) => "nbd",
+                },
+                PortEvent::Down { .. } => "",
+            };
+            log::info!("{}", ev.marker(backing));
+        }
+        let mut handshaking = false;
+        for c in chans.iter_mut() {
+            handshaking |= c.port.busy_handshake();
+            if c.port.take_kick()
+                && let Some(peer) = c.port.peer()
+            {
+                c.regs.ring(peer, blk_dd::VECTOR);
+            }
+        }
+        if busy {
+            return Step::Busy;
+        }
+        let mut next = SWEEP_TICK;
+        if handshaking {
+            next = next.min(if now - last_activity < HANDSHAKE_BACKOFF_AFTER { HANDSHAKE_TICK } else { HANDSHAKE_SLOW_TICK });
+        }
+        if let Some(n) = net.as_mut() {
+            if let Some(d) = n.iface.poll_delay(smol(now), &n.sockets) {
+                next = next.min(Duration::from_micros(d.total_micros()));
+            }
+            for r in remotes.iter() {
+                if let Some(t) = r.poll_at() {
+                    next = next.min(Duration::from_micros(t.saturating_sub(now_us).max(1)));
+                }
+            }
+        }
+        Step::At(now + next)
+    };
+    let code = rt::exec::run(&mut [&mut task]);
+    Err(format!("executor stopped ({code:?})"))
+}
