@@ -118,6 +118,7 @@ struct Session {
     sockets: SocketSet<'static>,
     work: Workload,
     rate: RateMeter,
+    payload_rate: RateMeter,
     next_rate: Instant,
 }
 
@@ -133,6 +134,7 @@ impl Session {
             sockets,
             work,
             rate: RateMeter::new(now.as_micros(), counters),
+            payload_rate: RateMeter::new(now.as_micros(), (0, 0)),
             next_rate: now + RATE_PERIOD,
         })
     }
@@ -153,8 +155,12 @@ impl Session {
         self.iface.poll(sn, dev, &mut self.sockets);
         if now >= self.next_rate {
             let (tx_bps, rx_bps) = self.rate.sample(now.as_micros(), counters(dev));
+            let (ptx, prx) = self.payload_rate.sample(now.as_micros(), self.work.payload());
             if !self.work.is_serve() || tx_bps > 0 || rx_bps > 0 {
-                log::info!("ICONNECT-RATE name={} tx_bps={tx_bps} rx_bps={rx_bps}", cfg.name);
+                log::info!(
+                    "ICONNECT-RATE name={} tx_bps={tx_bps} rx_bps={rx_bps} payload_tx_bps={ptx} payload_rx_bps={prx}",
+                    cfg.name
+                );
             }
             self.next_rate = now + RATE_PERIOD;
         }

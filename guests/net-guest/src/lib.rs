@@ -9,6 +9,19 @@
 //! device over netfront and the byte meter ([`device`]), the workloads ([`work`], run against
 //! a peer stack through netfront and the real netback engine over a channel in
 //! `tests/through_netback.rs`), and the statistics ([`stats`]).
+//!
+//! ## Markers (serial console, one per line)
+//! - `ICONNECT-READY net-guest boot_us=<N>`: device found (before the channel handshake).
+//! - `ICONNECT-LINK up qos=<granted|refused|none> granted_bps=<n> [ceiling_bps= burst_bytes=
+//!   class=] [qos_reason=<why>] after_ms=<n>` when the backend connected (`nic=virtio`:
+//!   `ICONNECT-LINK up qos=none granted_bps=0 nic=virtio`); `ICONNECT-LINK down reason=<why>
+//!   qos=...` when the channel closes (refused at connect, closed by the backend, protocol error).
+//! - `ICONNECT-RATE name=<g> tx_bps=<n> rx_bps=<n> payload_tx_bps=<n> payload_rx_bps=<n>` once a
+//!   second while a workload runs (`serve`: only while traffic flows); `tx_bps`/`rx_bps` count
+//!   whole Ethernet frames, `payload_*` the workload's own bytes (TCP data acknowledged by the
+//!   sink, received by the discard/echo services, echo payloads).
+//! - `ICONNECT-RESULT ok|FAIL name=<g> work=<work=> <fields>` at the end (`why=` on failure),
+//!   then exit status 33 (ok) or 35.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
