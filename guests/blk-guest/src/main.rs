@@ -1,9 +1,22 @@
-//! `blk-guest` (work in progress).
-#![no_std]
-#![no_main]
+//! The `blk-guest` image: a guest VM whose block device is an iConnect channel to blk-dd
+//! (`blkfront`), or, with `disk=virtio`, a virtio-blk disk of its own (the baseline for
+//! `cargo xtask bench blk`); runs one storage workload and reports `ICONNECT-RESULT`.
+//! The workloads are host-tested in the library (`blk_guest`).
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
 
-rt::entry!(main);
+#[cfg(target_os = "none")]
+extern crate alloc;
 
-fn main(_boot: &'static rt::BootInfo) -> rt::ExitCode {
-    rt::ExitCode::Failure
+#[cfg(target_os = "none")]
+mod image;
+
+#[cfg(target_os = "none")]
+rt::entry!(image::main);
+
+/// The image only runs on `x86_64-unknown-none`.
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("blk-guest is a unikernel image: build it with --target x86_64-unknown-none");
+    std::process::exit(2);
 }
