@@ -1,0 +1,223 @@
+//! Capture fan-out: one device capture stream delivered to every consumer in the rate and
+//! channel count it asked for. The device is decoded once per block whatever the number of
+//! consumers; each consumer has its own channel map, [`Resampler`] and bounded FIFO. A consumer
+//! that does not read in time loses the newest samples (counted in
+//! [`ConsumerStats::overrun`]); what it already has stays contiguous in time.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::Error;
+use crate::channels::map_channels;
+use crate::fifo::Fifo;
+use crate::format::{SampleFormat, decode_f32, encode_f32};
+use crate::resample::Resampler;
+
+/// Handle of a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsumerId(pub u32);
+
+/// Counters of one consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsumerStats {
+    /// Frames produced into the FIFO (the capture position, at the consumer's rate).
+    pub produced: u64,
+    /// Frames read out.
+    pub read: u64,
+    /// Frames dropped because the FIFO was full.
+    pub overrun: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Consumer {
+    channels: usize,
+    rs: Resampler,
+    fifo: Fifo,
+    running: bool,
+    stats: ConsumerStats,
+}
+
+/// The capture fan-out.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    rate: u32,
+    channels: usize,
+    consumers: Vec<Option<Consumer>>,
+    max: usize,
+    dev: Vec<f32>,
+    mapped: Vec<f32>,
+    out: Vec<f32>,
+    /// Device frames pushed.
+    frames: u64,
+}
+
+impl FanOut {
+    /// A fan-out of a device capturing `channels` at `rate`, for at most `max` consumers.
+    pub fn new(rate: u32, channels: usize, max: usize) -> Result<Self, Error> {
+        if !(crate::resample::RATE_RANGE.0..=crate::resample::RATE_RANGE.1).contains(&rate) {
+            return Err(Error::UnsupportedRate);
+        }
+        if channels == 0 || channels > 64 {
+            return Err(Error::UnsupportedChannels);
+        }
+        Ok(Self {
+            rate,
+            channels,
+            consumers: Vec::new(),
+            max,
+            dev: Vec::new(),
+            mapped: Vec::new(),
+            out: Vec::new(),
+            frames: 0,
+        })
+    }
+
+    /// Device frames pushed so far.
+    pub fn device_frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Adds a consumer (stopped: it receives nothing until [`set_running`](Self::set_running)).
+    pub fn add_consumer(
+        &mut self,
+        rate: u32,
+        channels: usize,
+        capacity_frames: usize,
+    ) -> Result<ConsumerId, Error> {
+        let rs = Resampler::new(self.rate, rate, channels)?;
+        if capacity_frames == 0 || capacity_frames > 1 << 22 {
+            return Err(Error::BadParameter);
+        }
+        let c = Consumer {
+            channels,
+            rs,
+            fifo: Fifo::new(capacity_frames * channels),
+            running: false,
+            stats: ConsumerStats::default(),
+        };
+        if let Some(i) = self.consumers.iter().position(Option::is_none) {
+            self.consumers[i] = Some(c);
+            return Ok(ConsumerId(i as u32));
+        }
+        if self.consumers.len() >= self.max {
+            return Err(Error::TooManyStreams);
+        }
+        self.consumers.push(Some(c));
+        Ok(ConsumerId(self.consumers.len() as u32 - 1))
+    }
+
+    /// Removes a consumer.
+    pub fn remove_consumer(&mut self, id: ConsumerId) -> Result<(), Error> {
+        self.consumer(id)?;
+        self.consumers[id.0 as usize] = None;
+        Ok(())
+    }
+
+    fn consumer(&mut self, id: ConsumerId) -> Result<&mut Consumer, Error> {
+        self.consumers
+            .get_mut(id.0 as usize)
+            .and_then(Option::as_mut)
+            .ok_or(Error::NoSuchStream)
+    }
+
+    /// Starts or stops delivering to the consumer (stopping drops what it has not read).
+    pub fn set_running(&mut self, id: ConsumerId, running: bool) -> Result<(), Error> {
+        let c = self.consumer(id)?;
+        if !running {
+            c.fifo.clear();
+            c.rs.reset();
+        }
+        c.running = running;
+        Ok(())
+    }
+
+    /// The consumer's counters.
+    pub fn stats(&self, id: ConsumerId) -> Result<ConsumerStats, Error> {
+        self.consumers
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|c| c.stats)
+            .ok_or(Error::NoSuchStream)
+    }
+
+    /// Frames ready to read.
+    pub fn available(&self, id: ConsumerId) -> Result<usize, Error> {
+        self.consumers
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|c| c.fifo.len() / c.channels)
+            .ok_or(Error::NoSuchStream)
+    }
+
+    /// Delivers device frames (interleaved `f32`, device channels) to every running consumer.
+    pub fn push(&mut self, device: &[f32]) -> Result<(), Error> {
+        let dch = self.channels;
+        if !device.len().is_multiple_of(dch) {
+            return Err(Error::Length);
+        }
+        let frames = device.len() / dch;
+        self.frames += frames as u64;
+        for c in self.consumers.iter_mut().flatten() {
+            if !c.running {
+                continue;
+            }
+            let ch = c.channels;
+            let src: &[f32] = if ch == dch {
+                device
+            } else {
+                self.mapped.clear();
+                self.mapped.resize(frames * ch, 0.0);
+                map_channels(device, dch, &mut self.mapped, ch)?;
+                &self.mapped
+            };
+            let n_out = c.rs.output_for(frames);
+            self.out.clear();
+            self.out.resize(n_out * ch, 0.0);
+            let (_, co) = c.rs.process(src, &mut self.out);
+            let took = c.fifo.push(&self.out[..co * ch]) / ch;
+            c.stats.produced += took as u64;
+            c.stats.overrun += (co - took) as u64;
+        }
+        Ok(())
+    }
+
+    /// Decodes device bytes of `fmt` and delivers them.
+    pub fn push_bytes(&mut self, fmt: SampleFormat, bytes: &[u8]) -> Result<(), Error> {
+        if !bytes.len().is_multiple_of(fmt.bytes() * self.channels) {
+            return Err(Error::Length);
+        }
+        let mut dev = core::mem::take(&mut self.dev);
+        dev.clear();
+        dev.resize(bytes.len() / fmt.bytes(), 0.0);
+        decode_f32(fmt, bytes, &mut dev)?;
+        let r = self.push(&dev);
+        self.dev = dev;
+        r
+    }
+
+    /// Reads up to `out.len() / channels` frames (interleaved `f32`); returns the frames.
+    pub fn read(&mut self, id: ConsumerId, out: &mut [f32]) -> Result<usize, Error> {
+        let c = self.consumer(id)?;
+        let n = (out.len() / c.channels).min(c.fifo.len() / c.channels);
+        out[..n * c.channels].copy_from_slice(&c.fifo.data()[..n * c.channels]);
+        c.fifo.consume(n * c.channels);
+        c.stats.read += n as u64;
+        Ok(n)
+    }
+
+    /// Reads up to `out.len()` bytes of whole frames encoded in `fmt`; returns the frames.
+    pub fn read_bytes(
+        &mut self,
+        id: ConsumerId,
+        fmt: SampleFormat,
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        let ch = self.consumer(id)?.channels;
+        let frame = fmt.bytes() * ch;
+        let want = out.len() / frame;
+        let mut buf = vec![0f32; want * ch];
+        let n = self.read(id, &mut buf)?;
+        encode_f32(fmt, &buf[..n * ch], &mut out[..n * frame])?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,156 @@
+//! Signal measurements for tests, benchmarks and level meters: synthetic sines, Goertzel
+//! (power at one frequency), a least-squares sine fit with frequency search (amplitude,
+//! frequency and SNR of a tone), RMS and dBFS.
+
+use core::f64::consts::PI;
+
+/// `n` samples of `amp * sin(2 pi f t + phase)` at `rate`, starting at sample `start`.
+pub fn sine(rate: u32, f: f64, amp: f64, start: u64, out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let t = (start + i as u64) as f64 / rate as f64;
+        *o = (amp * libm::sin(2.0 * PI * f * t)) as f32;
+    }
+}
+
+/// Amplitude of the component at `f` (Hz) in `x` sampled at `rate` (Goertzel with a Hann
+/// window; exact for a tone on a bin, within a fraction of a dB otherwise).
+pub fn goertzel_amplitude(x: &[f32], rate: u32, f: f64) -> f64 {
+    let n = x.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let w = 2.0 * PI * f / rate as f64;
+    let coeff = 2.0 * libm::cos(w);
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut wsum = 0.0;
+    for (i, &v) in x.iter().enumerate() {
+        let win = 0.5 - 0.5 * libm::cos(2.0 * PI * i as f64 / (n - 1) as f64);
+        wsum += win;
+        let s = v as f64 * win + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let re = s1 - s2 * libm::cos(w);
+    let im = s2 * libm::sin(w);
+    2.0 * libm::sqrt(re * re + im * im) / wsum
+}
+
+/// Result of [`fit_sine`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SineFit {
+    /// Fitted frequency, Hz.
+    pub freq: f64,
+    /// Fitted amplitude.
+    pub amplitude: f64,
+    /// Power of the fitted sine over the power of the residual, dB.
+    pub snr_db: f64,
+}
+
+/// Least-squares fit of `a sin + b cos + c` at frequency `f`; returns (amplitude, residual
+/// power, fitted power).
+fn fit_at(x: &[f32], rate: u32, f: f64) -> (f64, f64, f64) {
+    let w = 2.0 * PI * f / rate as f64;
+    // Normal equations for [sin, cos, 1].
+    let mut m = [[0f64; 3]; 3];
+    let mut v = [0f64; 3];
+    for (i, &y) in x.iter().enumerate() {
+        let (s, c) = (libm::sin(w * i as f64), libm::cos(w * i as f64));
+        let basis = [s, c, 1.0];
+        for r in 0..3 {
+            for k in 0..3 {
+                m[r][k] += basis[r] * basis[k];
+            }
+            v[r] += basis[r] * y as f64;
+        }
+    }
+    let p = solve3(m, v);
+    let mut res = 0.0;
+    let mut fitp = 0.0;
+    for (i, &y) in x.iter().enumerate() {
+        let (s, c) = (libm::sin(w * i as f64), libm::cos(w * i as f64));
+        let fit = p[0] * s + p[1] * c;
+        let e = y as f64 - fit - p[2];
+        res += e * e;
+        fitp += fit * fit;
+    }
+    (libm::sqrt(p[0] * p[0] + p[1] * p[1]), res, fitp)
+}
+
+fn solve3(mut m: [[f64; 3]; 3], mut v: [f64; 3]) -> [f64; 3] {
+    for col in 0..3 {
+        let piv = (col..3)
+            .max_by(|&a, &b| libm::fabs(m[a][col]).total_cmp(&libm::fabs(m[b][col])))
+            .unwrap_or(col);
+        m.swap(col, piv);
+        v.swap(col, piv);
+        let d = m[col][col];
+        if d == 0.0 {
+            return [0.0; 3];
+        }
+        let pivot_row = m[col];
+        for r in 0..3 {
+            if r != col {
+                let k = m[r][col] / d;
+                for (x, p) in m[r].iter_mut().zip(pivot_row) {
+                    *x -= k * p;
+                }
+                v[r] -= k * v[col];
+            }
+        }
+    }
+    [v[0] / m[0][0], v[1] / m[1][1], v[2] / m[2][2]]
+}
+
+/// Fits a sine near `f_guess` (searching `f_guess +- span` Hz by golden section on the
+/// residual): frequency, amplitude and SNR (fitted sine power over everything else).
+pub fn fit_sine(x: &[f32], rate: u32, f_guess: f64, span: f64) -> SineFit {
+    let g = (libm::sqrt(5.0) - 1.0) / 2.0;
+    let (mut a, mut b) = (f_guess - span, f_guess + span);
+    let mut c = b - g * (b - a);
+    let mut d = a + g * (b - a);
+    let mut fc = fit_at(x, rate, c).1;
+    let mut fd = fit_at(x, rate, d).1;
+    for _ in 0..60 {
+        if fc < fd {
+            b = d;
+            d = c;
+            fd = fc;
+            c = b - g * (b - a);
+            fc = fit_at(x, rate, c).1;
+        } else {
+            a = c;
+            c = d;
+            fc = fd;
+            d = a + g * (b - a);
+            fd = fit_at(x, rate, d).1;
+        }
+        if b - a < 1e-6 {
+            break;
+        }
+    }
+    let freq = (a + b) / 2.0;
+    let (amplitude, res, fitp) = fit_at(x, rate, freq);
+    SineFit {
+        freq,
+        amplitude,
+        snr_db: 10.0 * libm::log10(fitp / res.max(1e-300)),
+    }
+}
+
+/// Root mean square.
+pub fn rms(x: &[f32]) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    libm::sqrt(x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64)
+}
+
+/// An amplitude in dB relative to full scale.
+pub fn dbfs(amplitude: f64) -> f64 {
+    20.0 * libm::log10(amplitude.max(1e-300))
+}
+
+/// Every `channels`-th sample starting at `c` (one channel of interleaved frames).
+pub fn channel(x: &[f32], channels: usize, c: usize) -> alloc::vec::Vec<f32> {
+    x.iter().skip(c).step_by(channels).copied().collect()
+}
