@@ -146,6 +146,44 @@ impl MediaRequest {
     }
 }
 
+/// Mixing role of a stream when one device is shared: a stream ducks every stream of a lower
+/// role while it plays. Derived from the stream's class: `realtime` = alert (alarms,
+/// notifications), `interactive` = voice (calls), `bulk` = media (music, video), `background`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Background sound.
+    Background,
+    /// Music, video.
+    Media,
+    /// Calls.
+    Voice,
+    /// Alarms, notifications.
+    Alert,
+}
+
+impl Role {
+    /// The role of a class.
+    pub fn from_class(c: Class) -> Self {
+        match c {
+            Class::Realtime => Role::Alert,
+            Class::Interactive => Role::Voice,
+            Class::Bulk => Role::Media,
+            Class::Background => Role::Background,
+        }
+    }
+    /// Mixing priority (higher ducks lower).
+    pub fn priority(self) -> u8 {
+        self as u8
+    }
+}
+
+impl MediaRequest {
+    /// The stream's mixing role.
+    pub fn role(&self) -> Role {
+        Role::from_class(self.class)
+    }
+}
+
 /// What the backend granted (it may adapt rate, channels or format to the hardware).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MediaGrant {
@@ -212,6 +250,8 @@ mod tests {
         assert_eq!(r.format, Format(2));
         assert_eq!(r.class, Class::Realtime);
         assert_eq!(r.bytes_per_second(), 192_000);
+        assert_eq!(r.role(), Role::Alert);
+        assert!(Role::from_class(Class::Bulk).priority() < Role::Voice.priority());
         let mut s = ArraySink::<8, 48>::default();
         r.write(&mut s).unwrap();
         assert_eq!(MediaRequest::from_keys(&s), Ok(Some(r)));
