@@ -279,3 +279,15 @@ pub fn map_grant(xen: Xen, domid: u16, gref: GrantRef) -> Result<MappedGrant, Xe
     // the CPU reaches it at the same virtual address.
     unsafe { MappedGrant::map(xen, gpa, crate::mem::phys_to_virt(gpa), domid, gref, hole_release) }
 }
+
+/// `pages` zeroed, contiguous pages of our RAM to share with another domain (grant them with
+/// [`grant_table`]), reached only through the returned `ForeignMem`'s volatile accessors.
+/// They are never freed: the peer may keep accessing them until it is gone, and the accessor
+/// is `Copy`. Returns the first page's guest frame number.
+pub fn alloc_shared_pages(pages: usize) -> Option<(u64, ForeignMem)> {
+    let (paddr, ptr) = crate::mem::alloc_dma(pages)?;
+    // SAFETY: fresh, identity-mapped RAM of that length that is never freed (so it stays valid
+    // for every copy of the accessor) and that nothing else references.
+    let mem = unsafe { ForeignMem::new(ptr.as_ptr(), pages * PAGE) };
+    Some((paddr >> 12, mem))
+}

@@ -20,7 +20,7 @@ mod store;
 
 pub use store::Store;
 pub use xen_abi::shmem::SharedMem;
-pub use xen_hypercall::{MappedGrant, Port, Xen};
+pub use xen_hypercall::{ForeignMem, GrantTableV1, MappedGrant, Port, Xen};
 
 /// Errors of the Xen glue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -61,6 +61,8 @@ pub const XENTEST_LIB: &str = include_str!("../../../images/xen/xentest-lib.sh")
 pub struct Dom0 {
     pub xen: PathBuf,
     pub kernel: PathBuf,
+    /// Kernel of Linux PV guests (the same Linux, uncompressed when possible).
+    pub guest_kernel: PathBuf,
     pub base_initrd: PathBuf,
     /// Base initramfs of Linux PV guests (a scenario appends its `/job.sh`).
     pub guest_initrd: PathBuf,
@@ -84,10 +86,52 @@ pub fn prepare(cache: &Path, sys: &Sysroot) -> Result<Dom0> {
         println!("xen: gunzipped {} -> {} ({})", gz.display(), xen.display(), fmt_bytes(out.stdout.len() as u64));
     }
     let kernel = sys.require(&format!("/boot/vmlinuz-{}", sys.kernel_release()))?;
+    let guest_kernel = match guest_vmlinux(&boot, &kernel) {
+        Ok(k) => k,
+        Err(e) => {
+            println!("xen: Linux guests get the compressed kernel ({e:#})");
+            kernel.clone()
+        }
+    };
 
     let base_initrd = cached_archive(cache, "dom0-base", &recipe(sys, "dom0"), || base_tree(sys))?;
     let guest_initrd = cached_archive(cache, "guest-base", &recipe(sys, "guest"), || guest_tree(sys))?;
-    Ok(Dom0 { xen, kernel, base_initrd, guest_initrd })
+    Ok(Dom0 { xen, kernel, guest_kernel, base_initrd, guest_initrd })
+}
+
+/// The kernel for Linux PV guests, uncompressed: the ELF inside the bzImage's XZ payload
+/// (cached as `boot/vmlinux-guest`). `xl` then loads it as is: decompressing the 8 MB bzImage in
+/// dom0 under nested TCG took ~10 s of every `xl create` and now and then failed ("unable to XZ
+/// decompress kernel: Invalid kernel").
+fn guest_vmlinux(boot: &Path, bzimage: &Path) -> Result<PathBuf> {
+    let out = boot.join("vmlinux-guest");
+    let stamp = boot.join("vmlinux-guest.stamp");
+    let id = format!("{} {}", bzimage.display(), std::fs::metadata(bzimage)?.len());
+    if out.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(id.as_str()) {
+        return Ok(out);
+    }
+    let data = std::fs::read(bzimage)?;
+    let at = data.windows(6).position(|w| w == b"\xfd7zXZ\x00").context("no XZ stream in the bzImage")?;
+    let mut child = std::process::Command::new("xz")
+        .args(["-dc", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running xz (needed to unpack the guest kernel)")?;
+    let mut stdin = child.stdin.take().context("xz stdin")?;
+    let payload = data[at..].to_vec();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &payload));
+    let elf = child.wait_with_output()?.stdout;
+    // xz exits non-zero on the bytes after the stream (the bzImage's trailer): judge the output.
+    let _ = feeder.join();
+    ensure!(elf.len() > 1 << 20 && elf.starts_with(b"\x7fELF"), "the XZ payload is not an ELF kernel ({} bytes)", elf.len());
+    let tmp = boot.join("vmlinux-guest.tmp");
+    std::fs::write(&tmp, &elf)?;
+    std::fs::rename(&tmp, &out)?;
+    std::fs::write(&stamp, id)?;
+    println!("xen: unpacked the guest kernel {} ({})", out.display(), fmt_bytes(elf.len() as u64));
+    Ok(out)
 }
 
 /// `<cache>/<name>.cpio`, rebuilt by `build` only when `recipe` differs from the stored stamp.

@@ -37,7 +37,7 @@ use crate::util::{self, fmt_bytes, fmt_dur, header};
 /// Default per-scenario QEMU timeout: a nested run takes 60–90 s on 2 cores; this bounds hangs.
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
 /// The scenarios the test suite runs (`ktest` covers the boot checks too).
-pub const SUITE_SCENARIOS: &[&str] = &["ktest", "linux-pv"];
+pub const SUITE_SCENARIOS: &[&str] = &["ktest", "linux-pv", "netdd"];
 
 #[derive(Args, Debug)]
 pub struct XenArgs {
@@ -120,7 +120,7 @@ fn overlay(h: &Harness, sc: &Scenario, dir: &std::path::Path) -> Result<Tree> {
         g.file("/job.sh", 0o755, format!("# guest job of scenario `{}`\n. /etc/xentest/lib.sh\n{job}", sc.name).into_bytes())?;
         let guest_initrd = dir.join("guest-initrd.cpio");
         initramfs::write_initrd(&h.dom0.guest_initrd, &g, &guest_initrd)?;
-        t.host_file("/guest/vmlinuz", 0o644, &h.dom0.kernel)?;
+        t.host_file("/guest/vmlinuz", 0o644, &h.dom0.guest_kernel)?;
         t.host_file("/guest/initrd.cpio", 0o644, guest_initrd)?;
     }
     if !sc.images.is_empty() {
@@ -284,7 +284,7 @@ pub fn demo() -> Result<()> {
     println!(
         "Xen 4.17 + a busybox dom0 boot inside QEMU; dom0 creates net-dd (our unikernel, PVH, driver_domain=1),\n\
          then two Linux PV guests whose vifs say backend=net-dd. guest-a pings guest-b and net-dd's own stack,\n\
-         sends TCP (iperf3) and fetches a file (wget + md5) through net-dd, asks for a 4 Mbit/s ceiling by\n\
+         sends TCP (iperf3) and fetches a file (wget + md5) through net-dd, asks for a 1 Mbit/s ceiling by\n\
          writing iconnect-qos-* keys into its frontend directory, and keeps sending while dom0 destroys\n\
          guest-b; net-dd cleans that vif up and serves its replacement guest-c. About 2-3 minutes."
     );
@@ -345,7 +345,7 @@ pub fn suite_tier() -> Result<Option<(u32, u32)>> {
         println!("Xen tier SKIPPED (ICONNECT_SKIP_XEN is set): no nested-Xen test ran");
         return Ok(None);
     }
-    header("nested Xen tests (Xen 4.17 + dom0 in QEMU TCG, ~1-2 min per scenario)");
+    header("nested Xen tests (Xen 4.17 + dom0 in QEMU TCG, ~1-3 min per scenario)");
     match run_many(SUITE_SCENARIOS, Duration::from_secs(DEFAULT_TIMEOUT_S), true, true) {
         Ok(c) => Ok(Some(c)),
         Err(e) => {

@@ -113,6 +113,16 @@ fi
         guest_job: Some(NETDD_JOB),
         checks: checks_netdd,
     },
+    Scenario {
+        name: "netdd-uplink",
+        about: "(work in progress, not in the suite) net-dd's uplink: a netfront of its own on dom0's \
+                bridge; a Linux PV guest behind net-dd pings dom0 and sends TCP to it (iperf3)",
+        images: &["net-dd"],
+        configs: &["net-dd-uplink.cfg", "netdd-a.cfg"],
+        script: NETDD_UPLINK_SCRIPT,
+        guest_job: Some(NETDD_UPLINK_JOB),
+        checks: checks_netdd_uplink,
+    },
 ];
 
 /// dom0's part of `netdd`: net-dd first, then the server and the client; once the client's long
@@ -149,9 +159,28 @@ if xt_create net-dd /etc/xentest/net-dd.cfg; then
 fi
 ";
 
+/// dom0's part of `netdd-uplink`: a bridge with an address and an iperf3 server, net-dd with a
+/// vif of its own on that bridge, one guest behind net-dd.
+const NETDD_UPLINK_SCRIPT: &str = "xt_info
+xt_bridge xenbr0 10.77.0.254/24
+iperf3 -s > /tmp/iperf3-dom0.log 2>&1 &
+if xt_create net-dd /etc/xentest/net-dd-uplink.cfg; then
+    if xt_wait_log net-dd 'ICONNECT-READY net-dd' 30; then xt_result ok netdd-ready; else xt_result FAIL netdd-ready 'no ICONNECT-READY on its console'; fi
+    if xt_create guest-a /etc/xentest/netdd-a.cfg; then xt_follow guest-a; fi
+    xt_wait_end guest-a 150
+    xt_console_log net-dd
+    xt_destroy guest-a
+    xt_destroy net-dd
+fi
+";
+
 /// The guests' job in `netdd` (role from the command line): servers run iperf3 and httpd until
 /// destroyed; the client checks each step with a `XENTEST-RESULT` and prints `XENTEST-RATE`.
-const NETDD_JOB: &str = "ip=$(xt_arg xentest_ip)
+/// Setup and helpers shared by the guests' jobs of `netdd` and `netdd-uplink` (the role comes
+/// from the command line: servers run iperf3 and httpd until destroyed).
+macro_rules! netdd_job_prelude {
+    () => {
+        "ip=$(xt_arg xentest_ip)
 peer=$(xt_arg xentest_peer)
 role=$(xt_arg xentest_role)
 i=0
@@ -198,7 +227,15 @@ fetch() {
         xt_result FAIL \"$1\" \"wget of $peer:8080/busybox failed or differs ($(wc -c < /tmp/bb 2>/dev/null) bytes)\"
     fi
 }
-be=$(xenstore-read device/vif/0/backend)
+"
+    };
+}
+
+/// The guests' job in `netdd`: the client checks each step with a `XENTEST-RESULT` and prints
+/// `XENTEST-RATE`.
+const NETDD_JOB: &str = concat!(
+    netdd_job_prelude!(),
+    "be=$(xenstore-read device/vif/0/backend)
 echo \"XENTEST-INFO netdd_backend=$be rate=$(xenstore-read $be/rate 2>/dev/null)\"
 wait_peer netdd-ping 120 || exit 1
 if ping -c 3 -W 2 10.77.0.1 > /tmp/ping-dd 2>&1; then
@@ -210,7 +247,7 @@ fi
 echo \"XENTEST-INFO netdd_tcp_echo=$(echo iconnect-echo | timeout 5 nc -w 2 10.77.0.1 7)\"
 tcp free 3
 fetch netdd-wget-md5
-xenstore-write device/vif/0/iconnect-qos-ceiling-bps 4000000 device/vif/0/iconnect-qos-class bulk
+xenstore-write device/vif/0/iconnect-qos-ceiling-bps 1000000 device/vif/0/iconnect-qos-class bulk
 i=0
 while [ \"$(xenstore-read $be/iconnect-qos-status 2>/dev/null)\" != granted ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
 st=$(xenstore-read $be/iconnect-qos-status 2>/dev/null)
@@ -226,7 +263,18 @@ xenstore-rm device/vif/0/iconnect-qos-ceiling-bps
 xenstore-rm device/vif/0/iconnect-qos-class
 fetch netdd-wget-after-destroy
 tcp after-destroy 3
-";
+"
+);
+
+/// The client's job in `netdd-uplink`: dom0 (10.77.0.254, on the bridge behind net-dd's own
+/// netfront) is its peer.
+const NETDD_UPLINK_JOB: &str = concat!(
+    netdd_job_prelude!(),
+    "peer=10.77.0.254
+wait_peer netdd-ping-uplink 120 || exit 1
+tcp uplink 3
+"
+);
 
 pub fn find(name: &str) -> Result<&'static Scenario> {
     match SCENARIOS.iter().find(|s| s.name == name) {
@@ -379,7 +427,7 @@ fn netdd_lines(run: &XenRun, text: &str) -> Vec<String> {
 }
 
 /// The QoS ceiling guest-a asks for (bits/s), in `NETDD_JOB`.
-const NETDD_QOS_CEILING_BPS: f64 = 4e6;
+const NETDD_QOS_CEILING_BPS: f64 = 1e6;
 
 pub fn check_netdd_up(run: &XenRun) -> Result<String> {
     let Some(d) = run.domains.get("net-dd") else { bail!("{}", run.domain_report("net-dd")) };
@@ -439,6 +487,20 @@ pub fn check_netdd_destroy(run: &XenRun) -> Result<String> {
     );
     let after = netdd_rate(run, "after-destroy").unwrap_or(0.0);
     Ok(format!("guest-b destroyed mid-transfer: vif cleaned, domain released; guest-a reached its replacement guest-c (iperf3 {after:.1} Mbit/s)"))
+}
+
+pub fn check_netdd_uplink(run: &XenRun) -> Result<String> {
+    result_of(run, "netdd-ready", "net-dd")?;
+    result_of(run, "netdd-ping-uplink", "net-dd")?;
+    result_of(run, "netdd-tcp-uplink", "guest-a")?;
+    let up = netdd_lines(run, "ICONNECT-UPLINK up");
+    ensure!(!up.is_empty(), "net-dd never reported its uplink up\n{}", run.domain_report("net-dd"));
+    let mbps = netdd_rate(run, "uplink").unwrap_or(0.0);
+    Ok(format!("guest-a reached dom0's bridge through net-dd's own netfront: ping, iperf3 3 s {mbps:.1} Mbit/s"))
+}
+
+fn checks_netdd_uplink(run: &XenRun) -> Vec<Check> {
+    vec![check("xen: net-dd's uplink (its own netfront on dom0's bridge) carries guest traffic", || check_netdd_uplink(run))]
 }
 
 fn checks_netdd(run: &XenRun) -> Vec<Check> {

@@ -14,7 +14,8 @@
 //!   [`Switch`] (the same as on QEMU: netswitch's learning bridge and QoS scheduler, one netback
 //!   engine per port) with the ring pages mapped and buffers reached by grant copies
 //!   ([`grants`]); the domain's own smoltcp stack (`ip=`, ICMP echo, TCP echo on `echo_port`)
-//!   is the switch's stack port. There is no uplink yet: frames for it are dropped.
+//!   is the switch's stack port; the uplink port is net-dd's own netfront ([`uplink`]) when the
+//!   xl config gives net-dd a vif (on a dom0 bridge), else frames for it are dropped.
 //!
 //! Markers: `ICONNECT-READY net-dd`, `ICONNECT-XEN domid=<N> name=<name>`,
 //! `ICONNECT-VIF <fe>/<dev> up port=<n> mac=<mac> qos=<granted|refused|none> ceiling_bps=<n|none>`,
@@ -23,6 +24,7 @@
 //! `ICONNECT-VIFSTAT <fe>/<dev> port=<n> tx_bps=.. rx_bps=.. tx_frames=.. rx_frames=.. drops=..`.
 
 mod grants;
+mod uplink;
 mod vif;
 
 use alloc::format;
@@ -32,12 +34,13 @@ use core::time::Duration;
 use net_dd::config::NetConfig;
 use net_dd::echo::EchoService;
 use net_dd::stackdev::QueueDevice;
-use net_dd::switch::{STACK, Switch};
+use net_dd::switch::{STACK, Switch, UPLINK};
 use netswitch::Mac;
 use smoltcp::iface::SocketSet;
 use smoltcp::wire::EthernetAddress;
 use xen_domain::{DomainError, Events, Store};
 
+use self::uplink::Uplink;
 use self::vif::{Backend, XenWire};
 
 /// Longest sleep when nothing is scheduled (events wake the loop earlier).
@@ -87,6 +90,10 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let sw = Switch::new(cfg.link_bps, stack_mac, rt::time::now().as_nanos());
     let mut be = Backend::new(xen, events, base, sw);
     be.watch(&mut store).map_err(err)?;
+    let mut uplink = Uplink::find(xen, events, &mut store, domid).map_err(err)?;
+    if uplink.is_none() {
+        log::info!("no vif of our own: no uplink");
+    }
     rt::ready("net-dd");
     log::info!(
         "ICONNECT-XEN domid={domid} name={name} link_bps={} ip={} mac={stack_mac} echo_port={} serving {}",
@@ -97,9 +104,22 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     );
 
     let (mut last_stats, mut last_sweep) = (rt::time::now(), rt::time::now());
+    let mut uplink_rx: alloc::vec::Vec<alloc::vec::Vec<u8>> = alloc::vec::Vec::new();
+    // Wake-ups and the reasons the loop ran again without sleeping (a domain that spins takes
+    // the physical CPU from its guests): reported with the statistics.
+    let (mut loops, mut spins) = (0u64, [0u64; 4]);
+    let mut last_loops = (0u64, [0u64; 4]);
+    let mut heartbeat = 0u64;
     loop {
+        loops += 1;
         while let Some(ev) = store.poll_event().map_err(err)? {
-            be.on_watch(&mut store, &ev.path, &ev.token);
+            if ev.token == uplink::TOKEN {
+                if let Some(u) = &mut uplink {
+                    u.on_watch(&mut store);
+                }
+            } else {
+                be.on_watch(&mut store, &ev.path, &ev.token);
+            }
         }
         let now = rt::time::now();
         let now_ns = now.as_nanos();
@@ -108,24 +128,51 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             last_sweep = now;
         }
         be.doorbells(sweep);
-        let mut busy = false;
-        let mut wire = XenWire { stack: &mut stack };
+        let mut busy = [false; 4];
+        let mut from_uplink = core::mem::take(&mut uplink_rx);
+        if let Some(u) = &mut uplink {
+            busy[0] = u.poll(|f| from_uplink.push(f.to_vec()));
+        }
+        let mut wire = XenWire { stack: &mut stack, uplink: uplink.as_mut() };
+        for f in from_uplink.drain(..) {
+            be.sw.input(UPLINK, &f, now_ns, &mut wire);
+        }
+        uplink_rx = from_uplink;
         let snow = smol_now();
         iface.poll(snow, wire.stack, &mut sockets);
-        busy |= echo.poll(&mut sockets);
+        busy[1] = echo.poll(&mut sockets);
         while let Some(f) = wire.stack.pop_sent() {
             be.sw.input(STACK, &f, now_ns, &mut wire);
             wire.stack.recycle(f);
         }
         let wake = be.sw.pump(now_ns, &mut wire);
-        busy |= be.sw.flush();
-        busy |= wire.stack.pending() > 0;
+        busy[2] = be.sw.flush() || wake.is_some_and(|t| t <= now_ns);
+        busy[3] = wire.stack.pending() > 0;
+        if let Some(u) = wire.uplink {
+            u.kick();
+        }
         be.after_switch();
         if now - last_stats >= STATS_EVERY {
-            be.report_stats((now - last_stats).as_secs_f64());
+            let moved = be.report_stats((now - last_stats).as_secs_f64());
+            heartbeat += 1;
+            if moved || heartbeat.is_multiple_of(5) {
+                log::info!(
+                    "ICONNECT-XENLOOP wakeups={} spins uplink={} stack={} switch={} stack_rx={}{}",
+                    loops - last_loops.0,
+                    spins[0] - last_loops.1[0],
+                    spins[1] - last_loops.1[1],
+                    spins[2] - last_loops.1[2],
+                    spins[3] - last_loops.1[3],
+                    uplink.as_ref().map_or(String::new(), |u| u.stats())
+                );
+            }
+            last_loops = (loops, spins);
             last_stats = now;
         }
-        if busy || wake.is_some_and(|t| t <= now_ns) {
+        if busy.iter().any(|b| *b) {
+            for (n, b) in spins.iter_mut().zip(busy) {
+                *n += u64::from(b);
+            }
             continue;
         }
         let mut next = IDLE.min(SWEEP);

@@ -517,8 +517,9 @@ impl Backend {
     }
 
     /// Prints `ICONNECT-VIFSTAT` for every connected vif whose counters moved (rates since the
-    /// last line, `secs` ago).
-    pub fn report_stats(&mut self, secs: f64) {
+    /// last line, `secs` ago); returns whether any did.
+    pub fn report_stats(&mut self, secs: f64) -> bool {
+        let mut moved = false;
         for (id, v) in self.vifs.iter_mut() {
             let Some(c) = &v.conn else { continue };
             let Some(cur) = self.sw.port_counters(c.port) else { continue };
@@ -539,7 +540,9 @@ impl Backend {
                 cur.spoofed
             );
             v.reported = cur;
+            moved = true;
         }
+        moved
     }
 }
 
@@ -600,19 +603,22 @@ fn write_decision(store: &mut Store, be: &str, id: VifId, d: &QosDecision) {
     }
 }
 
-/// The switch's non-guest ends on Xen: no uplink yet (frames for it are dropped and counted),
-/// the domain's own stack.
+/// The switch's non-guest ends on Xen: the uplink (net-dd's own netfront, if it has a vif;
+/// else frames for it are dropped and counted) and the domain's own stack.
 pub struct XenWire<'a> {
     /// The stack's device.
     pub stack: &'a mut net_dd::stackdev::QueueDevice,
+    /// The uplink.
+    pub uplink: Option<&'a mut super::uplink::Uplink>,
 }
 
 impl Wire for XenWire<'_> {
     fn uplink_ready(&mut self) -> bool {
-        true
+        // Without an uplink, frames for it are dropped (never a stall).
+        self.uplink.as_ref().is_none_or(|u| u.ready(net_dd::stackdev::MAX_FRAME))
     }
-    fn uplink_send(&mut self, _frame: &[u8]) -> bool {
-        false
+    fn uplink_send(&mut self, frame: &[u8]) -> bool {
+        self.uplink.as_mut().is_some_and(|u| u.send(frame))
     }
     fn stack_deliver(&mut self, frame: &[u8]) {
         self.stack.deliver(frame);
