@@ -13,6 +13,8 @@ pub enum Which {
     Chan,
     /// A guest through net-dd vs the same guest on its own virtio-net NIC: throughput and RTT.
     Net,
+    /// 4 KiB random IOPS (QD1/QD32) of a guest through blk-dd vs on its own virtio-blk disk.
+    Blk,
     /// Every benchmark.
     All,
 }
@@ -53,6 +55,10 @@ pub fn run(which: Which) -> Result<()> {
     if matches!(which, Which::Net | Which::All) {
         header("bench net: a guest through net-dd vs the same guest on a direct virtio-net NIC");
         crate::netbench::run()?;
+    }
+    if matches!(which, Which::Blk | Which::All) {
+        header("bench blk: 4 KiB random IOPS through blk-dd vs the same guest on a direct virtio-blk disk");
+        crate::blk::bench(None)?;
     }
     if !missing.is_empty() {
         bail!("benchmark(s) not available yet: {}", missing.join(", "));

@@ -39,7 +39,15 @@ const STEPS: &[(&str, Step)] = &[
     ),
     ("guests stream to the host peer and to each other: live throughput against each request", crate::netdemo::stream),
     ("shut the topology down", crate::netdemo::stop),
+    ("storage: blk-dd serves two guests the same workload, one volume on its local disk, one on a remote qemu-nbd", blk),
 ];
+
+fn blk(d: &mut Demo) -> Result<()> {
+    let accel = d.accel.context("no accelerator chosen")?;
+    let facts = crate::blk::demo(accel)?;
+    d.facts.extend(facts);
+    Ok(())
+}
 
 pub fn run(accel: Option<Accel>) -> Result<()> {
     let start = Instant::now();
@@ -73,6 +81,7 @@ fn prereqs(d: &mut Demo) -> Result<()> {
     prereq::ensure_rust_target()?;
     let v = prereq::ensure_qemu()?;
     prereq::ensure_net()?;
+    prereq::ensure_qemu_utils()?;
     let accel = Accel::choose(d.requested)?;
     d.accel = Some(accel);
     d.facts.push(format!("QEMU {v}, accelerator {accel}"));

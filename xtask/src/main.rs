@@ -12,6 +12,7 @@
 //! channels, a host peer); [`suite`] (`cargo xtask test`), [`demo`] and [`bench`] are the subcommands built on them.
 
 mod bench;
+mod blk;
 mod chan;
 mod demo;
 mod markers;

@@ -196,6 +196,22 @@ pub fn ensure_net() -> Result<()> {
     Ok(())
 }
 
+/// `qemu-nbd` and `qemu-io` (Debian's qemu-utils) for the storage tests, demo and bench.
+pub fn ensure_qemu_utils() -> Result<()> {
+    if have_program("qemu-nbd") && have_program("qemu-io") {
+        return Ok(());
+    }
+    println!("prereq: qemu-nbd/qemu-io (qemu-utils) missing");
+    if is_debian() && allow_install() {
+        apt_update()?;
+        apt_get(&["install", "-y", "qemu-utils"])?;
+    }
+    if !have_program("qemu-nbd") {
+        bail!("`qemu-nbd` not found: the storage tests need a real NBD server (apt-get install -y qemu-utils)");
+    }
+    Ok(())
+}
+
 /// Make sure the Rust target for the images is installed.
 pub fn ensure_rust_target() -> Result<()> {
     let root = project_root();
