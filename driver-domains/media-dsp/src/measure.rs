@@ -101,11 +101,21 @@ fn solve3(mut m: [[f64; 3]; 3], mut v: [f64; 3]) -> [f64; 3] {
     [v[0] / m[0][0], v[1] / m[1][1], v[2] / m[2][2]]
 }
 
-/// Fits a sine near `f_guess` (searching `f_guess +- span` Hz by golden section on the
-/// residual): frequency, amplitude and SNR (fitted sine power over everything else).
+/// Fits a sine near `f_guess` (a grid over `f_guess +- span` Hz finer than the window's
+/// resolution, then a golden-section search on the residual around the best point):
+/// frequency, amplitude and SNR (fitted sine power over everything else).
 pub fn fit_sine(x: &[f32], rate: u32, f_guess: f64, span: f64) -> SineFit {
     let g = (libm::sqrt(5.0) - 1.0) / 2.0;
-    let (mut a, mut b) = (f_guess - span, f_guess + span);
+    let step = (0.25 * rate as f64 / x.len().max(1) as f64)
+        .min(span / 4.0)
+        .max(1e-9);
+    let steps = libm::ceil(span / step) as i64;
+    let best = (-steps..=steps)
+        .map(|k| f_guess + k as f64 * step)
+        .map(|f| (f, fit_at(x, rate, f).1))
+        .min_by(|p, q| p.1.total_cmp(&q.1))
+        .map_or(f_guess, |p| p.0);
+    let (mut a, mut b) = (best - step, best + step);
     let mut c = b - g * (b - a);
     let mut d = a + g * (b - a);
     let mut fc = fit_at(x, rate, c).1;
