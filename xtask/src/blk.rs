@@ -469,7 +469,10 @@ pub fn bench(accel: Option<Accel>) -> Result<()> {
     let art = Artifacts::build()?;
     let secs = std::env::var("ICONNECT_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5u32);
     let mut rows = Vec::new();
-    for (rw, qd) in [("read", 1), ("read", 32), ("write", 1), ("write", 32)] {
+    // ICONNECT_BENCH_BLK=read:32,write:1 picks cases (default: all four).
+    let pick = std::env::var("ICONNECT_BENCH_BLK").unwrap_or_default();
+    let cases = [("read", 1), ("read", 32), ("write", 1), ("write", 32)];
+    for (rw, qd) in cases.into_iter().filter(|(rw, qd)| pick.is_empty() || pick.split(',').any(|c| c == format!("{rw}:{qd}"))) {
         let mut row = Vec::new();
         for path in ["blk-dd", "virtio"] {
             let run = format!("bench-blk-{path}-{rw}{qd}");

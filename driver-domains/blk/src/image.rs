@@ -215,7 +215,12 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             let Some(id) = c.port.volume() else { continue };
             let (_, more) = match targets[id] {
                 Target::Local(i) => match mux.as_mut().and_then(|m| m.volume(i)) {
-                    Some(mut v) => c.port.serve(now_us, &mut v),
+                    // The disk completes at submission: what was just taken is answered by the
+                    // next poll, right away.
+                    Some(mut v) => {
+                        let (n, more) = c.port.serve(now_us, &mut v);
+                        (n, more || c.port.in_flight() > 0)
+                    }
                     None => (0, false),
                 },
                 Target::Remote(j) => c.port.serve(now_us, &mut remotes[j].vol),

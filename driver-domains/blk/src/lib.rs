@@ -206,6 +206,9 @@ struct Attached<M: SharedMem + Clone> {
     volume: usize,
 }
 
+/// Requests taken off a guest's ring per [`BlkPort::serve`].
+pub const SERVE_BUDGET: usize = 32;
+
 /// One guest channel (see the [crate documentation](crate)).
 pub struct BlkPort<M: SharedMem + Clone> {
     port: usize,
@@ -363,17 +366,21 @@ impl<M: SharedMem + Clone> BlkPort<M> {
 
     /// Serves the guest's ring against `volume` (the volume this port was given): answers
     /// completions, takes new requests. A broken ring fails the channel (`blkback:<error>`).
-    /// Returns `(requests taken, more work pending)`.
+    /// Returns `(requests taken, call again now)`: requests left on the ring, or the engine
+    /// stopped at its budget before re-arming the ring's request event.
     pub fn serve(&mut self, now_us: u64, volume: &mut dyn Volume) -> (usize, bool) {
         let Some(a) = self.attached.as_mut().filter(|_| self.down_reason.is_none()) else {
             return (0, false);
         };
-        match a.engine.poll(now_us, &mut a.data, volume, 32) {
+        match a.engine.poll(now_us, &mut a.data, volume, SERVE_BUDGET) {
             Ok(p) => {
                 if p.notify {
                     self.kick = true;
                 }
-                (p.requests, p.more)
+                // The engine re-arms the ring's request event only when it finds the ring
+                // empty: after stopping at a limit, it must be polled again (else a guest
+                // refilling the ring would not ring the doorbell).
+                (p.requests, p.more || p.requests >= SERVE_BUDGET)
             }
             Err(e) => {
                 let why = format!("blkback:{e}").replace(' ', "_");
