@@ -35,7 +35,9 @@ const HOST_FROM_GUEST: &str = "10.0.2.2";
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const TAIL: usize = 30;
 
-/// The byte at `offset` of the guest's pattern `seed` (`blk_guest::pattern_byte`).
+/// The byte at `offset` of the guest's pattern `seed`: an independent copy of
+/// `blk_guest::pattern_byte` (the host's check runs no guest code); both pin the same known
+/// answers in their tests.
 pub fn pattern_byte(seed: u64, offset: u64) -> u8 {
     let word = offset / 8;
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ word.wrapping_add(0x632b_e59b_d9b4_e019);
@@ -372,33 +374,47 @@ impl Drop for Blk {
 
 const MIB: u64 = 1 << 20;
 
-/// QEMU test: one blk-dd, three guests with the same image: g1 on a local slice (512-byte
-/// sectors), g2 hostile on the next slice (4 KiB sectors), g3 on a remote NBD export. The host
+/// QEMU test: one blk-dd, four guests with the same image: g1 on a local slice (512-byte
+/// sectors), g2 hostile on the next slice (4 KiB sectors), g3 on a remote NBD export, g4 on a
+/// third slice (4 KiB sectors). The host
 /// reads back the disk file and the exported file byte-exact; g2's requests outside its
 /// slice, with bad references and oversized segment counts are refused, g1's slice beyond what
 /// g1 wrote is untouched.
 pub fn local_remote_hostile(accel: Accel) -> Result<String> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("blk-basic")?;
-    let disk = raw_file(&dir, "disk.raw", 32)?;
+    let disk = raw_file(&dir, "disk.raw", 48)?;
     let exp = raw_file(&dir, "export.raw", 16)?;
     let nbd = Nbd::start(&exp, "blk")?;
     let mut t = Topo::new("blk-basic", accel, &art);
     t.disk = Some(disk.clone());
     t.nic = true;
-    t.vols = vec!["vol=v1:local:0:16M".into(), "vol=v2:local:16M:16M:ss=4096".into(), nbd.vol("v3")];
+    t.vols = vec![
+        "vol=v1:local:0:16M".into(),
+        "vol=v2:local:16M:16M:ss=4096".into(),
+        nbd.vol("v3"),
+        "vol=v4:local:32M:16M:ss=4096".into(),
+    ];
     t.guests = vec![
         Guest::new("g1", "vol=v1 work=verify:2048 seed=11"),
         Guest::new("g2", "vol=v2 work=hostile seed=12"),
         Guest::new("g3", "vol=v3 work=verify:2048 seed=13"),
+        Guest::new("g4", "vol=v4 work=verify:1024 seed=14"),
     ];
     let mut b = t.start()?;
     let (r1, _) = b.result("g1", Duration::from_secs(120))?;
     let (r2, _) = b.result("g2", Duration::from_secs(60))?;
     let (r3, _) = b.result("g3", Duration::from_secs(120))?;
+    let (r4, _) = b.result("g4", Duration::from_secs(120))?;
     ensure!(r2.get("refused") == Some("4/4") && r2.get("after") == Some("io-ok"), "g2 hostile: {:?}", r2.kv);
     let dd = b.serial("blk-dd");
-    for want in ["ICONNECT-PORT 1 up volume=v1 backing=local", "ICONNECT-PORT 2 up volume=v2 backing=local sectors=4096 sector_size=4096", "ICONNECT-PORT 3 up volume=v3 backing=nbd"] {
+    for want in [
+        "ICONNECT-PORT 1 up volume=v1 backing=local sectors=32768 sector_size=512",
+        "ICONNECT-PORT 2 up volume=v2 backing=local sectors=4096 sector_size=4096",
+        "ICONNECT-PORT 3 up volume=v3 backing=nbd",
+        "ICONNECT-PORT 4 up volume=v4 backing=local sectors=4096 sector_size=4096",
+        "ICONNECT-PORT 2 down reason=disconnected",
+    ] {
         ensure!(dd.iter().any(|l| l.contains(want)), "blk-dd never said `{want}`");
     }
     b.stop()?;
@@ -407,11 +423,14 @@ pub fn local_remote_hostile(accel: Accel) -> Result<String> {
     check_pattern(&disk, 16 * MIB, 4096, 12).context("g2's one good write (after its hostile requests)")?;
     check_zero(&disk, 16 * MIB + 4096, 16 * MIB - 4096).context("g2's slice")?;
     check_pattern(&exp, 0, 2 * MIB, 13).context("g3's data in the NBD export's file")?;
+    check_pattern(&disk, 32 * MIB, MIB, 14).context("g4's data in the disk file")?;
+    check_zero(&disk, 33 * MIB, 15 * MIB).context("g4's slice beyond its data")?;
     Ok(format!(
-        "g1 local {} B ok, g2 hostile refused {} (then io-ok), g3 nbd {} B ok; host read back both files byte-exact",
+        "g1 local {} B ok, g2 hostile refused {} (then io-ok), g3 nbd {} B ok, g4 local 4K-sector {} B ok; host read back both files byte-exact",
         r1.get("bytes").unwrap_or("?"),
         r2.get("refused").unwrap_or("?"),
-        r3.get("bytes").unwrap_or("?")
+        r3.get("bytes").unwrap_or("?"),
+        r4.get("bytes").unwrap_or("?")
     ))
 }
 
@@ -563,10 +582,11 @@ mod tests {
 
     #[test]
     fn pattern_matches_the_guest() {
-        // Values of blk_guest::pattern_byte (host test there uses the same function).
-        let v: Vec<u8> = (0..8).map(|o| pattern_byte(11, o)).collect();
-        assert_eq!(v.len(), 8);
-        assert_ne!(pattern_byte(11, 0), pattern_byte(12, 0));
+        // The known answers pinned in blk-guest's tests too.
+        let v: Vec<u8> = (0..12).map(|o| pattern_byte(11, o)).collect();
+        assert_eq!(v, [6, 123, 211, 247, 129, 37, 172, 140, 164, 146, 81, 221]);
+        let w: Vec<u8> = [4093, 4094, 4095, 4096].iter().map(|&o| pattern_byte(1 << 40, o)).collect();
+        assert_eq!(w, [196, 205, 185, 71]);
         let dir = std::env::temp_dir().join(format!("blk-pattern-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("p.raw");

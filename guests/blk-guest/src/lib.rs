@@ -43,8 +43,9 @@ pub const IOPS_BLOCK: usize = 4096;
 /// ... at random offsets in the first 64 MiB (or the whole volume if smaller).
 pub const IOPS_SPAN: u64 = 64 << 20;
 
-/// The byte at `offset` of the pattern `seed`: the host recomputes it (xtask) to check the
-/// backing file or export.
+/// The byte at `offset` of the pattern `seed`: the host recomputes it (xtask's `blk.rs` has
+/// its own copy on purpose: the host's check does not run guest code; both pin the same
+/// known answers in their tests).
 pub fn pattern_byte(seed: u64, offset: u64) -> u8 {
     let word = offset / 8;
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ word.wrapping_add(0x632b_e59b_d9b4_e019);
@@ -576,6 +577,15 @@ mod tests {
         let r = run("work=iops:write:32:1", &mut dev);
         assert!(r.ok, "{}", r.fields);
         assert!(dev.vol.submitted() > 1000);
+    }
+
+    #[test]
+    fn pattern_known_answers() {
+        // The same values are pinned in xtask/src/blk.rs (the host's independent copy).
+        let v: Vec<u8> = (0..12).map(|o| pattern_byte(11, o)).collect();
+        assert_eq!(v, [6, 123, 211, 247, 129, 37, 172, 140, 164, 146, 81, 221]);
+        let w: Vec<u8> = [4093, 4094, 4095, 4096].iter().map(|&o| pattern_byte(1 << 40, o)).collect();
+        assert_eq!(w, [196, 205, 185, 71]);
     }
 
     #[test]
