@@ -171,7 +171,10 @@ mod tests {
         // References are checked when used: a fourth page named 0 (not granted) fails its copy.
         let b4 = SharedBuffer::from_directory(&mut g, 10, 4 * 4096).unwrap();
         assert_eq!(b4.pages()[3], 0);
-        assert_eq!(b4.read(&mut g, 3 * 4096, &mut back[..10]), Err(BufferFault::Grant));
+        assert_eq!(
+            b4.read(&mut g, 3 * 4096, &mut back[..10]),
+            Err(BufferFault::Grant)
+        );
         assert_eq!(
             SharedBuffer::from_directory(&mut g, 99, 4096),
             Err(BufferFault::Grant)
