@@ -45,7 +45,7 @@ const FINISH_WITHIN: Duration = Duration::from_secs(120);
 const QOS_SECS: u32 = 10;
 const QOS_TRIM_MS: u64 = 1500;
 /// Uplink capacity for the QoS runs: low enough that the shaper, not TCG, is the bottleneck.
-pub const QOS_LINK_BPS: u64 = 4_000_000;
+pub const QOS_LINK_BPS: u64 = 2_000_000;
 
 fn artifacts() -> Result<Artifacts> {
     static A: OnceLock<Artifacts> = OnceLock::new();
@@ -145,7 +145,8 @@ fn finish_ok(net: &mut Net, guest: &str) -> Result<GuestDone> {
 }
 
 /// Rates of the given sources over the window in which all of them stream (trimmed by
-/// `trim_ms` at both ends): the window and each source's bits per second.
+/// `trim_ms` at both ends): the window and each source's bits per second in a typical second
+/// ([`probe::window_bps`]).
 pub fn common_window_rates(ticks: &[SinkTick], sources: &[Ipv4Addr], trim_ms: u64) -> Result<((u64, u64), Vec<u64>)> {
     let mut start = 0u64;
     let mut end = u64::MAX;
@@ -206,8 +207,9 @@ fn qos_run(accel: Accel, run: &str, link: u64, qos: &[Qos]) -> Result<(Vec<u64>,
         .map(|((n, q), r)| format!("{n} ({}) {}", q.describe(), fmt_bps(*r)))
         .collect::<Vec<_>>()
         .join(", ");
-    // The shaper must be what limits the flows (else this proves nothing about QoS).
-    if total * 100 < link * 85 || total * 100 > link * 110 {
+    // The shaper must be what limits the flows (else this proves nothing about QoS): in a typical
+    // second they fill the link together, less TCP/IP headers (~4%) and scheduling noise.
+    if total * 100 < link * 80 || total * 100 > link * 110 {
         net.stop()?;
         bail!(
             "the flows together got {} on a {} link over {ws}..{we} ms: the shaper is not the bottleneck ({desc})",

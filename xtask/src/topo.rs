@@ -347,8 +347,16 @@ impl Topology {
     }
 }
 
+/// `<target>/topo/<run>/`; the previous run's logs move to `<run>.prev/` (a failure's consoles
+/// survive one rerun).
 fn log_dir(run: &str) -> Result<PathBuf> {
-    let d = util::target_dir()?.join("topo").join(run);
+    let base = util::target_dir()?.join("topo");
+    let d = base.join(run);
+    if d.is_dir() {
+        let prev = base.join(format!("{run}.prev"));
+        let _ = std::fs::remove_dir_all(&prev);
+        let _ = std::fs::rename(&d, &prev);
+    }
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
