@@ -12,6 +12,7 @@ use crate::channels::map_channels;
 use crate::fifo::Fifo;
 use crate::format::{SampleFormat, decode_f32, encode_f32};
 use crate::resample::Resampler;
+use crate::slots::Slots;
 
 /// Handle of a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,8 +43,7 @@ struct Consumer {
 pub struct FanOut {
     rate: u32,
     channels: usize,
-    consumers: Vec<Option<Consumer>>,
-    max: usize,
+    consumers: Slots<Consumer>,
     dev: Vec<f32>,
     mapped: Vec<f32>,
     out: Vec<f32>,
@@ -63,8 +63,7 @@ impl FanOut {
         Ok(Self {
             rate,
             channels,
-            consumers: Vec::new(),
-            max,
+            consumers: Slots::new(max),
             dev: Vec::new(),
             mapped: Vec::new(),
             out: Vec::new(),
@@ -95,29 +94,16 @@ impl FanOut {
             running: false,
             stats: ConsumerStats::default(),
         };
-        if let Some(i) = self.consumers.iter().position(Option::is_none) {
-            self.consumers[i] = Some(c);
-            return Ok(ConsumerId(i as u32));
-        }
-        if self.consumers.len() >= self.max {
-            return Err(Error::TooManyStreams);
-        }
-        self.consumers.push(Some(c));
-        Ok(ConsumerId(self.consumers.len() as u32 - 1))
+        self.consumers.insert(c).map(ConsumerId)
     }
 
     /// Removes a consumer.
     pub fn remove_consumer(&mut self, id: ConsumerId) -> Result<(), Error> {
-        self.consumer(id)?;
-        self.consumers[id.0 as usize] = None;
-        Ok(())
+        self.consumers.remove(id.0).map(drop)
     }
 
     fn consumer(&mut self, id: ConsumerId) -> Result<&mut Consumer, Error> {
-        self.consumers
-            .get_mut(id.0 as usize)
-            .and_then(Option::as_mut)
-            .ok_or(Error::NoSuchStream)
+        self.consumers.get_mut(id.0)
     }
 
     /// Starts or stops delivering to the consumer (stopping drops what it has not read).
@@ -133,20 +119,12 @@ impl FanOut {
 
     /// The consumer's counters.
     pub fn stats(&self, id: ConsumerId) -> Result<ConsumerStats, Error> {
-        self.consumers
-            .get(id.0 as usize)
-            .and_then(Option::as_ref)
-            .map(|c| c.stats)
-            .ok_or(Error::NoSuchStream)
+        self.consumers.get(id.0).map(|c| c.stats)
     }
 
     /// Frames ready to read.
     pub fn available(&self, id: ConsumerId) -> Result<usize, Error> {
-        self.consumers
-            .get(id.0 as usize)
-            .and_then(Option::as_ref)
-            .map(|c| c.fifo.len() / c.channels)
-            .ok_or(Error::NoSuchStream)
+        self.consumers.get(id.0).map(|c| c.fifo.len() / c.channels)
     }
 
     /// Delivers device frames (interleaved `f32`, device channels) to every running consumer.
@@ -157,7 +135,7 @@ impl FanOut {
         }
         let frames = device.len() / dch;
         self.frames += frames as u64;
-        for c in self.consumers.iter_mut().flatten() {
+        for c in self.consumers.iter_mut() {
             if !c.running {
                 continue;
             }

@@ -40,6 +40,7 @@ pub mod format;
 pub mod measure;
 pub mod mixer;
 pub mod resample;
+mod slots;
 
 pub use fanout::{ConsumerId, ConsumerStats, FanOut};
 pub use format::SampleFormat;

@@ -25,6 +25,7 @@ use crate::channels::map_channels;
 use crate::fifo::Fifo;
 use crate::format::{SampleFormat, decode_f32, encode_f32};
 use crate::resample::Resampler;
+use crate::slots::Slots;
 use crate::{Error, db_to_gain};
 
 /// Ducking parameters.
@@ -156,7 +157,7 @@ impl Stream {
 #[derive(Debug, Clone)]
 pub struct Mixer {
     cfg: MixerConfig,
-    streams: Vec<Option<Stream>>,
+    streams: Slots<Stream>,
     clock: u64,
     stats: MixStats,
     scratch: Vec<f32>,
@@ -200,7 +201,7 @@ impl Mixer {
         let floor = db_to_gain(-d.depth_db);
         Ok(Self {
             cfg,
-            streams: Vec::new(),
+            streams: Slots::new(cfg.max_streams),
             clock: 0,
             stats: MixStats::default(),
             scratch: Vec::new(),
@@ -242,36 +243,20 @@ impl Mixer {
                 ..StreamStats::default()
             },
         };
-        if let Some(i) = self.streams.iter().position(Option::is_none) {
-            self.streams[i] = Some(s);
-            return Ok(StreamId(i as u32));
-        }
-        if self.streams.len() >= self.cfg.max_streams {
-            return Err(Error::TooManyStreams);
-        }
-        self.streams.push(Some(s));
-        Ok(StreamId(self.streams.len() as u32 - 1))
+        self.streams.insert(s).map(StreamId)
     }
 
     /// Removes a stream.
     pub fn remove_stream(&mut self, id: StreamId) -> Result<(), Error> {
-        self.stream(id)?;
-        self.streams[id.0 as usize] = None;
-        Ok(())
+        self.streams.remove(id.0).map(drop)
     }
 
     fn stream(&mut self, id: StreamId) -> Result<&mut Stream, Error> {
-        self.streams
-            .get_mut(id.0 as usize)
-            .and_then(Option::as_mut)
-            .ok_or(Error::NoSuchStream)
+        self.streams.get_mut(id.0)
     }
 
     fn stream_ref(&self, id: StreamId) -> Result<&Stream, Error> {
-        self.streams
-            .get(id.0 as usize)
-            .and_then(Option::as_ref)
-            .ok_or(Error::NoSuchStream)
+        self.streams.get(id.0)
     }
 
     /// Queues samples (interleaved, whole frames, at the stream's rate); returns the frames
@@ -410,7 +395,7 @@ impl Mixer {
         let now = self.clock;
         // Who is active (decided per block; the ramps below are per sample).
         let mut top: Option<u8> = None;
-        for s in self.streams.iter_mut().flatten() {
+        for s in self.streams.iter_mut() {
             if s.audible() {
                 s.last_active = Some(now);
             }
@@ -419,7 +404,7 @@ impl Mixer {
                 top = top.max(Some(s.p.priority));
             }
         }
-        for s in self.streams.iter_mut().flatten() {
+        for s in self.streams.iter_mut() {
             if !s.running {
                 s.stats.level_rms = 0.0;
                 continue;

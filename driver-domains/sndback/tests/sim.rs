@@ -7,7 +7,7 @@ mod common;
 
 use common::{Guest, Sine};
 use iconnect::Class;
-use iconnect::media::{Direction, Role};
+use iconnect::media::Role;
 use media_dsp::format::{decode_f32, encode_f32};
 use media_dsp::measure::{channel, fit_sine, goertzel_amplitude};
 use media_dsp::{DuckConfig, SampleFormat, db_to_gain};
@@ -59,51 +59,13 @@ fn two_guests_play_into_one_device() {
     let mut hub = hub();
     let media = Role::from_class(Class::Bulk).priority();
     // Guest 1: 440 Hz, 44.1 kHz s16 stereo, amplitude 0.4. Guest 2: 660 Hz, 48 kHz f32 mono, 0.3.
-    let mut g1 = Guest::new(
-        &mut hub,
-        Direction::Playback,
-        media,
-        44100,
-        SampleFormat::S16Le,
-        2,
-        1764,
-        441,
-    );
-    let mut g2 = Guest::new(
-        &mut hub,
-        Direction::Playback,
-        media,
-        48000,
-        SampleFormat::F32Le,
-        1,
-        1920,
-        480,
-    );
+    let mut g1 = Guest::player(&mut hub, media, 44100, SampleFormat::S16Le, 2, 440.0, 0.4);
+    let mut g2 = Guest::player(&mut hub, media, 48000, SampleFormat::F32Le, 1, 660.0, 0.3);
     assert!(
         g1.errors.is_empty() && g2.errors.is_empty(),
         "{:?} {:?}",
         g1.errors,
         g2.errors
-    );
-    g1.start_playback(
-        &mut hub,
-        Sine {
-            rate: 44100,
-            freq: 440.0,
-            amp: 0.4,
-            channels: 2,
-            n: 0,
-        },
-    );
-    g2.start_playback(
-        &mut hub,
-        Sine {
-            rate: 48000,
-            freq: 660.0,
-            amp: 0.3,
-            channels: 1,
-            n: 0,
-        },
     );
     let out = run(&mut hub, &mut [&mut g1, &mut g2], 200);
     let steady = &out[2 * 4800..];
@@ -146,47 +108,9 @@ fn an_alert_ducks_media_and_platform_controls_apply() {
     let mut hub = hub();
     let media = Role::Media.priority();
     let alert = Role::from_class(Class::Realtime).priority();
-    let mut g1 = Guest::new(
-        &mut hub,
-        Direction::Playback,
-        media,
-        44100,
-        SampleFormat::S16Le,
-        2,
-        1764,
-        441,
-    );
-    g1.start_playback(
-        &mut hub,
-        Sine {
-            rate: 44100,
-            freq: 440.0,
-            amp: 0.4,
-            channels: 2,
-            n: 0,
-        },
-    );
+    let mut g1 = Guest::player(&mut hub, media, 44100, SampleFormat::S16Le, 2, 440.0, 0.4);
     let before = run(&mut hub, &mut [&mut g1], 50);
-    let mut g3 = Guest::new(
-        &mut hub,
-        Direction::Playback,
-        alert,
-        16000,
-        SampleFormat::S16Le,
-        1,
-        640,
-        160,
-    );
-    g3.start_playback(
-        &mut hub,
-        Sine {
-            rate: 16000,
-            freq: 1000.0,
-            amp: 0.25,
-            channels: 1,
-            n: 0,
-        },
-    );
+    let mut g3 = Guest::player(&mut hub, alert, 16000, SampleFormat::S16Le, 1, 1000.0, 0.25);
     let during = run(&mut hub, &mut [&mut g1, &mut g3], 60);
     // The alert stops (STOP, then CLOSE).
     g3.front.trigger(xen_abi::sndif::Trigger::Stop);
@@ -233,26 +157,7 @@ fn an_alert_ducks_media_and_platform_controls_apply() {
 fn guest_volume_and_mute_requests() {
     use xen_abi::sndif::BufferOp;
     let mut hub = hub();
-    let mut g1 = Guest::new(
-        &mut hub,
-        Direction::Playback,
-        1,
-        48000,
-        SampleFormat::S16Le,
-        2,
-        1920,
-        480,
-    );
-    g1.start_playback(
-        &mut hub,
-        Sine {
-            rate: 48000,
-            freq: 1000.0,
-            amp: 0.5,
-            channels: 2,
-            n: 0,
-        },
-    );
+    let mut g1 = Guest::player(&mut hub, 1, 48000, SampleFormat::S16Le, 2, 1000.0, 0.5);
     run(&mut hub, &mut [&mut g1], 20);
     // SET_VOLUME through the last 8 bytes of the buffer: left -6 dB, right -12 dB. (A real
     // frontend reserves part of its buffer for this; here the playback data overwrites it
@@ -294,28 +199,8 @@ fn guest_volume_and_mute_requests() {
 #[test]
 fn two_guests_capture_one_device_at_their_rates() {
     let mut hub = hub();
-    let mut c1 = Guest::new(
-        &mut hub,
-        Direction::Capture,
-        0,
-        16000,
-        SampleFormat::S16Le,
-        1,
-        640,
-        160,
-    );
-    let mut c2 = Guest::new(
-        &mut hub,
-        Direction::Capture,
-        0,
-        44100,
-        SampleFormat::S32Le,
-        2,
-        1764,
-        441,
-    );
-    c1.start_capture(&mut hub);
-    c2.start_capture(&mut hub);
+    let mut c1 = Guest::recorder(&mut hub, 16000, SampleFormat::S16Le, 1);
+    let mut c2 = Guest::recorder(&mut hub, 44100, SampleFormat::S32Le, 2);
     // The device records a 1 kHz tone (the QEMU test will feed it from a pipe source).
     let mut src = Sine {
         rate: 48000,

@@ -250,6 +250,58 @@ impl Guest {
         g
     }
 
+    /// A playing guest: 10 ms periods, a 4-period buffer, a sine of `freq`/`amp` on every
+    /// channel, started.
+    #[allow(clippy::too_many_arguments)]
+    pub fn player(
+        hub: &mut Hub,
+        priority: u8,
+        rate: u32,
+        fmt: SampleFormat,
+        channels: u8,
+        freq: f64,
+        amp: f64,
+    ) -> Self {
+        let period = rate / 100;
+        let mut g = Self::new(
+            hub,
+            Direction::Playback,
+            priority,
+            rate,
+            fmt,
+            channels,
+            4 * period,
+            period,
+        );
+        assert!(g.errors.is_empty(), "{:?}", g.errors);
+        let sine = Sine {
+            rate,
+            freq,
+            amp,
+            channels: channels as usize,
+            n: 0,
+        };
+        g.start_playback(hub, sine);
+        g
+    }
+
+    /// A recording guest (10 ms periods, 4-period buffer), started.
+    pub fn recorder(hub: &mut Hub, rate: u32, fmt: SampleFormat, channels: u8) -> Self {
+        let period = rate / 100;
+        let mut g = Self::new(
+            hub,
+            Direction::Capture,
+            0,
+            rate,
+            fmt,
+            channels,
+            4 * period,
+            period,
+        );
+        g.start_capture(hub);
+        g
+    }
+
     pub fn poll(&mut self, hub: &mut Hub) {
         self.last_poll = self.be.poll(&mut self.grants, hub).unwrap();
     }
