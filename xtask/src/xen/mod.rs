@@ -265,7 +265,7 @@ pub fn demo_line(line: &str) -> Option<String> {
         return busy.then(|| format!("net-dd: {t}"));
     }
     if l.starts_with("(d") {
-        return ["ICONNECT-READY", "ICONNECT-XEN", "ICONNECT-VIF "].iter().find_map(|m| after(m)).map(|t| format!("net-dd: {t}"));
+        return ["ICONNECT-READY", "ICONNECT-XEN ", "ICONNECT-VIF ", "ICONNECT-UPLINK"].iter().find_map(|m| after(m)).map(|t| format!("net-dd: {t}"));
     }
     if let Some(rest) = l.strip_prefix("[console ") {
         let (name, text) = rest.split_once("] ")?;
@@ -371,6 +371,7 @@ mod tests {
         assert!(demo_line("[console guest-a] random kernel line").is_none());
         assert_eq!(demo_line("XENTEST-DOMAIN net-dd domid=1 tries=1").as_deref(), Some("dom0: XENTEST-DOMAIN net-dd domid=1 tries=1"));
         assert!(demo_line("(XEN) something").is_none());
+        assert!(demo_line("(d1) [ 2.0] INFO  net_dd::xen: ICONNECT-XENLOOP wakeups=5 spins uplink=0").is_none());
     }
 
     #[test]

@@ -147,6 +147,7 @@ if xt_create net-dd /etc/xentest/net-dd.cfg; then
         fi
         if xt_wait_log net-dd \"ICONNECT-VIF $bid/0 down\" 20; then xt_result ok netdd-vif-cleaned; else xt_result FAIL netdd-vif-cleaned \"no 'ICONNECT-VIF $bid/0 down' from net-dd\"; fi
         if xt_create guest-c /etc/xentest/netdd-c.cfg; then xt_follow guest-c; fi
+        xenstore-write \"/local/domain/$(xl domid guest-a)/data/netdd-phase\" replaced
     else
         xt_result FAIL netdd-long-transfer 'guest-a never started its long transfer'
     fi
@@ -190,6 +191,9 @@ ip addr add \"$ip\" dev eth0 && ip link set eth0 up
 if [ \"$role\" = server ]; then
     iperf3 -s > /tmp/iperf3-s.log 2>&1 &
     httpd -p 8080 -h /bin
+    # iperf3 takes a while to start under nested TCG: say \"serving\" once it listens.
+    i=0
+    while ! netstat -ltn 2>/dev/null | grep -q ':5201 ' && [ $i -lt 600 ]; do usleep 100000; i=$((i + 1)); done
     echo \"XENTEST-GUEST serving $ip\"
     sleep 600
     exit 0
@@ -198,7 +202,10 @@ fi
 rate() { awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /bits\\/sec/) { v = $i; u = $(i + 1) } } END { if (u == \"Kbits/sec\") v = v / 1000; if (u == \"Gbits/sec\") v = v * 1000; if (v != \"\") print v }' /tmp/iperf3; }
 # tcp <phase> <seconds>: iperf3 to the peer, XENTEST-RATE line, result netdd-tcp-<phase>.
 tcp() {
-    if timeout $(($2 + 20)) iperf3 -c \"$peer\" -t \"$2\" -f m > /tmp/iperf3 2>&1 && [ -n \"$(rate)\" ]; then
+    # A server that does not listen yet refuses: retry that for a minute.
+    t0=$(xt_ms)
+    while timeout $(($2 + 20)) iperf3 -c \"$peer\" -t \"$2\" -f m > /tmp/iperf3 2>&1; [ $? -ne 0 ] && grep -q 'unable to connect' /tmp/iperf3 && [ $(($(xt_ms) - t0)) -lt 60000 ]; do sleep 1; done
+    if ! grep -q 'iperf3: error' /tmp/iperf3 && [ -n \"$(rate)\" ]; then
         xt_result ok \"netdd-tcp-$1\"
         echo \"XENTEST-RATE phase=$1 mbps=$(rate)\"
         grep -E 'sender|receiver' /tmp/iperf3
@@ -258,6 +265,10 @@ tcp qos 3
 echo 'XENTEST-GUEST long-transfer'
 timeout 40 iperf3 -c \"$peer\" -t 15 -f m > /tmp/iperf3-long 2>&1
 echo \"XENTEST-INFO netdd_long_transfer_rc=$?\"
+# dom0 says when the peer was destroyed and its replacement created (data/ of our own home).
+i=0
+while [ \"$(xenstore-read data/netdd-phase 2>/dev/null)\" != replaced ] && [ $i -lt 1800 ]; do usleep 100000; i=$((i + 1)); done
+echo \"XENTEST-INFO netdd_phase=$(xenstore-read data/netdd-phase 2>/dev/null)\"
 wait_peer netdd-ping-after-destroy 150 || exit 1
 xenstore-rm device/vif/0/iconnect-qos-ceiling-bps
 xenstore-rm device/vif/0/iconnect-qos-class

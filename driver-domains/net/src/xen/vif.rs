@@ -584,11 +584,24 @@ fn ceiling(d: &QosDecision, rate: Option<XenRate>) -> String {
     }
 }
 
-/// Replaces the QoS answer in the backend directory (nothing for no request).
+/// Replaces the QoS answer in the backend directory (nothing for no request): the new keys are
+/// written first, then the keys of an earlier answer that this one lacks are removed, so a
+/// frontend polling `iconnect-qos-status` never sees it vanish.
 fn write_decision(store: &mut Store, be: &str, id: VifId, d: &QosDecision) {
     let Some(d) = d else { return };
+    let mut keys = iconnect::keys::ArraySink::<8, 48>::default();
+    if let Err(e) = qos::write_decision(d, &mut keys) {
+        log::warn!("vif {}/{}: QoS decision: {e:?}", id.0, id.1);
+        return;
+    }
+    for (k, v) in keys.pairs() {
+        if store.read_opt(&format!("{be}/{k}")).ok().flatten().as_deref() != Some(v)
+            && let Err(e) = store.write(&format!("{be}/{k}"), v)
+        {
+            log::warn!("vif {}/{}: writing {k}: {e:?}", id.0, id.1);
+        }
+    }
     for k in [
-        qos::ANSWER.status,
         qos::ANSWER.reason,
         qos::ANSWER.error_key,
         qos::GRANTED_GUARANTEED,
@@ -596,10 +609,9 @@ fn write_decision(store: &mut Store, be: &str, id: VifId, d: &QosDecision) {
         qos::GRANTED_BURST,
         qos::GRANTED_CLASS,
     ] {
-        let _ = store.rm(&format!("{be}/{k}"));
-    }
-    if let Err(e) = qos::write_decision(d, &mut StoreSink { store, dir: be }) {
-        log::warn!("vif {}/{}: writing the QoS decision: {e:?}", id.0, id.1);
+        if keys.get(k).is_none() {
+            let _ = store.rm(&format!("{be}/{k}"));
+        }
     }
 }
 
