@@ -4,7 +4,6 @@
 //! that does not read in time loses the newest samples (counted in
 //! [`ConsumerStats::overrun`]); what it already has stays contiguous in time.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::Error;
@@ -193,9 +192,12 @@ impl FanOut {
         let ch = self.consumer(id)?.channels;
         let frame = fmt.bytes() * ch;
         let want = out.len() / frame;
-        let mut buf = vec![0f32; want * ch];
-        let n = self.read(id, &mut buf)?;
-        encode_f32(fmt, &buf[..n * ch], &mut out[..n * frame])?;
-        Ok(n)
+        let mut buf = core::mem::take(&mut self.out);
+        buf.clear();
+        buf.resize(want * ch, 0.0);
+        let n = self.read(id, &mut buf);
+        let r = n.and_then(|n| encode_f32(fmt, &buf[..n * ch], &mut out[..n * frame]).map(|_| n));
+        self.out = buf;
+        r
     }
 }

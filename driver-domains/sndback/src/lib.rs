@@ -18,11 +18,13 @@
 //!   frame count, so simulations are deterministic.
 //! * [`Caps`] ([`caps`]) — what the platform offers: the hw-param query and OPEN validation.
 //! * [`buffer`] — the page directory and byte-range copies over a stream's pages.
+//! * [`negotiate`] — the semantic keys: what a guest's `iconnect::media::MediaRequest` is
+//!   granted on this platform, and the mixing priority of its role.
 //! * [`fuzzing`] — a fuzz entry point (hostile frontend scripted by bytes), replayed with a
 //!   committed corpus by `tests/corpus.rs`.
 //!
-//! The mixing priority of a guest's playback comes from its semantic keys:
-//! `iconnect::media::MediaRequest::role().priority()` (alert > voice > media > background).
+//! The mixing priority of a guest's playback comes from its semantic keys
+//! ([`negotiate::priority`]: alert > voice > media > background).
 //!
 //! ## Evidence (`cargo test -p sndback`)
 //! `tests/sim.rs`: simulated frontends written from `sndif.h` (page directories, ALSA-like
@@ -43,6 +45,7 @@ pub mod caps;
 pub mod engine;
 pub mod fuzzing;
 pub mod hub;
+pub mod negotiate;
 
 pub use caps::Caps;
 pub use engine::{PollResult, RunState, Sndback, Stats, StreamInfo};
