@@ -99,6 +99,8 @@ pub struct Uplink {
     pub mac: Option<netswitch::Mac>,
     connected: bool,
     notifies: u64,
+    /// Events from the backend taken.
+    fired: u64,
 }
 
 impl Uplink {
@@ -125,6 +127,7 @@ impl Uplink {
             mac,
             connected: false,
             notifies: 0,
+            fired: 0,
         }))
     }
 
@@ -241,7 +244,9 @@ impl Uplink {
     /// the backend when the engine says so. Returns whether more work waits.
     pub fn poll(&mut self, mut deliver: impl FnMut(&[u8])) -> bool {
         let (Some(nf), Some(port)) = (self.nf.as_mut(), self.port) else { return false };
-        let _ = self.events.take(port);
+        if self.events.take(port) {
+            self.fired += 1;
+        }
         let mut more = false;
         let mut broken = None;
         match nf.poll() {
@@ -284,11 +289,12 @@ impl Uplink {
             Some(n) => {
                 let s = n.stats();
                 format!(
-                    "; uplink connected={} tx={} rx={} notifies={} tx_posted={} rx_posted={}",
+                    "; uplink connected={} tx={} rx={} notifies={} events={} tx_posted={} rx_posted={}",
                     self.connected,
                     s.tx_packets,
                     s.rx_packets,
                     self.notifies,
+                    self.fired,
                     n.tx_in_flight(),
                     n.rx_posted()
                 )
