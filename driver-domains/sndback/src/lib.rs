@@ -20,6 +20,7 @@
 //! * [`buffer`] — the page directory and byte-range copies over a stream's pages.
 //! * [`negotiate`] — the semantic keys: what a guest's `iconnect::media::MediaRequest` is
 //!   granted on this platform, and the mixing priority of its role.
+//! * [`sim`] — a simulated frontend (test and benchmark support).
 //! * [`fuzzing`] — a fuzz entry point (hostile frontend scripted by bytes), replayed with a
 //!   committed corpus by `tests/corpus.rs`.
 //!
@@ -46,6 +47,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod hub;
 pub mod negotiate;
+pub mod sim;
 
 pub use caps::Caps;
 pub use engine::{PollResult, RunState, Sndback, Stats, StreamInfo};

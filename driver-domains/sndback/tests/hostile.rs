@@ -2,13 +2,11 @@
 //! ring/event-page violation breaks only this frontend, nothing ever touches memory outside a
 //! granted page, and a property test throws random requests at the engine.
 
-mod common;
-
-use common::Front;
 use iconnect::media::Direction;
 use media_dsp::{DuckConfig, SampleFormat};
 use netback::grant::FakeGrants;
 use proptest::prelude::*;
+use sndback::sim::SimFront as Front;
 use sndback::{Caps, DeviceConfig, Error, Hub, RunState, Sndback};
 use std::sync::atomic::Ordering;
 use xen_abi::ring::REQ_PROD_OFF;
