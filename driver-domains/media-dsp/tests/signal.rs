@@ -456,3 +456,40 @@ fn downmix_keeps_levels() {
     map_channels(&x, 2, &mut m, 1).unwrap();
     assert!(m.iter().all(|&v| (v - 0.2).abs() < 1e-6));
 }
+
+#[test]
+fn mixing_is_independent_of_device_block_sizes() {
+    // Equal priorities (no ducking decisions) and ramped volume changes at the same frames:
+    // the mix must not depend on how the device cuts its periods.
+    let render = |blocks: &[usize]| {
+        let mut m = mixer();
+        let a = m.add_stream(params(44100, 2, 1)).unwrap();
+        let b = m.add_stream(params(16000, 1, 1)).unwrap();
+        let mut x = vec![0f32; 2 * 44100];
+        sine(44100, 440.0, 0.4, 0, &mut x);
+        m.push(a, &x).unwrap();
+        let mut y = vec![0f32; 16000];
+        sine(16000, 1234.0, 0.3, 0, &mut y);
+        m.push(b, &y).unwrap();
+        m.set_running(a, true).unwrap();
+        m.set_running(b, true).unwrap();
+        let mut out = Vec::new();
+        let (mut done, mut k) = (0, 0);
+        while done < 24000 {
+            let n = blocks[k % blocks.len()].min(24000 - done);
+            if done == 12000 {
+                m.set_volume_db(a, 1, -10.0).unwrap();
+            }
+            let mut buf = vec![0f32; 2 * n];
+            m.mix(&mut buf).unwrap();
+            out.extend(buf);
+            done += n;
+            k += 1;
+        }
+        out
+    };
+    let whole = render(&[12000]);
+    for blocks in [&[1usize][..], &[480], &[7, 333, 1000, 4660]] {
+        assert!(render(blocks) == whole, "blocks {blocks:?} changed the mix");
+    }
+}
