@@ -59,6 +59,15 @@ struct Chan {
     port: BlkPort<&'static SharedRegion>,
     regs: &'static mut Registers<Mmio>,
     bells: &'static Doorbells,
+    /// A doorbell arrived in this wake-up.
+    rung: bool,
+    /// The last serve asked to be called again.
+    again: bool,
+    /// Requests taken since the guest connected; wake-ups that found requests on a local
+    /// volume's ring with no doorbell and no pending call-again (a lost doorbell, found by the
+    /// sweep).
+    requests: u64,
+    unrung: u64,
 }
 
 fn on_nic_irq() {}
@@ -94,7 +103,7 @@ fn open_channels(ecam: &mut hal::ecam::Ecam) -> Vec<Chan> {
         match BlkPort::new(port, parts.region, own_id) {
             Ok(p) => {
                 log::info!("port {port}: ivshmem {} id {own_id}, {} KiB", func.bdf, len / 1024);
-                chans.push(Chan { port: p, regs: parts.regs, bells: parts.doorbells });
+                chans.push(Chan { port: p, regs: parts.regs, bells: parts.doorbells, rung: false, again: false, requests: 0, unrung: 0 });
             }
             Err(e) => log::error!("ICONNECT-PORT {port} down reason=channel:{e}"),
         }
@@ -190,10 +199,9 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             last_sweep = now;
         }
         let mut rung = false;
-        for c in chans.iter() {
-            if c.bells.take(0) + c.bells.take(1) > 0 {
-                rung = true;
-            }
+        for c in chans.iter_mut() {
+            c.rung = c.bells.take(0) + c.bells.take(1) > 0;
+            rung |= c.rung;
         }
         if rung {
             last_activity = now;
@@ -213,7 +221,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
         for c in chans.iter_mut() {
             c.port.poll(&mut reg, &mut events);
             let Some(id) = c.port.volume() else { continue };
-            let (_, more) = match targets[id] {
+            let (taken, more) = match targets[id] {
                 Target::Local(i) => match mux.as_mut().and_then(|m| m.volume(i)) {
                     // The disk completes at submission: what was just taken is answered by the
                     // next poll, right away.
@@ -225,6 +233,12 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
                 },
                 Target::Remote(j) => c.port.serve(now_us, &mut remotes[j].vol),
             };
+            c.requests += taken as u64;
+            if taken > 0 && !c.rung && !c.again && matches!(targets[id], Target::Local(_)) {
+                // Requests nobody rang for, found by the sweep: a lost doorbell.
+                c.unrung += 1;
+            }
+            c.again = more;
             busy |= more;
         }
         // Remote volumes nobody uses: keep their sessions (handshake, replay) moving.
@@ -243,6 +257,14 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             last_activity = now;
         }
         for ev in events.drain(..) {
+            if let PortEvent::Down { port, .. } = ev
+                && let Some(c) = chans.iter_mut().find(|c| c.port.port() == port)
+                && c.requests > 0
+            {
+                log::info!("ICONNECT-PORTSTAT {port} requests={} found_unrung={}", c.requests, c.unrung);
+                c.requests = 0;
+                c.unrung = 0;
+            }
             let backing = match ev {
                 PortEvent::Up { id, .. } => match targets[id] {
                     Target::Local(_) => "local",
