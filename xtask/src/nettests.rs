@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use crate::probe::{self, PEER_ECHO_PORT, PEER_SINK_PORT, SinkTick};
 use crate::qemu::Accel;
@@ -170,9 +170,57 @@ fn sink_ticks(net: &Net) -> Vec<SinkTick> {
     net.peer_lines().iter().filter_map(|l| SinkTick::parse(l)).collect()
 }
 
+/// What one QoS run measured (host side) and whether net-dd's clock could be trusted.
+struct QosRun {
+    rates: Vec<u64>,
+    desc: String,
+    /// net-dd calibrated its TSC far off the other VMs (its shaper then runs at a scaled rate).
+    netdd_clock_off: Option<String>,
+}
+
 /// Boots the guests streaming to the host sink for [`QOS_SECS`], checks each one's link/port QoS
-/// status, and returns the common-window rates (host-measured) plus a description.
-fn qos_run(accel: Accel, run: &str, link: u64, qos: &[Qos]) -> Result<(Vec<u64>, String)> {
+/// status, and measures the common-window rates on the host; then `check` judges them. net-dd
+/// shapes by its own clock, which rt calibrates against the PIT at boot: under TCG on a loaded
+/// host that calibration is sometimes far off (RT-REQUESTS item 5), and the shaper then runs at a
+/// scaled rate. A run that failed while net-dd's clock was off (its TSC >25% from the other VMs')
+/// measured rt's calibration, not QoS: it runs once more, and the result line says so. Nothing
+/// else is retried.
+fn qos_test(
+    accel: Accel,
+    run: &str,
+    link: u64,
+    qos: &[Qos],
+    check: impl Fn(&[u64], &str) -> Result<String>,
+) -> Result<String> {
+    let first = qos_attempt(accel, run, link, qos)?;
+    let verdict = qos_verdict(&first, link).and_then(|()| check(&first.rates, &first.desc));
+    match (&verdict, &first.netdd_clock_off) {
+        (Err(e), Some(off)) => {
+            println!("qos: failed while net-dd's clock was off ({off}): {e:#}; running once more");
+            let second = qos_attempt(accel, run, link, qos)?;
+            qos_verdict(&second, link)?;
+            let line = check(&second.rates, &second.desc)?;
+            Ok(format!("{line} [second run: the first failed while net-dd's clock was off: {off}]"))
+        }
+        _ => verdict,
+    }
+}
+
+/// The shaper must be what limits the flows (else the run proves nothing about QoS): in a typical
+/// second they fill the link together, less TCP/IP headers (~4%) and scheduling noise.
+fn qos_verdict(r: &QosRun, link: u64) -> Result<()> {
+    let total: u64 = r.rates.iter().sum();
+    ensure!(
+        total * 100 >= link * 80 && total * 100 <= link * 110,
+        "the flows together got {} on a {} link: the shaper is not the bottleneck ({})",
+        fmt_bps(total),
+        fmt_bps(link),
+        r.desc
+    );
+    Ok(())
+}
+
+fn qos_attempt(accel: Accel, run: &str, link: u64, qos: &[Qos]) -> Result<QosRun> {
     let mut t = topology(run, accel)?;
     t = t.link_bps(link);
     for (i, q) in qos.iter().enumerate() {
@@ -199,7 +247,6 @@ fn qos_run(accel: Accel, run: &str, link: u64, qos: &[Qos]) -> Result<(Vec<u64>,
     net.finish_all_ok(FINISH_WITHIN)?;
     let ticks = sink_ticks(&net);
     let ((ws, we), rates) = common_window_rates(&ticks, &ips, QOS_TRIM_MS)?;
-    let total: u64 = rates.iter().sum();
     let desc = names
         .iter()
         .zip(qos)
@@ -207,41 +254,38 @@ fn qos_run(accel: Accel, run: &str, link: u64, qos: &[Qos]) -> Result<(Vec<u64>,
         .map(|((n, q), r)| format!("{n} ({}) {}", q.describe(), fmt_bps(*r)))
         .collect::<Vec<_>>()
         .join(", ");
-    // The shaper must be what limits the flows (else this proves nothing about QoS): in a typical
-    // second they fill the link together, less TCP/IP headers (~4%) and scheduling noise.
-    if total * 100 < link * 80 || total * 100 > link * 110 {
-        net.stop()?;
-        bail!(
-            "the flows together got {} on a {} link over {ws}..{we} ms: the shaper is not the bottleneck ({desc})",
-            fmt_bps(total),
-            fmt_bps(link)
-        );
-    }
+    let netdd_clock_off = net.tsc_outliers().into_iter().find(|o| o.starts_with("net-dd "));
     net.stop()?;
-    Ok((rates, format!("link {}: {desc} (over {:.1} s)", fmt_bps(link), (we - ws) as f64 / 1000.0)))
+    Ok(QosRun {
+        rates,
+        desc: format!("link {}: {desc} (over {:.1} s)", fmt_bps(link), (we - ws) as f64 / 1000.0),
+        netdd_clock_off,
+    })
 }
 
 /// Two guests with guarantees 2:1 flooding the uplink: their rates are ≈ 2:1.
 pub fn qos_ratio(accel: Accel) -> Result<String> {
     let (hi, lo) = (QOS_LINK_BPS * 2 / 3, QOS_LINK_BPS / 3);
-    let (r, desc) = qos_run(accel, "qos-ratio", QOS_LINK_BPS, &[Qos::guaranteed(hi), Qos::guaranteed(lo)])?;
-    let ratio = r[0] as f64 / r[1].max(1) as f64;
-    ensure!((1.6..=2.4).contains(&ratio), "rate ratio g1/g2 = {ratio:.2}, expected about 2 (1.6..2.4): {desc}");
-    Ok(format!("ratio {ratio:.2}; {desc}"))
+    qos_test(accel, "qos-ratio", QOS_LINK_BPS, &[Qos::guaranteed(hi), Qos::guaranteed(lo)], |r, desc| {
+        let ratio = r[0] as f64 / r[1].max(1) as f64;
+        ensure!((1.6..=2.4).contains(&ratio), "rate ratio g1/g2 = {ratio:.2}, expected about 2 (1.6..2.4): {desc}");
+        Ok(format!("ratio {ratio:.2}; {desc}"))
+    })
 }
 
 /// A guaranteed guest against a best-effort flood: it keeps ≥ 95% of its guarantee.
 pub fn qos_guarantee(accel: Accel) -> Result<String> {
     let g = QOS_LINK_BPS / 2;
-    let (r, desc) = qos_run(accel, "qos-guarantee", QOS_LINK_BPS, &[Qos::guaranteed(g), Qos::default()])?;
-    ensure!(
-        r[0] * 100 >= g * 95,
-        "g1 got {} = {:.1}% of its {} guarantee against a best-effort flood: {desc}",
-        fmt_bps(r[0]),
-        r[0] as f64 * 100.0 / g as f64,
-        fmt_bps(g)
-    );
-    Ok(format!("g1 kept {:.1}% of its guarantee; {desc}", r[0] as f64 * 100.0 / g as f64))
+    qos_test(accel, "qos-guarantee", QOS_LINK_BPS, &[Qos::guaranteed(g), Qos::default()], |r, desc| {
+        let pct = r[0] as f64 * 100.0 / g as f64;
+        ensure!(
+            r[0] * 100 >= g * 95,
+            "g1 got {} = {pct:.1}% of its {} guarantee against a best-effort flood: {desc}",
+            fmt_bps(r[0]),
+            fmt_bps(g)
+        );
+        Ok(format!("g1 kept {pct:.1}% of its guarantee; {desc}"))
+    })
 }
 
 /// Hostile guests garbage their TX rings while the others keep working. g1 writes a wild producer
