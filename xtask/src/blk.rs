@@ -374,16 +374,17 @@ impl Drop for Blk {
 
 const MIB: u64 = 1 << 20;
 
-/// QEMU test: one blk-dd, four guests with the same image: g1 on a local slice (512-byte
+/// QEMU test: one blk-dd, five guests with the same image: g1 on a local slice (512-byte
 /// sectors), g2 hostile on the next slice (4 KiB sectors), g3 on a remote NBD export, g4 on a
-/// third slice (4 KiB sectors). The host
+/// third slice (4 KiB sectors), g5 publishing a wild ring index (its port alone goes down,
+/// `blkback:ring...`). The host
 /// reads back the disk file and the exported file byte-exact; g2's requests outside its
 /// slice, with bad references and oversized segment counts are refused, g1's slice beyond what
 /// g1 wrote is untouched.
 pub fn local_remote_hostile(accel: Accel) -> Result<String> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("blk-basic")?;
-    let disk = raw_file(&dir, "disk.raw", 48)?;
+    let disk = raw_file(&dir, "disk.raw", 52)?;
     let exp = raw_file(&dir, "export.raw", 16)?;
     let nbd = Nbd::start(&exp, "blk")?;
     let mut t = Topo::new("blk-basic", accel, &art);
@@ -394,18 +395,22 @@ pub fn local_remote_hostile(accel: Accel) -> Result<String> {
         "vol=v2:local:16M:16M:ss=4096".into(),
         nbd.vol("v3"),
         "vol=v4:local:32M:16M:ss=4096".into(),
+        "vol=v5:local:48M:4M".into(),
     ];
     t.guests = vec![
         Guest::new("g1", "vol=v1 work=verify:2048 seed=11"),
         Guest::new("g2", "vol=v2 work=hostile seed=12"),
         Guest::new("g3", "vol=v3 work=verify:2048 seed=13"),
         Guest::new("g4", "vol=v4 work=verify:1024 seed=14"),
+        Guest::new("g5", "vol=v5 work=hostile:ring"),
     ];
     let mut b = t.start()?;
     let (r1, _) = b.result("g1", Duration::from_secs(120))?;
     let (r2, _) = b.result("g2", Duration::from_secs(60))?;
     let (r3, _) = b.result("g3", Duration::from_secs(120))?;
     let (r4, _) = b.result("g4", Duration::from_secs(120))?;
+    let (r5, _) = b.result("g5", Duration::from_secs(60))?;
+    b.wait("blk-dd", "ICONNECT-PORT 5 down reason=blkback:ring", Duration::from_secs(10))?;
     ensure!(r2.get("refused") == Some("4/4") && r2.get("after") == Some("io-ok"), "g2 hostile: {:?}", r2.kv);
     let dd = b.serial("blk-dd");
     for want in [
@@ -414,6 +419,7 @@ pub fn local_remote_hostile(accel: Accel) -> Result<String> {
         "ICONNECT-PORT 3 up volume=v3 backing=nbd",
         "ICONNECT-PORT 4 up volume=v4 backing=local sectors=4096 sector_size=4096",
         "ICONNECT-PORT 2 down reason=disconnected",
+        "ICONNECT-PORT 5 down reason=blkback:ring",
     ] {
         ensure!(dd.iter().any(|l| l.contains(want)), "blk-dd never said `{want}`");
     }
@@ -426,11 +432,12 @@ pub fn local_remote_hostile(accel: Accel) -> Result<String> {
     check_pattern(&disk, 32 * MIB, MIB, 14).context("g4's data in the disk file")?;
     check_zero(&disk, 33 * MIB, 15 * MIB).context("g4's slice beyond its data")?;
     Ok(format!(
-        "g1 local {} B ok, g2 hostile refused {} (then io-ok), g3 nbd {} B ok, g4 local 4K-sector {} B ok; host read back both files byte-exact",
+        "g1 local {} B ok, g2 hostile refused {} (then io-ok), g3 nbd {} B ok, g4 local 4K-sector {} B ok, g5 wild req_prod: {} and only its port down; host read back both files byte-exact",
         r1.get("bytes").unwrap_or("?"),
         r2.get("refused").unwrap_or("?"),
         r3.get("bytes").unwrap_or("?"),
-        r4.get("bytes").unwrap_or("?")
+        r4.get("bytes").unwrap_or("?"),
+        r5.get("outcome").unwrap_or("?")
     ))
 }
 

@@ -244,7 +244,7 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("net: QoS guarantees 2:1 under contention", crate::nettests::qos_ratio, true),
     ("net: QoS guarantee vs a best-effort flood (>= 95%)", crate::nettests::qos_guarantee, true),
     ("net: hostile guests (wild req_prod, oversize, bad refs) while others keep working", crate::nettests::hostile, true),
-    ("blk: 4 guests (local slices 512/4096, NBD volume, hostile), read back on the host", crate::blk::local_remote_hostile, true),
+    ("blk: 5 guests (local slices 512/4096, NBD volume, hostile requests, wild ring), read back on the host", crate::blk::local_remote_hostile, true),
     ("blk: flush answered -> durable even if QEMU is killed at once", crate::blk::flush_then_kill, true),
     ("blk: qemu-nbd killed and restarted mid-run loses no acknowledged write", crate::blk::nbd_restart, true),
 ];

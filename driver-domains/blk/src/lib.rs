@@ -219,6 +219,9 @@ pub struct BlkPort<M: SharedMem + Clone> {
     waiting: bool,
     attached: Option<Attached<M>>,
     down_reason: Option<String>,
+    /// The engine broke: detach at the next poll (not only at the guest's `Disconnect`: a
+    /// hostile guest need not close its end).
+    broken: bool,
     kick: bool,
 }
 
@@ -237,6 +240,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
             waiting: false,
             attached: None,
             down_reason: None,
+            broken: false,
             kick: true,
         })
     }
@@ -285,6 +289,9 @@ impl<M: SharedMem + Clone> BlkPort<M> {
                 }
                 BackendEvent::Disconnect | BackendEvent::Removed => self.detach(reg, events),
             }
+        }
+        if core::mem::take(&mut self.broken) {
+            self.detach(reg, events);
         }
         if self.waiting {
             self.connect(reg, events);
@@ -386,6 +393,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
                 let why = format!("blkback:{e}").replace(' ', "_");
                 self.down_reason = Some(why);
                 self.be.fail();
+                self.broken = true;
                 self.kick = true;
                 (0, false)
             }

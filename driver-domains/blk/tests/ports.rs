@@ -5,7 +5,7 @@
 //! after the flush, a guest's out-of-range request fails without touching the neighbour, a
 //! second guest asking for a volume in use or an unknown volume is refused with the reason in
 //! the backend keys, a remote volume not ready yet makes the guest wait, a guest that closes
-//! frees its volume.
+//! frees its volume, a guest that breaks its ring loses only its own port.
 
 use blk_dd::{BlkPort, ERROR_KEY, PEER_KEY, PortEvent, Registry};
 use blkback::volume::{MemVolume, Volume};
@@ -16,7 +16,7 @@ use blkfront::{BackendInfo, Blkfront};
 use iconnect::storage::{StorageRequest, VolumeName};
 use iconnect_channel::{Frontend, FrontendEvent, KeyMap, Window};
 use xen_abi::blkif::{BlkRing, Status};
-use xen_abi::shmem::HostMem;
+use xen_abi::shmem::{HostMem, SharedMem};
 
 struct Guest {
     fe: Frontend<HostMem>,
@@ -184,6 +184,18 @@ fn two_guests_on_slices_of_one_disk() {
     run(&mut d, &mut ports, &mut [&mut ga], 10);
     assert_eq!(d.events, [PortEvent::Down { port: 1, reason: "disconnected".into() }]);
     assert!(d.reg.slots()[0].user.is_none());
+
+    // b publishes a wild producer index: its port goes down at once (b need not close), its
+    // volume is free, and b sees its channel fail.
+    d.events.clear();
+    let ring = gb.dev.as_mut().unwrap().0.raw_ring();
+    let wild = ring.req_prod_pvt().wrapping_add(1 << 30);
+    ring.mem().store_u32(xen_abi::ring::REQ_PROD_OFF, wild, std::sync::atomic::Ordering::Release);
+    run(&mut d, &mut ports, &mut [&mut gb], 10);
+    assert_eq!(d.events.len(), 1, "{:?}", d.events);
+    assert!(d.events[0].marker("").starts_with("ICONNECT-PORT 2 down reason=blkback:ring"), "{:?}", d.events);
+    assert!(d.reg.slots()[1].user.is_none());
+    assert!(gb.down, "the guest sees its channel fail");
 }
 
 #[test]

@@ -54,6 +54,16 @@ pub fn send<R: SharedMem, M: SharedMem>(dev: &mut FrontDev<R, M>) -> Result<(), 
     Ok(())
 }
 
+/// Publishes a request producer index 2^30 beyond the real one (`work=hostile:ring`); returns
+/// what it wrote.
+pub fn wild_producer<R: SharedMem, M: SharedMem>(dev: &mut FrontDev<R, M>) -> u32 {
+    let ring = dev.front.raw_ring();
+    let wild = ring.req_prod_pvt().wrapping_add(0x4000_0000);
+    ring.mem().store_u32(xen_abi::ring::REQ_PROD_OFF, wild, core::sync::atomic::Ordering::Release);
+    dev.notify = true;
+    wild
+}
+
 /// Collects the answers to [`send`] (status by id) from the ring.
 pub fn collect<R: SharedMem, M: SharedMem>(dev: &mut FrontDev<R, M>, seen: &mut BTreeMap<u64, Status>) -> Result<(), String> {
     let ring = dev.front.raw_ring();

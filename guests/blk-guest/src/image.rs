@@ -76,7 +76,7 @@ fn run_virtio(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, 
         dev.size() / 512,
         cfg.name
     );
-    if cfg.work == Work::Hostile {
+    if matches!(cfg.work, Work::Hostile | Work::HostileRing) {
         return Err("work=hostile needs the channel".into());
     }
     let mut w = Workload::new(cfg, dev.size(), us(time::now()));
@@ -110,6 +110,7 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
     let mut dev: Option<FrontDev<_, _>> = None;
     let mut work: Option<Workload> = None;
     let mut hostile_at: Option<Instant> = None;
+    let mut wild_at: Option<Instant> = None;
     let mut seen = BTreeMap::new();
     let mut probe: Option<(u64, u64)> = None;
     loop {
@@ -138,10 +139,18 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
                     if cfg.work == Work::Hostile {
                         hostile::send(&mut d)?;
                         hostile_at = Some(now);
+                    } else if cfg.work == Work::HostileRing {
+                        let wild = hostile::wild_producer(&mut d);
+                        log::info!("hostile: wrote req_prod={wild:#x}");
+                        wild_at = Some(now);
                     } else {
                         work = Some(Workload::new(cfg, d.size(), us(now)));
                     }
                     dev = Some(d);
+                }
+                FrontendEvent::Disconnect | FrontendEvent::Closed | FrontendEvent::Failed(_) if wild_at.is_some() => {
+                    let after = wild_at.map(|t| (now - t).as_millis()).unwrap_or(0);
+                    return Ok(Report { ok: true, fields: format!("outcome=channel-closed after_ms={after}") });
                 }
                 FrontendEvent::Disconnect | FrontendEvent::Closed | FrontendEvent::Failed(_) => {
                     let why = fe
@@ -184,6 +193,12 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
                     if let Some(end) = w.end_us() {
                         deadline = deadline.min(Instant::from_micros(end.max(us(now))));
                     }
+                }
+                if let Some(at) = wild_at {
+                    if now >= at + HOSTILE_WAIT {
+                        return Err(format!("backend kept the channel open {} s after a wild req_prod", HOSTILE_WAIT.as_secs()));
+                    }
+                    deadline = deadline.min(now + HANDSHAKE_TICK);
                 }
                 if let Some(at) = hostile_at {
                     if probe.is_none() {

@@ -11,9 +11,12 @@
 //!   the disk file or NBD export independently.
 //! * `work=iops:<read|write>:<qd>:<secs>` — 4 KiB random requests at queue depth qd over the
 //!   first 64 MiB (prints `ICONNECT-IOPS-START` when it starts, so the host can time it).
-//! * `work=hostile` (channel only, [`hostile`]) — requests outside the volume, with a bad page
-//!   reference, with 200 direct segments and with 4000 indirect segments: every one must be
-//!   answered with an error, and the channel must still serve a normal write/read afterwards.
+//! * `work=hostile[:requests]` (channel only, [`hostile`]) — requests outside the volume, with a
+//!   bad page reference, with 200 direct segments and with 4000 indirect segments: every one
+//!   must be answered with an error, and the channel must still serve a normal write/read
+//!   afterwards.
+//! * `work=hostile:ring` (channel only) — a wild request producer index: the backend must
+//!   close the channel (and only this one).
 //!
 //! Results: `ICONNECT-RESULT ok|FAIL name=<g> work=<w> key=value...`.
 #![cfg_attr(not(test), no_std)]
@@ -83,8 +86,10 @@ pub enum Work {
         /// Duration.
         secs: u32,
     },
-    /// Invalid requests (channel only).
+    /// Invalid requests (channel only): each must be refused, the channel must keep working.
     Hostile,
+    /// A wild request producer index (channel only): the backend must close this channel.
+    HostileRing,
 }
 
 /// Which block device the guest uses.
@@ -153,7 +158,11 @@ impl GuestConfig {
                 let secs: u32 = it.next().and_then(|v| v.parse().ok()).filter(|&s| s > 0).ok_or_else(bad)?;
                 Work::Iops { write, qd, secs }
             }
-            Some("hostile") => Work::Hostile,
+            Some("hostile") => match it.next() {
+                None | Some("requests") => Work::Hostile,
+                Some("ring") => Work::HostileRing,
+                _ => return Err(bad()),
+            },
             _ => return Err(bad()),
         };
         let disk = match get(cmdline, "disk") {
@@ -469,7 +478,7 @@ impl Workload {
                     }
                 }
             }
-            Work::Hostile => return Err("hostile is not a queued workload".into()),
+            Work::Hostile | Work::HostileRing => return Err("hostile is not a queued workload".into()),
         }
         dev.kick();
         Ok(None)
@@ -592,7 +601,8 @@ mod tests {
     fn command_line() {
         let c = GuestConfig::from_cmdline("name=g2 vol=data work=iops:read:32:5 disk=virtio").unwrap();
         assert_eq!((c.volume.as_str(), c.work, c.disk), ("data", Work::Iops { write: false, qd: 32, secs: 5 }, Disk::Virtio));
-        for bad in ["work=iops:read:0:5", "work=iops:x:1:1", "work=verify:0", "disk=usb", "work=fly"] {
+        assert_eq!(GuestConfig::from_cmdline("work=hostile:ring").unwrap().work, Work::HostileRing);
+        for bad in ["work=hostile:x", "work=iops:read:0:5", "work=iops:x:1:1", "work=verify:0", "disk=usb", "work=fly"] {
             assert!(GuestConfig::from_cmdline(bad).is_err(), "{bad}");
         }
     }
