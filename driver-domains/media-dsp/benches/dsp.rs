@@ -3,6 +3,7 @@
 //! "thrpt: ... elem/s" = frames/s; divide by 48000 for "times real time" at 48 kHz.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use media_dsp::format::f32_to_q31;
 use media_dsp::measure::sine;
 use media_dsp::{Mixer, MixerConfig, Resampler, SampleFormat, StreamParams};
 use std::hint::black_box;
@@ -20,10 +21,11 @@ fn resampler(c: &mut Criterion) {
     ] {
         let mut r = Resampler::new(a, b, ch).unwrap();
         let in_frames = 4800usize;
-        let mut x = vec![0f32; in_frames * ch];
-        sine(a, 440.0, 0.5, 0, &mut x);
+        let mut xf = vec![0f32; in_frames * ch];
+        sine(a, 440.0, 0.5, 0, &mut xf);
+        let x: Vec<i32> = xf.iter().map(|&v| f32_to_q31(v)).collect();
         let out_frames = r.output_for(in_frames) + 2;
-        let mut out = vec![0f32; out_frames * ch];
+        let mut out = vec![0i32; out_frames * ch];
         let produced = (in_frames as u64 * b as u64 / a as u64).max(1);
         g.throughput(Throughput::Elements(produced));
         g.bench_function(format!("{a}->{b} x{ch} (output frames)"), |bn| {

@@ -1,4 +1,4 @@
-//! Channel mapping of interleaved `f32` frames.
+//! Channel mapping of interleaved Q31 frames (integer arithmetic).
 //!
 //! Rules (`from` channels to `to` channels):
 //! * equal: copy;
@@ -12,11 +12,14 @@
 
 use crate::Error;
 
-const M3DB: f32 = core::f32::consts::FRAC_1_SQRT_2;
+/// 1/sqrt(2) in Q30.
+const M3DB: i64 = 759_250_125;
+/// 1 / (1 + 2/sqrt(2)) in Q30.
+const NORM51: i64 = 444_758_426;
 
 /// Maps `input` (frames of `from` channels) into `out` (the same number of frames of `to`
 /// channels).
-pub fn map_channels(input: &[f32], from: usize, out: &mut [f32], to: usize) -> Result<(), Error> {
+pub fn map_channels(input: &[i32], from: usize, out: &mut [i32], to: usize) -> Result<(), Error> {
     if from == 0
         || to == 0
         || !input.len().is_multiple_of(from)
@@ -36,33 +39,36 @@ pub fn map_channels(input: &[f32], from: usize, out: &mut [f32], to: usize) -> R
             }
         }
         (_, 1) => {
-            let k = 1.0 / from as f32;
             for (i, o) in frames {
-                o[0] = i.iter().sum::<f32>() * k;
+                o[0] = (i.iter().map(|&x| i64::from(x)).sum::<i64>() / from as i64) as i32;
             }
         }
         (6, 2) => {
-            let k = 1.0 / (1.0 + 2.0 * M3DB);
+            let mix = |a: i32, b: i32, c: i32| -> i32 {
+                let side = (M3DB * (i64::from(b) + i64::from(c))) >> 30;
+                (((i64::from(a) + side) * NORM51) >> 30) as i32
+            };
             for (i, o) in frames {
-                o[0] = (i[0] + M3DB * (i[2] + i[4])) * k;
-                o[1] = (i[1] + M3DB * (i[2] + i[5])) * k;
+                o[0] = mix(i[0], i[2], i[4]);
+                o[1] = mix(i[1], i[2], i[5]);
             }
         }
         _ if from < to => {
             for (i, o) in frames {
                 o[..from].copy_from_slice(i);
-                o[from..].fill(0.0);
+                o[from..].fill(0);
             }
         }
         _ => {
+            let mut acc = [0i64; 64];
             for (i, o) in frames {
-                o.fill(0.0);
+                acc[..to].fill(0);
                 for (c, x) in i.iter().enumerate() {
-                    o[c % to] += x;
+                    acc[c % to] += i64::from(*x);
                 }
                 for (c, y) in o.iter_mut().enumerate() {
                     let n = (from - c).div_ceil(to);
-                    *y /= n as f32;
+                    *y = (acc[c] / n as i64) as i32;
                 }
             }
         }
@@ -76,25 +82,30 @@ mod tests {
 
     #[test]
     fn maps() {
-        let mut o = [0.0; 4];
-        map_channels(&[0.5, -0.25], 1, &mut o, 2).unwrap();
-        assert_eq!(o, [0.5, 0.5, -0.25, -0.25]);
-        let mut m = [0.0; 2];
-        map_channels(&[1.0, 0.0, 1.0, 1.0], 2, &mut m, 1).unwrap();
-        assert_eq!(m, [0.5, 1.0]);
-        let mut s = [0.0; 2];
-        map_channels(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 6, &mut s, 2).unwrap();
+        const H: i32 = 1 << 30; // 0.5
+        const Q: i32 = 1 << 29; // 0.25
+        let mut o = [0; 4];
+        map_channels(&[H, -Q], 1, &mut o, 2).unwrap();
+        assert_eq!(o, [H, H, -Q, -Q]);
+        let mut m = [0; 2];
+        map_channels(&[i32::MAX, 0, i32::MAX, i32::MAX], 2, &mut m, 1).unwrap();
+        assert_eq!(m, [i32::MAX / 2, i32::MAX]);
+        let mut s = [0; 2];
+        map_channels(&[i32::MAX; 6], 6, &mut s, 2).unwrap();
         assert!(
-            (s[0] - 1.0).abs() < 1e-6 && (s[1] - 1.0).abs() < 1e-6,
-            "{s:?}"
+            s.iter().all(|&v| v > i32::MAX - 8),
+            "{s:?}: full scale, no overflow"
         );
-        let mut q = [9.0; 4];
-        map_channels(&[0.1, 0.2], 2, &mut q, 4).unwrap();
-        assert_eq!(q, [0.1, 0.2, 0.0, 0.0]);
-        let mut t = [0.0; 2];
-        map_channels(&[1.0, 0.5, 1.0], 3, &mut t, 2).unwrap();
-        assert_eq!(t, [1.0, 0.5]);
-        assert_eq!(map_channels(&[0.0; 3], 2, &mut t, 2), Err(Error::Length));
-        assert_eq!(map_channels(&[0.0; 2], 0, &mut t, 2), Err(Error::Length));
+        let mut q = [9; 4];
+        map_channels(&[1, 2], 2, &mut q, 4).unwrap();
+        assert_eq!(q, [1, 2, 0, 0]);
+        let mut t = [0; 2];
+        map_channels(&[H, Q, H], 3, &mut t, 2).unwrap();
+        assert_eq!(t, [H, Q]);
+        assert_eq!(map_channels(&[0; 3], 2, &mut t, 2), Err(Error::Length));
+        assert_eq!(map_channels(&[0; 2], 0, &mut t, 2), Err(Error::Length));
+        let mut n = [0; 1];
+        map_channels(&[i32::MIN; 8], 8, &mut n, 1).unwrap();
+        assert_eq!(n, [i32::MIN]);
     }
 }

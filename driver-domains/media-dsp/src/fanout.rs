@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use crate::Error;
 use crate::channels::map_channels;
 use crate::fifo::Fifo;
-use crate::format::{SampleFormat, decode_f32, encode_f32};
+use crate::format::{SampleFormat, decode_q31, encode_q31, f32_to_q31, q31_to_f32};
 use crate::resample::Resampler;
 use crate::slots::Slots;
 
@@ -32,7 +32,7 @@ pub struct ConsumerStats {
 struct Consumer {
     channels: usize,
     rs: Resampler,
-    fifo: Fifo,
+    fifo: Fifo<i32>,
     running: bool,
     stats: ConsumerStats,
 }
@@ -43,9 +43,9 @@ pub struct FanOut {
     rate: u32,
     channels: usize,
     consumers: Slots<Consumer>,
-    dev: Vec<f32>,
-    mapped: Vec<f32>,
-    out: Vec<f32>,
+    dev: Vec<i32>,
+    mapped: Vec<i32>,
+    out: Vec<i32>,
     /// Device frames pushed.
     frames: u64,
 }
@@ -126,8 +126,18 @@ impl FanOut {
         self.consumers.get(id.0).map(|c| c.fifo.len() / c.channels)
     }
 
-    /// Delivers device frames (interleaved `f32`, device channels) to every running consumer.
+    /// [`push_q31`](Self::push_q31) for `f32` frames.
     pub fn push(&mut self, device: &[f32]) -> Result<(), Error> {
+        let mut dev = core::mem::take(&mut self.dev);
+        dev.clear();
+        dev.extend(device.iter().map(|&x| f32_to_q31(x)));
+        let r = self.push_q31(&dev);
+        self.dev = dev;
+        r
+    }
+
+    /// Delivers device frames (interleaved Q31, device channels) to every running consumer.
+    pub fn push_q31(&mut self, device: &[i32]) -> Result<(), Error> {
         let dch = self.channels;
         if !device.len().is_multiple_of(dch) {
             return Err(Error::Length);
@@ -139,17 +149,17 @@ impl FanOut {
                 continue;
             }
             let ch = c.channels;
-            let src: &[f32] = if ch == dch {
+            let src: &[i32] = if ch == dch {
                 device
             } else {
                 self.mapped.clear();
-                self.mapped.resize(frames * ch, 0.0);
+                self.mapped.resize(frames * ch, 0);
                 map_channels(device, dch, &mut self.mapped, ch)?;
                 &self.mapped
             };
             let n_out = c.rs.output_for(frames);
             self.out.clear();
-            self.out.resize(n_out * ch, 0.0);
+            self.out.resize(n_out * ch, 0);
             let (_, co) = c.rs.process(src, &mut self.out);
             let took = c.fifo.push(&self.out[..co * ch]) / ch;
             c.stats.produced += took as u64;
@@ -165,15 +175,28 @@ impl FanOut {
         }
         let mut dev = core::mem::take(&mut self.dev);
         dev.clear();
-        dev.resize(bytes.len() / fmt.bytes(), 0.0);
-        decode_f32(fmt, bytes, &mut dev)?;
-        let r = self.push(&dev);
+        dev.resize(bytes.len() / fmt.bytes(), 0);
+        decode_q31(fmt, bytes, &mut dev)?;
+        let r = self.push_q31(&dev);
         self.dev = dev;
         r
     }
 
-    /// Reads up to `out.len() / channels` frames (interleaved `f32`); returns the frames.
+    /// [`read_q31`](Self::read_q31) into `f32`.
     pub fn read(&mut self, id: ConsumerId, out: &mut [f32]) -> Result<usize, Error> {
+        let mut buf = core::mem::take(&mut self.out);
+        buf.clear();
+        buf.resize(out.len(), 0);
+        let n = self.read_q31(id, &mut buf);
+        for (o, q) in out.iter_mut().zip(&buf) {
+            *o = q31_to_f32(*q);
+        }
+        self.out = buf;
+        n
+    }
+
+    /// Reads up to `out.len() / channels` frames (interleaved Q31); returns the frames.
+    pub fn read_q31(&mut self, id: ConsumerId, out: &mut [i32]) -> Result<usize, Error> {
         let c = self.consumer(id)?;
         let n = (out.len() / c.channels).min(c.fifo.len() / c.channels);
         out[..n * c.channels].copy_from_slice(&c.fifo.data()[..n * c.channels]);
@@ -194,9 +217,9 @@ impl FanOut {
         let want = out.len() / frame;
         let mut buf = core::mem::take(&mut self.out);
         buf.clear();
-        buf.resize(want * ch, 0.0);
-        let n = self.read(id, &mut buf);
-        let r = n.and_then(|n| encode_f32(fmt, &buf[..n * ch], &mut out[..n * frame]).map(|_| n));
+        buf.resize(want * ch, 0);
+        let n = self.read_q31(id, &mut buf);
+        let r = n.and_then(|n| encode_q31(fmt, &buf[..n * ch], &mut out[..n * frame]).map(|_| n));
         self.out = buf;
         r
     }

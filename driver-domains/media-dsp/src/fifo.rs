@@ -1,17 +1,17 @@
-//! A bounded FIFO of interleaved `f32` samples whose content is always one contiguous slice
+//! A bounded FIFO of interleaved samples whose content is always one contiguous slice
 //! (what the resampler reads).
 
 use alloc::vec::Vec;
 
 /// Bounded sample queue.
 #[derive(Debug, Clone)]
-pub(crate) struct Fifo {
-    buf: Vec<f32>,
+pub(crate) struct Fifo<T> {
+    buf: Vec<T>,
     start: usize,
     cap: usize,
 }
 
-impl Fifo {
+impl<T: Copy> Fifo<T> {
     /// A FIFO holding at most `cap` samples.
     pub(crate) fn new(cap: usize) -> Self {
         Self {
@@ -32,7 +32,7 @@ impl Fifo {
     }
 
     /// The queued samples, oldest first.
-    pub(crate) fn data(&self) -> &[f32] {
+    pub(crate) fn data(&self) -> &[T] {
         &self.buf[self.start..]
     }
 
@@ -46,7 +46,7 @@ impl Fifo {
     }
 
     /// Appends as much of `s` as fits; returns how many samples were taken.
-    pub(crate) fn push(&mut self, s: &[f32]) -> usize {
+    pub(crate) fn push(&mut self, s: &[T]) -> usize {
         let n = s.len().min(self.free());
         if self.buf.len() + n > self.cap {
             let len = self.len();

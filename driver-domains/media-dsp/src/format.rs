@@ -217,8 +217,15 @@ pub fn sanitize(x: f32) -> f32 {
     }
 }
 
+/// Q31 to `f32`.
 #[inline]
-fn f32_to_q31(x: f32) -> i32 {
+pub fn q31_to_f32(q: i32) -> f32 {
+    q as f32 * Q31_TO_F
+}
+
+/// `f32` (sanitised) to Q31, rounded, saturating.
+#[inline]
+pub fn f32_to_q31(x: f32) -> i32 {
     // `as` saturates: 1.0 * 2^31 becomes i32::MAX.
     let y = sanitize(x) as f64 * 2_147_483_648.0;
     let r = if y >= 0.0 { y + 0.5 } else { y - 0.5 };

@@ -2,8 +2,8 @@
 //! device's native rate and channels.
 //!
 //! Per stream: a bounded FIFO of decoded samples at the stream's rate (filled by
-//! [`Mixer::push`] / [`Mixer::push_bytes`] when a guest writes), a [`Resampler`] to the device
-//! rate run when the device asks for frames ([`Mixer::mix`]), so the stream's position counts
+//! [`Mixer::push_bytes`] / [`Mixer::push_q31`] when a guest writes), a [`Resampler`] to the
+//! device rate run when the device asks for frames ([`Mixer::mix_bytes`], [`Mixer::mix_q31`]), so the stream's position counts
 //! exactly the input frames the device consumed ([`StreamStats::consumed`]).
 //!
 //! Gain of stream `s`, channel `c` = `volume[c]` (guest's, dB) limited by the platform cap
@@ -15,15 +15,17 @@
 //! `hold_ms` after; every stream with a strictly lower priority than an active stream is
 //! lowered by `depth_db`.
 //!
-//! Summing is in `f32` (no overflow for any number of full-scale streams); the sum is clamped
-//! to `[-1, 1]` (counted in [`MixStats::clipped`]), then encoded with saturation.
+//! Arithmetic is integer per sample (Q31 samples, Q28 gains; see the crate docs): a stream
+//! boosted above full scale saturates on its own, streams are summed in 64 bits (no overflow
+//! for any number of full-scale streams) and the sum is saturated to full scale (counted in
+//! [`MixStats::clipped`]), then encoded.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::channels::map_channels;
 use crate::fifo::Fifo;
-use crate::format::{SampleFormat, decode_f32, encode_f32};
+use crate::format::{SampleFormat, decode_q31, encode_q31, f32_to_q31, q31_to_f32};
 use crate::resample::Resampler;
 use crate::slots::Slots;
 use crate::{Error, db_to_gain};
@@ -124,25 +126,26 @@ pub struct MixStats {
 struct Stream {
     p: StreamParams,
     rs: Resampler,
-    fifo: Fifo,
+    fifo: Fifo<i32>,
     running: bool,
     volume_db: Vec<f32>,
     muted: Vec<bool>,
     cap_db: f32,
     platform_mute: bool,
-    /// Current (ramping) per-channel gain, without ducking.
-    gain: Vec<f32>,
-    duck: f32,
+    /// Current (ramping) per-channel gain without ducking, Q28.
+    gain: Vec<i64>,
+    /// Current ducking gain, Q28.
+    duck: i64,
     last_active: Option<u64>,
     stats: StreamStats,
 }
 
 impl Stream {
-    fn target(&self, c: usize) -> f32 {
+    fn target(&self, c: usize) -> i64 {
         if self.platform_mute || self.muted[c] {
-            0.0
+            0
         } else {
-            db_to_gain(self.volume_db[c].min(self.cap_db))
+            q28(db_to_gain(self.volume_db[c].min(self.cap_db)))
         }
     }
     fn audible(&self) -> bool {
@@ -160,19 +163,29 @@ pub struct Mixer {
     streams: Slots<Stream>,
     clock: u64,
     stats: MixStats,
-    scratch: Vec<f32>,
-    mapped: Vec<f32>,
-    mixbuf: Vec<f32>,
-    duck_floor: f32,
-    duck_attack: f32,
-    duck_release: f32,
-    gain_step: f32,
+    scratch: Vec<i32>,
+    mapped: Vec<i32>,
+    acc: Vec<i64>,
+    mixbuf: Vec<i32>,
+    duck_floor: i64,
+    duck_attack: i64,
+    duck_release: i64,
+    gain_step: i64,
     hold: u64,
 }
 
-fn per_sample(ms: f32, rate: u32, span: f32) -> f32 {
-    let n = (ms * rate as f32 / 1000.0).max(1.0);
-    span / n
+/// Gains are Q28 integers (up to +12 dB = 3.98 fits, and a Q31 sample times two gains stays
+/// below 2^63).
+const ONE: i64 = 1 << 28;
+
+fn q28(g: f32) -> i64 {
+    (g as f64 * ONE as f64 + 0.5) as i64
+}
+
+/// Per-sample step of a ramp crossing `span` (Q28) in `ms`.
+fn per_sample(ms: f32, rate: u32, span: i64) -> i64 {
+    let n = ((ms * rate as f32 / 1000.0) as i64).max(1);
+    (span / n).max(1)
 }
 
 impl Mixer {
@@ -198,7 +211,7 @@ impl Mixer {
         if !all_ok {
             return Err(Error::BadParameter);
         }
-        let floor = db_to_gain(-d.depth_db);
+        let floor = q28(db_to_gain(-d.depth_db));
         Ok(Self {
             cfg,
             streams: Slots::new(cfg.max_streams),
@@ -206,11 +219,12 @@ impl Mixer {
             stats: MixStats::default(),
             scratch: Vec::new(),
             mapped: Vec::new(),
+            acc: Vec::new(),
             mixbuf: Vec::new(),
             duck_floor: floor,
-            duck_attack: per_sample(d.attack_ms, cfg.rate, 1.0 - floor),
-            duck_release: per_sample(d.release_ms, cfg.rate, 1.0 - floor),
-            gain_step: per_sample(cfg.gain_ramp_ms, cfg.rate, 1.0),
+            duck_attack: per_sample(d.attack_ms, cfg.rate, ONE - floor),
+            duck_release: per_sample(d.release_ms, cfg.rate, ONE - floor),
+            gain_step: per_sample(cfg.gain_ramp_ms, cfg.rate, ONE),
             hold: (d.hold_ms * cfg.rate as f32 / 1000.0) as u64,
         })
     }
@@ -235,8 +249,8 @@ impl Mixer {
             muted: vec![false; p.channels],
             cap_db: f32::INFINITY,
             platform_mute: false,
-            gain: vec![1.0; p.channels],
-            duck: 1.0,
+            gain: vec![ONE; p.channels],
+            duck: ONE,
             last_active: None,
             stats: StreamStats {
                 duck_gain: 1.0,
@@ -259,9 +273,9 @@ impl Mixer {
         self.streams.get(id.0)
     }
 
-    /// Queues samples (interleaved, whole frames, at the stream's rate); returns the frames
+    /// Queues Q31 samples (interleaved, whole frames, at the stream's rate); returns the frames
     /// taken (fewer when the FIFO is full).
-    pub fn push(&mut self, id: StreamId, samples: &[f32]) -> Result<usize, Error> {
+    pub fn push_q31(&mut self, id: StreamId, samples: &[i32]) -> Result<usize, Error> {
         let s = self.stream(id)?;
         let ch = s.p.channels;
         if !samples.len().is_multiple_of(ch) {
@@ -270,6 +284,27 @@ impl Mixer {
         let frames = (s.fifo.free() / ch).min(samples.len() / ch);
         s.fifo.push(&samples[..frames * ch]);
         Ok(frames)
+    }
+
+    /// [`push_q31`](Self::push_q31) for `f32` samples.
+    pub fn push(&mut self, id: StreamId, samples: &[f32]) -> Result<usize, Error> {
+        let ch = self.stream_ref(id)?.p.channels;
+        if !samples.len().is_multiple_of(ch) {
+            return Err(Error::Length);
+        }
+        let mut buf = [0i32; 512];
+        let mut taken = 0;
+        for chunk in samples.chunks(buf.len() / ch * ch) {
+            for (q, x) in buf.iter_mut().zip(chunk) {
+                *q = f32_to_q31(*x);
+            }
+            let t = self.push_q31(id, &buf[..chunk.len()])?;
+            taken += t;
+            if t < chunk.len() / ch {
+                break;
+            }
+        }
+        Ok(taken)
     }
 
     /// Decodes and queues wire bytes of `fmt` (whole frames); returns the frames taken.
@@ -284,13 +319,13 @@ impl Mixer {
         if !bytes.len().is_multiple_of(frame) {
             return Err(Error::Length);
         }
-        let mut buf = [0f32; 512];
+        let mut buf = [0i32; 512];
         let per = buf.len() / ch * frame;
         let mut taken = 0;
         for chunk in bytes.chunks(per) {
             let n = chunk.len() / fmt.bytes();
-            decode_f32(fmt, chunk, &mut buf[..n])?;
-            let t = self.push(id, &buf[..n])?;
+            decode_q31(fmt, chunk, &mut buf[..n])?;
+            let t = self.push_q31(id, &buf[..n])?;
             taken += t;
             if t < n / ch {
                 break;
@@ -383,15 +418,17 @@ impl Mixer {
         self.stats
     }
 
-    /// Mixes the next `out.len() / channels` device frames into `out` (interleaved,
-    /// overwritten, every sample in `[-1, 1]`).
-    pub fn mix(&mut self, out: &mut [f32]) -> Result<(), Error> {
+    /// Mixes the next `out.len() / channels` device frames into `out` (interleaved Q31,
+    /// overwritten). Integer arithmetic only (the images have no FPU): Q31 samples, Q28 gains,
+    /// 64-bit sums saturated to Q31 at the end.
+    pub fn mix_q31(&mut self, out: &mut [i32]) -> Result<(), Error> {
         let dch = self.cfg.channels;
         if !out.len().is_multiple_of(dch) {
             return Err(Error::Length);
         }
         let frames = out.len() / dch;
-        out.fill(0.0);
+        self.acc.clear();
+        self.acc.resize(out.len(), 0);
         let now = self.clock;
         // Who is active (decided per block; the ramps below are per sample).
         let mut top: Option<u8> = None;
@@ -411,7 +448,7 @@ impl Mixer {
             }
             let ch = s.p.channels;
             self.scratch.clear();
-            self.scratch.resize(frames * ch, 0.0);
+            self.scratch.resize(frames * ch, 0);
             let (ci, co) = s.rs.process(s.fifo.data(), &mut self.scratch);
             s.fifo.consume(ci * ch);
             s.stats.consumed += ci as u64;
@@ -420,11 +457,10 @@ impl Mixer {
             let duck_target = if top.is_some_and(|t| t > s.p.priority) {
                 self.duck_floor
             } else {
-                1.0
+                ONE
             };
-            let targets: [f32; 64] =
-                core::array::from_fn(|c| if c < ch { s.target(c) } else { 0.0 });
-            let mut energy = 0.0f32;
+            let targets: [i64; 64] = core::array::from_fn(|c| if c < ch { s.target(c) } else { 0 });
+            let mut energy = 0i64;
             for f in self.scratch.chunks_exact_mut(ch) {
                 s.duck = if s.duck > duck_target {
                     (s.duck - self.duck_attack).max(duck_target)
@@ -439,38 +475,52 @@ impl Mixer {
                     } else {
                         (*g + self.gain_step).min(t)
                     };
-                    *x *= *g * s.duck;
-                    energy += *x * *x;
+                    let y = (((i64::from(*x) * *g) >> 28) * s.duck) >> 28;
+                    *x = y.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+                    let h = i64::from(*x >> 16);
+                    energy += h * h;
                 }
             }
-            s.stats.duck_gain = s.duck;
-            s.stats.level_rms = libm::sqrtf(energy / (frames * ch).max(1) as f32);
-            if ch == dch {
-                for (o, x) in out.iter_mut().zip(&self.scratch) {
-                    *o += x;
-                }
+            s.stats.duck_gain = s.duck as f32 / ONE as f32;
+            s.stats.level_rms = libm::sqrtf(energy as f32 / (frames * ch).max(1) as f32) / 32768.0;
+            let src: &[i32] = if ch == dch {
+                &self.scratch
             } else {
                 self.mapped.clear();
-                self.mapped.resize(frames * dch, 0.0);
+                self.mapped.resize(frames * dch, 0);
                 map_channels(&self.scratch, ch, &mut self.mapped, dch)?;
-                for (o, x) in out.iter_mut().zip(&self.mapped) {
-                    *o += x;
-                }
+                &self.mapped
+            };
+            for (a, x) in self.acc.iter_mut().zip(src) {
+                *a += i64::from(*x);
             }
         }
-        for o in out.iter_mut() {
-            if !(-1.0..=1.0).contains(o) {
+        for (o, a) in out.iter_mut().zip(&self.acc) {
+            if *a > i32::MAX as i64 || *a < i32::MIN as i64 {
                 self.stats.clipped += 1;
-                *o = o.clamp(-1.0, 1.0);
             }
+            *o = (*a).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         }
         self.clock += frames as u64;
         self.stats.frames += frames as u64;
         Ok(())
     }
 
+    /// [`mix_q31`](Self::mix_q31) into `f32` (every sample in `[-1, 1]`).
+    pub fn mix(&mut self, out: &mut [f32]) -> Result<(), Error> {
+        let mut buf = core::mem::take(&mut self.mixbuf);
+        buf.clear();
+        buf.resize(out.len(), 0);
+        let r = self.mix_q31(&mut buf);
+        for (o, q) in out.iter_mut().zip(&buf) {
+            *o = q31_to_f32(*q);
+        }
+        self.mixbuf = buf;
+        r
+    }
+
     /// Mixes `out.len() / (channels * fmt.bytes())` device frames into `out` in the device
-    /// format `fmt`; returns the frames.
+    /// format `fmt` (integer path end to end for integer formats); returns the frames.
     pub fn mix_bytes(&mut self, fmt: SampleFormat, out: &mut [u8]) -> Result<usize, Error> {
         let frame = fmt.bytes() * self.cfg.channels;
         if !out.len().is_multiple_of(frame) {
@@ -479,10 +529,11 @@ impl Mixer {
         let frames = out.len() / frame;
         let mut buf = core::mem::take(&mut self.mixbuf);
         buf.clear();
-        buf.resize(frames * self.cfg.channels, 0.0);
-        self.mix(&mut buf)?;
-        encode_f32(fmt, &buf, out)?;
+        buf.resize(frames * self.cfg.channels, 0);
+        let r = self
+            .mix_q31(&mut buf)
+            .and_then(|_| encode_q31(fmt, &buf, out));
         self.mixbuf = buf;
-        Ok(frames)
+        r.map(|_| frames)
     }
 }

@@ -19,6 +19,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::Error;
+use crate::format::{f32_to_q31, q31_to_f32};
 
 /// Largest interpolation factor `L` accepted: covers every pair of standard rates (8000 ...
 /// 192000, 11025 family).
@@ -55,7 +56,8 @@ fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
-/// A streaming resampler for interleaved `f32` frames.
+/// A streaming resampler for interleaved Q31 frames (integer arithmetic: Q30 coefficients,
+/// 64-bit accumulation; the images run without an FPU, see the crate docs).
 #[derive(Debug, Clone)]
 pub struct Resampler {
     in_rate: u32,
@@ -65,9 +67,9 @@ pub struct Resampler {
     m: usize,
     taps: usize,
     /// Phase-major, each phase's taps reversed (oldest input first).
-    coeffs: Vec<f32>,
+    coeffs: Vec<i32>,
     /// Per channel `2 * taps` floats: every sample stored twice so the window is contiguous.
-    hist: Vec<f32>,
+    hist: Vec<i32>,
     /// Index (0..taps) of the newest sample in each channel's history.
     w: usize,
     phase: usize,
@@ -137,10 +139,11 @@ impl Resampler {
         // Normalise: each phase sums to ~1 at DC (the whole prototype sums to L).
         let sum: f64 = h.iter().sum();
         let k = l as f64 / sum;
-        let mut coeffs = vec![0f32; n];
+        let mut coeffs = vec![0i32; n];
         for p in 0..l {
             for j in 0..taps {
-                coeffs[p * taps + j] = (h[p + (taps - 1 - j) * l] * k) as f32;
+                let c = h[p + (taps - 1 - j) * l] * k * Q30;
+                coeffs[p * taps + j] = libm::round(c) as i32;
             }
         }
         Ok(Self {
@@ -151,7 +154,7 @@ impl Resampler {
             m,
             taps,
             coeffs,
-            hist: vec![0.0; channels * 2 * taps],
+            hist: vec![0; channels * 2 * taps],
             w: 0,
             phase: 0,
             need: 1,
@@ -189,7 +192,7 @@ impl Resampler {
 
     /// Clears the history (silence) and the phase.
     pub fn reset(&mut self) {
-        self.hist.fill(0.0);
+        self.hist.fill(0);
         self.w = 0;
         self.phase = 0;
         self.need = usize::from(self.taps != 0);
@@ -210,7 +213,7 @@ impl Resampler {
 
     /// Converts as much as possible: reads frames from `input`, writes frames to `out` (both
     /// interleaved, whole frames), returns `(input frames consumed, output frames written)`.
-    pub fn process(&mut self, input: &[f32], out: &mut [f32]) -> (usize, usize) {
+    pub fn process(&mut self, input: &[i32], out: &mut [i32]) -> (usize, usize) {
         let ch = self.channels;
         let in_frames = input.len() / ch;
         let out_frames = out.len() / ch;
@@ -250,24 +253,39 @@ impl Resampler {
             self.phase %= self.l;
         }
     }
+
+    /// [`process`](Self::process) for `f32` frames (converted to and from Q31; allocates:
+    /// for tests and tools, not the device path).
+    pub fn process_f32(&mut self, input: &[f32], out: &mut [f32]) -> (usize, usize) {
+        let q: Vec<i32> = input.iter().map(|&x| f32_to_q31(x)).collect();
+        let mut o = vec![0i32; out.len()];
+        let (ci, co) = self.process(&q, &mut o);
+        for (y, x) in out.iter_mut().zip(&o[..co * self.channels]) {
+            *y = q31_to_f32(*x);
+        }
+        (ci, co)
+    }
 }
 
-/// Dot product with eight independent accumulators (lets the compiler use SIMD lanes).
+const Q30: f64 = (1u64 << 30) as f64;
+
+/// Q31 dot Q30, rounded back to Q31 with saturation. Four independent accumulators; the sum
+/// of |products| is below 2^63 for any filter here (its L1 norm is below 4).
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
+fn dot(a: &[i32], b: &[i32]) -> i32 {
+    let mut acc = [0i64; 4];
+    let (ac, ar) = a.split_at(a.len() / 4 * 4);
     let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+    for (x, y) in ac.chunks_exact(4).zip(bc.chunks_exact(4)) {
+        for i in 0..4 {
+            acc[i] += i64::from(x[i]) * i64::from(y[i]);
         }
     }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     for (x, y) in ar.iter().zip(br) {
-        s += x * y;
+        s += i64::from(*x) * i64::from(*y);
     }
-    s
+    ((s + (1 << 29)) >> 30).clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
 #[cfg(test)]
@@ -316,9 +334,9 @@ mod tests {
             let mut r = Resampler::new(a, b, 1).unwrap();
             let mut total_in = 0;
             for n in [1usize, 7, 100, 333, 4096] {
-                let input = vec![0.1f32; n];
+                let input = vec![1 << 28; n];
                 let want = r.output_for(n);
-                let mut out = vec![0f32; want + 10];
+                let mut out = vec![0i32; want + 10];
                 let (ci, co) = r.process(&input, &mut out);
                 assert_eq!((ci, co), (n, want), "{a}->{b} after {total_in}");
                 total_in += n;

@@ -48,7 +48,7 @@ proptest! {
             }).collect();
             let want = r.output_for(n);
             let mut out = vec![0f32; want * ch];
-            let (ci, co) = r.process(&x, &mut out);
+            let (ci, co) = r.process_f32(&x, &mut out);
             prop_assert_eq!((ci, co), (n, want));
             // Worst case gain of the filter on +-1 input is its L1 norm (< 2.5 here).
             prop_assert!(out.iter().all(|v| v.is_finite() && v.abs() < 2.5));

@@ -22,7 +22,7 @@ fn resample_sine(a: u32, b: u32, f: f64, amp: f64, secs: f64, block: usize) -> V
     for chunk in x.chunks(block) {
         let mut off = 0;
         while off < chunk.len() {
-            let (ci, co) = r.process(&chunk[off..], &mut buf);
+            let (ci, co) = r.process_f32(&chunk[off..], &mut buf);
             out.extend_from_slice(&buf[..co]);
             off += ci;
         }
@@ -162,7 +162,7 @@ fn output_is_independent_of_block_sizes() {
                 loop {
                     // Until this block is consumed and no output is pending.
                     let mut buf = vec![0f32; 2 * outs[k % outs.len()]];
-                    let (ci, co) = r.process(&x[2 * (i + off)..2 * (i + n)], &mut buf);
+                    let (ci, co) = r.process_f32(&x[2 * (i + off)..2 * (i + n)], &mut buf);
                     out.extend_from_slice(&buf[..2 * co]);
                     off += ci;
                     k += 1;
@@ -448,13 +448,22 @@ fn capture_fans_out_to_each_consumer_rate() {
 
 #[test]
 fn downmix_keeps_levels() {
-    let mut x = vec![0f32; 2 * 1000];
-    for (i, v) in x.iter_mut().enumerate() {
-        *v = if i % 2 == 0 { 0.6 } else { -0.2 };
-    }
-    let mut m = vec![0f32; 1000];
-    map_channels(&x, 2, &mut m, 1).unwrap();
-    assert!(m.iter().all(|&v| (v - 0.2).abs() < 1e-6));
+    // Stereo (0.6, -0.2) to mono: the mean, through the mixer's integer path.
+    let mut m = Mixer::new(MixerConfig::new(48000, 1)).unwrap();
+    let s = m.add_stream(params(48000, 2, 0)).unwrap();
+    m.push(s, &[0.6, -0.2].repeat(1000)).unwrap();
+    m.set_running(s, true).unwrap();
+    let mut out = vec![0f32; 1000];
+    m.mix(&mut out).unwrap();
+    assert!(
+        out.iter().all(|&v| (v - 0.2).abs() < 1e-6),
+        "{:?}",
+        &out[..4]
+    );
+    // Full scale stays full scale (64-bit sums, no wrap).
+    let mut q = [0i32; 2];
+    map_channels(&[i32::MAX, i32::MAX, i32::MIN, i32::MIN], 2, &mut q, 1).unwrap();
+    assert_eq!(q, [i32::MAX, i32::MIN]);
 }
 
 #[test]
