@@ -3,8 +3,9 @@
 //!
 //! Per stream: a bounded FIFO of decoded samples at the stream's rate (filled by
 //! [`Mixer::push_bytes`] / [`Mixer::push_q31`] when a guest writes), a [`Resampler`] to the
-//! device rate run when the device asks for frames ([`Mixer::mix_bytes`], [`Mixer::mix_q31`]), so the stream's position counts
-//! exactly the input frames the device consumed ([`StreamStats::consumed`]).
+//! device rate run when the device asks for frames ([`Mixer::mix_bytes`],
+//! [`Mixer::mix_q31`]), so the stream's position counts exactly the input frames the device
+//! consumed ([`StreamStats::consumed`]).
 //!
 //! Gain of stream `s`, channel `c` = `volume[c]` (guest's, dB) limited by the platform cap
 //! (dB), times 0 when the guest muted the channel or the platform muted the stream, times the

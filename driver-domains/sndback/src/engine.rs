@@ -562,9 +562,9 @@ fn buffer_op<G: GrantAccess + ?Sized>(
             let frames = len / o.frame as usize;
             if got < frames {
                 stats.read_underrun_frames += (frames - got) as u64;
-                let silence = vec![0f32; (frames - got) * o.channels];
+                let silence = vec![0i32; (frames - got) * o.channels];
                 let at = got * o.frame as usize;
-                let _ = media_dsp::format::encode_f32(o.fmt, &silence, &mut scratch[at..len]);
+                let _ = media_dsp::format::encode_q31(o.fmt, &silence, &mut scratch[at..len]);
             }
             o.buf.write(g, offset, &scratch[..len]).map_err(io)
         }
