@@ -122,6 +122,31 @@ pub fn guest_guest(accel: Accel) -> Result<String> {
     ))
 }
 
+/// The `bench net` baseline works: a guest driving a virtio-net NIC of its own (`nic=virtio`, its
+/// own tap and subnet, no driver domain) answers the host's pings and a 64 KiB TCP echo (verified
+/// by the host), while a second one streams to the host's sink.
+pub fn direct_virtio(accel: Accel) -> Result<String> {
+    let g1 = GuestSpec::new(1).nic(Nic::Virtio).serve(120);
+    let g2 = GuestSpec::new(2).nic(Nic::Virtio);
+    let (ip1, ip2) = (g1.ip(), g2.ip());
+    let g2 = g2.clone().work(work::stream(g2.gateway(), PEER_SINK_PORT, 2));
+    let mut net = topology("direct-virtio", accel)?.guest(g1).guest(g2).start()?;
+    let rtts = net.ping("g1", ip1, 3)?;
+    let kib_s = net.tcp_echo("g1", ip1, 7, 64 * 1024)?;
+    let d2 = finish_ok(&mut net, "g2")?;
+    let sunk = net.wait_peer_conns("sink", ip2, 1, Duration::from_secs(10))?;
+    let sent = d2.num("bytes").unwrap_or(0);
+    if sunk[0].bytes < sent || sent == 0 {
+        return Err(net.fail("g2", format!("the host's sink got {} bytes from g2, g2 reports {sent}", sunk[0].bytes)));
+    }
+    net.stop()?;
+    Ok(format!(
+        "host->g1 {ip1} ping x3 (max {} us) and 64 KiB TCP echo verified ({kib_s:.0} KiB/s); g2 {ip2} streamed {} to the host",
+        rtts.iter().max().copied().unwrap_or(0),
+        crate::util::fmt_bytes(sunk[0].bytes)
+    ))
+}
+
 /// Every guest's `ICONNECT-LINK up` and net-dd's `ICONNECT-PORT <n> up` with that guest's MAC.
 fn check_ports_up(net: &mut Net) -> Result<String> {
     let specs: Vec<GuestSpec> = net.guest_specs().iter().filter(|g| g.nic == Nic::Channel).cloned().collect();

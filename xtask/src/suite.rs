@@ -241,12 +241,14 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("chan-test proto=channel: iconnect-channel frontend/backend, QoS, data refs", qemu_chan_channel, true),
     ("net: guest<->host through net-dd (ping, TCP echo)", crate::nettests::guest_host, true),
     ("net: guest<->guest through net-dd's bridge (ping, TCP echo)", crate::nettests::guest_guest, true),
+    ("net: direct virtio-net guests (the bench net baseline)", crate::nettests::direct_virtio, true),
     ("net: QoS guarantees 2:1 under contention", crate::nettests::qos_ratio, true),
     ("net: QoS guarantee vs a best-effort flood (>= 95%)", crate::nettests::qos_guarantee, true),
     ("net: hostile guests (wild req_prod, oversize, bad refs) while others keep working", crate::nettests::hostile, true),
     ("blk: 5 guests (local slices 512/4096, NBD volume, hostile requests, wild ring), read back on the host", crate::blk::local_remote_hostile, true),
     ("blk: flush answered -> durable even if QEMU is killed at once", crate::blk::flush_then_kill, true),
     ("blk: qemu-nbd killed and restarted mid-run loses no acknowledged write", crate::blk::nbd_restart, true),
+    ("blk: a guest VM killed without closing frees its volume (heartbeat)", crate::blk::killed_guest, true),
 ];
 
 fn qemu_chan_channel(accel: Accel) -> Result<String> {
