@@ -461,6 +461,29 @@ pub fn flush_then_kill(accel: Accel) -> Result<String> {
     Ok("8 MiB written, flush answered, blk-dd SIGKILLed at once: all 8 MiB in the file".into())
 }
 
+/// QEMU test: a guest VM killed in the middle of its writes (without closing its channel) is
+/// taken down by its missing heartbeat, which frees its volume: blk-dd says
+/// `ICONNECT-PORT 1 down reason=heartbeat-timeout`.
+pub fn killed_guest(accel: Accel) -> Result<String> {
+    let art = Artifacts::build()?;
+    let dir = Topo::dir("blk-killed-guest")?;
+    let disk = raw_file(&dir, "disk.raw", 8)?;
+    let mut t = Topo::new("blk-killed-guest", accel, &art);
+    t.disk = Some(disk);
+    t.vols = vec!["vol=v1:local:0:8M".into()];
+    t.guests = vec![Guest::new("g1", "vol=v1 work=verify:4096:1000 seed=51")];
+    let mut b = t.start()?;
+    b.wait("g1", "ICONNECT-FLUSHED", Duration::from_secs(60))?;
+    let killed = Instant::now();
+    b.kill("g1")?;
+    b.wait("blk-dd", "ICONNECT-PORT 1 down reason=heartbeat-timeout", Duration::from_secs(20))?;
+    let took = killed.elapsed();
+    let stat = b.serial("blk-dd").into_iter().find(|l| l.contains("ICONNECT-PORTSTAT 1")).unwrap_or_default();
+    b.stop()?;
+    let stat = stat.find("requests=").map(|i| stat[i..].to_string()).unwrap_or_default();
+    Ok(format!("guest SIGKILLed mid-run; its port went down (heartbeat-timeout) {} later, volume freed; {stat}", fmt_dur(took)))
+}
+
 /// QEMU test: qemu-nbd is SIGKILLed in the middle of a guest's writes (after its first pass's
 /// flush) and restarted; the guest finishes without an error and the export's file holds
 /// every byte of the last pass.

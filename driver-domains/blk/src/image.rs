@@ -64,8 +64,8 @@ struct Chan {
     /// The last serve asked to be called again.
     again: bool,
     /// Requests taken since the guest connected; wake-ups that found requests on a local
-    /// volume's ring with no doorbell and no pending call-again (a lost doorbell, found by the
-    /// sweep).
+    /// volume's ring with no doorbell and no pending call-again: an upper bound of lost
+    /// doorbells (requests published while blk-dd was already awake count too).
     requests: u64,
     unrung: u64,
 }
@@ -219,7 +219,12 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             }
         }
         for c in chans.iter_mut() {
-            c.port.poll(&mut reg, &mut events);
+            if sweep {
+                // Our promised heartbeat (blk_dd::OWN_HEARTBEAT_MS = the sweep period).
+                c.port.beat();
+            }
+            c.port.check_liveness(now.as_nanos());
+            c.port.poll(&mut reg, &mut events, now.as_nanos());
             let Some(id) = c.port.volume() else { continue };
             let (taken, more) = match targets[id] {
                 Target::Local(i) => match mux.as_mut().and_then(|m| m.volume(i)) {

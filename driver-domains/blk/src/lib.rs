@@ -18,7 +18,9 @@
 //! publishes its ivshmem peer id as `ivshmem-peer`. A connection the domain cannot serve is
 //! refused with `iconnect-blk-error = <reason>` (`no-peer-id`, `no-volume-key`,
 //! `bad-key:<key>`, `unknown-volume`, `volume-in-use`, `bad-layout`); a hostile ring breaks
-//! only its own port (`down reason=blkback:<error>`).
+//! only its own port (`down reason=blkback:<error>`). Liveness as on net channels: a guest that
+//! publishes `heartbeat-ms` and then falls silent for 5 periods is taken down
+//! (`heartbeat-timeout`) and its volume freed.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -49,6 +51,15 @@ pub const PEER_KEY: &str = "ivshmem-peer";
 pub const ERROR_KEY: &str = "iconnect-blk-error";
 /// Doorbell vector of ring 0 (requests and responses).
 pub const VECTOR: u16 = 0;
+/// Optional liveness key (both ends), as on net channels: `heartbeat-ms = <1..=60000>`
+/// promises a heartbeat at least that often. A guest that promised one and stays silent for
+/// [`HEARTBEAT_MISSES`] periods is taken down (`heartbeat-timeout`): a VM killed without
+/// closing frees its volume. blk-dd promises [`OWN_HEARTBEAT_MS`].
+pub const HEARTBEAT_KEY: &str = "heartbeat-ms";
+/// Periods without a heartbeat after which a guest is declared dead.
+pub const HEARTBEAT_MISSES: u64 = 5;
+/// blk-dd's own heartbeat period (the owner calls [`BlkPort::beat`] at least this often).
+pub const OWN_HEARTBEAT_MS: u64 = 100;
 
 /// Engine limits per guest: 64 indirect segments (256 KiB requests), 32 requests and 512 KiB
 /// in flight (blk-dd runs in 16 MiB with several guests).
@@ -222,6 +233,8 @@ pub struct BlkPort<M: SharedMem + Clone> {
     /// The engine broke: detach at the next poll (not only at the guest's `Disconnect`: a
     /// hostile guest need not close its end).
     broken: bool,
+    /// The guest's promised heartbeat period (ns), the last value seen and when it changed.
+    heartbeat: Option<(u64, u32, u64)>,
     kick: bool,
 }
 
@@ -231,6 +244,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
     pub fn new(port: usize, mem: M, own_id: u16) -> Result<Self, iconnect_channel::Error> {
         let mut keys = KeyMap::new();
         keys.insert(PEER_KEY, &own_id.to_string())?;
+        keys.insert(HEARTBEAT_KEY, &OWN_HEARTBEAT_MS.to_string())?;
         let be = Backend::new(mem, keys)?;
         Ok(Self {
             port,
@@ -241,6 +255,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
             attached: None,
             down_reason: None,
             broken: false,
+            heartbeat: None,
             kick: true,
         })
     }
@@ -272,8 +287,33 @@ impl<M: SharedMem + Clone> BlkPort<M> {
         core::mem::take(&mut self.kick)
     }
 
-    /// Runs the handshake (attach at connect, detach at disconnect), pushing events.
-    pub fn poll(&mut self, reg: &mut Registry, events: &mut Vec<PortEvent>) {
+    /// Bumps our heartbeat (call at least every [`OWN_HEARTBEAT_MS`]).
+    pub fn beat(&mut self) {
+        self.be.beat();
+    }
+
+    /// Checks an attached guest's heartbeat (if it promised one): a guest silent for
+    /// [`HEARTBEAT_MISSES`] periods is failed with `heartbeat-timeout` (the `Down` event
+    /// follows at the next [`poll`](Self::poll)).
+    pub fn check_liveness(&mut self, now_ns: u64) {
+        let Some((period, last, seen)) = self.heartbeat.filter(|_| self.attached.is_some()) else {
+            return;
+        };
+        let hb = self.be.peer_heartbeat();
+        if hb != last {
+            self.heartbeat = Some((period, hb, now_ns));
+        } else if now_ns.saturating_sub(seen) > period.saturating_mul(HEARTBEAT_MISSES) {
+            self.heartbeat = None;
+            self.down_reason = Some("heartbeat-timeout".into());
+            self.be.fail();
+            self.broken = true;
+            self.kick = true;
+        }
+    }
+
+    /// Runs the handshake (attach at connect, detach at disconnect), pushing events; `now_ns`
+    /// starts a promised heartbeat's clock.
+    pub fn poll(&mut self, reg: &mut Registry, events: &mut Vec<PortEvent>, now_ns: u64) {
         while let Some(ev) = self.be.poll() {
             match ev {
                 BackendEvent::Connect => {
@@ -294,7 +334,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
             self.detach(reg, events);
         }
         if self.waiting {
-            self.connect(reg, events);
+            self.connect(reg, events, now_ns);
         }
         if self.be.take_notify() {
             self.kick = true;
@@ -303,6 +343,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
 
     fn detach(&mut self, reg: &mut Registry, events: &mut Vec<PortEvent>) {
         self.waiting = false;
+        self.heartbeat = None;
         let reason = self.down_reason.take().unwrap_or_else(|| "disconnected".into());
         if self.attached.take().is_some() {
             reg.release(self.port);
@@ -319,7 +360,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
         events.push(PortEvent::Down { port: self.port, reason });
     }
 
-    fn connect(&mut self, reg: &mut Registry, events: &mut Vec<PortEvent>) {
+    fn connect(&mut self, reg: &mut Registry, events: &mut Vec<PortEvent>, now_ns: u64) {
         if self.attached.is_some() {
             self.waiting = false;
             return;
@@ -328,6 +369,13 @@ impl<M: SharedMem + Clone> BlkPort<M> {
         let peer = match fk.get(PEER_KEY).map(str::parse::<u16>) {
             Some(Ok(p)) if p != self.own_id => p,
             _ => return self.refuse("no-peer-id".into(), events),
+        };
+        let heartbeat_ms = match fk.get(HEARTBEAT_KEY) {
+            None => None,
+            Some(v) => match iconnect::keys::parse_in_range(HEARTBEAT_KEY, v, 1, 60_000) {
+                Ok(ms) => Some(ms),
+                Err(_) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
+            },
         };
         let req = match StorageRequest::from_keys(fk) {
             Ok(Some(r)) => r,
@@ -363,6 +411,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
         self.waiting = false;
         self.kick = true;
         self.attached = Some(Attached { engine, data, volume: id });
+        self.heartbeat = heartbeat_ms.map(|ms| (ms * 1_000_000, self.be.peer_heartbeat(), now_ns));
         events.push(PortEvent::Up {
             port: self.port,
             volume: req.volume.as_str().into(),

@@ -56,6 +56,7 @@ struct Domain {
     /// Registry id -> mux guest index.
     local: Vec<Option<usize>>,
     events: Vec<PortEvent>,
+    now_ns: u64,
 }
 
 impl Domain {
@@ -76,12 +77,13 @@ impl Domain {
                 Backing::Nbd { .. } => local.push(None),
             }
         }
-        Domain { reg, mux, local, events: Vec::new() }
+        Domain { reg, mux, local, events: Vec::new(), now_ns: 0 }
     }
 
     fn poll(&mut self, ports: &mut [BlkPort<HostMem>]) {
         for p in ports.iter_mut() {
-            p.poll(&mut self.reg, &mut self.events);
+            p.check_liveness(self.now_ns);
+            p.poll(&mut self.reg, &mut self.events, self.now_ns);
             if let Some(id) = p.volume() {
                 let i = self.local[id].expect("local volume");
                 p.serve(0, &mut self.mux.volume(i).unwrap());
@@ -212,11 +214,46 @@ fn a_guest_waits_for_its_remote_volume() {
     d.reg.set_geometry(0, geo);
     let mut vol = MemVolume::new(geo, 8);
     for _ in 0..10 {
-        ports[0].poll(&mut d.reg, &mut d.events);
+        ports[0].poll(&mut d.reg, &mut d.events, 0);
         g.poll();
         ports[0].serve(0, &mut vol);
     }
     assert!(g.dev.is_some());
     assert!(matches!(&d.events[..], [PortEvent::Up { port: 1, id: 0, .. }]));
     assert_eq!(vol.geometry(), geo);
+}
+
+#[test]
+fn a_silent_guest_frees_its_volume() {
+    let mut d = Domain::new("vol=a:local:0:1M");
+    let m = HostMem::pages(64);
+    let mut ports = vec![BlkPort::new(1, m.clone(), 0).unwrap()];
+    let mut g = Guest::new(m.clone(), "a", 1);
+    g.fe.keys_mut().insert(blk_dd::HEARTBEAT_KEY, "100").unwrap();
+    g.fe.publish_keys();
+    run(&mut d, &mut ports, &mut [&mut g], 10);
+    assert!(g.dev.is_some());
+    // Beating every 100 ms for 2 s: stays up.
+    for _ in 0..20 {
+        d.now_ns += 100_000_000;
+        g.fe.beat();
+        run(&mut d, &mut ports, &mut [&mut g], 1);
+    }
+    assert!(matches!(&d.events[..], [PortEvent::Up { .. }]), "{:?}", d.events);
+    // Silent (the VM was killed): down after 5 periods, volume free.
+    for _ in 0..6 {
+        d.now_ns += 100_000_000;
+        d.poll(&mut ports);
+    }
+    assert_eq!(d.events.last(), Some(&PortEvent::Down { port: 1, reason: "heartbeat-timeout".into() }));
+    assert!(d.reg.slots()[0].user.is_none());
+    // A bad promise is refused.
+    let m2 = HostMem::pages(64);
+    let mut ports2 = vec![BlkPort::new(1, m2.clone(), 0).unwrap()];
+    let mut g2 = Guest::new(m2, "a", 1);
+    g2.fe.keys_mut().insert(blk_dd::HEARTBEAT_KEY, "0").unwrap();
+    g2.fe.publish_keys();
+    d.events.clear();
+    run(&mut d, &mut ports2, &mut [&mut g2], 10);
+    assert_eq!(d.events, [PortEvent::Down { port: 1, reason: "bad-key:heartbeat-ms".into() }]);
 }

@@ -23,6 +23,10 @@ const PEER_KEY: &str = "ivshmem-peer";
 const HANDSHAKE_TICK: Duration = Duration::from_millis(1);
 /// With requests in flight, never sleep longer (a guard against a late doorbell).
 const ACTIVE_TICK: Duration = Duration::from_millis(1);
+/// The heartbeat this guest promises (`heartbeat-ms`)...
+const HEARTBEAT_MS: u64 = 500;
+/// ... and how often it beats.
+const BEAT_EVERY: Duration = Duration::from_millis(100);
 /// How long `hostile` waits for its answers.
 const HOSTILE_WAIT: Duration = Duration::from_secs(10);
 /// Largest indirect request the guest uses (pages).
@@ -100,6 +104,8 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
     let parts = ivdev.parts();
     let mut keys = KeyMap::new();
     keys.insert(PEER_KEY, &own_id.to_string()).map_err(|e| format!("keys: {e}"))?;
+    // Liveness: if this VM dies without closing, blk-dd frees its volume after 5 periods.
+    keys.insert(blk_dd::HEARTBEAT_KEY, &HEARTBEAT_MS.to_string()).map_err(|e| format!("keys: {e}"))?;
     let volume = VolumeName::parse(iconnect::storage::VOLUME, &cfg.volume).map_err(|e| format!("vol={}: {e}", cfg.volume))?;
     StorageRequest { volume, durable_flush: true }.write(&mut keys).map_err(|e| format!("keys: {e}"))?;
     let mut fe = Frontend::new(parts.region, frontend_config(), keys).map_err(|e| format!("channel: {e}"))?;
@@ -113,9 +119,14 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
     let mut wild_at: Option<Instant> = None;
     let mut seen = BTreeMap::new();
     let mut probe: Option<(u64, u64)> = None;
+    let mut last_beat = t0;
     loop {
         let now = time::now();
         let _ = parts.doorbells.take(0) + parts.doorbells.take(1);
+        if now >= last_beat + BEAT_EVERY {
+            fe.beat();
+            last_beat = now;
+        }
         let mut ring_peer = false;
         while let Some(ev) = fe.poll() {
             match ev {
@@ -167,7 +178,7 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
         {
             peer = k.get(PEER_KEY).and_then(|v| v.parse().ok());
         }
-        let mut deadline = now + Duration::from_millis(200);
+        let mut deadline = last_beat + BEAT_EVERY;
         match dev.as_mut() {
             None => {
                 if now >= connect_deadline {
