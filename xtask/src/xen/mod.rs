@@ -37,7 +37,7 @@ use crate::util::{self, fmt_bytes, fmt_dur, header};
 /// Default per-scenario QEMU timeout: a nested run takes 60–90 s on 2 cores; this bounds hangs.
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
 /// The scenarios the test suite runs (`ktest` covers the boot checks too).
-pub const SUITE_SCENARIOS: &[&str] = &["ktest", "linux-pv", "netdd"];
+pub const SUITE_SCENARIOS: &[&str] = &["ktest", "linux-pv", "netdd", "netdd-uplink"];
 
 #[derive(Args, Debug)]
 pub struct XenArgs {

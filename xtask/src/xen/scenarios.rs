@@ -115,8 +115,8 @@ fi
     },
     Scenario {
         name: "netdd-uplink",
-        about: "(work in progress, not in the suite) net-dd's uplink: a netfront of its own on dom0's \
-                bridge; a Linux PV guest behind net-dd pings dom0 and sends TCP to it (iperf3)",
+        about: "net-dd's uplink: a netfront of its own on dom0's bridge; a Linux PV guest behind \
+                net-dd pings dom0 and sends TCP to it (iperf3)",
         images: &["net-dd"],
         configs: &["net-dd-uplink.cfg", "netdd-a.cfg"],
         script: NETDD_UPLINK_SCRIPT,
