@@ -51,8 +51,9 @@ pub const IMAGES: &[Image] = &[
         default_append: "ip=10.0.2.20/24 gw=10.0.2.2 mac=52:54:00:12:34:20 name=g0 work=serve",
     },
     // The storage driver domain: a virtio-blk disk, a virtio-net NIC for nbd:// volumes, one guest
-    // per ivshmem-doorbell device; see driver-domains/blk and xtask/src/blk.rs.
-    Image { name: "blk-dd", package: "blk-dd", devices: Devices::None, default_append: "vol=v1:local:0:16M" },
+    // per ivshmem-doorbell device; see driver-domains/blk and xtask/src/blk.rs (which gives it
+    // its devices and `vol=` tokens). Alone (`cargo xtask run blk-dd`) it serves no volume.
+    Image { name: "blk-dd", package: "blk-dd", devices: Devices::None, default_append: "" },
     // A storage guest: one channel to blk-dd (or `disk=virtio`) and a workload; see guests/blk-guest.
     Image { name: "blk-guest", package: "blk-guest", devices: Devices::None, default_append: "name=g1 vol=v1 work=verify" },
 ];
