@@ -412,6 +412,10 @@ pub fn local_remote_hostile(accel: Accel) -> Result<String> {
     let (r5, _) = b.result("g5", Duration::from_secs(60))?;
     b.wait("blk-dd", "ICONNECT-PORT 5 down reason=blkback:ring", Duration::from_secs(10))?;
     ensure!(r2.get("refused") == Some("4/4") && r2.get("after") == Some("io-ok"), "g2 hostile: {:?}", r2.kv);
+    // Discard: offered by the NBD volume (NBD_CMD_TRIM), not by the local disk (virtio-drivers
+    // has no discard); the guest's discard past its verified region must be answered Okay.
+    ensure!(r3.get("discard") == Some("ok"), "g3 (nbd): discard={:?}", r3.get("discard"));
+    ensure!(r1.get("discard") == Some("unsupported"), "g1 (local): discard={:?}", r1.get("discard"));
     let dd = b.serial("blk-dd");
     for want in [
         "ICONNECT-PORT 1 up volume=v1 backing=local sectors=32768 sector_size=512",

@@ -205,6 +205,10 @@ pub trait Dev {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<u64, String>;
     /// Queues a flush.
     fn flush(&mut self) -> Result<u64, String>;
+    /// Whether the device offers discard.
+    fn offers_discard(&self) -> bool;
+    /// Queues a discard.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<u64, String>;
     /// Makes queued requests visible to the device.
     fn kick(&mut self);
     /// The next completion.
@@ -240,6 +244,12 @@ impl<R: SharedMem, M: SharedMem> Dev for FrontDev<R, M> {
     }
     fn flush(&mut self) -> Result<u64, String> {
         self.front.flush().map_err(front_err)
+    }
+    fn offers_discard(&self) -> bool {
+        self.front.info().discard && !self.front.info().read_only
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<u64, String> {
+        self.front.discard(offset, len).map_err(front_err)
     }
     fn kick(&mut self) {
         self.notify |= self.front.publish();
@@ -291,6 +301,13 @@ impl<V: blkback::Volume> Dev for VolumeDev<V> {
     fn flush(&mut self) -> Result<u64, String> {
         Ok(self.submit(blkback::IoKind::Flush, 0, 0, Vec::new()))
     }
+    fn offers_discard(&self) -> bool {
+        let g = self.vol.geometry();
+        g.discard && !g.read_only
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<u64, String> {
+        Ok(self.submit(blkback::IoKind::Discard, offset, len, Vec::new()))
+    }
     fn kick(&mut self) {}
     fn next(&mut self) -> Result<Option<Done>, String> {
         Ok(self.vol.poll(0).map(|c| Done { id: c.tag, ok: c.result.is_ok(), data: c.data }))
@@ -311,6 +328,7 @@ enum Phase {
     Write,
     Flush,
     Read,
+    Discard,
 }
 
 /// A running workload (`verify` or `iops`).
@@ -332,6 +350,9 @@ pub struct Workload {
     rng: u64,
     bytes: u64,
     flush_lat_us: u64,
+    size: u64,
+    /// `ok` (discard past the region answered Okay) or `unsupported` (not offered).
+    discard: &'static str,
 }
 
 impl Workload {
@@ -365,6 +386,8 @@ impl Workload {
             rng: cfg.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1,
             bytes: 0,
             flush_lat_us: 0,
+            size,
+            discard: "unsupported",
         }
     }
 
@@ -420,6 +443,10 @@ impl Workload {
                             self.bytes += len as u64;
                         }
                         Phase::Write => self.bytes += len as u64,
+                        Phase::Discard => {
+                            self.discard = "ok";
+                            return Ok(Some(self.verify_report(now_us)));
+                        }
                     }
                 }
                 _ => {
@@ -441,11 +468,18 @@ impl Workload {
                             self.phase = Phase::Write;
                             self.next_off = 0;
                         }
+                        // After the last pass: a discard just past the verified region, if the
+                        // volume offers it (the host's check of the region stays exact).
+                        Phase::Read if dev.offers_discard() && self.region + VERIFY_CHUNK as u64 <= self.size => {
+                            let id = dev.discard(self.region, VERIFY_CHUNK as u64)?;
+                            self.inflight.insert(id, (self.region, VERIFY_CHUNK, now_us));
+                            self.phase = Phase::Discard;
+                        }
                         Phase::Read => return Ok(Some(self.verify_report(now_us))),
-                        Phase::Flush => {}
+                        Phase::Flush | Phase::Discard => {}
                     }
                 }
-                while self.phase != Phase::Flush && self.next_off < self.region && self.inflight.len() < VERIFY_QD && dev.can_queue() {
+                while matches!(self.phase, Phase::Write | Phase::Read) && self.next_off < self.region && self.inflight.len() < VERIFY_QD && dev.can_queue() {
                     let off = self.next_off;
                     let id = if self.phase == Phase::Write {
                         let mut buf = alloc::vec![0u8; VERIFY_CHUNK];
@@ -503,7 +537,7 @@ impl Workload {
         Report {
             ok: true,
             fields: format!(
-                "bytes={} passes={} ops={} secs={}.{:03} kbps={} flush_us={} seed={}",
+                "bytes={} passes={} ops={} secs={}.{:03} kbps={} flush_us={} seed={} discard={}",
                 self.region,
                 self.pass + 1,
                 self.ops,
@@ -511,7 +545,8 @@ impl Workload {
                 us / 1000 % 1000,
                 self.bytes * 8 * 1000 / us,
                 self.flush_lat_us,
-                self.seed + u64::from(self.pass)
+                self.seed + u64::from(self.pass),
+                self.discard
             ),
         }
     }
@@ -542,7 +577,7 @@ mod tests {
     use blkback::volume::{MemVolume, Order};
 
     fn vol(size: u64) -> MemVolume {
-        let g = blkback::Geometry { size, sector_size: 512, read_only: false, flush: true, discard: false };
+        let g = blkback::Geometry { size, sector_size: 512, read_only: false, flush: true, discard: true };
         let mut v = MemVolume::new(g, 16);
         v.set_order(Order::Shuffled(5));
         v
@@ -565,10 +600,12 @@ mod tests {
         let r = run("name=g1 work=verify:1024:2 seed=7", &mut dev);
         assert!(r.ok, "{}", r.fields);
         assert!(r.fields.contains("bytes=1048576 passes=2"), "{}", r.fields);
+        assert!(r.fields.contains("discard=ok"), "{}", r.fields);
         // What the host checks: the last pass's pattern, durable.
         let d = dev.vol.durable();
         assert!((0..1 << 20).all(|o| d[o] == pattern_byte(8, o as u64)));
         assert!(d[1 << 20..].iter().all(|&b| b == 0));
+        assert_eq!(dev.vol.flushes(), 2);
     }
 
     #[test]
