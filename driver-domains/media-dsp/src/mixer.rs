@@ -10,7 +10,8 @@
 //! Gain of stream `s`, channel `c` = `volume[c]` (guest's, dB) limited by the platform cap
 //! (dB), times 0 when the guest muted the channel or the platform muted the stream, times the
 //! ducking gain. Every change ramps linearly (volume/mute: full scale in `gain_ramp_ms`;
-//! ducking: `attack_ms` down, `release_ms` up), so no change makes a step in the output.
+//! ducking: `attack_ms` down, `release_ms` up; start, pause and stop fade in/out over
+//! `gain_ramp_ms`), so no change makes a step in the output.
 //!
 //! Ducking: a stream is *active* while it is running, audible (not muted) and has data, and for
 //! `hold_ms` after; every stream with a strictly lower priority than an active stream is
@@ -129,6 +130,12 @@ struct Stream {
     rs: Resampler,
     fifo: Fifo<i32>,
     running: bool,
+    /// Paused or stopped, still fading out (mixed until the fade reaches 0).
+    stopping: bool,
+    /// Start/stop fade, Q28.
+    fade: i64,
+    /// Samples queued before a flush requested while fading out: dropped when the fade ends.
+    stale: Option<usize>,
     volume_db: Vec<f32>,
     muted: Vec<bool>,
     cap_db: f32,
@@ -149,8 +156,16 @@ impl Stream {
             q28(db_to_gain(self.volume_db[c].min(self.cap_db)))
         }
     }
+    fn drop_stale(&mut self) {
+        if let Some(n) = self.stale.take() {
+            self.fifo.consume(n.min(self.fifo.len()));
+            self.rs.reset();
+        }
+    }
+
     fn audible(&self) -> bool {
         self.running
+            && !self.stopping
             && !self.platform_mute
             && self.muted.iter().any(|m| !m)
             && self.fifo.len() >= self.p.channels
@@ -186,7 +201,7 @@ fn q28(g: f32) -> i64 {
 /// Per-sample step of a ramp crossing `span` (Q28) in `ms`.
 fn per_sample(ms: f32, rate: u32, span: i64) -> i64 {
     let n = ((ms * rate as f32 / 1000.0) as i64).max(1);
-    (span / n).max(1)
+    ((span + n - 1) / n).max(1)
 }
 
 impl Mixer {
@@ -246,6 +261,9 @@ impl Mixer {
             rs,
             fifo: Fifo::new(p.capacity_frames * p.channels),
             running: false,
+            stopping: false,
+            fade: 0,
+            stale: None,
             volume_db: vec![0.0; p.channels],
             muted: vec![false; p.channels],
             cap_db: f32::INFINITY,
@@ -348,16 +366,38 @@ impl Mixer {
     }
 
     /// Starts (true) or pauses (false) consuming the stream.
+    ///
+    /// Both fade (over `gain_ramp_ms`): a paused stream keeps being mixed, and consumed, until
+    /// its fade-out ends, so pausing or stopping never cuts a waveform mid-way.
     pub fn set_running(&mut self, id: StreamId, running: bool) -> Result<(), Error> {
-        self.stream(id)?.running = running;
+        let s = self.stream(id)?;
+        if running {
+            if s.stopping {
+                // Resumed during the fade-out: a flush requested meanwhile happens now.
+                s.drop_stale();
+            } else if !s.running {
+                s.fade = 0;
+            }
+            s.running = true;
+            s.stopping = false;
+        } else if s.running {
+            s.stopping = true;
+        }
         Ok(())
     }
 
     /// Drops queued data and the resampler's history (the position is kept).
+    ///
+    /// While the stream fades out, what is queued now is dropped when the fade ends (data
+    /// pushed after this call is kept).
     pub fn flush(&mut self, id: StreamId) -> Result<(), Error> {
         let s = self.stream(id)?;
-        s.fifo.clear();
-        s.rs.reset();
+        if s.stopping {
+            s.stale = Some(s.fifo.len());
+        } else {
+            s.fifo.clear();
+            s.rs.reset();
+        }
         Ok(())
     }
 
@@ -437,7 +477,8 @@ impl Mixer {
             if s.audible() {
                 s.last_active = Some(now);
             }
-            let active = s.running && s.last_active.is_some_and(|t| now <= t + self.hold);
+            let active =
+                s.running && !s.stopping && s.last_active.is_some_and(|t| now <= t + self.hold);
             if active {
                 top = top.max(Some(s.p.priority));
             }
@@ -448,12 +489,21 @@ impl Mixer {
                 continue;
             }
             let ch = s.p.channels;
+            // A stream fading out is consumed only for the rest of its fade.
+            let n = if s.stopping {
+                frames.min(((s.fade + self.gain_step - 1) / self.gain_step) as usize)
+            } else {
+                frames
+            };
             self.scratch.clear();
-            self.scratch.resize(frames * ch, 0);
+            self.scratch.resize(n * ch, 0);
             let (ci, co) = s.rs.process(s.fifo.data(), &mut self.scratch);
             s.fifo.consume(ci * ch);
+            if let Some(n) = s.stale.as_mut() {
+                *n = n.saturating_sub(ci * ch);
+            }
             s.stats.consumed += ci as u64;
-            s.stats.underrun += (frames - co) as u64;
+            s.stats.underrun += (n - co) as u64;
             // Gains, ramped per sample.
             let duck_target = if top.is_some_and(|t| t > s.p.priority) {
                 self.duck_floor
@@ -461,6 +511,7 @@ impl Mixer {
                 ONE
             };
             let targets: [i64; 64] = core::array::from_fn(|c| if c < ch { s.target(c) } else { 0 });
+            let fade_target = if s.stopping { 0 } else { ONE };
             let mut energy = 0i64;
             for f in self.scratch.chunks_exact_mut(ch) {
                 s.duck = if s.duck > duck_target {
@@ -468,6 +519,12 @@ impl Mixer {
                 } else {
                     (s.duck + self.duck_release).min(duck_target)
                 };
+                s.fade = if s.fade > fade_target {
+                    (s.fade - self.gain_step).max(fade_target)
+                } else {
+                    (s.fade + self.gain_step).min(fade_target)
+                };
+                let duck = (s.duck * s.fade) >> 28;
                 for (c, x) in f.iter_mut().enumerate() {
                     let g = &mut s.gain[c];
                     let t = targets[c];
@@ -476,11 +533,16 @@ impl Mixer {
                     } else {
                         (*g + self.gain_step).min(t)
                     };
-                    let y = (((i64::from(*x) * *g) >> 28) * s.duck) >> 28;
+                    let y = (((i64::from(*x) * *g) >> 28) * duck) >> 28;
                     *x = y.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
                     let h = i64::from(*x >> 16);
                     energy += h * h;
                 }
+            }
+            if s.stopping && s.fade == 0 {
+                s.running = false;
+                s.stopping = false;
+                s.drop_stale();
             }
             s.stats.duck_gain = s.duck as f32 / ONE as f32;
             s.stats.level_rms = libm::sqrtf(energy as f32 / (frames * ch).max(1) as f32) / 32768.0;
@@ -488,7 +550,7 @@ impl Mixer {
                 &self.scratch
             } else {
                 self.mapped.clear();
-                self.mapped.resize(frames * dch, 0);
+                self.mapped.resize(n * dch, 0);
                 map_channels(&self.scratch, ch, &mut self.mapped, dch)?;
                 &self.mapped
             };

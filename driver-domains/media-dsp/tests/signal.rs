@@ -287,7 +287,9 @@ fn ducking_lowers_by_the_configured_depth_without_clicks() {
     m.set_running(media, true).unwrap();
     m.set_running(alert, true).unwrap();
     let before = run(&mut m, 4800, 48);
-    assert!(before.iter().all(|&v| (v - 0.5).abs() < 1e-6));
+    // The start fades in over 5 ms (240 samples), then the level holds.
+    assert!(before[..240].windows(2).all(|w| w[1] >= w[0]));
+    assert!(before[240..].iter().all(|&v| (v - 0.5).abs() < 1e-6));
     m.push(alert, &vec![0.0; 48000 / 2]).unwrap();
     let during = run(&mut m, 24000, 48);
     let floor = 0.5 * db_to_gain(-12.0);
@@ -390,7 +392,8 @@ fn summing_saturates_instead_of_wrapping() {
     for (r, v) in ref_f.iter_mut().zip(&x) {
         *r = (v * 4.0).clamp(-1.0, 1.0);
     }
-    for (i, (&got, want)) in s.iter().zip(&ref_f).enumerate() {
+    // After the 5 ms fade-in (240 frames).
+    for (i, (&got, want)) in s.iter().zip(&ref_f).enumerate().skip(2 * 240) {
         assert!(
             (got as f32 / 32768.0 - want).abs() < 2.0 / 32768.0,
             "sample {i}: {got} vs {want}"
@@ -456,9 +459,9 @@ fn downmix_keeps_levels() {
     let mut out = vec![0f32; 1000];
     m.mix(&mut out).unwrap();
     assert!(
-        out.iter().all(|&v| (v - 0.2).abs() < 1e-6),
+        out[240..].iter().all(|&v| (v - 0.2).abs() < 1e-6),
         "{:?}",
-        &out[..4]
+        &out[240..244]
     );
     // Full scale stays full scale (64-bit sums, no wrap).
     let mut q = [0i32; 2];
@@ -501,4 +504,50 @@ fn mixing_is_independent_of_device_block_sizes() {
     for blocks in [&[1usize][..], &[480], &[7, 333, 1000, 4660]] {
         assert!(render(blocks) == whole, "blocks {blocks:?} changed the mix");
     }
+}
+
+#[test]
+fn pause_and_stop_fade_out_and_stop_drops_what_was_queued() {
+    let mut m = mixer();
+    let s = m.add_stream(params(48000, 1, 0)).unwrap();
+    m.push(s, &vec![0.5; 4800]).unwrap();
+    m.set_running(s, true).unwrap();
+    let start = run(&mut m, 480, 480);
+    let step = 0.5 / 240.0 * 1.01;
+    assert!(
+        start[0] > 0.0 && start[0] < 0.003,
+        "fade-in starts near 0: {}",
+        start[0]
+    );
+    assert!(
+        start
+            .windows(2)
+            .all(|w| w[1] >= w[0] && w[1] - w[0] <= step)
+    );
+    // Pause: the output ramps down (no cut), then silence; the data is kept.
+    m.set_running(s, false).unwrap();
+    let paused = run(&mut m, 480, 480);
+    assert!(
+        paused
+            .windows(2)
+            .all(|w| w[1] <= w[0] && w[0] - w[1] <= step),
+        "fade-out"
+    );
+    assert!(paused[240..].iter().all(|&v| v == 0.0));
+    let consumed = m.stream_stats(s).unwrap().consumed;
+    assert_eq!(consumed, 480 + 240, "consumed while fading");
+    // Resume fades in again from the data that was left.
+    m.set_running(s, true).unwrap();
+    let resumed = run(&mut m, 480, 480);
+    assert!((resumed[479] - 0.5).abs() < 1e-6 && resumed[0] < 0.01);
+    // Stop = pause + flush: fades out, then what was queued is gone.
+    m.set_running(s, false).unwrap();
+    m.flush(s).unwrap();
+    m.push(s, &vec![0.25; 480]).unwrap(); // written after the stop: kept
+    let stopped = run(&mut m, 480, 480);
+    assert!(stopped.windows(2).all(|w| w[0] - w[1] <= step));
+    assert_eq!(m.queued_frames(s).unwrap(), 480);
+    m.set_running(s, true).unwrap();
+    let again = run(&mut m, 480, 480);
+    assert!((again[479] - 0.25).abs() < 1e-6, "{}", again[479]);
 }
