@@ -170,9 +170,10 @@ pub struct HwParam {
     pub rates: Range,
     /// Channels.
     pub channels: Range,
-    /// Buffer size, octets.
+    /// Buffer size, frames (a frame = channels x bytes per sample; unlike `OPEN`'s `buffer_sz`,
+    /// which is in octets).
     pub buffer: Range,
-    /// Period size, octets.
+    /// Period size, frames (unlike `OPEN`'s `period_sz`, in octets).
     pub period: Range,
 }
 
