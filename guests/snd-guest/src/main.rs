@@ -1,0 +1,9 @@
+//! `snd-guest` (work in progress).
+#![no_std]
+#![no_main]
+
+rt::entry!(main);
+
+fn main(_boot: &'static rt::BootInfo) -> rt::ExitCode {
+    rt::ExitCode::Failure
+}
