@@ -59,9 +59,85 @@ const IDLE_POLLING: Duration = Duration::from_micros(200);
 const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
 
 static RX_IRQS: AtomicU64 = AtomicU64::new(0);
+/// When the last uplink receive interrupt arrived (ns, rt clock; 0 = consumed).
+static RX_IRQ_AT: AtomicU64 = AtomicU64::new(0);
 
 fn on_rx_irq() {
     RX_IRQS.fetch_add(1, Ordering::Relaxed);
+    RX_IRQ_AT.store(rt::time::now().as_nanos().max(1), Ordering::Relaxed);
+}
+
+/// Where the event loop's time goes (TSC-based; under TCG the absolute ns are scaled by the
+/// calibration error, the proportions hold). Printed with the 10 s statistics as `perf:`.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+struct Perf {
+    /// Task polls (wake-ups plus busy re-polls).
+    polls: u64,
+    /// Polls that returned `Busy`.
+    busy: u64,
+    /// Uplink interrupts seen by a poll, and the summed interrupt -> poll latency.
+    irq_seen: u64,
+    irq_lat_ns: u64,
+    /// ns per phase: channels, pump, uplink rx, stack, flush, doorbells, rest.
+    phase_ns: [u64; 7],
+    /// Doorbells received / rung (TX vector, RX vector).
+    bells_in: u64,
+    bells_tx: u64,
+    bells_rx: u64,
+    /// Frames received from the uplink.
+    uplink_frames: u64,
+}
+
+const PHASES: [&str; 7] = ["chan", "pump", "uplink", "stack", "flush", "bells", "rest"];
+
+impl Perf {
+    fn since(&self, o: &Perf) -> Perf {
+        let mut phase_ns = self.phase_ns;
+        for (a, b) in phase_ns.iter_mut().zip(o.phase_ns) {
+            *a -= b;
+        }
+        Perf {
+            polls: self.polls - o.polls,
+            busy: self.busy - o.busy,
+            irq_seen: self.irq_seen - o.irq_seen,
+            irq_lat_ns: self.irq_lat_ns - o.irq_lat_ns,
+            phase_ns,
+            bells_in: self.bells_in - o.bells_in,
+            bells_tx: self.bells_tx - o.bells_tx,
+            bells_rx: self.bells_rx - o.bells_rx,
+            uplink_frames: self.uplink_frames - o.uplink_frames,
+        }
+    }
+
+    fn line(&self) -> alloc::string::String {
+        let mut s = format!(
+            "perf: uplink frames {} (uplink+flush {} ns/frame); polls {} busy {} irqs {} irq->poll avg {} ns; bells in {} out tx {} rx {};",
+            self.uplink_frames,
+            (self.phase_ns[2] + self.phase_ns[4]) / self.uplink_frames.max(1),
+            self.polls,
+            self.busy,
+            self.irq_seen,
+            self.irq_lat_ns / self.irq_seen.max(1),
+            self.bells_in,
+            self.bells_tx,
+            self.bells_rx
+        );
+        for (n, t) in PHASES.iter().zip(self.phase_ns) {
+            s.push_str(&format!(" {n} {} ns/poll", t / self.polls.max(1)));
+        }
+        s
+    }
+}
+
+/// Phase stopwatch.
+struct Lap(u64);
+
+impl Lap {
+    fn next(&mut self, acc: &mut u64) {
+        let t = rt::time::now().as_nanos();
+        *acc += t.saturating_sub(self.0);
+        self.0 = t;
+    }
 }
 
 fn smol_now() -> smoltcp::time::Instant {
@@ -218,8 +294,17 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
     let mut logged = (echo.stats(), 0, nic.stats());
     // Last doorbell or port event (for the handshake tick's back-off).
     let mut last_activity = rt::time::now();
+    let mut perf = Perf::default();
+    let mut logged_perf = perf;
     let mut task = |now: rt::time::Instant| -> Step {
         let now_ns = ns(now);
+        perf.polls += 1;
+        let irq_at = RX_IRQ_AT.swap(0, Ordering::Relaxed);
+        if irq_at != 0 {
+            perf.irq_seen += 1;
+            perf.irq_lat_ns += now_ns.saturating_sub(irq_at);
+        }
+        let mut lap = Lap(now_ns);
         // Doorbells, and a periodic look at every attached guest.
         let sweep = now - last_sweep >= SWEEP_TICK;
         if sweep {
@@ -229,6 +314,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             let rung = c.bells.take(chanport::TX_VECTOR) + c.bells.take(chanport::RX_VECTOR);
             if rung > 0 {
                 last_activity = now;
+                perf.bells_in += u64::from(rung);
             }
             if rung > 0 || sweep {
                 sw.doorbell(c.port.port());
@@ -244,8 +330,10 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             nic: &mut nic,
             stack: &mut stack,
         };
+        lap.next(&mut perf.phase_ns[0]);
         // Guests first (a guest's frame waits for nothing else): the scheduled pull.
         let wake = sw.pump(now_ns, &mut wire);
+        lap.next(&mut perf.phase_ns[1]);
         // Uplink receive.
         let mut busy = false;
         for n in 0.. {
@@ -257,9 +345,11 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             let Some(frame) = wire.nic.receive() else {
                 break;
             };
+            perf.uplink_frames += 1;
             sw.input(UPLINK, frame.packet(), now_ns, &mut wire);
             wire.nic.recycle(frame);
         }
+        lap.next(&mut perf.phase_ns[2]);
         // The domain's stack.
         let snow = smol_now();
         iface.poll(snow, wire.stack, &mut sockets);
@@ -270,10 +360,12 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             sw.input(STACK, &f, now_ns, &mut wire);
             wire.stack.recycle(f);
         }
+        lap.next(&mut perf.phase_ns[3]);
         // Delivery into the guests' buffers (frames from the uplink, the stack, other guests).
         if sw.flush() {
             busy = true;
         }
+        lap.next(&mut perf.phase_ns[4]);
         if wire.stack.pending() > 0 {
             busy = true;
         }
@@ -299,12 +391,15 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
             if let Some(peer) = c.port.peer() {
                 if tx || kick {
                     c.regs.ring(peer, chanport::TX_VECTOR);
+                    perf.bells_tx += 1;
                 }
                 if rx {
                     c.regs.ring(peer, chanport::RX_VECTOR);
+                    perf.bells_rx += 1;
                 }
             }
         }
+        lap.next(&mut perf.phase_ns[5]);
         // Statistics.
         if now - last_stats >= STATS_TICK {
             let secs = (now - last_stats).as_secs_f64();
@@ -321,14 +416,18 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
                 }
             }
         }
-        if now - last_log >= Duration::from_secs(10) {
+        if now - last_log >= Duration::from_secs(5) {
             let cur = (
                 echo.stats(),
                 RX_IRQS.load(Ordering::Relaxed),
                 wire.nic.stats(),
             );
+            last_log = now;
+            if perf.bells_in != logged_perf.bells_in || perf.irq_seen != logged_perf.irq_seen {
+                log::info!("{}", perf.since(&logged_perf).line());
+                logged_perf = perf;
+            }
             if cur != logged {
-                last_log = now;
                 logged = cur;
                 let (e, irqs, n) = cur;
                 let c = sw.counters();
@@ -348,7 +447,9 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, Error> 
                 );
             }
         }
+        lap.next(&mut perf.phase_ns[6]);
         if busy || wake.is_some_and(|t| t <= now_ns) {
+            perf.busy += 1;
             return Step::Busy;
         }
         let mut next = idle;

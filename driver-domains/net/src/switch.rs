@@ -9,11 +9,14 @@
 //! Flow:
 //! * uplink and stack frames enter with [`Switch::input`] and are forwarded at once (the RX
 //!   direction of guests is not scheduled: it is bounded by each guest's RX queue and posted
-//!   buffers; frames beyond are dropped and counted, like a NIC without buffers);
+//!   buffers; frames beyond are dropped and counted, like a NIC without buffers). A frame for
+//!   a guest with posted buffers and nothing queued is copied straight from the ingress buffer
+//!   (e.g. the uplink's receive buffer) into the guest's buffer: one copy;
 //! * guest frames are *pulled* by [`Switch::pump`]: the scheduler picks a port, one frame is
 //!   taken from its TX ring (netback `poll_tx` with a budget of one) and forwarded; ports not
 //!   picked keep their frames in their rings (back-pressure into the guest);
-//! * [`Switch::flush`] copies queued frames into guests' posted RX buffers;
+//! * [`Switch::flush`] copies queued frames into guests' posted RX buffers and publishes every
+//!   response of the round (one publish and at most one notification per guest per round);
 //! * the owner rings doorbells for [`Switch::take_notify`] and tears down ports listed by
 //!   [`Switch::take_failed`] (a fatal protocol error of one guest never touches another).
 //!
@@ -413,8 +416,10 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
                 let Some(Some(v)) = self.vifs.get_mut(usize::from(p)) else {
                     return;
                 };
-                match v.nb.queue_rx(frame, meta) {
-                    Ok(()) => v.rx_dirty = true,
+                // One copy when the guest's buffers are posted (straight from the ingress
+                // buffer); queued otherwise. Either way `flush` publishes and notifies.
+                match v.nb.push_rx(&mut v.grants, frame, meta) {
+                    Ok(_) => v.rx_dirty = true,
                     Err(e) if e.is_fatal() => {
                         if v.failed.is_none() {
                             v.failed = Some(e);
@@ -441,8 +446,8 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
                 Pick::WaitUntil(t) => return Some(t),
                 Pick::Idle => return None,
             };
+            // Not cleared: it becomes netback's next frame buffer, which only zero-fills growth.
             let mut frame = core::mem::take(&mut self.scratch);
-            frame.clear();
             let mut meta = None;
             let Some(Some(v)) = self.vifs.get_mut(usize::from(g.port)) else {
                 self.sched.complete(g, 0, false);
@@ -450,9 +455,12 @@ impl<M: SharedMem, G: GrantAccess> Switch<M, G> {
                 continue;
             };
             let res = v.nb.poll_tx(now_us, &mut v.grants, 1, |f| {
-                frame.extend_from_slice(f.data);
                 meta = Some(RxMeta::from_tx(&f));
             });
+            if meta.is_some() {
+                // The frame netback assembled, taken without a copy.
+                v.nb.swap_tx_buffer(&mut frame);
+            }
             match res {
                 Ok(p) => {
                     v.notify_tx |= p.notify;

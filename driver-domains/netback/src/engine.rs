@@ -179,6 +179,24 @@ pub struct RxPoll {
     pub waiting_for_buffers: bool,
 }
 
+/// What [`Netback::push_rx`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxPush {
+    /// Copied straight into the frontend's posted buffers; the response is pushed and becomes
+    /// visible at the next [`Netback::poll_rx`] (which publishes and says whether to notify).
+    Delivered,
+    /// Queued (frames were queued ahead of it, or its buffers are not posted yet).
+    Queued,
+}
+
+/// Largest number of RX slots one frame takes.
+const RX_MAX_SLOTS: usize = MAX_SG_FRAME.div_ceil(PAGE_SIZE);
+/// Spare RX frame buffers kept for reuse at most.
+const RX_SPARE: usize = 16;
+/// Spare buffers above this capacity are freed rather than kept (an occasional 64 KiB frame
+/// should not pin 64 KiB per spare slot).
+const RX_SPARE_MAX_CAPACITY: usize = 2 * PAGE_SIZE;
+
 /// One queued RX frame.
 #[derive(Debug)]
 struct RxFrame {
@@ -201,6 +219,9 @@ pub struct Netback<M: SharedMem> {
     rsp: Vec<(u16, bool)>,
     rxq: VecDeque<RxFrame>,
     rxq_bytes: usize,
+    /// Buffers of delivered queued frames, reused by [`queue_rx`](Self::queue_rx) (no
+    /// allocation per frame in steady state).
+    rx_spare: Vec<Vec<u8>>,
     credit: Option<Credit>,
     stats: Stats,
     broken: Option<Error>,
@@ -230,6 +251,7 @@ impl<M: SharedMem> Netback<M> {
             rsp: Vec::with_capacity(NR_SLOTS_MIN + 4),
             rxq: VecDeque::new(),
             rxq_bytes: 0,
+            rx_spare: Vec::new(),
             credit: None,
             stats: Stats::default(),
             broken: None,
@@ -437,17 +459,29 @@ impl<M: SharedMem> Netback<M> {
     /// Copies a validated packet into `self.frame`, all slots in one batch.
     fn copy_tx<G: GrantAccess + ?Sized>(&mut self, grants: &mut G, first: &TxRequest, first_len: usize) -> Result<(), Error> {
         let total = first.size as usize;
-        self.frame.clear();
+        if self.frags.len() >= NR_SLOTS_MIN {
+            // tx_packet refuses more data slots; never index past the array below.
+            return Err(Error::TooManySlots);
+        }
+        // Not cleared first: only growth is zero-filled; the copies below cover every byte
+        // (checked), and a frame whose copy fails is never handed out.
         self.frame.resize(total, 0);
-        let mut ops = Vec::with_capacity(self.frags.len() + 1);
+        let mut ops: [CopyIn<'_>; NR_SLOTS_MIN] = core::array::from_fn(|_| CopyIn {
+            gref: 0,
+            offset: 0,
+            dst: &mut [],
+            ok: false,
+        });
+        let mut n_ops = 0;
         let (head, mut rest) = self.frame.split_at_mut(first_len.min(total));
         if !head.is_empty() {
-            ops.push(CopyIn {
+            ops[0] = CopyIn {
                 gref: first.gref,
                 offset: first.offset,
                 dst: head,
                 ok: false,
-            });
+            };
+            n_ops = 1;
         }
         for f in &self.frags {
             let n = f.size as usize;
@@ -456,18 +490,28 @@ impl<M: SharedMem> Netback<M> {
             }
             let (dst, tail) = rest.split_at_mut(n);
             rest = tail;
-            ops.push(CopyIn {
+            ops[n_ops] = CopyIn {
                 gref: f.gref,
                 offset: f.offset,
                 dst,
                 ok: false,
-            });
+            };
+            n_ops += 1;
         }
         if !rest.is_empty() {
             return Err(Error::GrantCopy);
         }
-        grants.copy_from_batch(&mut ops);
+        let ops = &mut ops[..n_ops];
+        grants.copy_from_batch(ops);
         if ops.iter().all(|op| op.ok) { Ok(()) } else { Err(Error::GrantCopy) }
+    }
+
+    /// Exchanges the engine's TX frame buffer with `buf`, without copying: right after a
+    /// [`poll_tx`](Self::poll_tx) whose last consumed packet was handed to `deliver`, `buf`
+    /// then holds exactly that frame, and the engine assembles the next frames in `buf`'s old
+    /// allocation. (With a budget of one, the frame of that poll.)
+    pub fn swap_tx_buffer(&mut self, buf: &mut Vec<u8>) {
+        core::mem::swap(&mut self.frame, buf);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -489,28 +533,72 @@ impl<M: SharedMem> Netback<M> {
             self.stats.rx_queue_full += 1;
             return Err(Error::QueueFull);
         }
-        let mut data = Vec::from(frame);
+        let mut data = self.rx_spare.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(frame);
         let mut meta = meta;
-        if meta.csum_blank {
-            let offload = match csum::ip_version(&data) {
-                Some(4) => self.features.ip_csum_offload,
-                Some(6) => self.features.ipv6_csum_offload,
-                _ => false,
-            };
-            if !offload {
-                if csum::fill_l4_checksum(&mut data).is_err() {
-                    self.stats.rx_csum_errors += 1;
-                    return Err(Error::Checksum);
-                }
-                meta = RxMeta {
-                    csum_blank: false,
-                    data_validated: true,
-                };
+        if meta.csum_blank && !self.takes_blank_csum(&data) {
+            if csum::fill_l4_checksum(&mut data).is_err() {
+                self.stats.rx_csum_errors += 1;
+                self.recycle_rx(data);
+                return Err(Error::Checksum);
             }
+            meta = RxMeta {
+                csum_blank: false,
+                data_validated: true,
+            };
         }
         self.rxq_bytes += data.len();
         self.rxq.push_back(RxFrame { data, meta });
         Ok(())
+    }
+
+    /// Hands a frame to the frontend with one copy when possible: if no frame is queued ahead
+    /// of it and the buffers it needs are posted, it is copied straight from `frame` into them
+    /// ([`RxPush::Delivered`]; the response is pushed, and published by the next
+    /// [`poll_rx`](Self::poll_rx), so a burst costs one publish and at most one notification).
+    /// Otherwise it is queued exactly like [`queue_rx`](Self::queue_rx) (same drops and
+    /// counters). A blank checksum the frontend cannot take is completed on the queued copy.
+    /// The caller must call [`poll_rx`](Self::poll_rx) before it sleeps.
+    pub fn push_rx<G: GrantAccess + ?Sized>(
+        &mut self,
+        grants: &mut G,
+        frame: &[u8],
+        meta: RxMeta,
+    ) -> Result<RxPush, Error> {
+        self.check_alive()?;
+        let direct = self.rxq.is_empty()
+            && !frame.is_empty()
+            && frame.len() <= self.max_rx_frame()
+            && (!meta.csum_blank || self.takes_blank_csum(frame));
+        if direct {
+            let needed = frame.len().div_ceil(PAGE_SIZE) as u32;
+            match self.rx_slots_available(needed) {
+                Ok(true) => {
+                    self.rx_frame(grants, frame, meta)
+                        .map_err(|e| self.fail(e))?;
+                    return Ok(RxPush::Delivered);
+                }
+                Ok(false) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        self.queue_rx(frame, meta).map(|()| RxPush::Queued)
+    }
+
+    /// Whether the frontend negotiated checksum offload for this frame's IP version.
+    fn takes_blank_csum(&self, frame: &[u8]) -> bool {
+        match csum::ip_version(frame) {
+            Some(4) => self.features.ip_csum_offload,
+            Some(6) => self.features.ipv6_csum_offload,
+            _ => false,
+        }
+    }
+
+    fn recycle_rx(&mut self, data: Vec<u8>) {
+        if self.rx_spare.len() < RX_SPARE && data.capacity() <= RX_SPARE_MAX_CAPACITY {
+            self.rx_spare.push(data);
+        }
     }
 
     /// Frames waiting in the RX queue.
@@ -537,9 +625,10 @@ impl<M: SharedMem> Netback<M> {
             }
             let Some(frame) = self.rxq.pop_front() else { break };
             self.rxq_bytes -= frame.data.len();
-            if let Err(e) = self.rx_frame(grants, &frame) {
+            if let Err(e) = self.rx_frame(grants, &frame.data, frame.meta) {
                 return Err(self.fail(e));
             }
+            self.recycle_rx(frame.data);
             poll.delivered += 1;
         }
         poll.notify = self.rx.publish_responses_and_check_notify();
@@ -567,18 +656,28 @@ impl<M: SharedMem> Netback<M> {
         }
     }
 
-    /// Copies one frame into consecutive posted buffers (the caller checked they are posted).
-    fn rx_frame<G: GrantAccess + ?Sized>(&mut self, grants: &mut G, frame: &RxFrame) -> Result<(), Error> {
+    /// Copies one frame into consecutive posted buffers (the caller checked they are posted),
+    /// all slots in one batch, without allocating.
+    fn rx_frame<G: GrantAccess + ?Sized>(&mut self, grants: &mut G, data: &[u8], meta: RxMeta) -> Result<(), Error> {
         let mut first_flags = 0;
-        if frame.meta.csum_blank {
+        if meta.csum_blank {
             first_flags |= rxf::CSUM_BLANK | rxf::DATA_VALIDATED;
-        } else if frame.meta.data_validated {
+        } else if meta.data_validated {
             first_flags |= rxf::DATA_VALIDATED;
         }
-        let n = frame.data.chunks(PAGE_SIZE).len();
-        let mut ops = Vec::with_capacity(n);
-        let mut ids = Vec::with_capacity(n);
-        for chunk in frame.data.chunks(PAGE_SIZE) {
+        let n = data.len().div_ceil(PAGE_SIZE);
+        if n == 0 || n > RX_MAX_SLOTS {
+            // Callers check the size first; never index past the arrays below.
+            return Err(Error::FrameSize);
+        }
+        let mut ops: [CopyOut<'_>; RX_MAX_SLOTS] = core::array::from_fn(|_| CopyOut {
+            gref: 0,
+            offset: 0,
+            src: &[],
+            ok: false,
+        });
+        let mut ids = [0u16; RX_MAX_SLOTS];
+        for (i, chunk) in data.chunks(PAGE_SIZE).enumerate() {
             let raw = match self.rx.pop_request() {
                 Ok(Some(r)) => r,
                 // Counted as available a moment ago: the ring only grows.
@@ -586,17 +685,18 @@ impl<M: SharedMem> Netback<M> {
                 Err(e) => return Err(Error::Ring(e)),
             };
             let req = RxRequest::from_bytes(&raw).map_err(bad)?;
-            ids.push(req.id);
-            ops.push(CopyOut {
+            ids[i] = req.id;
+            ops[i] = CopyOut {
                 gref: req.gref,
                 offset: 0,
                 src: chunk,
                 ok: false,
-            });
+            };
         }
-        grants.copy_to_batch(&mut ops);
+        let ops = &mut ops[..n];
+        grants.copy_to_batch(ops);
         let mut ok = true;
-        for (i, (op, id)) in ops.iter().zip(ids).enumerate() {
+        for (i, (op, &id)) in ops.iter().zip(&ids[..n]).enumerate() {
             let mut flags = if i == 0 { first_flags } else { 0 };
             if i + 1 < n {
                 flags |= rxf::MORE_DATA;
@@ -618,7 +718,7 @@ impl<M: SharedMem> Netback<M> {
         }
         if ok {
             self.stats.rx_packets += 1;
-            self.stats.rx_bytes += frame.data.len() as u64;
+            self.stats.rx_bytes += data.len() as u64;
         }
         Ok(())
     }

@@ -69,7 +69,7 @@ pub mod fuzzing;
 pub mod grant;
 pub mod negotiate;
 
-pub use engine::{Netback, RxMeta, RxPoll, Stats, TxFrame, TxPoll};
+pub use engine::{Netback, RxMeta, RxPoll, RxPush, Stats, TxFrame, TxPoll};
 pub use grant::GrantAccess;
 pub use negotiate::{BackendFeatures, FrontendConfig};
 

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use common::{Rng, SimFront, Slot, frame, sg_features};
 use netback::engine::RxQueueLimits;
 use netback::negotiate::FrontendFeatures;
-use netback::{Error, RxMeta, csum};
+use netback::{Error, RxMeta, RxPush, csum};
 use xen_abi::netif::{Extra, Status, rxf, txf};
 
 fn random_len(rng: &mut Rng, max: usize) -> usize {
@@ -95,12 +95,16 @@ fn tx_many_random_packets_byte_exact() {
     assert_eq!(sim.grants.batches(), total as u64, "one copy batch per packet");
 }
 
-/// Runs frames through RX with random buffer posting; returns what the frontend received.
+/// Runs frames through RX with random buffer posting (`queue_rx`, or `push_rx` when `push`);
+/// returns what the frontend received, the counters, the frames accepted and, of those, the
+/// frames `push_rx` delivered straight into posted buffers.
 fn rx_run(
     rng: &mut Rng,
     features: FrontendFeatures,
     frames: &[(Vec<u8>, RxMeta)],
-) -> (Vec<common::Received>, netback::Stats, usize) {
+    push: bool,
+    post_max: usize,
+) -> (Vec<common::Received>, netback::Stats, usize, usize) {
     let mut sim = SimFront::new();
     let mut nb = sim.backend(
         features,
@@ -112,20 +116,43 @@ fn rx_run(
     let mut out = Vec::new();
     let mut next = 0;
     let mut queued_ok = 0;
+    let mut direct = 0;
+    let mut round = 0;
     while next < frames.len() || nb.rx_queued() > 0 {
         for _ in 0..rng.range(0, 8) {
-            if next == frames.len() {
+            if next == frames.len() || nb.rx_queued() >= 48 {
                 break;
             }
             let (f, m) = &frames[next];
-            match nb.queue_rx(f, *m) {
+            let r = if push {
+                let before = sim.rx.unconsumed_responses().unwrap();
+                let r = nb.push_rx(&mut sim.grants, f, *m);
+                // Pushed responses stay invisible until poll_rx publishes them.
+                assert_eq!(sim.rx.unconsumed_responses().unwrap(), before);
+                if r == Ok(RxPush::Delivered) {
+                    direct += 1;
+                }
+                r.map(|_| ())
+            } else {
+                nb.queue_rx(f, *m)
+            };
+            match r {
                 Ok(()) => queued_ok += 1,
                 Err(Error::FrameSize) => {}
-                Err(e) => panic!("queue_rx: {e}"),
+                Err(e) => panic!("queue_rx/push_rx: {e}"),
             }
             next += 1;
         }
-        sim.post_rx(rng.range(0, 40));
+        // push_rx: scarcer buffers, so that frames also wait in the queue.
+        // push_rx: droughts of a few rounds without new buffers, so frames also queue.
+        round += 1;
+        if !push {
+            sim.post_rx(rng.range(0, post_max));
+        } else if (round / 5) % 2 == 0 {
+            // At most `post_max` outstanding: buffers do not pile up between droughts.
+            let room = post_max.saturating_sub(sim.rx_outstanding());
+            sim.post_rx(rng.range(0, room));
+        }
         let poll = nb.poll_rx(&mut sim.grants, rng.range(1, 16)).unwrap();
         assert_eq!(poll.queued, nb.rx_queued());
         out.extend(sim.rx_frames());
@@ -133,7 +160,7 @@ fn rx_run(
     assert_eq!(sim.grants.range_violations(), 0);
     assert_eq!(sim.rx_errors, 0);
     assert_eq!(sim.grants.batches(), nb.stats().rx_packets, "one copy batch per frame");
-    (out, *nb.stats(), queued_ok)
+    (out, *nb.stats(), queued_ok, direct)
 }
 
 #[test]
@@ -145,7 +172,7 @@ fn rx_many_random_frames_byte_exact_with_sg() {
             (frame(&mut rng, len, i), RxMeta::default())
         })
         .collect();
-    let (got, st, queued) = rx_run(&mut rng, sg_features(), &frames);
+    let (got, st, queued, _) = rx_run(&mut rng, sg_features(), &frames, false, 40);
     assert_eq!(queued, frames.len());
     assert_eq!(got.len(), frames.len());
     let mut multi = 0;
@@ -172,7 +199,7 @@ fn rx_without_sg_delivers_single_slots_and_drops_larger_frames() {
         })
         .collect();
     let features = FrontendFeatures::default();
-    let (got, st, queued) = rx_run(&mut rng, features, &frames);
+    let (got, st, queued, _) = rx_run(&mut rng, features, &frames, false, 40);
     let fitting: Vec<_> = frames.iter().filter(|f| f.0.len() <= 4096).collect();
     assert_eq!(queued, fitting.len());
     assert_eq!(st.rx_bad_size as usize, frames.len() - fitting.len());
@@ -180,6 +207,106 @@ fn rx_without_sg_delivers_single_slots_and_drops_larger_frames() {
     for (g, want) in got.iter().zip(fitting) {
         assert!(g.data == want.0);
     }
+}
+
+/// `push_rx` (one copy when buffers are posted, queued otherwise) delivers the same frames in
+/// the same order as `queue_rx`, byte-exact, with and without SG; both paths are exercised.
+#[test]
+fn rx_push_delivers_in_order_byte_exact_direct_or_queued() {
+    for (seed, features, max, post_max) in [(5u64, sg_features(), 65535, 120), (6, FrontendFeatures::default(), 9000, 12)] {
+        let mut rng = Rng(seed);
+        let frames: Vec<_> = (0..1500)
+            .map(|i| {
+                let len = random_len(&mut rng, max).max(1);
+                (frame(&mut rng, len, i), RxMeta::default())
+            })
+            .collect();
+        let (got, st, accepted, direct) = rx_run(&mut rng, features, &frames, true, post_max);
+        let fitting: Vec<_> = frames.iter().filter(|f| f.0.len() <= nb_max(&features)).collect();
+        assert_eq!(accepted, fitting.len());
+        assert_eq!(got.len(), fitting.len());
+        for (g, want) in got.iter().zip(&fitting) {
+            assert!(g.ok);
+            assert!(g.data == want.0);
+        }
+        assert_eq!(st.rx_packets, fitting.len() as u64);
+        assert_eq!(st.rx_bad_size as usize, frames.len() - fitting.len());
+        assert!(direct > 100 && direct + 100 < accepted, "direct {direct} of {accepted}: both paths taken");
+    }
+}
+
+fn nb_max(f: &FrontendFeatures) -> usize {
+    if f.sg { 65535 } else { 4096 }
+}
+
+/// A frame never overtakes a queued one: with buffers posted, `push_rx` queues behind a frame
+/// still waiting, and delivers directly again once the queue is empty. The direct path makes
+/// no copy batch of its own beyond the frame's (one per frame) and notifies like `poll_rx`.
+#[test]
+fn rx_push_never_overtakes_and_publishes_at_poll() {
+    let mut sim = SimFront::new();
+    let mut g = std::mem::take(&mut sim.grants);
+    let mut nb = sim.backend(sg_features(), RxQueueLimits::default());
+    let big: Vec<u8> = (0..2 * 4096 + 1).map(|i| (i * 3) as u8).collect();
+    // No buffers yet: queued.
+    assert_eq!(nb.push_rx(&mut g, &big, RxMeta::default()), Ok(RxPush::Queued));
+    sim.grants = g;
+    sim.post_rx(2); // not enough for the 3-page frame
+    // Two buffers are posted, but the big frame waits ahead: the small one queues behind it.
+    assert_eq!(nb.push_rx(&mut sim.grants, &[1; 60], RxMeta::default()), Ok(RxPush::Queued));
+    let p = nb.poll_rx(&mut sim.grants, 8).unwrap();
+    assert!(p.waiting_for_buffers && p.delivered == 0 && p.queued == 2);
+    sim.post_rx(8);
+    let p = nb.poll_rx(&mut sim.grants, 8).unwrap();
+    assert_eq!((p.delivered, p.queued), (2, 0));
+    assert!(p.notify);
+    let got = sim.rx_frames();
+    assert_eq!(got.len(), 2);
+    assert!(got[0].data == big);
+    assert_eq!(got[1].data, vec![1; 60]);
+    // Queue empty, buffers posted: straight in, visible only after poll_rx publishes.
+    assert!(!sim.rx.final_check_for_responses().unwrap());
+    assert_eq!(nb.push_rx(&mut sim.grants, &[2; 70], RxMeta::default()), Ok(RxPush::Delivered));
+    assert_eq!(nb.push_rx(&mut sim.grants, &[3; 80], RxMeta::default()), Ok(RxPush::Delivered));
+    assert!(sim.rx_frames().is_empty(), "not published before poll_rx");
+    let p = nb.poll_rx(&mut sim.grants, 8).unwrap();
+    assert_eq!((p.delivered, p.queued), (0, 0));
+    assert!(p.notify, "one notification for the burst (rsp_event was armed)");
+    let got = sim.rx_frames();
+    assert_eq!(got.iter().map(|r| r.data.clone()).collect::<Vec<_>>(), vec![vec![2; 70], vec![3; 80]]);
+    assert_eq!(nb.stats().rx_packets, 4);
+    assert_eq!(sim.grants.batches(), 4, "one copy batch per frame");
+}
+
+/// A blank checksum the frontend cannot take is completed on a queued copy (the direct path
+/// never writes into the caller's frame); with offload it goes straight through, flagged.
+#[test]
+fn rx_push_completes_blank_checksums_through_the_queue() {
+    let blank = RxMeta {
+        csum_blank: true,
+        data_validated: false,
+    };
+    let f = udp4_frame(b"checksum me");
+    let mut sim = SimFront::new();
+    let features = FrontendFeatures {
+        ip_csum_offload: false,
+        ..sg_features()
+    };
+    let mut nb = sim.backend(features, RxQueueLimits::default());
+    sim.post_rx(2);
+    assert_eq!(nb.push_rx(&mut sim.grants, &f, blank), Ok(RxPush::Queued));
+    nb.poll_rx(&mut sim.grants, 8).unwrap();
+    let got = sim.rx_frames();
+    assert_eq!(got[0].flags, rxf::DATA_VALIDATED);
+    assert!(csum::l4_checksum_ok(&got[0].data).unwrap());
+    let mut sim = SimFront::new();
+    let mut nb = sim.backend(sg_features(), RxQueueLimits::default());
+    sim.post_rx(2);
+    assert_eq!(nb.push_rx(&mut sim.grants, &f, blank), Ok(RxPush::Delivered));
+    nb.poll_rx(&mut sim.grants, 8).unwrap();
+    let got = sim.rx_frames();
+    assert_eq!(got[0].flags, rxf::CSUM_BLANK | rxf::DATA_VALIDATED);
+    assert!(got[0].data == f);
 }
 
 #[test]
@@ -257,6 +384,33 @@ fn tx_notification_and_final_check() {
     let s = sim.build_tx(&[7; 100], 0, 0, &[]);
     sim.push_slots(&s);
     assert!(sim.publish_tx(), "the final check re-armed req_event");
+}
+
+/// `swap_tx_buffer` hands out the frame of a budget-1 poll without a copy, and the engine keeps
+/// assembling byte-exact frames in the buffers it gets back (of any old length or content).
+#[test]
+fn tx_swap_buffer_takes_frames_without_copy() {
+    let mut rng = Rng(31);
+    let mut sim = SimFront::new();
+    sim.frag_rng = Some(Rng(4));
+    let mut nb = sim.backend(sg_features(), RxQueueLimits::default());
+    let mut buf: Vec<u8> = vec![0xAB; 3000];
+    for i in 0..300 {
+        let len = random_len(&mut rng, 65535).max(60);
+        let f = frame(&mut rng, len, i);
+        let s = sim.build_tx(&f, rng.range(0, 4095), 0, &[]);
+        assert!(sim.push_slots(&s));
+        sim.publish_tx();
+        let mut n = 0;
+        let p = nb.poll_tx(0, &mut sim.grants, 1, |_| n += 1).unwrap();
+        assert_eq!((p.packets, n), (1, 1));
+        let before = buf.as_ptr();
+        nb.swap_tx_buffer(&mut buf);
+        assert!(buf == f, "frame {i} of {len} bytes");
+        assert_ne!(buf.as_ptr(), before, "exchanged, not copied");
+        sim.tx_responses();
+        sim.revoke_tx_pages(&s);
+    }
 }
 
 fn udp4_frame(payload: &[u8]) -> Vec<u8> {
