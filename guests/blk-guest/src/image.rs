@@ -23,9 +23,7 @@ const PEER_KEY: &str = "ivshmem-peer";
 const HANDSHAKE_TICK: Duration = Duration::from_millis(1);
 /// With requests in flight, never sleep longer (a guard against a late doorbell).
 const ACTIVE_TICK: Duration = Duration::from_millis(1);
-/// The heartbeat this guest promises (`heartbeat-ms`)...
-const HEARTBEAT_MS: u64 = 500;
-/// ... and how often it beats.
+/// How often the guest beats (it promises `heartbeat_ms=`, default 500).
 const BEAT_EVERY: Duration = Duration::from_millis(100);
 /// How long `hostile` waits for its answers.
 const HOSTILE_WAIT: Duration = Duration::from_secs(10);
@@ -105,7 +103,9 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
     let mut keys = KeyMap::new();
     keys.insert(PEER_KEY, &own_id.to_string()).map_err(|e| format!("keys: {e}"))?;
     // Liveness: if this VM dies without closing, blk-dd frees its volume after 5 periods.
-    keys.insert(blk_dd::HEARTBEAT_KEY, &HEARTBEAT_MS.to_string()).map_err(|e| format!("keys: {e}"))?;
+    if cfg.heartbeat_ms > 0 {
+        keys.insert(blk_dd::HEARTBEAT_KEY, &cfg.heartbeat_ms.to_string()).map_err(|e| format!("keys: {e}"))?;
+    }
     let volume = VolumeName::parse(iconnect::storage::VOLUME, &cfg.volume).map_err(|e| format!("vol={}: {e}", cfg.volume))?;
     StorageRequest { volume, durable_flush: true }.write(&mut keys).map_err(|e| format!("keys: {e}"))?;
     let mut fe = Frontend::new(parts.region, frontend_config(), keys).map_err(|e| format!("channel: {e}"))?;

@@ -118,6 +118,8 @@ pub struct GuestConfig {
     pub seed: u64,
     /// `timeout=` seconds to wait for the backend (default 60).
     pub timeout_s: u32,
+    /// `heartbeat_ms=` the liveness period promised to the backend (default 500; 0: none).
+    pub heartbeat_ms: u64,
 }
 
 fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
@@ -129,7 +131,7 @@ fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
 }
 
 impl GuestConfig {
-    /// Parses `name= vol= work= disk= chan= seed= timeout=`.
+    /// Parses `name= vol= work= disk= chan= seed= timeout= heartbeat_ms=`.
     pub fn from_cmdline(cmdline: &str) -> Result<Self, String> {
         let name = get(cmdline, "name").unwrap_or("g1").to_string();
         let volume = get(cmdline, "vol").unwrap_or(&name).to_string();
@@ -178,6 +180,7 @@ impl GuestConfig {
             disk,
             seed: num("seed", 1)?,
             timeout_s: num("timeout", 60)? as u32,
+            heartbeat_ms: num("heartbeat_ms", 500)?,
         })
     }
 }
