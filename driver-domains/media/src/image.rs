@@ -1,0 +1,157 @@
+//! Bring-up and event loop of the image (QEMU platform).
+//!
+//! Devices: the virtio-sound device (output opened once at `media_dd::DEVICE`) and one guest
+//! per ivshmem-doorbell device (ports 1..=N, PCI order). One executor task: doorbells, the
+//! ports' handshakes and requests, the mix (one period per period the device returned),
+//! doorbells back, markers, and once a second an `ICONNECT-LEVEL` line per playing port.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use hal::ivshmem::{self, Doorbells, Ivshmem, Registers, SharedRegion};
+use hal::mmio::Mmio;
+use hal::platform;
+use media_dd::channel::{VECTOR_EVENTS, VECTOR_RING};
+use media_dd::{MediaPort, PortEvent};
+use rt::exec::Step;
+use sndback::Hub;
+
+use crate::sound::{self, PERIOD_FRAMES, Sound};
+
+/// Where unassigned BARs are placed (32-bit MMIO hole above q35's ECAM, below the IOAPIC).
+const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
+/// Doorbell vectors per channel.
+const CHANNEL_VECTORS: u16 = 2;
+/// The loop looks at the device and the channels this often (a period is 10 ms).
+const TICK: Duration = Duration::from_millis(2);
+/// Level lines this often.
+const LEVEL_EVERY: Duration = Duration::from_secs(1);
+/// Streams in the hub each way.
+const MAX_STREAMS: usize = 16;
+
+struct Chan {
+    port: MediaPort<&'static SharedRegion>,
+    regs: &'static mut Registers<Mmio>,
+    bells: &'static Doorbells,
+}
+
+/// The image's entry point.
+pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
+    match run(boot) {
+        Ok(never) => match never {},
+        Err(e) => {
+            log::error!("media-dd: {e}");
+            rt::ExitCode::Failure
+        }
+    }
+}
+
+fn open_channels(ecam: &mut hal::ecam::Ecam) -> Vec<Chan> {
+    let funcs = ivshmem::find_all(ecam, ecam.start_bus(), ecam.end_bus());
+    let mut chans = Vec::new();
+    for (i, func) in funcs.iter().enumerate() {
+        let port = i + 1;
+        let dev = match Ivshmem::open(ecam, func, CHANNEL_VECTORS, BAR_WINDOW) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("ICONNECT-PORT {port} down reason=open-failed:{e}");
+                continue;
+            }
+        };
+        let own_id = dev.id();
+        let len = dev.layout().shmem_len();
+        // The device lives as long as the domain (rt never unmaps BARs).
+        let dev: &'static mut Ivshmem = Box::leak(Box::new(dev));
+        let parts = dev.parts();
+        match MediaPort::new(port, parts.region, own_id, false) {
+            Ok(p) => {
+                log::info!("port {port}: ivshmem {} id {own_id}, {} KiB", func.bdf, len / 1024);
+                chans.push(Chan { port: p, regs: parts.regs, bells: parts.doorbells });
+            }
+            Err(e) => log::error!("ICONNECT-PORT {port} down reason=channel:{e}"),
+        }
+    }
+    chans
+}
+
+fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String> {
+    let mcfg = platform::find_ecam(boot);
+    let mut ecam = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
+    let func = sound::find(&ecam).ok_or("no virtio-sound device (1af4:1059)")?;
+    let second = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
+    let mut snd = Sound::open(&mut ecam, second, func, BAR_WINDOW).map_err(|e| format!("{}: {e}", func.bdf))?;
+    let dev = media_dd::DEVICE;
+    log::info!("virtio-sound {}: output {} Hz {:?} {} ch, {} ms periods", func.bdf, dev.rate, dev.format, dev.channels, PERIOD_FRAMES * 1000 / dev.rate as usize);
+    let mut hub = Hub::new(dev, media_dd::duck(), MAX_STREAMS).map_err(|e| format!("hub: {e}"))?;
+    let mut chans = open_channels(&mut ecam);
+    rt::ready("media-dd");
+    log::info!("media-dd: {} guest channel(s)", chans.len());
+
+    let mut events: Vec<PortEvent> = Vec::new();
+    let mut period = vec![0u8; PERIOD_FRAMES * dev.frame_bytes()];
+    let mut last_level = rt::time::now();
+    let mut task = |now: rt::time::Instant| -> Step {
+        for c in chans.iter_mut() {
+            let _ = c.bells.take(0) + c.bells.take(1);
+        }
+        let mut busy = false;
+        for c in chans.iter_mut() {
+            c.port.poll(&mut hub, &mut events);
+            busy |= c.port.serve(&mut hub);
+        }
+        // The mix: one period per period the device gave back, then the guests again (their
+        // positions moved: CUR_POS events, refills).
+        let room = snd.room();
+        for _ in 0..room {
+            if hub.render(&mut period).is_err() {
+                period.fill(0);
+            }
+            snd.send(&period);
+        }
+        if room > 0 {
+            for c in chans.iter_mut() {
+                busy |= c.port.serve(&mut hub);
+            }
+        }
+        for ev in events.drain(..) {
+            log::info!("{}", ev.marker());
+        }
+        for c in chans.iter_mut() {
+            let k = c.port.take_kick();
+            if let Some(peer) = c.port.peer() {
+                if k.ring {
+                    c.regs.ring(peer, VECTOR_RING);
+                }
+                if k.events {
+                    c.regs.ring(peer, VECTOR_EVENTS);
+                }
+            }
+        }
+        if now - last_level >= LEVEL_EVERY {
+            last_level = now;
+            for c in chans.iter() {
+                if let Some(l) = c.port.level(&hub) {
+                    let s = c.port.stats().unwrap_or_default();
+                    log::info!(
+                        "ICONNECT-LEVEL {} rms_dbfs={:.1} requests={} errors={} device_periods={}",
+                        c.port.port(),
+                        media_dd::dbfs(l),
+                        s.requests,
+                        s.errors,
+                        snd.done
+                    );
+                }
+            }
+        }
+        if busy {
+            return Step::Busy;
+        }
+        Step::At(now + TICK)
+    };
+    let code = rt::exec::run(&mut [&mut task]);
+    Err(format!("executor stopped ({code:?})"))
+}

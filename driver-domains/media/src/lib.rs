@@ -1,0 +1,334 @@
+//! # media-dd: the multimedia driver domain (host-tested logic)
+//!
+//! The image (`src/main.rs`, target only) owns QEMU's `virtio-sound-pci` device, opens its
+//! output once at the native shape ([`DEVICE`]: 48 kHz, s16, stereo) and serves one guest
+//! per ivshmem-doorbell device. This library is everything in it that does not touch
+//! hardware, with no `unsafe`:
+//!
+//! * [`MediaPort`] — one guest channel: the sound-style iConnect handshake (the guest states
+//!   its stream with `iconnect::media` keys, answered with `sndback::negotiate::decide`), one
+//!   `sndback::Sndback` over ring 0 with the channel's data area as grant table, and
+//!   `ICONNECT-PORT` events.
+//! * [`channel`] — the layout and keys both ends use (the guest image `snd-guest` too).
+//!
+//! Contract (team brief, "sndif over an iConnect channel"): style Block; ring 0 = the sndif
+//! request ring of the channel's one stream (64-byte slots, one page, doorbell vector 0);
+//! the stream's sndif event page is a data page the frontend names with `evt-ring-ref`;
+//! OPEN's page directory and buffer pages are data pages (page numbers as grant
+//! references, checked by `DataArea`). The domain rings vector 0 for responses, vector 1 for
+//! `CUR_POS` events. A connection it cannot serve is refused with
+//! `iconnect-snd-error = <reason>` (`no-peer-id`, `no-media-key`, `bad-key:<key>`,
+//! `no-event-page`, `refused:<reason>`, `bad-layout`); a hostile ring breaks only its own
+//! port (`down reason=sndback:<error>`).
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use iconnect::Decision;
+use iconnect::media::{MediaGrant, MediaRequest};
+use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Window};
+use media_dsp::{DuckConfig, SampleFormat};
+use sndback::{Caps, DeviceConfig, Hub, Sndback};
+use xen_abi::PAGE_SIZE;
+use xen_abi::shmem::SharedMem;
+use xen_abi::sndif::SndRing;
+
+/// The channel layout and keys of the sound contract (shared with the guest image).
+pub mod channel {
+    use alloc::vec;
+
+    use iconnect_channel::{FrontendConfig, RingSpec};
+    use xen_abi::sndif::MSG_SIZE;
+    use xen_abi::xenbus::FrontendStyle;
+
+    /// Key carrying each end's ivshmem peer id (its doorbell address).
+    pub const PEER_KEY: &str = "ivshmem-peer";
+    /// Frontend key: data page number of the stream's sndif event page.
+    pub const EVENT_PAGE_KEY: &str = "evt-ring-ref";
+    /// Backend key naming why a connection was refused.
+    pub const ERROR_KEY: &str = "iconnect-snd-error";
+    /// Ring index of the request ring.
+    pub const RING: usize = 0;
+    /// Doorbell vector: requests (guest to domain) and responses (domain to guest).
+    pub const VECTOR_RING: u16 = 0;
+    /// Doorbell vector: events (domain to guest).
+    pub const VECTOR_EVENTS: u16 = 1;
+
+    /// The layout a sound frontend asks for: style Block, ring 0 of 64-byte sndif slots (one
+    /// page, vector 0), the rest of the region as data pages.
+    pub fn frontend_config() -> FrontendConfig {
+        FrontendConfig {
+            style: FrontendStyle::Block,
+            rings: vec![RingSpec {
+                page_order: 0,
+                slot_bytes: MSG_SIZE as u32,
+                vector: u32::from(VECTOR_RING),
+            }],
+            data_pages: None,
+        }
+    }
+}
+
+use channel::{ERROR_KEY, EVENT_PAGE_KEY, PEER_KEY};
+
+/// The device's native shape (media-dd opens the device once with it).
+pub const DEVICE: DeviceConfig = DeviceConfig {
+    format: SampleFormat::S16Le,
+    rate: 48000,
+    channels: 2,
+};
+
+/// Ducking of lower-priority streams while a higher one plays: 12 dB, 20 ms attack, 300 ms
+/// release, 150 ms hold.
+pub fn duck() -> DuckConfig {
+    DuckConfig::default()
+}
+
+/// A port state change, for the console markers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PortEvent {
+    /// A guest's stream is connected.
+    Up {
+        /// Port number (1..=N, PCI order of the ivshmem devices).
+        port: usize,
+        /// What it asked for.
+        request: MediaRequest,
+        /// What it was granted.
+        grant: MediaGrant,
+        /// Mixing priority.
+        priority: u8,
+    },
+    /// The guest is gone (or was refused).
+    Down {
+        /// Port number.
+        port: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PortEvent {
+    /// The `ICONNECT-PORT` marker line.
+    pub fn marker(&self) -> String {
+        match self {
+            PortEvent::Up { port, request: r, grant: g, priority } => format!(
+                "ICONNECT-PORT {port} up stream={} format={} rate={} channels={} role={:?} priority={priority} granted_format={} granted_rate={} granted_channels={}",
+                r.direction.as_str(),
+                r.format.as_str(),
+                r.rate_hz,
+                r.channels,
+                r.role(),
+                g.format.as_str(),
+                g.rate_hz,
+                g.channels
+            ),
+            PortEvent::Down { port, reason } => format!("ICONNECT-PORT {port} down reason={reason}"),
+        }
+    }
+}
+
+struct Attached<M: SharedMem + Clone> {
+    engine: Sndback<Window<M>>,
+    data: DataArea<M>,
+}
+
+/// Which doorbells the guest must get.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kick {
+    /// Responses or a state/key change (vector 0).
+    pub ring: bool,
+    /// Events (vector 1).
+    pub events: bool,
+}
+
+/// One guest channel (see the [crate documentation](crate)).
+pub struct MediaPort<M: SharedMem + Clone> {
+    port: usize,
+    own_id: u16,
+    be: Backend<M>,
+    peer: Option<u16>,
+    attached: Option<Attached<M>>,
+    down_reason: Option<String>,
+    broken: bool,
+    kick: Kick,
+    can_capture: bool,
+}
+
+impl<M: SharedMem + Clone> MediaPort<M> {
+    /// Starts serving the channel in `mem` as `port`; `own_id` is this domain's doorbell
+    /// address on it; `can_capture`: whether the device has a capture path.
+    pub fn new(port: usize, mem: M, own_id: u16, can_capture: bool) -> Result<Self, iconnect_channel::Error> {
+        let mut keys = KeyMap::new();
+        keys.insert(PEER_KEY, &own_id.to_string())?;
+        let be = Backend::new(mem, keys)?;
+        Ok(Self {
+            port,
+            own_id,
+            be,
+            peer: None,
+            attached: None,
+            down_reason: None,
+            broken: false,
+            kick: Kick { ring: true, events: false },
+            can_capture,
+        })
+    }
+
+    /// The port number.
+    pub fn port(&self) -> usize {
+        self.port
+    }
+
+    /// The guest's doorbell address (known once it connected).
+    pub fn peer(&self) -> Option<u16> {
+        self.peer
+    }
+
+    /// Whether a guest is attached.
+    pub fn is_attached(&self) -> bool {
+        self.attached.is_some()
+    }
+
+    /// Doorbells owed to the guest; clears them.
+    pub fn take_kick(&mut self) -> Kick {
+        core::mem::take(&mut self.kick)
+    }
+
+    /// Runs the handshake (attach at connect, detach at disconnect), pushing events.
+    pub fn poll(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>) {
+        while let Some(ev) = self.be.poll() {
+            match ev {
+                BackendEvent::Connect => self.connect(hub, events),
+                BackendEvent::Failed(e) => {
+                    self.down_reason.get_or_insert(format!("channel-error:{e}").replace(' ', "_"));
+                    if self.attached.is_none() {
+                        let reason = self.down_reason.take().unwrap_or_default();
+                        events.push(PortEvent::Down { port: self.port, reason });
+                    }
+                }
+                BackendEvent::Disconnect | BackendEvent::Removed => self.detach(hub, events),
+            }
+        }
+        if core::mem::take(&mut self.broken) {
+            self.detach(hub, events);
+        }
+        if self.be.take_notify() {
+            self.kick.ring = true;
+        }
+    }
+
+    fn detach(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>) {
+        let reason = self.down_reason.take().unwrap_or_else(|| "disconnected".into());
+        if let Some(mut a) = self.attached.take() {
+            a.engine.shutdown(hub);
+            events.push(PortEvent::Down { port: self.port, reason });
+        }
+    }
+
+    fn refuse(&mut self, reason: String, events: &mut Vec<PortEvent>) {
+        let _ = self.be.keys_mut().insert(ERROR_KEY, &reason);
+        self.be.publish_keys();
+        self.be.refuse();
+        self.kick.ring = true;
+        events.push(PortEvent::Down { port: self.port, reason });
+    }
+
+    fn connect(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>) {
+        if let Some(mut a) = self.attached.take() {
+            a.engine.shutdown(hub);
+        }
+        let fk = self.be.frontend_keys();
+        let peer = match fk.get(PEER_KEY).map(str::parse::<u16>) {
+            Some(Ok(p)) if p != self.own_id => p,
+            _ => return self.refuse("no-peer-id".into(), events),
+        };
+        let req = match MediaRequest::from_keys(fk) {
+            Ok(Some(r)) => r,
+            Ok(None) => return self.refuse("no-media-key".into(), events),
+            Err(e) => return self.refuse(format!("bad-key:{e}").replace(' ', "_"), events),
+        };
+        let evt_page = fk.get(EVENT_PAGE_KEY).map(str::parse::<u32>);
+        let caps = Caps::default();
+        let decision = sndback::negotiate::decide(&req, &caps, self.can_capture);
+        let grant = match decision {
+            Decision::Granted(g) => g,
+            Decision::Refused { reason, .. } => {
+                let _ = iconnect::media::write_decision(&decision, self.be.keys_mut());
+                return self.refuse(format!("refused:{reason:?}"), events);
+            }
+        };
+        let Some(layout) = self.be.layout().cloned() else {
+            return self.refuse("bad-layout".into(), events);
+        };
+        let evt = match evt_page {
+            Some(Ok(p)) if p < layout.data_pages => {
+                Window::new(self.be.mem().clone(), layout.data_offset() + p as usize * PAGE_SIZE, PAGE_SIZE)
+            }
+            _ => return self.refuse("no-event-page".into(), events),
+        };
+        let (Ok(ring), Ok(data), Ok(evt)) = (self.be.ring_window::<SndRing>(channel::RING), self.be.data_area(), evt) else {
+            return self.refuse("bad-layout".into(), events);
+        };
+        let priority = sndback::negotiate::priority(&req);
+        let mut engine = Sndback::new(caps, priority);
+        if engine.add_stream(req.direction, ring, evt).is_err() {
+            return self.refuse("bad-layout".into(), events);
+        }
+        let keys = self.be.keys_mut();
+        keys.remove(ERROR_KEY);
+        if iconnect::media::write_decision(&decision, keys).is_err() {
+            return self.refuse("keys-overflow".into(), events);
+        }
+        self.be.publish_keys();
+        self.be.accept();
+        self.peer = Some(peer);
+        self.kick.ring = true;
+        self.attached = Some(Attached { engine, data });
+        events.push(PortEvent::Up { port: self.port, request: req, grant, priority });
+    }
+
+    /// Serves the guest's requests and sends its position events. A broken ring fails the
+    /// channel (`sndback:<error>`). Returns whether to call again at once.
+    pub fn serve(&mut self, hub: &mut Hub) -> bool {
+        let Some(a) = self.attached.as_mut().filter(|_| self.down_reason.is_none()) else {
+            return false;
+        };
+        match a.engine.poll(&mut a.data, hub) {
+            Ok(p) => {
+                self.kick.ring |= p.notify != 0;
+                self.kick.events |= p.notify_events != 0;
+                p.more
+            }
+            Err(e) => {
+                self.down_reason = Some(format!("sndback:{e}").replace(' ', "_"));
+                self.be.fail();
+                self.broken = true;
+                self.kick.ring = true;
+                false
+            }
+        }
+    }
+
+    /// RMS level (full scale = 1.0) of this guest's playback in the last mixed block, after
+    /// gains and ducking; `None` without an open playback stream.
+    pub fn level(&self, hub: &Hub) -> Option<f32> {
+        let id = self.attached.as_ref()?.engine.mixer_stream(0)?;
+        hub.mixer().stream_stats(id).ok().map(|s| s.level_rms)
+    }
+
+    /// The engine's counters, while attached.
+    pub fn stats(&self) -> Option<sndback::Stats> {
+        self.attached.as_ref().map(|a| a.engine.stats())
+    }
+}
+
+/// dBFS of an RMS level (full-scale sine = -3.01 dBFS), floored at -150.
+pub fn dbfs(rms: f32) -> f32 {
+    if rms <= 1e-8 { -150.0 } else { 20.0 * libm::log10f(rms) }
+}

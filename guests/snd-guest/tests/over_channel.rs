@@ -1,0 +1,119 @@
+//! The whole sound path on the host: `snd_guest::Player`s (the guest image's frontend) and
+//! `media_dd::MediaPort`s (the domain's channel ports) over in-memory channel regions, one
+//! `sndback::Hub` as the device, rendered period by period like media-dd does with its
+//! virtio-sound device. The device output is checked like the QEMU test checks QEMU's WAV.
+
+use iconnect_channel::{Frontend, FrontendEvent};
+use media_dd::{MediaPort, PortEvent};
+use media_dsp::format::decode_f32;
+use media_dsp::measure::{channel, goertzel_amplitude};
+use media_dsp::SampleFormat;
+use snd_guest::{Config, Player, Report};
+use sndback::Hub;
+use xen_abi::shmem::HostMem;
+
+const PERIOD: usize = 480;
+
+struct Guest {
+    cfg: Config,
+    fe: Frontend<HostMem>,
+    port: MediaPort<HostMem>,
+    player: Option<Player<HostMem>>,
+    report: Option<Report>,
+    start_tick: usize,
+}
+
+fn guest(n: usize, cmdline: &str, start_tick: usize) -> Guest {
+    let cfg = Config::from_cmdline(cmdline).unwrap();
+    let m = HostMem::pages(64);
+    let port = MediaPort::new(n, m.clone(), 1, false).unwrap();
+    let fe = Frontend::new(m, media_dd::channel::frontend_config(), cfg.keys(10 + n as u16).unwrap()).unwrap();
+    Guest { cfg, fe, port, player: None, report: None, start_tick }
+}
+
+fn step(g: &mut Guest, hub: &mut Hub, events: &mut Vec<PortEvent>, tick: usize) {
+    if tick < g.start_tick {
+        return;
+    }
+    for _ in 0..3 {
+        g.port.poll(hub, events);
+        g.port.serve(hub);
+        while let Some(ev) = g.fe.poll() {
+            if ev == FrontendEvent::Ready {
+                let d = iconnect::media::read_decision(g.fe.backend_keys()).unwrap().unwrap();
+                let iconnect::Decision::Granted(grant) = d else { panic!("{d:?}") };
+                g.player = Some(Player::start(&g.fe, &g.cfg, &grant).unwrap());
+            }
+        }
+        if let Some(p) = g.player.as_mut()
+            && g.report.is_none()
+        {
+            g.report = p.poll().unwrap();
+        }
+    }
+}
+
+/// Runs `ticks` device periods; returns the left channel of the device output.
+fn run(guests: &mut [Guest], ticks: usize) -> (Vec<f32>, Vec<PortEvent>) {
+    let mut hub = Hub::new(media_dd::DEVICE, media_dd::duck(), 16).unwrap();
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    let mut block = vec![0u8; PERIOD * 4];
+    for tick in 0..ticks {
+        for g in guests.iter_mut() {
+            step(g, &mut hub, &mut events, tick);
+        }
+        hub.render(&mut block).unwrap();
+        let mut f = vec![0f32; PERIOD * 2];
+        decode_f32(SampleFormat::S16Le, &block, &mut f).unwrap();
+        out.extend(channel(&f, 2, 0));
+    }
+    (out, events)
+}
+
+fn level(x: &[f32], f: f64) -> f64 {
+    goertzel_amplitude(x, 48000, f)
+}
+
+#[test]
+fn two_guests_play_their_tones_through_one_device() {
+    let mut gs = [
+        guest(1, "play=sine:440:44100:s16:2 class=media secs=1 amp_db=-6", 0),
+        guest(2, "play=sine:660:48000:s16_le:1 class=media secs=1 amp_db=-12", 0),
+    ];
+    let (out, events) = run(&mut gs, 130);
+    for g in &gs {
+        let r = g.report.as_ref().expect("guest finished");
+        assert_eq!(r.frames, g.cfg.request.rate_hz as u64, "{r:?}");
+        assert!(r.events >= 95, "{r:?}");
+    }
+    let ups: Vec<String> = events.iter().map(PortEvent::marker).collect();
+    assert!(ups[0].starts_with("ICONNECT-PORT 1 up stream=playback format=s16_le rate=44100 channels=2"), "{ups:?}");
+    assert!(ups.iter().any(|l| l.starts_with("ICONNECT-PORT 2 up")), "{ups:?}");
+    let mid = &out[48000 * 3 / 10..48000 * 8 / 10];
+    let (a440, a660) = (level(mid, 440.0), level(mid, 660.0));
+    assert!((a440 - 0.501).abs() < 0.02, "440 Hz at {a440}");
+    assert!((a660 - 0.251).abs() < 0.01, "660 Hz at {a660}");
+    assert!(level(mid, 550.0) < 0.01 && level(mid, 880.0) < 0.01);
+    // Both closed: their streams left the mix.
+    assert!(events.iter().filter(|e| matches!(e, PortEvent::Down { .. })).count() == 0);
+    let tail = &out[out.len() - 4800..];
+    assert!(level(tail, 440.0) < 0.001 && level(tail, 660.0) < 0.001);
+}
+
+#[test]
+fn an_alert_guest_ducks_the_media_guest() {
+    let mut gs = [
+        guest(1, "play=sine:440:44100:s16:2 class=media secs=2 amp_db=-6", 0),
+        guest(2, "play=sine:880:48000:s16:1 class=alert secs=1 amp_db=-6", 50),
+    ];
+    let (out, _) = run(&mut gs, 200);
+    let before = level(&out[48000 / 10..48000 * 4 / 10], 440.0);
+    let during = level(&out[48000 * 7 / 10..48000 * 13 / 10], 440.0);
+    let alert = level(&out[48000 * 7 / 10..48000 * 13 / 10], 880.0);
+    let drop_db = 20.0 * (before / during).log10();
+    assert!((drop_db - 12.0).abs() < 1.0, "ducked by {drop_db:.2} dB");
+    assert!((alert - 0.501).abs() < 0.02, "alert at {alert}");
+    let after = level(&out[48000 * 17 / 10..48000 * 195 / 100], 440.0);
+    assert!((after - before).abs() < 0.02, "released to {after} (before {before})");
+}
