@@ -488,6 +488,37 @@ pub fn killed_guest(accel: Accel) -> Result<String> {
     Ok(format!("guest SIGKILLed mid-run; its port went down (heartbeat-timeout) {} later, volume freed; {stat}", fmt_dur(took)))
 }
 
+/// QEMU test: blk-dd checks the volume map against its disk at start and refuses to run with a
+/// bad one (overlapping slices; a slice past the end of the disk), saying why.
+pub fn bad_volume_maps(accel: Accel) -> Result<String> {
+    let art = Artifacts::build()?;
+    let dir = Topo::dir("blk-bad-maps")?;
+    let disk = raw_file(&dir, "disk.raw", 16)?;
+    let mut seen = Vec::new();
+    for (vols, why) in [
+        ("vol=a:local:0:8M vol=b:local:4M:8M", "local slices overlap"),
+        ("vol=a:local:0:8M vol=b:local:8M:16M", "slice outside the disk"),
+    ] {
+        let out = Qemu::new(&art.dd, accel)
+            .memory_mib(16)
+            .append(vols)
+            .timeout(Duration::from_secs(60))
+            .args_extra(["-drive".to_string(), format!("file={},format=raw,if=none,id=d0,readonly=on", disk.display())])
+            .device("virtio-blk-pci,drive=d0,disable-legacy=on")
+            .label("blk-dd")
+            .run()?;
+        let said = out.serial.iter().find(|l| l.contains(why)).cloned();
+        ensure!(
+            out.exit == crate::qemu::GuestExit::Failure && said.is_some(),
+            "blk-dd with `{vols}` on a 16 MiB disk: exit {:?}, expected a failure saying `{why}`; console:\n{}",
+            out.exit,
+            out.serial.join("\n")
+        );
+        seen.push(why);
+    }
+    Ok(format!("refused at start, exit 35: {}", seen.join("; ")))
+}
+
 /// QEMU test: qemu-nbd is SIGKILLed in the middle of a guest's writes (after its first pass's
 /// flush) and restarted; the guest finishes without an error and the export's file holds
 /// every byte of the last pass.

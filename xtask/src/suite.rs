@@ -249,6 +249,7 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("blk: flush answered -> durable even if QEMU is killed at once", crate::blk::flush_then_kill, true),
     ("blk: qemu-nbd killed and restarted mid-run loses no acknowledged write", crate::blk::nbd_restart, true),
     ("blk: a guest VM killed without closing frees its volume (heartbeat)", crate::blk::killed_guest, true),
+    ("blk: blk-dd refuses overlapping / out-of-disk volume maps at start", crate::blk::bad_volume_maps, true),
 ];
 
 fn qemu_chan_channel(accel: Accel) -> Result<String> {
