@@ -6,7 +6,9 @@
 //! killed), `nic=channel|virtio` (default `channel`: the iConnect channel on ivshmem device
 //! number `chan=`, default 0; `virtio`: a virtio-net NIC of its own, no driver domain),
 //! `timeout_s=` (give up connecting after this; default 60), `max_lost=` (pings that may be
-//! lost with `ping` still ok; default 0), `interval_ms=` (between pings; default 10).
+//! lost with `ping` still ok; default 0), `interval_ms=` (between pings; default 10),
+//! `heartbeat_ms=` (the liveness period promised to the backend as `heartbeat-ms`; default
+//! 1000, `0` = none: a guest that stops beating for 5 periods loses its port).
 //!
 //! Workloads: `ping:<ip>:<count>`, `tcp-send:<ip>:<port>:<secs>`, `tcp-rtt:<ip>:<port>:<count>`,
 //! `serve`, `hostile:<req-prod|bad-ref|oversize>`.
@@ -154,7 +156,13 @@ pub struct GuestConfig {
     pub max_lost: u32,
     /// Between pings, milliseconds.
     pub interval_ms: u32,
+    /// Liveness period promised to the backend (`heartbeat-ms`), 0 = none.
+    pub heartbeat_ms: u32,
 }
+
+/// Default `heartbeat_ms`: generous under TCG, where guest clocks are skewed 2-3x (net-dd
+/// declares a guest dead after 5 silent periods; the guest beats 4 times per period).
+pub const DEFAULT_HEARTBEAT_MS: u32 = 1000;
 
 fn parse_ip(s: &str) -> Option<Ipv4Addr> {
     let a: Ipv4Addr = s.parse().ok()?;
@@ -261,6 +269,11 @@ impl GuestConfig {
             timeout_s: num(c, "timeout_s")?.unwrap_or(60),
             max_lost: num(c, "max_lost")?.unwrap_or(0),
             interval_ms: num(c, "interval_ms")?.unwrap_or(10),
+            heartbeat_ms: match num(c, "heartbeat_ms")? {
+                None => DEFAULT_HEARTBEAT_MS,
+                Some(ms) if ms <= 60_000 => ms,
+                Some(_) => return Err(Error::BadConfig("heartbeat_ms")),
+            },
         })
     }
 }
@@ -307,6 +320,10 @@ mod tests {
         assert_eq!(c.work, Work::Serve);
         assert_eq!(c.gateway, Ipv4Addr::new(10, 0, 2, 2));
         assert_eq!((c.timeout_s, c.max_lost, c.interval_ms, c.secs), (60, 0, 10, None));
+        assert_eq!(c.heartbeat_ms, DEFAULT_HEARTBEAT_MS);
+        assert_eq!(GuestConfig::from_cmdline("heartbeat_ms=0").unwrap().heartbeat_ms, 0);
+        assert_eq!(GuestConfig::from_cmdline("heartbeat_ms=500").unwrap().heartbeat_ms, 500);
+        assert_eq!(GuestConfig::from_cmdline("heartbeat_ms=60001"), Err(Error::BadConfig("heartbeat_ms")));
         let c = GuestConfig::from_cmdline("qos_class=normal nic=virtio").unwrap();
         assert_eq!(c.qos.unwrap().class, Class::Interactive);
         assert_eq!(c.qos.unwrap().guaranteed_bps, 0);

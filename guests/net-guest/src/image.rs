@@ -27,14 +27,26 @@ const HANDSHAKE_TICK: Duration = Duration::from_millis(1);
 /// Without any doorbell for this long, ring the backend again (a doorbell rung before the
 /// peer's QEMU learnt our eventfds is lost).
 const KICK_AFTER: Duration = Duration::from_millis(200);
-/// While traffic moves (or frames are in flight), never sleep longer than this: a guard
-/// against interrupts that arrive late (seen under kvm_pvm, where an MSI can wait for the
-/// vCPU's next timer exit); under TCG the doorbells wake us long before.
+/// While traffic moves (or frames are in flight) and interrupts have shown to be late, never
+/// sleep longer than this: a guard against interrupts that arrive late (seen under kvm_pvm,
+/// where an MSI can wait for the vCPU's next timer exit). Under TCG the doorbells are on time
+/// and the guard stays off: a guest woken every millisecond burns CPU the other VMs need.
 const ACTIVE_TICK: Duration = Duration::from_millis(1);
+/// A wake-up without an interrupt that finds work an interrupt should have announced is *late*
+/// (the interrupt may just be in flight: under TCG a doorbell takes 100s of µs to arrive). When
+/// over one [`LATE_WINDOW`] at least [`LATE_MIN`] wake-ups, and a quarter of all, were late,
+/// interrupts are unreliable: the guard goes on for [`GUARD_FOR`] (renewed while it holds).
+const LATE_WINDOW: Duration = Duration::from_secs(1);
+/// See [`LATE_WINDOW`].
+const LATE_MIN: u64 = 3;
+/// See [`LATE_WINDOW`].
+const GUARD_FOR: Duration = Duration::from_secs(5);
 /// Traffic counts as moving for this long after the counters last changed.
 const ACTIVE_FOR: Duration = Duration::from_millis(20);
 /// Rate lines.
 const RATE_PERIOD: Duration = Duration::from_secs(1);
+/// After the backend closed the channel, rejoin (as a new frontend generation) this much later.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// How long `hostile:` waits for the backend's reaction.
 const HOSTILE_WAIT: Duration = Duration::from_secs(10);
 
@@ -47,25 +59,68 @@ fn on_nic_irq() {
     NIC_IRQS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Whether traffic is moving: the device's counters changed recently.
+/// Whether traffic is moving (the device's counters changed recently), and whether interrupts
+/// have been late (then the loop polls every [`ACTIVE_TICK`] while traffic moves).
 struct Activity {
     last: (u64, u64),
     at: Instant,
+    guard_until: Instant,
+    slept: bool,
+    /// Wake-ups (sleeps that ended), and those that found late work.
+    wakeups: u64,
+    late: u64,
+    /// The current window: its start, wake-ups and late ones at its start.
+    window: (Instant, u64, u64),
 }
 
 impl Activity {
     fn new(now: Instant) -> Self {
-        Self { last: (0, 0), at: now }
+        Self {
+            last: (0, 0),
+            at: now,
+            guard_until: now,
+            slept: false,
+            wakeups: 0,
+            late: 0,
+            window: (now, 0, 0),
+        }
+    }
+
+    /// After a wake-up: `irq` = an interrupt was counted, `work` = the device had completions
+    /// or frames waiting. Work without an interrupt after a sleep means the interrupt is late.
+    fn woke(&mut self, now: Instant, irq: bool, work: bool) {
+        if core::mem::take(&mut self.slept) {
+            self.wakeups += 1;
+            if work && !irq {
+                self.late += 1;
+            }
+        }
+        let (start, w0, l0) = self.window;
+        if now >= start + LATE_WINDOW {
+            let (w, l) = (self.wakeups - w0, self.late - l0);
+            if l >= LATE_MIN && l * 4 >= w {
+                if now >= self.guard_until {
+                    log::info!("interrupts late ({l} of {w} wake-ups found work first): polling every {} ms while traffic moves", ACTIVE_TICK.as_millis());
+                }
+                self.guard_until = now + GUARD_FOR;
+            }
+            self.window = (now, self.wakeups, self.late);
+        }
+    }
+
+    /// Before sleeping.
+    fn sleep(&mut self) {
+        self.slept = true;
     }
 
     /// Lowers `deadline` to [`ACTIVE_TICK`] from now while traffic moves (`busy`: frames in
-    /// flight count as moving).
+    /// flight count as moving) and the late-interrupt guard is on.
     fn cap(&mut self, now: Instant, counters: (u64, u64), busy: bool, deadline: &mut Instant) {
         if counters != self.last || busy {
             self.last = counters;
             self.at = now;
         }
-        if now < self.at + ACTIVE_FOR {
+        if now < self.at + ACTIVE_FOR && now < self.guard_until {
             *deadline = (*deadline).min(now + ACTIVE_TICK);
         }
     }
@@ -209,25 +264,32 @@ fn run_virtio(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, 
     let c0 = counters(&mut dev);
     let mut session = Session::new(cfg, &mut dev, now, seed, c0)?;
     let mut activity = Activity::new(now);
+    let mut irqs_seen = 0;
     loop {
         let now = time::now();
         let idle = if irq.is_some() { KICK_AFTER } else { NIC_POLL };
         let mut deadline = now + idle;
+        let before = dev.meter().rx_frames;
         let done = session.poll(cfg, &mut dev, now, counters, &mut deadline);
+        let irqs = NIC_IRQS.load(Ordering::Relaxed);
+        activity.woke(now, core::mem::replace(&mut irqs_seen, irqs) != irqs, dev.meter().rx_frames != before);
         activity.cap(now, counters(&mut dev), false, &mut deadline);
         if let Some(r) = done {
             let m = dev.meter();
             log::info!(
-                "virtio-net: tx {} frames {} bytes, rx {} frames {} bytes, {} rx interrupts, {} dropped",
+                "virtio-net: tx {} frames {} bytes, rx {} frames {} bytes, {} rx interrupts, {} dropped; {} wake-ups, {} found late work",
                 m.tx_frames,
                 m.tx_bytes,
                 m.rx_frames,
                 m.rx_bytes,
                 NIC_IRQS.load(Ordering::Relaxed),
-                dev.inner().tx_dropped()
+                dev.inner().tx_dropped(),
+                activity.wakeups,
+                activity.late
             );
             return Ok(r);
         }
+        activity.sleep();
         rt::event::wait_until(Some(deadline));
     }
 }
@@ -268,7 +330,13 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
     };
 
     let t0 = time::now();
-    let connect_deadline = t0 + Duration::from_secs(u64::from(cfg.timeout_s));
+    let mut connect_deadline = t0 + Duration::from_secs(u64::from(cfg.timeout_s));
+    // `serve` outlives its backend: when the channel goes down it waits for the backend to come
+    // back (a restarted net-dd, or its own rejoin after a close). Measuring workloads fail.
+    let reconnects = cfg.work == Work::Serve;
+    let mut down_at: Option<Instant> = None;
+    let beat_every = Duration::from_millis(u64::from(cfg.heartbeat_ms) / 4);
+    let mut next_beat = t0;
     let mut session: Option<Session> = None;
     let mut activity = Activity::new(t0);
     let mut hostile: Option<(Hostile, String, Instant)> = None;
@@ -303,6 +371,13 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
             }
             Some(LinkEvent::Down(why)) => {
                 log::info!("ICONNECT-LINK down {why}");
+                if reconnects {
+                    session = None;
+                    down_at = Some(now);
+                    connect_deadline = now + Duration::from_secs(u64::from(cfg.timeout_s));
+                    log::info!("waiting for the backend to come back (work={})", cfg.work_text);
+                    continue;
+                }
                 if let Some((mode, what, at)) = &hostile
                     && matches!(mode, Hostile::ReqProd | Hostile::Oversize)
                 {
@@ -321,6 +396,24 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
         }
 
         let mut deadline = now + KICK_AFTER;
+        if cfg.heartbeat_ms > 0 {
+            if now >= next_beat {
+                link.beat();
+                next_beat = now + beat_every;
+            }
+            deadline = deadline.min(next_beat);
+        }
+        if let Some(t) = down_at
+            && link.is_closed()
+        {
+            if now >= t + RECONNECT_AFTER {
+                log::info!("rejoining the channel as a new frontend generation");
+                link.restart();
+                down_at = None;
+            } else {
+                deadline = deadline.min(t + RECONNECT_AFTER);
+            }
+        }
         if !link.is_up() || link.peer().is_none() {
             if now >= connect_deadline {
                 return Err(format!(
@@ -358,7 +451,8 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
 
         let mut busy = false;
         if let (Some(sess), Some(d)) = (session.as_mut(), link.device()) {
-            d.netfront().poll().map_err(|e| format!("netfront: {e}"))?;
+            let p = d.netfront().poll().map_err(|e| format!("netfront: {e}"))?;
+            activity.woke(now, rung > 0, p.tx_completed > 0 || p.rx_ready);
             let counters = |d: &mut net_guest::link::ChannelDevice<_>| {
                 let s = d.netfront().stats();
                 (s.tx_bytes, s.rx_bytes)
@@ -371,7 +465,7 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
                 let s = *d.netfront().stats();
                 log::info!(
                     "netfront: tx {} frames {} bytes ({} full, {} errors), rx {} frames {} bytes ({} errors), \
-                     {} bad responses, {} doorbells received, smoltcp drops {}",
+                     {} bad responses, {} doorbells received, smoltcp drops {}; {} wake-ups, {} found late work",
                     s.tx_packets,
                     s.tx_bytes,
                     s.tx_full,
@@ -381,7 +475,9 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
                     s.rx_errors + s.rx_oversize,
                     s.bad_responses,
                     irqs,
-                    d.tx_dropped()
+                    d.tx_dropped(),
+                    activity.wakeups,
+                    activity.late
                 );
                 link.close();
                 ring(parts.regs, link.peer(), link.take_doorbells());
@@ -403,6 +499,7 @@ fn run(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, String>
             last_bell = now;
         }
         if !busy {
+            activity.sleep();
             rt::event::wait_until(Some(deadline));
         }
     }

@@ -2,7 +2,10 @@
 //! frontend endpoint (style Net; ring 0 = netif TX on doorbell vector 0, ring 1 = netif RX on
 //! vector 1; buffers are data pages), the keys the guest publishes (`mac`, `request-rx-copy`,
 //! features, its ivshmem peer id, its QoS request), the backend's answer, and the
-//! [`NetfrontDevice`] once the backend connected. The image feeds it an ivshmem region and
+//! [`NetfrontDevice`] once the backend connected; liveness (`heartbeat-ms` and [`Link::beat`])
+//! and reconnection: a backend that restarts (new generation) is followed automatically
+//! (`Down`, then `Up` with a fresh device); one that closed the channel is rejoined with
+//! [`Link::restart`] (a new frontend generation). The image feeds it an ivshmem region and
 //! rings the doorbells it asks for; the host tests feed it a `HostMem` region with the real
 //! backend endpoint and netback engine on the other side.
 
@@ -18,11 +21,15 @@ use netfront::{Config, Netfront};
 use xen_abi::netif::{RxRing, Status, TxRequest, TxResponse, TxRing};
 use xen_abi::ring::REQ_PROD_OFF;
 use xen_abi::shmem::SharedMem;
+use xen_abi::xenbus::XenbusState;
 
 use crate::config::{GuestConfig, Hostile};
 use crate::device::NetfrontDevice;
 
 pub use netfront::channel::PEER_KEY;
+
+/// Liveness key (both ends of a net channel): `heartbeat-ms = <period>`.
+pub const HEARTBEAT_KEY: &str = "heartbeat-ms";
 pub use netfront::channel::{RX_VECTOR, TX_VECTOR};
 
 /// The device type over a channel on `M`.
@@ -98,6 +105,9 @@ pub struct Link<M: SharedMem + Clone> {
     device: Option<ChannelDevice<M>>,
     peer: Option<u16>,
     up: bool,
+    /// `Down` was reported for the current attempt (a `Closed` after a `Disconnect` is not
+    /// reported again).
+    down_reported: bool,
     ring: [bool; 2],
 }
 
@@ -110,6 +120,10 @@ impl<M: SharedMem + Clone> Link<M> {
         if let Some(q) = &cfg.qos {
             q.write(&mut keys).map_err(|e| format!("QoS request keys: {e}"))?;
         }
+        if cfg.heartbeat_ms > 0 {
+            keys.insert(HEARTBEAT_KEY, &format!("{}", cfg.heartbeat_ms))
+                .map_err(|e| format!("{HEARTBEAT_KEY} key: {e}"))?;
+        }
         let config = netfront::channel::frontend_config();
         let fe = Frontend::new(region, config, keys).map_err(|e| format!("channel: {e}"))?;
         Ok(Self {
@@ -117,6 +131,7 @@ impl<M: SharedMem + Clone> Link<M> {
             device: None,
             peer: None,
             up: false,
+            down_reported: false,
             ring: [true, false],
         })
     }
@@ -142,7 +157,7 @@ impl<M: SharedMem + Clone> Link<M> {
         let mut event = None;
         while let Some(ev) = self.fe.poll() {
             match ev {
-                FrontendEvent::SetUp => {}
+                FrontendEvent::SetUp => self.down_reported = false,
                 FrontendEvent::Ready => {
                     let keys = self.fe.backend_keys().clone();
                     self.learn_peer(keys.get(PEER_KEY))?;
@@ -164,8 +179,14 @@ impl<M: SharedMem + Clone> Link<M> {
                     event = Some(LinkEvent::Up(answer(&keys)));
                 }
                 FrontendEvent::Disconnect | FrontendEvent::Closed | FrontendEvent::Failed(_) => {
+                    if self.down_reported {
+                        continue;
+                    }
+                    self.down_reported = true;
                     let was_up = core::mem::replace(&mut self.up, false);
                     self.device = None;
+                    // A restarted backend may have a new doorbell id: learn it again.
+                    self.peer = None;
                     let qos = self
                         .fe
                         .read_backend_keys()
@@ -218,6 +239,30 @@ impl<M: SharedMem + Clone> Link<M> {
             return [false; 2];
         }
         core::mem::take(&mut self.ring)
+    }
+
+    /// Bumps our heartbeat counter (the promise made with `heartbeat-ms`).
+    pub fn beat(&mut self) {
+        self.fe.beat();
+    }
+
+    /// Whether our end is closed (the backend closed or refused the channel): only
+    /// [`restart`](Self::restart) rejoins. (A backend that restarts needs no restart of ours.)
+    pub fn is_closed(&self) -> bool {
+        self.fe.state() == XenbusState::Closed
+    }
+
+    /// Starts over as a new frontend generation (after the backend closed the channel): the
+    /// backend sees a new guest and runs the handshake again; `Up` follows with a new device.
+    pub fn restart(&mut self) {
+        // Events still queued belong to the old connection (e.g. `Closed` after `Disconnect`).
+        while self.fe.poll().is_some() {}
+        self.device = None;
+        self.up = false;
+        self.peer = None;
+        self.down_reported = false;
+        self.fe.restart();
+        self.ring[usize::from(TX_VECTOR)] |= self.fe.take_notify();
     }
 
     /// Closes our end (the backend sees `Closing`).

@@ -184,6 +184,7 @@ impl Back {
 }
 
 struct World {
+    region: HostMem,
     now_us: u64,
     step_us: u64,
     link: Link<HostMem>,
@@ -202,11 +203,12 @@ impl World {
         let region = HostMem::pages(256);
         let guest_cfg = GuestConfig::from_cmdline(guest).unwrap();
         let link = Link::new(region.clone(), 1, &guest_cfg).unwrap();
-        let back = Back::new(region, link_bps);
+        let back = Back::new(region.clone(), link_bps);
         let mut peer_dev = Metered::new(Queues::default());
         let peer_cfg = GuestConfig::from_cmdline(&format!("{PEER} {peer}")).unwrap();
         let peer = Stack::new(&peer_cfg, &mut peer_dev, Instant::ZERO);
         Self {
+            region,
             now_us: 0,
             step_us: 50,
             link,
@@ -377,4 +379,64 @@ fn hostile_wild_producer_and_oversize_close_the_channel() {
         }
         assert!(w.link.device().is_none());
     }
+}
+
+/// The peer runs `work` against the guest from now on (a fresh stack on the same device).
+fn peer_runs(w: &mut World, work: &str) -> Report {
+    let cfg = GuestConfig::from_cmdline(&format!("{PEER} {work}")).unwrap();
+    let now = w.now();
+    w.peer = Stack::new(&cfg, &mut w.peer_dev, now);
+    let until = w.now_us / 1_000_000 + 30;
+    w.run_until(until, |w| w.peer.report.is_some());
+    w.peer.report.clone().unwrap()
+}
+
+/// A serving guest promises a heartbeat, follows a backend that restarts (new generation: a
+/// new device, traffic flows again without any action of the guest) and rejoins, as a new
+/// frontend generation, a backend that closed the channel.
+#[test]
+fn serve_survives_backend_restart_and_close() {
+    let mut w = World::new("work=serve", "work=serve", 1_000_000_000);
+    w.run_until(5, |w| w.link.is_up());
+    assert_eq!(w.back.be.frontend_keys().get("heartbeat-ms"), Some("1000"));
+    let hb = w.back.be.peer_heartbeat();
+    w.link.beat();
+    assert_ne!(w.back.be.peer_heartbeat(), hb, "beat() moves the counter the backend watches");
+    let r = peer_runs(&mut w, "work=ping:10.0.2.20:5");
+    assert!(r.ok, "{}", r.fields);
+
+    // net-dd restarts: a new backend generation on the same region.
+    w.back = Back::new(w.region.clone(), 1_000_000_000);
+    w.run_until(w.now_us / 1_000_000 + 5, |w| w.events.len() >= 3);
+    assert!(matches!(&w.events[1], LinkEvent::Down(_)), "{:?}", w.events);
+    assert_eq!(w.events[2], LinkEvent::Up(QosAnswer::None));
+    assert!(!w.link.is_closed());
+    let r = peer_runs(&mut w, "work=ping:10.0.2.20:5");
+    assert!(r.ok, "after the backend restarted: {}", r.fields);
+
+    // The backend closes the channel: the guest's end is closed until it restarts.
+    w.back.be.fail();
+    w.run_until(w.now_us / 1_000_000 + 5, |w| w.events.len() >= 4);
+    match &w.events[3] {
+        LinkEvent::Down(why) => assert!(why.contains("reason=backend-closed"), "{why}"),
+        e => panic!("{e:?}"),
+    }
+    for _ in 0..200 {
+        w.step();
+    }
+    assert_eq!(w.events.len(), 4, "one Down per closed connection: {:?}", w.events);
+    assert!(w.link.is_closed() && w.link.device().is_none());
+    w.link.restart();
+    w.run_until(w.now_us / 1_000_000 + 5, |w| w.events.len() >= 5);
+    assert_eq!(w.events[4], LinkEvent::Up(QosAnswer::None));
+    let r = peer_runs(&mut w, "work=ping:10.0.2.20:5");
+    assert!(r.ok, "after rejoining: {}", r.fields);
+}
+
+/// `heartbeat_ms=0`: no promise in the keys (the backend then never times the guest out).
+#[test]
+fn no_heartbeat_promise_when_disabled() {
+    let mut w = World::new("work=serve heartbeat_ms=0", "work=serve", 1_000_000_000);
+    w.run_until(5, |w| w.link.is_up());
+    assert_eq!(w.back.be.frontend_keys().get("heartbeat-ms"), None);
 }
