@@ -134,6 +134,13 @@ pub fn domain_line(line: &str, domid: u32) -> Option<&str> {
     }
 }
 
+/// A result's name: its first word, cut where Xen spliced a domain's `(dN) ...` debug-port line
+/// into dom0's console line (both share the serial port; names never contain `(`).
+fn result_name(s: &str) -> String {
+    let w = s.split_whitespace().next().unwrap_or("");
+    w.split('(').next().unwrap_or("").to_string()
+}
+
 impl XenRun {
     /// Parse the markers out of the serial lines.
     pub fn parse(outcome: Outcome, stages: Vec<(Stage, Duration)>, serial_log: PathBuf) -> XenRun {
@@ -152,10 +159,10 @@ impl XenRun {
             let line = line.trim_end();
             if let Some(rest) = after(line, "XENTEST-RESULT ") {
                 if let Some(name) = rest.strip_prefix("ok ") {
-                    run.results.push((name.trim().to_string(), Ok(())));
+                    run.results.push((result_name(name), Ok(())));
                 } else if let Some(rest) = rest.strip_prefix("FAIL ") {
                     let (name, why) = rest.split_once(':').unwrap_or((rest, ""));
-                    run.results.push((name.trim().to_string(), Err(why.trim().to_string())));
+                    run.results.push((result_name(name), Err(why.trim().to_string())));
                 }
             } else if let Some(rest) = after(line, "XENTEST-DOMAIN-END ") {
                 let mut t = rest.split_whitespace();
@@ -488,6 +495,22 @@ XENTEST-END rc=0 uptime_ms=13000
         let partial = XenRun::parse(outcome(SAMPLE, GuestExit::TimedOut), vec![(Stage::XenStarted, d)], PathBuf::new());
         let p = partial.problem().unwrap();
         assert!(p.contains("Xen handed over to dom0") && p.contains("last: Xen started"), "{p}");
+    }
+
+    #[test]
+    fn result_names_survive_spliced_lines() {
+        let r = XenRun::parse(
+            outcome(
+                "[console guest-a] XENTEST-RESULT ok netdd-ping(d1) [ 76.02] INFO  net_dd::xen: ICONNECT-XENLOOP wakeups=6\n\
+                 XENTEST-RESULT FAIL b-c: it broke\nXENTEST-RESULT ok plain\n",
+                GuestExit::Reset,
+            ),
+            Vec::new(),
+            PathBuf::new(),
+        );
+        let names: Vec<&str> = r.results.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["netdd-ping", "b-c", "plain"]);
+        assert_eq!(r.results[1].1, Err("it broke".to_string()));
     }
 
     #[test]

@@ -428,7 +428,12 @@ fn result_of(run: &XenRun, result: &str, domain: &str) -> Result<()> {
 /// `XENTEST-RATE phase=<p> mbps=<v>` of a guest's PV console.
 fn netdd_rate(run: &XenRun, phase: &str) -> Option<f64> {
     let tag = format!("XENTEST-RATE phase={phase} mbps=");
-    run.pv_console("guest-a").iter().find_map(|l| l.split_once(&tag).and_then(|(_, v)| v.trim().parse().ok()))
+    // The number may be followed by a `(dN) ...` line Xen spliced into dom0's console line.
+    let number = |v: &str| -> Option<f64> {
+        let end = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+        v[..end].parse().ok()
+    };
+    run.pv_console("guest-a").iter().find_map(|l| l.split_once(&tag).and_then(|(_, v)| number(v)))
 }
 
 /// Lines of net-dd's console (port 0xe9) that contain `text`.

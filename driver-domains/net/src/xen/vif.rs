@@ -601,14 +601,7 @@ fn write_decision(store: &mut Store, be: &str, id: VifId, d: &QosDecision) {
             log::warn!("vif {}/{}: writing {k}: {e:?}", id.0, id.1);
         }
     }
-    for k in [
-        qos::ANSWER.reason,
-        qos::ANSWER.error_key,
-        qos::GRANTED_GUARANTEED,
-        qos::GRANTED_CEILING,
-        qos::GRANTED_BURST,
-        qos::GRANTED_CLASS,
-    ] {
+    for k in switch::QOS_ANSWER_KEYS {
         if keys.get(k).is_none() {
             let _ = store.rm(&format!("{be}/{k}"));
         }
