@@ -56,6 +56,11 @@ pub const IMAGES: &[Image] = &[
     Image { name: "blk-dd", package: "blk-dd", devices: Devices::None, default_append: "" },
     // A storage guest: one channel to blk-dd (or `disk=virtio`) and a workload; see guests/blk-guest.
     Image { name: "blk-guest", package: "blk-guest", devices: Devices::None, default_append: "name=g1 vol=v1 work=verify" },
+    // The multimedia driver domain: a virtio-sound device, one guest per ivshmem-doorbell device;
+    // xtask/src/media.rs gives it its devices (QEMU's wav audiodev).
+    Image { name: "media-dd", package: "media-dd", devices: Devices::None, default_append: "" },
+    // A sound guest: one channel to media-dd, plays a tone; see guests/snd-guest.
+    Image { name: "snd-guest", package: "snd-guest", devices: Devices::None, default_append: "name=g1 play=sine:440:48000:s16:2 secs=3" },
 ];
 
 /// Images must stay within 1 MiB.

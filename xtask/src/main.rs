@@ -16,6 +16,7 @@ mod blk;
 mod chan;
 mod demo;
 mod markers;
+mod media;
 mod netdd;
 mod images;
 mod netbench;

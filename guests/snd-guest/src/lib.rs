@@ -208,8 +208,9 @@ pub struct Player<M: SharedMem + Clone> {
     bytes: Vec<u8>,
 }
 
-/// Buffer: 4 periods of 10 ms.
-pub const PERIODS: u32 = 4;
+/// Buffer: 8 periods of 10 ms (a guest VM descheduled for tens of ms under TCG does not
+/// underrun).
+pub const PERIODS: u32 = 8;
 
 impl<M: SharedMem + Clone> Player<M> {
     /// Sets the stream up on a ready channel with the granted shape: zeroes the event page,
