@@ -21,6 +21,24 @@
 //!   [`Switch::take_failed`] (a fatal protocol error of one guest never touches another).
 //!
 //! Ports: [`UPLINK`] = 0, guests 1..=62, [`STACK`] = 63.
+//!
+//! ## The RX direction (frames *to* guests): what bounds one guest's share
+//! It is not QoS-scheduled (the uplink NIC has one receive queue: what arrives must be looked at
+//! in arrival order), but no guest can take the others' RX work or buffers:
+//! * the work per frame is one bridge lookup and one copy into *that* guest's posted buffers;
+//!   a guest without buffers costs one more copy into its own bounded queue
+//!   (`chanport::RX_LIMITS`: 64 frames / 128 KiB), then nothing (drops counted against it);
+//! * [`Switch::flush`] moves at most [`RX_BUDGET`] queued frames per guest per round, every
+//!   guest every round, so a guest with a deep queue delays the others by at most one budget;
+//! * a frame to one guest never waits behind another guest's frames (no shared queue after the
+//!   bridge), and a guest that stops reading only fills its own queue (tested in
+//!   `tests/switch_guests.rs`).
+//!
+//! What is *not* bounded: the share of the uplink's arrivals. A host flooding one guest makes
+//! net-dd spend its receive work on that guest in proportion to the flood. Policing that needs a
+//! per-guest RX ceiling applied at the bridge lookup, *before* the copy (a token bucket per
+//! destination port, dropping early), and, to protect a guarantee under overload, taking uplink
+//! frames in smaller budgets so the guest pulls (TX) still get their turn; not done yet.
 
 use alloc::vec::Vec;
 
