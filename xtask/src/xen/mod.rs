@@ -284,7 +284,7 @@ pub fn demo() -> Result<()> {
     println!(
         "Xen 4.17 + a busybox dom0 boot inside QEMU; dom0 creates net-dd (our unikernel, PVH, driver_domain=1),\n\
          then two Linux PV guests whose vifs say backend=net-dd. guest-a pings guest-b and net-dd's own stack,\n\
-         sends TCP (iperf3) and fetches a file (wget + md5) through net-dd, asks for a 1 Mbit/s ceiling by\n\
+         sends TCP (iperf3) and fetches a file (wget + md5) through net-dd, asks for a 0.5 Mbit/s ceiling by\n\
          writing iconnect-qos-* keys into its frontend directory, and keeps sending while dom0 destroys\n\
          guest-b; net-dd cleans that vif up and serves its replacement guest-c. About 2-3 minutes."
     );

@@ -254,7 +254,7 @@ fi
 echo \"XENTEST-INFO netdd_tcp_echo=$(echo iconnect-echo | timeout 5 nc -w 2 10.77.0.1 7)\"
 tcp free 3
 fetch netdd-wget-md5
-xenstore-write device/vif/0/iconnect-qos-ceiling-bps 1000000 device/vif/0/iconnect-qos-class bulk
+xenstore-write device/vif/0/iconnect-qos-ceiling-bps 500000 device/vif/0/iconnect-qos-class bulk
 i=0
 while [ \"$(xenstore-read $be/iconnect-qos-status 2>/dev/null)\" != granted ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
 st=$(xenstore-read $be/iconnect-qos-status 2>/dev/null)
@@ -443,7 +443,7 @@ fn netdd_lines(run: &XenRun, text: &str) -> Vec<String> {
 }
 
 /// The QoS ceiling guest-a asks for (bits/s), in `NETDD_JOB`.
-const NETDD_QOS_CEILING_BPS: f64 = 1e6;
+const NETDD_QOS_CEILING_BPS: f64 = 5e5;
 
 pub fn check_netdd_up(run: &XenRun) -> Result<String> {
     let Some(d) = run.domains.get("net-dd") else { bail!("{}", run.domain_report("net-dd")) };
