@@ -40,7 +40,14 @@ const STEPS: &[(&str, Step)] = &[
     ("guests stream to the host peer and to each other: live throughput against each request", crate::netdemo::stream),
     ("shut the topology down", crate::netdemo::stop),
     ("storage: blk-dd serves two guests the same workload, one volume on its local disk, one on a remote qemu-nbd", blk),
+    ("multimedia: media-dd mixes three guests' tones into one virtio-sound device (an alert ducks the others)", media),
 ];
+
+fn media(d: &mut Demo) -> Result<()> {
+    let accel = d.accel.context("no accelerator chosen")?;
+    d.facts.extend(crate::media::demo(accel)?);
+    Ok(())
+}
 
 fn blk(d: &mut Demo) -> Result<()> {
     let accel = d.accel.context("no accelerator chosen")?;

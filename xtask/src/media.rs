@@ -251,20 +251,22 @@ pub fn blocks(x: &[f64], tones: &[f64]) -> Vec<Vec<f64>> {
     x.chunks_exact(BLOCK).map(|b| tones.iter().map(|&f| goertzel(b, f)).collect()).collect()
 }
 
-/// QEMU test: two media guests (440 Hz at 44.1 kHz stereo -6 dBFS, 660 Hz at 48 kHz mono
-/// -12 dBFS) and, 3 s after its link, an alert guest (880 Hz at 16 kHz, -6 dBFS, 1.5 s); the
-/// WAV QEMU wrote must hold both tones at their frequencies (±0.2 Hz) and levels (±1 dB,
-/// 6 dB apart ±0.5), and both ducked by 12 dB (±1.5) while the alert plays at its level.
-pub fn playback_mix_duck(accel: Accel) -> Result<String> {
+/// The guests of the test and the demo: two media guests (440 Hz at 44.1 kHz stereo -6 dBFS,
+/// 660 Hz at 48 kHz mono -12 dBFS, 7 s) and, 3 s after its link, an alert guest (880 Hz at
+/// 16 kHz mono -6 dBFS, 2 s).
+const GUESTS: [(&str, &str); 3] = [
+    ("g1", "play=sine:440:44100:s16:2 class=media secs=7 amp_db=-6"),
+    ("g2", "play=sine:660:48000:s16:1 class=media secs=7 amp_db=-12"),
+    ("g3", "play=sine:880:16000:s16:1 class=alert secs=2 amp_db=-6 delay_ms=3000"),
+];
+
+/// Plays [`GUESTS`] through media-dd; checks the guests' results and media-dd's port and level
+/// markers; returns media-dd's console and the WAV file.
+fn play(accel: Accel, run: &str) -> Result<(Vec<String>, PathBuf)> {
     let art = build()?;
-    let guests = [
-        ("g1", "play=sine:440:44100:s16:2 class=media secs=7 amp_db=-6"),
-        ("g2", "play=sine:660:48000:s16:1 class=media secs=7 amp_db=-12"),
-        ("g3", "play=sine:880:16000:s16:1 class=alert secs=2 amp_db=-6 delay_ms=3000"),
-    ];
-    let mut m = start("media-mix", accel, &art, &guests, false)?;
+    let mut m = start(run, accel, &art, &GUESTS, false)?;
     let mut results = Vec::new();
-    for (g, _) in guests {
+    for (g, _) in GUESTS {
         results.push(m.result(g, Duration::from_secs(90))?);
     }
     for p in 1..=3 {
@@ -279,14 +281,33 @@ pub fn playback_mix_duck(accel: Accel) -> Result<String> {
     }
     let levels = dd.iter().filter(|l| l.contains("ICONNECT-LEVEL")).count();
     ensure!(levels >= 5, "media-dd printed {levels} ICONNECT-LEVEL lines");
-    for (r, (g, _)) in results.iter().zip(guests) {
-        let want = match g { "g1" => 7 * 44100, "g2" => 7 * 48000, _ => 2 * 16000 };
+    for (r, (g, _)) in results.iter().zip(GUESTS) {
+        let want = match g {
+            "g1" => 7 * 44100,
+            "g2" => 7 * 48000,
+            _ => 2 * 16000,
+        };
         ensure!(r.num("frames") == Some(want), "{g}: frames={:?}, want {want}", r.get("frames"));
     }
     let wav = m.wav.clone();
     m.stop()?;
+    Ok((dd, wav))
+}
+
+/// QEMU test: [`GUESTS`] through media-dd; the WAV QEMU wrote must hold both media tones at
+/// their frequencies (±0.2 Hz) and levels (±1 dB, 6 dB apart ±0.5), and both ducked by 12 dB
+/// (±1.5) while the alert plays at its level.
+pub fn playback_mix_duck(accel: Accel) -> Result<String> {
+    let (_, wav) = play(accel, "media-mix")?;
     let x = read_wav_left(&wav)?;
-    let b = blocks(&x, &[440.0, 660.0, 880.0]);
+    let (summary, failed) = analyze(&x, &wav)?;
+    ensure!(failed.is_empty(), "{}: {summary}", failed.join(", "));
+    Ok(summary)
+}
+
+/// Measures the WAV of [`GUESTS`]: returns a summary and the checks that failed.
+fn analyze(x: &[f64], wav: &Path) -> Result<(String, Vec<&'static str>)> {
+    let b = blocks(x, &[440.0, 660.0, 880.0]);
     let (a1, a2, a3) = (0.5012, 0.2512, 0.5012); // -6, -12, -6 dBFS peaks
     // Together, no alert: blocks with both tones clearly present and no 880 Hz.
     let together: Vec<usize> = (0..b.len()).filter(|&i| b[i][0] > a1 / 2.0 && b[i][1] > a2 / 2.0 && b[i][2] < 0.01).collect();
@@ -331,9 +352,38 @@ pub fn playback_mix_duck(accel: Accel) -> Result<String> {
         ((db(d440, l440) + 12.0).abs() <= 1.5, "440 Hz ducked by 12 dB"),
         ((db(d660, l660) + 12.0).abs() <= 1.5, "660 Hz ducked by 12 dB"),
     ];
-    let failed: Vec<&str> = checks.iter().filter(|(ok, _)| !ok).map(|(_, w)| *w).collect();
-    ensure!(failed.is_empty(), "{}: {summary}", failed.join(", "));
-    Ok(summary)
+    Ok((summary, checks.iter().filter(|(ok, _)| !ok).map(|(_, w)| *w).collect()))
+}
+
+/// The demo's multimedia step: [`GUESTS`] through media-dd; prints media-dd's port and level
+/// lines and, from the WAV QEMU wrote, each tone's level second by second.
+pub fn demo(accel: Accel) -> Result<Vec<String>> {
+    let (dd, wav) = play(accel, "demo-media")?;
+    for l in &dd {
+        if let Some(i) = l.find("ICONNECT-PORT").or_else(|| l.find("ICONNECT-LEVEL")) {
+            println!("  media-dd | {}", &l[i..]);
+        }
+    }
+    let x = read_wav_left(&wav)?;
+    let tones = [440.0, 660.0, 880.0];
+    println!("  {} (device output), peak level of each tone per second, dBFS:", wav.display());
+    println!("    second   440 Hz (g1)  660 Hz (g2)  880 Hz (g3 alert)");
+    for (s, sec) in x.chunks_exact(RATE as usize).enumerate() {
+        let lv: Vec<String> = tones
+            .iter()
+            .map(|&f| {
+                let a = median(sec.chunks_exact(BLOCK).map(|b| goertzel(b, f)).collect());
+                if a < 0.001 { "      -".to_string() } else { format!("{:7.1}", db(a, 1.0)) }
+            })
+            .collect();
+        println!("    {s:6}   {:>11}  {:>11}  {:>11}", lv[0], lv[1], lv[2]);
+    }
+    let (summary, off) = analyze(&x, &wav)?;
+    let mut fact = format!("media-dd mixed 3 guests into one virtio-sound device at 48 kHz: {summary}");
+    if !off.is_empty() {
+        fact.push_str(&format!(" (OFF: {})", off.join(", ")));
+    }
+    Ok(vec![fact])
 }
 
 #[cfg(test)]
