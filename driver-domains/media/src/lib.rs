@@ -90,6 +90,45 @@ pub fn duck() -> DuckConfig {
     DuckConfig::default()
 }
 
+/// The platform's controls over guests' playback (media-dd's command line): `caps=<port>:<dB>,...`
+/// caps a port's stream gain at that many dB (<= 0; the guest's own volume cannot exceed it),
+/// `mute=<port>,...` mutes ports whatever the guest asks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    caps: Vec<(usize, f32)>,
+    muted: Vec<usize>,
+}
+
+impl Policy {
+    /// Parses `caps=` and `mute=` from a command line (absent: no controls).
+    pub fn from_cmdline(cmdline: &str) -> Result<Self, String> {
+        let get = |k: &str| cmdline.split_ascii_whitespace().find_map(|t| t.strip_prefix(k).and_then(|r| r.strip_prefix('=')));
+        let port = |v: &str| v.parse::<usize>().ok().filter(|p| (1..=64).contains(p));
+        let mut p = Policy::default();
+        for item in get("caps").unwrap_or("").split(',').filter(|i| !i.is_empty()) {
+            let cap = item
+                .split_once(':')
+                .and_then(|(a, b)| Some((port(a)?, b.parse::<i32>().ok().filter(|d| (-120..=0).contains(d))?)))
+                .ok_or_else(|| format!("caps={item}: want <port 1..64>:<dB -120..0>"))?;
+            p.caps.push((cap.0, cap.1 as f32));
+        }
+        for item in get("mute").unwrap_or("").split(',').filter(|i| !i.is_empty()) {
+            p.muted.push(port(item).ok_or_else(|| format!("mute={item}: want a port 1..64"))?);
+        }
+        Ok(p)
+    }
+
+    /// The cap of `port`, dB.
+    pub fn cap_db(&self, port: usize) -> Option<f32> {
+        self.caps.iter().rev().find(|c| c.0 == port).map(|c| c.1)
+    }
+
+    /// Whether the platform mutes `port`.
+    pub fn muted(&self, port: usize) -> bool {
+        self.muted.contains(&port)
+    }
+}
+
 /// A port state change, for the console markers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PortEvent {
@@ -103,6 +142,10 @@ pub enum PortEvent {
         grant: MediaGrant,
         /// Mixing priority.
         priority: u8,
+        /// Platform cap, dB.
+        cap_db: Option<f32>,
+        /// Platform mute.
+        muted: bool,
     },
     /// The guest is gone (or was refused).
     Down {
@@ -117,8 +160,8 @@ impl PortEvent {
     /// The `ICONNECT-PORT` marker line.
     pub fn marker(&self) -> String {
         match self {
-            PortEvent::Up { port, request: r, grant: g, priority } => format!(
-                "ICONNECT-PORT {port} up stream={} format={} rate={} channels={} role={:?} priority={priority} granted_format={} granted_rate={} granted_channels={}",
+            PortEvent::Up { port, request: r, grant: g, priority, cap_db, muted } => format!(
+                "ICONNECT-PORT {port} up stream={} format={} rate={} channels={} role={:?} priority={priority} granted_format={} granted_rate={} granted_channels={} cap_db={} muted={}",
                 r.direction.as_str(),
                 r.format.as_str(),
                 r.rate_hz,
@@ -126,7 +169,9 @@ impl PortEvent {
                 r.role(),
                 g.format.as_str(),
                 g.rate_hz,
-                g.channels
+                g.channels,
+                cap_db.map_or("none".into(), |c| format!("{c:.0}")),
+                u8::from(*muted)
             ),
             PortEvent::Down { port, reason } => format!("ICONNECT-PORT {port} down reason={reason}"),
         }
@@ -158,6 +203,8 @@ pub struct MediaPort<M: SharedMem + Clone> {
     broken: bool,
     kick: Kick,
     can_capture: bool,
+    cap_db: Option<f32>,
+    muted: bool,
 }
 
 impl<M: SharedMem + Clone> MediaPort<M> {
@@ -177,7 +224,20 @@ impl<M: SharedMem + Clone> MediaPort<M> {
             broken: false,
             kick: Kick { ring: true, events: false },
             can_capture,
+            cap_db: None,
+            muted: false,
         })
+    }
+
+    /// Applies the platform's controls to this port (now and to every later connection).
+    pub fn set_policy(&mut self, hub: &mut Hub, policy: &Policy) {
+        self.cap_db = policy.cap_db(self.port);
+        self.muted = policy.muted(self.port);
+        if let Some(a) = self.attached.as_mut() {
+            // The cap was validated by the policy's parser: always finite.
+            let _ = a.engine.set_cap_db(hub, self.cap_db);
+            a.engine.set_platform_mute(hub, self.muted);
+        }
     }
 
     /// The port number.
@@ -280,6 +340,8 @@ impl<M: SharedMem + Clone> MediaPort<M> {
         if engine.add_stream(req.direction, ring, evt).is_err() {
             return self.refuse("bad-layout".into(), events);
         }
+        let _ = engine.set_cap_db(hub, self.cap_db);
+        engine.set_platform_mute(hub, self.muted);
         let keys = self.be.keys_mut();
         keys.remove(ERROR_KEY);
         if iconnect::media::write_decision(&decision, keys).is_err() {
@@ -290,7 +352,7 @@ impl<M: SharedMem + Clone> MediaPort<M> {
         self.peer = Some(peer);
         self.kick.ring = true;
         self.attached = Some(Attached { engine, data });
-        events.push(PortEvent::Up { port: self.port, request: req, grant, priority });
+        events.push(PortEvent::Up { port: self.port, request: req, grant, priority, cap_db: self.cap_db, muted: self.muted });
     }
 
     /// Serves the guest's requests and sends its position events. A broken ring fails the
@@ -331,4 +393,20 @@ impl<M: SharedMem + Clone> MediaPort<M> {
 /// dBFS of an RMS level (full-scale sine = -3.01 dBFS), floored at -150.
 pub fn dbfs(rms: f32) -> f32 {
     if rms <= 1e-8 { -150.0 } else { 20.0 * libm::log10f(rms) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_from_the_command_line() {
+        let p = Policy::from_cmdline("x=1 caps=2:-6,3:-20 mute=4,1").unwrap();
+        assert_eq!((p.cap_db(2), p.cap_db(3), p.cap_db(1)), (Some(-6.0), Some(-20.0), None));
+        assert!(p.muted(4) && p.muted(1) && !p.muted(2));
+        assert_eq!(Policy::from_cmdline("").unwrap(), Policy::default());
+        for bad in ["caps=2:+6", "caps=0:-6", "caps=2", "caps=2:x", "mute=65", "mute=a"] {
+            assert!(Policy::from_cmdline(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -55,7 +55,15 @@ fn step(g: &mut Guest, hub: &mut Hub, events: &mut Vec<PortEvent>, tick: usize) 
 
 /// Runs `ticks` device periods; returns the left channel of the device output.
 fn run(guests: &mut [Guest], ticks: usize) -> (Vec<f32>, Vec<PortEvent>) {
+    run_with(guests, ticks, &media_dd::Policy::default())
+}
+
+/// [`run`] with the platform's controls.
+fn run_with(guests: &mut [Guest], ticks: usize, policy: &media_dd::Policy) -> (Vec<f32>, Vec<PortEvent>) {
     let mut hub = Hub::new(media_dd::DEVICE, media_dd::duck(), 16).unwrap();
+    for g in guests.iter_mut() {
+        g.port.set_policy(&mut hub, policy);
+    }
     let mut events = Vec::new();
     let mut out = Vec::new();
     let mut block = vec![0u8; PERIOD * 4];
@@ -116,4 +124,25 @@ fn an_alert_guest_ducks_the_media_guest() {
     assert!((alert - 0.501).abs() < 0.02, "alert at {alert}");
     let after = level(&out[48000 * 17 / 10..48000 * 195 / 100], 440.0);
     assert!((after - before).abs() < 0.02, "released to {after} (before {before})");
+}
+
+#[test]
+fn the_platform_caps_and_mutes_guests() {
+    let mut gs = [
+        guest(1, "play=sine:440:44100:s16:2 class=media secs=1 amp_db=-6", 0),
+        guest(2, "play=sine:660:48000:s16:1 class=media secs=1 amp_db=-12", 0),
+        guest(3, "play=sine:880:22050:s16:1 class=alert secs=1 amp_db=-6", 0),
+    ];
+    let policy = media_dd::Policy::from_cmdline("caps=1:-10 mute=3").unwrap();
+    let (out, events) = run_with(&mut gs, 120, &policy);
+    let ups: Vec<String> = events.iter().map(PortEvent::marker).collect();
+    assert!(ups.iter().any(|l| l.starts_with("ICONNECT-PORT 1 up") && l.ends_with("cap_db=-10 muted=0")), "{ups:?}");
+    assert!(ups.iter().any(|l| l.starts_with("ICONNECT-PORT 3 up") && l.ends_with("cap_db=none muted=1")), "{ups:?}");
+    let mid = &out[48000 * 3 / 10..48000 * 8 / 10];
+    // g1 capped by 10 dB; g3 muted (its alert still ducks g1 and g2: a muted alert is
+    // still an alert, the platform only silenced it).
+    let (a440, a660, a880) = (level(mid, 440.0), level(mid, 660.0), level(mid, 880.0));
+    assert!(a880 < 0.001, "muted 880 Hz at {a880}");
+    let ratio_db = 20.0 * (a440 / a660).log10();
+    assert!((ratio_db - (6.0 - 10.0)).abs() < 0.5, "440/660 at {ratio_db:.2} dB");
 }
