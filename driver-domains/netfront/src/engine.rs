@@ -12,7 +12,9 @@ use xen_abi::netif::{
     self, RX_RESPONSE_SIZE, RxRequest, RxResponse, RxRing, Status, TX_RESPONSE_SIZE, TxRequest,
     TxRing, rxf, txf,
 };
-use xen_abi::ring::FrontRing;
+use core::sync::atomic::Ordering;
+
+use xen_abi::ring::{FrontRing, RSP_EVENT_OFF};
 use xen_abi::shmem::SharedMem;
 use xen_abi::{GrantRef, PAGE_SIZE};
 
@@ -520,17 +522,40 @@ impl<M: SharedMem, B: Buffers> Netfront<M, B> {
         }
     }
 
-    /// `RING_FINAL_CHECK_FOR_RESPONSES` on both rings: `Ok(true)` when nothing is pending and
-    /// the backend will notify the next response (the owner may sleep until a doorbell);
-    /// `Ok(false)` when responses wait (poll/recv again first).
+    /// `RING_FINAL_CHECK_FOR_RESPONSES`, with TX completions batched: `Ok(true)` when nothing
+    /// is pending and the backend will notify what the owner must wake for; `Ok(false)` when
+    /// responses wait (poll/recv again first).
+    ///
+    /// RX: the next response is notified (a frame must wake the owner at once). TX: a
+    /// completion only frees a buffer, which matters only when buffers run short, so the event
+    /// is armed only while at least a quarter of the TX buffers are in flight, and then at half
+    /// of them (Linux netfront's rule): an idle or lightly sending guest is not woken for each
+    /// completion (they are reaped at its next wake-up), a sender short of buffers is woken
+    /// well before it runs out.
     pub fn idle(&mut self) -> Result<bool, Error> {
         self.check_alive()?;
-        let tx = self.tx.final_check_for_responses();
+        let tx = self.tx_final_check();
         let rx = self.rx.final_check_for_responses();
         match (tx, rx) {
             (Ok(t), Ok(r)) => Ok(!t && !r),
             (Err(e), _) | (_, Err(e)) => Err(self.fail(Error::Ring(e))),
         }
+    }
+
+    /// The TX half of [`idle`](Self::idle): whether TX responses wait, arming `rsp_event` at
+    /// half of the in-flight slots when enough are in flight.
+    fn tx_final_check(&mut self) -> Result<bool, xen_abi::Error> {
+        if self.tx.unconsumed_responses()? > 0 {
+            return Ok(true);
+        }
+        let in_flight = self.tx_in_flight() as u32;
+        if in_flight == 0 || in_flight < (self.config.tx_buffers / 4).max(1) {
+            return Ok(false);
+        }
+        let event = self.tx.rsp_cons().wrapping_add(in_flight / 2 + 1);
+        self.tx.mem().store_u32(RSP_EVENT_OFF, event, Ordering::Relaxed);
+        self.tx.mem().full_fence();
+        Ok(self.tx.unconsumed_responses()? > 0)
     }
 
     /// Stops the engine and gives back every buffer page that is not in flight (pages the
