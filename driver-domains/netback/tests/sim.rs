@@ -282,19 +282,12 @@ fn rx_push_never_overtakes_and_publishes_at_poll() {
 /// never writes into the caller's frame); with offload it goes straight through, flagged.
 #[test]
 fn rx_push_completes_blank_checksums_through_the_queue() {
-    let blank = RxMeta {
-        csum_blank: true,
-        data_validated: false,
-    };
     let f = udp4_frame(b"checksum me");
     let mut sim = SimFront::new();
-    let features = FrontendFeatures {
-        ip_csum_offload: false,
-        ..sg_features()
-    };
+    let features = no_offload();
     let mut nb = sim.backend(features, RxQueueLimits::default());
     sim.post_rx(2);
-    assert_eq!(nb.push_rx(&mut sim.grants, &f, blank), Ok(RxPush::Queued));
+    assert_eq!(nb.push_rx(&mut sim.grants, &f, BLANK), Ok(RxPush::Queued));
     nb.poll_rx(&mut sim.grants, 8).unwrap();
     let got = sim.rx_frames();
     assert_eq!(got[0].flags, rxf::DATA_VALIDATED);
@@ -302,7 +295,7 @@ fn rx_push_completes_blank_checksums_through_the_queue() {
     let mut sim = SimFront::new();
     let mut nb = sim.backend(sg_features(), RxQueueLimits::default());
     sim.post_rx(2);
-    assert_eq!(nb.push_rx(&mut sim.grants, &f, blank), Ok(RxPush::Delivered));
+    assert_eq!(nb.push_rx(&mut sim.grants, &f, BLANK), Ok(RxPush::Delivered));
     nb.poll_rx(&mut sim.grants, 8).unwrap();
     let got = sim.rx_frames();
     assert_eq!(got[0].flags, rxf::CSUM_BLANK | rxf::DATA_VALIDATED);
@@ -413,6 +406,20 @@ fn tx_swap_buffer_takes_frames_without_copy() {
     }
 }
 
+/// A frame sent with a blank checksum (`NETTXF_csum_blank`).
+const BLANK: RxMeta = RxMeta {
+    csum_blank: true,
+    data_validated: false,
+};
+
+/// SG features without IPv4 checksum offload (`feature-no-csum-offload`).
+fn no_offload() -> FrontendFeatures {
+    FrontendFeatures {
+        ip_csum_offload: false,
+        ..sg_features()
+    }
+}
+
 fn udp4_frame(payload: &[u8]) -> Vec<u8> {
     let mut f = vec![
         0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x52, 0x54, 0, 0xab, 0xcd, 0xef, 0x08, 0x00, 0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10,
@@ -427,17 +434,13 @@ fn udp4_frame(payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn rx_checksum_flags_follow_negotiation() {
-    let blank = RxMeta {
-        csum_blank: true,
-        data_validated: false,
-    };
     let f = udp4_frame(b"checksum me");
     assert!(!csum::l4_checksum_ok(&f).unwrap());
     // Offload negotiated: passed through with csum_blank | data_validated.
     let mut sim = SimFront::new();
     let mut nb = sim.backend(sg_features(), RxQueueLimits::default());
     sim.post_rx(4);
-    nb.queue_rx(&f, blank).unwrap();
+    nb.queue_rx(&f, BLANK).unwrap();
     nb.queue_rx(&f, RxMeta { csum_blank: false, data_validated: true }).unwrap();
     nb.queue_rx(&f, RxMeta::default()).unwrap();
     nb.poll_rx(&mut sim.grants, 8).unwrap();
@@ -448,14 +451,11 @@ fn rx_checksum_flags_follow_negotiation() {
     assert_eq!(got[2].flags, 0);
     // Frontend with feature-no-csum-offload: the backend completes the checksum.
     let mut sim = SimFront::new();
-    let features = FrontendFeatures {
-        ip_csum_offload: false,
-        ..sg_features()
-    };
+    let features = no_offload();
     let mut nb = sim.backend(features, RxQueueLimits::default());
     sim.post_rx(2);
-    nb.queue_rx(&f, blank).unwrap();
-    assert_eq!(nb.queue_rx(&[0u8; 60], blank), Err(Error::Checksum), "not IP: cannot complete");
+    nb.queue_rx(&f, BLANK).unwrap();
+    assert_eq!(nb.queue_rx(&[0u8; 60], BLANK), Err(Error::Checksum), "not IP: cannot complete");
     nb.poll_rx(&mut sim.grants, 8).unwrap();
     let got = sim.rx_frames();
     assert_eq!(got[0].flags, rxf::DATA_VALIDATED);
