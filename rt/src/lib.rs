@@ -141,6 +141,30 @@ macro_rules! entry {
     };
 }
 
+/// Declares an image's entry point for a crate that is an image on `x86_64-unknown-none` and
+/// also builds on the host (for its host-tested library and workspace-wide host commands):
+/// on the target it is [`entry!`]; on the host it defines a `main` that says the image only runs
+/// as a unikernel and exits with status 2. Use with
+/// `#![cfg_attr(target_os = "none", no_std)]` and `#![cfg_attr(target_os = "none", no_main)]`.
+#[macro_export]
+macro_rules! image_entry {
+    ($name:literal, $main:path) => {
+        #[cfg(target_os = "none")]
+        $crate::entry!($main);
+
+        /// The image only runs on `x86_64-unknown-none`; this host build keeps workspace-wide
+        /// host commands working.
+        #[cfg(not(target_os = "none"))]
+        fn main() {
+            ::std::eprintln!(
+                "{} is a unikernel image: build it with --target x86_64-unknown-none",
+                $name
+            );
+            ::std::process::exit(2);
+        }
+    };
+}
+
 #[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
