@@ -7,6 +7,7 @@
 //! - [`mmio`]: the [`mmio::RegisterBlock`] trait and its volatile implementation [`mmio::Mmio`];
 //! - [`ecam`]: the memory-mapped [`pci::ConfigSpace`] (also usable by `virtio-drivers`);
 //! - [`virtio`]: virtio PCI capabilities and MSI-X vector routing;
+//! - [`virtio_blk`]: a virtio-blk driver with owned buffers and many requests in flight;
 //! - [`virtio_net`]: a virtio-net driver with preallocated buffers and asynchronous transmit;
 //! - `fake` (tests, or the `fake` feature): fakes for host tests: configuration space,
 //!   registers, physical memory, and a virtio-net device serving split rings in host memory
@@ -29,6 +30,7 @@ pub mod ivshmem;
 pub mod mmio;
 pub mod pci;
 pub mod virtio;
+pub mod virtio_blk;
 pub mod virtio_net;
 
 #[cfg(target_os = "none")]

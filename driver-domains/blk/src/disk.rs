@@ -1,109 +1,100 @@
-//! The local disk: `virtio-drivers`' `VirtIOBlk` over the PCI transport (hal's ECAM, BARs and
-//! `VirtioHal`), as a `blkback::Volume`.
+//! The local disk: hal's non-blocking virtio-blk driver (`hal::virtio_blk`, owned buffers, many
+//! requests in flight) over the PCI transport, as a `blkback::Volume`.
 //!
-//! Requests run to completion at submission with the driver's blocking calls (its
-//! non-blocking calls are `unsafe` in virtio-drivers 0.13 and images keep `unsafe` in rt/hal),
-//! so the disk has one request in flight; completions are queued for the engines' next poll.
-//! A FLUSH is `VIRTIO_BLK_T_FLUSH` (QEMU offers `VIRTIO_BLK_F_FLUSH` with its default
-//! write-back cache; xtask's disks use it), answered only after the device completed it.
+//! `submit` publishes a request to the device's queue (requests beyond the queue wait here,
+//! in order); `poll` notifies the device once for everything published since, then returns
+//! what the device completed, in its order. Several guests' requests are in flight at once
+//! (through `DiskMux`). Completions raise an MSI-X interrupt when the disk was opened with a
+//! handler, which wakes the caller's event loop. A FLUSH is `VIRTIO_BLK_T_FLUSH` (QEMU offers
+//! `VIRTIO_BLK_F_FLUSH` with its default write-back cache; xtask's disks use it), answered only
+//! after the device completed it.
 
 use alloc::collections::VecDeque;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use blkback::volume::{Geometry, IoCompletion, IoKind, IoRequest, Volume};
-use hal::dma::VirtioHal;
-use hal::ecam::{self, Ecam};
-use hal::pci::{self, Function, command};
-use hal::platform;
-use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::PciRoot;
+use hal::ecam::Ecam;
+use hal::pci::Function;
+use hal::virtio_blk::pci::{self as vblk, PciBlk};
+use hal::virtio_blk::{self, BlkError, Op, Request, SECTOR};
 
-/// Modern (virtio 1.0) block device ID.
-pub const DEVICE_BLK_MODERN: u16 = 0x1042;
-/// Transitional block device ID.
-pub const DEVICE_BLK_TRANSITIONAL: u16 = 0x1001;
-
-/// Largest transfer handed to the device at once.
-const CHUNK: usize = 128 << 10;
+/// Virtqueue size: up to `QUEUE_SIZE / 3` requests in flight (QEMU's default queue is 256).
+pub const QUEUE_SIZE: usize = 256;
+/// Requests accepted beyond what the device holds (they wait here for a free slot).
+const MAX_WAITING: usize = 64;
 
 /// The first virtio-blk function on the ECAM's buses.
 pub fn find(ecam: &Ecam) -> Option<Function> {
-    let mut found = None;
-    pci::for_each_function(ecam, ecam.start_bus(), ecam.end_bus(), true, |f| {
-        let h = f.header;
-        if h.vendor_id == hal::virtio::VENDOR_ID && matches!(h.device_id, DEVICE_BLK_MODERN | DEVICE_BLK_TRANSITIONAL) {
-            found = Some(f);
-            return false;
-        }
-        true
-    });
-    found
+    vblk::find(ecam)
 }
 
 /// The disk.
 pub struct Disk {
-    blk: VirtIOBlk<VirtioHal, PciTransport>,
+    blk: PciBlk<QUEUE_SIZE>,
     geometry: Geometry,
+    /// Accepted while the device's queue was full, in order.
+    waiting: VecDeque<Request>,
+    /// Refused before reaching the device.
     done: VecDeque<IoCompletion>,
-    /// Operations completed, device errors.
+    /// Whether completions raise an interrupt (else the caller must poll while requests are in flight).
+    pub interrupts: bool,
+    /// Operations completed.
     pub ops: u64,
     /// Device errors.
     pub errors: u64,
 }
 
 impl Disk {
-    /// Brings `func` up: BARs from `window`, the transport (through a second ECAM mapping
-    /// `transport_ecam`, which virtio-drivers' `PciRoot` owns), bus mastering, the driver.
-    pub fn open(ecam: &mut Ecam, transport_ecam: Ecam, func: Function, window: (u64, u64)) -> Result<Self, &'static str> {
-        let bdf = func.bdf;
-        pci::update_command(ecam, bdf, 0, command::MEMORY_SPACE | command::IO_SPACE);
-        platform::assign_bars(ecam, bdf, window.0, window.1).map_err(|_| "BAR assignment")?;
-        let mut root = PciRoot::new(transport_ecam);
-        let transport =
-            PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(bdf)).map_err(|_| "virtio PCI transport")?;
-        pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
+    /// Brings `func` up: BARs from `window`, the transport, bus mastering, the driver, and with
+    /// `on_irq` a completion interrupt calling it.
+    pub fn open(ecam: &mut Ecam, func: Function, window: (u64, u64), on_irq: Option<fn()>) -> Result<Self, &'static str> {
         let level = log::max_level();
         log::set_max_level(log::LevelFilter::Warn);
-        let blk = VirtIOBlk::<VirtioHal, PciTransport>::new(transport);
+        let opened = vblk::open::<QUEUE_SIZE>(ecam, func, window, on_irq);
         log::set_max_level(level);
-        let blk = blk.map_err(|_| "virtio-blk init")?;
+        let opened = opened.map_err(|_| "virtio-blk init")?;
+        let blk = opened.blk;
         let geometry = Geometry {
-            size: blk.capacity() * SECTOR_SIZE as u64,
-            sector_size: SECTOR_SIZE as u32,
-            read_only: blk.readonly(),
+            size: blk.capacity() * SECTOR as u64,
+            sector_size: SECTOR as u32,
+            read_only: blk.read_only(),
             flush: true,
             discard: false,
         };
-        Ok(Self { blk, geometry, done: VecDeque::new(), ops: 0, errors: 0 })
+        Ok(Self {
+            blk,
+            geometry,
+            waiting: VecDeque::new(),
+            done: VecDeque::new(),
+            interrupts: opened.vector.is_some(),
+            ops: 0,
+            errors: 0,
+        })
     }
 
-    fn execute(&mut self, req: &IoRequest) -> Result<Vec<u8>, blkback::Error> {
-        let ss = SECTOR_SIZE as u64;
-        let in_disk = req.offset.checked_add(req.len).is_some_and(|e| e <= self.geometry.size);
-        let aligned = req.offset.is_multiple_of(ss) && req.len.is_multiple_of(ss);
-        match req.kind {
-            IoKind::Flush => return self.blk.flush().map(|()| Vec::new()).map_err(|_| blkback::Error::Io),
-            IoKind::Discard => return Err(blkback::Error::Unsupported),
-            _ if !in_disk => return Err(blkback::Error::OutOfRange),
-            _ if !aligned => return Err(blkback::Error::Misaligned),
-            IoKind::Write if self.geometry.read_only => return Err(blkback::Error::ReadOnly),
-            IoKind::Write if req.data.len() as u64 != req.len => return Err(blkback::Error::OutOfRange),
-            _ => {}
-        }
-        let first = (req.offset / ss) as usize;
-        if req.kind == IoKind::Write {
-            for (i, chunk) in req.data.chunks(CHUNK).enumerate() {
-                self.blk.write_blocks(first + i * CHUNK / SECTOR_SIZE, chunk).map_err(|_| blkback::Error::Io)?;
+    /// Requests submitted and not yet completed (at the device or waiting for it).
+    pub fn in_flight(&self) -> usize {
+        self.blk.in_flight() + self.waiting.len()
+    }
+
+    /// The driver's counters.
+    pub fn stats(&self) -> virtio_blk::BlkStats {
+        self.blk.stats()
+    }
+
+    fn refuse(&mut self, tag: u64, e: blkback::Error) {
+        self.ops += 1;
+        self.errors += 1;
+        self.done.push_back(IoCompletion { tag, result: Err(e), data: Vec::new() });
+    }
+
+    fn feed(&mut self) {
+        while let Some(r) = self.waiting.pop_front() {
+            if let Err(virtio_blk::Full(r)) = self.blk.submit(r) {
+                self.waiting.push_front(r);
+                break;
             }
-            return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; req.len as usize];
-        for (i, chunk) in buf.chunks_mut(CHUNK).enumerate() {
-            self.blk.read_blocks(first + i * CHUNK / SECTOR_SIZE, chunk).map_err(|_| blkback::Error::Io)?;
-        }
-        Ok(buf)
     }
 }
 
@@ -113,23 +104,61 @@ impl Volume for Disk {
     }
 
     fn can_submit(&self) -> bool {
-        self.done.len() < 64
+        self.waiting.len() + self.done.len() < MAX_WAITING
     }
 
     fn submit(&mut self, req: IoRequest) {
-        let r = self.execute(&req);
-        self.ops += 1;
-        if r.is_err() {
-            self.errors += 1;
-        }
-        let (result, data) = match r {
-            Ok(d) => (Ok(()), d),
-            Err(e) => (Err(e), Vec::new()),
+        let ss = SECTOR as u64;
+        let in_disk = req.offset.checked_add(req.len).is_some_and(|e| e <= self.geometry.size);
+        let aligned = req.offset.is_multiple_of(ss) && req.len.is_multiple_of(ss);
+        let refuse = match req.kind {
+            IoKind::Flush => None,
+            IoKind::Discard => Some(blkback::Error::Unsupported),
+            _ if !in_disk => Some(blkback::Error::OutOfRange),
+            _ if !aligned || req.len == 0 => Some(blkback::Error::Misaligned),
+            IoKind::Write if self.geometry.read_only => Some(blkback::Error::ReadOnly),
+            IoKind::Write if req.data.len() as u64 != req.len => Some(blkback::Error::OutOfRange),
+            _ => None,
         };
-        self.done.push_back(IoCompletion { tag: req.tag, result, data });
+        if let Some(e) = refuse {
+            return self.refuse(req.tag, e);
+        }
+        let op = match req.kind {
+            IoKind::Read => Op::Read,
+            IoKind::Write => Op::Write,
+            _ => Op::Flush,
+        };
+        let r = Request { tag: req.tag, op, sector: req.offset / ss, len: req.len as usize, data: req.data };
+        if !self.waiting.is_empty() {
+            self.waiting.push_back(r);
+        } else if let Err(virtio_blk::Full(r)) = self.blk.submit(r) {
+            self.waiting.push_back(r);
+        }
     }
 
     fn poll(&mut self, _now_us: u64) -> Option<IoCompletion> {
-        self.done.pop_front()
+        // One notification for everything published since the last poll.
+        self.blk.kick();
+        if let Some(c) = self.done.pop_front() {
+            return Some(c);
+        }
+        let c = self.blk.poll()?;
+        if !self.waiting.is_empty() {
+            self.feed();
+            self.blk.kick();
+        }
+        self.ops += 1;
+        let result = c.result.map_err(|e| {
+            self.errors += 1;
+            match e {
+                BlkError::Misaligned => blkback::Error::Misaligned,
+                BlkError::OutOfRange => blkback::Error::OutOfRange,
+                BlkError::ReadOnly => blkback::Error::ReadOnly,
+                BlkError::Unsupported => blkback::Error::Unsupported,
+                BlkError::Io => blkback::Error::Io,
+            }
+        });
+        let data = if c.op == Op::Read { c.data } else { Vec::new() };
+        Some(IoCompletion { tag: c.tag, result, data })
     }
 }

@@ -71,6 +71,7 @@ struct Chan {
 }
 
 fn on_nic_irq() {}
+fn on_disk_irq() {}
 
 /// The image's entry point.
 pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
@@ -152,10 +153,15 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let has_remote = map.volumes().iter().any(|v| matches!(v.backing, Backing::Nbd { .. }));
     let mut mux = match disk::find(&ecam) {
         Some(f) => {
-            let second = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
-            let d = Disk::open(&mut ecam, second, f, BAR_WINDOW).map_err(|e| format!("{}: {e}", f.bdf))?;
+            let d = Disk::open(&mut ecam, f, BAR_WINDOW, Some(on_disk_irq)).map_err(|e| format!("{}: {e}", f.bdf))?;
             let g = d.geometry();
-            log::info!("virtio-blk {}: {} MiB, {}", f.bdf, g.size >> 20, if g.read_only { "read-only" } else { "read-write" });
+            log::info!(
+                "virtio-blk {}: {} MiB, {}, {}",
+                f.bdf,
+                g.size >> 20,
+                if g.read_only { "read-only" } else { "read-write" },
+                if d.interrupts { "completion interrupts" } else { "polling" }
+            );
             map.check_disk(g.size, g.sector_size).map_err(|e| format!("volume map vs disk of {} bytes: {e}", g.size))?;
             Some(DiskMux::new(d))
         }
@@ -227,12 +233,18 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             c.port.poll(&mut reg, &mut events, now.as_nanos());
             let Some(id) = c.port.volume() else { continue };
             let (taken, more) = match targets[id] {
-                Target::Local(i) => match mux.as_mut().and_then(|m| m.volume(i)) {
-                    // The disk completes at submission: what was just taken is answered by the
-                    // next poll, right away.
-                    Some(mut v) => {
-                        let (n, more) = c.port.serve(now_us, &mut v);
-                        (n, more || c.port.in_flight() > 0)
+                Target::Local(i) => match mux.as_mut() {
+                    // The disk's completion interrupt wakes the loop; without one, poll while
+                    // this guest has requests at the disk.
+                    Some(m) => {
+                        let polling = !m.disk().interrupts;
+                        match m.volume(i) {
+                            Some(mut v) => {
+                                let (n, more) = c.port.serve(now_us, &mut v);
+                                (n, more || (polling && c.port.in_flight() > 0))
+                            }
+                            None => (0, false),
+                        }
                     }
                     None => (0, false),
                 },
