@@ -15,13 +15,19 @@ pub enum Which {
     Net,
     /// 4 KiB random IOPS (QD1/QD32) of a guest through blk-dd vs on its own virtio-blk disk.
     Blk,
+    /// Mixer/resampler and sndif engine throughput (host), media-dd's CPU share mixing 4 guests.
+    Media,
     /// Every benchmark.
     All,
 }
 
 /// A cargo bench target: (package, bench name, what it measures).
 const CARGO_BENCHES: &[(Which, &str, &str, &str)] =
-    &[(Which::Ring, "xen-abi", "ring", "messages/s through one ring between two threads")];
+    &[
+        (Which::Ring, "xen-abi", "ring", "messages/s through one ring between two threads"),
+        (Which::Media, "media-dsp", "dsp", "resampler and mixer throughput, frames/s per core"),
+        (Which::Media, "sndback", "engine", "4 guests through rings, grant copies, resampling and mix: device frames/s per core"),
+    ];
 
 fn has_bench(meta: &serde_json::Value, pkg: &str, bench: &str) -> bool {
     meta["packages"].as_array().into_iter().flatten().filter(|p| p["name"] == pkg).any(|p| {
@@ -59,6 +65,10 @@ pub fn run(which: Which) -> Result<()> {
     if matches!(which, Which::Blk | Which::All) {
         header("bench blk: 4 KiB random IOPS through blk-dd vs the same guest on a direct virtio-blk disk");
         crate::blk::bench(None)?;
+    }
+    if matches!(which, Which::Media | Which::All) {
+        header("bench media: media-dd's CPU share mixing 4 guests at 48 kHz (QEMU, host-measured)");
+        crate::media::bench(None)?;
     }
     if !missing.is_empty() {
         bail!("benchmark(s) not available yet: {}", missing.join(", "));

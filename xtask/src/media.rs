@@ -103,6 +103,11 @@ impl Media {
         self.vms.iter().find_map(|(n, r)| (n == name).then_some(r))
     }
 
+    /// A VM's QEMU process id.
+    pub fn pid(&self, name: &str) -> Result<u32> {
+        self.running(name).map(Running::pid).ok_or_else(|| anyhow!("no VM {name}"))
+    }
+
     /// A VM's console so far.
     pub fn serial(&self, name: &str) -> Vec<String> {
         self.running(name).map(Running::serial).unwrap_or_default()
@@ -386,6 +391,84 @@ pub fn demo(accel: Accel) -> Result<Vec<String>> {
         fact.push_str(&format!(" (OFF: {})", off.join(", ")));
     }
     Ok(vec![fact])
+}
+
+/// CPU time (user + system) of process `pid` so far.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).context("utime")?;
+    let sticks: u64 = f.get(12).and_then(|v| v.parse().ok()).context("stime")?;
+    let hz = Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok()).unwrap_or(100u64);
+    Ok(Duration::from_millis((ticks + sticks) * 1000 / hz))
+}
+
+/// Share of one host core the process used over `over` (1.0 = a whole core).
+fn cpu_share(pid: u32, over: Duration) -> Result<f64> {
+    let (c0, t0) = (cpu_time(pid)?, Instant::now());
+    std::thread::sleep(over);
+    Ok((cpu_time(pid)? - c0).as_secs_f64() / t0.elapsed().as_secs_f64())
+}
+
+/// `cargo xtask bench media`: media-dd's CPU share, idle (4 guests connected, no stream) and
+/// mixing 4 guests' 48 kHz stereo streams; host-measured (QEMU process CPU time) and as
+/// media-dd measures itself (`ICONNECT-DDSTAT busy_permille`, its own clock).
+pub fn bench(accel: Option<Accel>) -> Result<()> {
+    let accel = Accel::choose(accel)?;
+    let art = build()?;
+    let names = ["g1", "g2", "g3", "g4"];
+    let cmds: Vec<String> =
+        (1..=4).map(|i| format!("play=sine:{}:48000:s16:2 class=media secs=14 amp_db=-14 delay_ms=5000", 300 + 110 * i)).collect();
+    let guests: Vec<(&str, &str)> = names.iter().copied().zip(cmds.iter().map(String::as_str)).collect();
+    let mut m = start("bench-media", accel, &art, "", &guests, false)?;
+    let pid = m.pid("media-dd")?;
+    for g in names {
+        m.wait(g, "ICONNECT-LINK up", Duration::from_secs(30))?;
+    }
+    let idle = cpu_share(pid, Duration::from_secs(3))?;
+    m.wait("media-dd", "ICONNECT-DDSTAT streams=4", Duration::from_secs(30))?;
+    let from = m.serial("media-dd").len();
+    let mixing = cpu_share(pid, Duration::from_secs(6))?;
+    let permille: Vec<f64> = m.serial("media-dd")[from..]
+        .iter()
+        .filter(|l| l.contains("ICONNECT-DDSTAT streams=4"))
+        .filter_map(|l| markers::parse_fields(l, "ICONNECT-DDSTAT")?.num("busy_permille"))
+        .map(|v| v as f64)
+        .collect();
+    let idle_permille: Vec<f64> = m
+        .serial("media-dd")
+        .iter()
+        .filter(|l| l.contains("ICONNECT-DDSTAT streams=0"))
+        .filter_map(|l| markers::parse_fields(l, "ICONNECT-DDSTAT")?.num("busy_permille"))
+        .map(|v| v as f64)
+        .collect();
+    for g in names {
+        m.result(g, Duration::from_secs(60))?;
+    }
+    // Underrun frames per port while its stream played (the last level line of each port).
+    let mut underruns = BTreeMap::new();
+    for l in m.serial("media-dd") {
+        if let Some(f) = markers::parse_fields(&l, "ICONNECT-LEVEL")
+            && let (Some(p), Some(u)) = (f.word(0), f.num("underrun_frames"))
+        {
+            underruns.insert(p.to_string(), u);
+        }
+    }
+    m.stop()?;
+    println!(
+        "bench media ({accel}): media-dd QEMU process (host CPU time): idle with 4 guests connected {:.1}% of a core, \
+         mixing 4 guests (48 kHz stereo s16 each, into 48 kHz) {:.1}%; media-dd's own busy time: idle {:.1}%, mixing {:.1}% \
+         (median of {} one-second lines); underrun device frames per port: {:?}",
+        idle * 100.0,
+        mixing * 100.0,
+        median(idle_permille) / 10.0,
+        median(permille.clone()) / 10.0,
+        permille.len(),
+        underruns
+    );
+    Ok(())
 }
 
 #[cfg(test)]

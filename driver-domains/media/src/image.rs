@@ -28,7 +28,7 @@ const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
 const CHANNEL_VECTORS: u16 = 2;
 /// The loop looks at the device and the channels this often (a period is 10 ms).
 const TICK: Duration = Duration::from_millis(2);
-/// Level lines this often.
+/// Level and statistics lines this often.
 const LEVEL_EVERY: Duration = Duration::from_secs(1);
 /// Streams in the hub each way.
 const MAX_STREAMS: usize = 16;
@@ -97,7 +97,9 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
 
     let mut events: Vec<PortEvent> = Vec::new();
     let mut period = vec![0u8; PERIOD_FRAMES * dev.frame_bytes()];
-    let mut last_level = rt::time::now();
+    let mut last_stat = rt::time::now();
+    // Time spent in this task since the last statistics line: the domain's CPU share.
+    let mut busy_time = Duration::ZERO;
     let mut task = |now: rt::time::Instant| -> Step {
         for c in chans.iter_mut() {
             let _ = c.bells.take(0) + c.bells.take(1);
@@ -135,21 +137,33 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
                 }
             }
         }
-        if now - last_level >= LEVEL_EVERY {
-            last_level = now;
+        busy_time += rt::time::now() - now;
+        if now - last_stat >= LEVEL_EVERY {
+            let wall = now - last_stat;
+            last_stat = now;
+            let mut playing = 0;
             for c in chans.iter() {
                 if let Some(l) = c.port.level(&hub) {
+                    playing += 1;
                     let s = c.port.stats().unwrap_or_default();
                     log::info!(
-                        "ICONNECT-LEVEL {} rms_dbfs={:.1} requests={} errors={} device_periods={}",
+                        "ICONNECT-LEVEL {} rms_dbfs={:.1} requests={} errors={} underrun_frames={}",
                         c.port.port(),
                         media_dd::dbfs(l),
                         s.requests,
                         s.errors,
-                        snd.done
+                        c.port.underrun_frames(&hub)
                     );
                 }
             }
+            let busy_us = core::mem::take(&mut busy_time).as_micros() as u64;
+            log::info!(
+                "ICONNECT-DDSTAT streams={playing} busy_permille={} device_periods={} device_errors={} clipped={}",
+                busy_us * 1000 / (wall.as_micros() as u64).max(1),
+                snd.done,
+                snd.errors,
+                hub.mixer().stats().clipped
+            );
         }
         if busy {
             return Step::Busy;

@@ -384,6 +384,15 @@ impl<M: SharedMem + Clone> MediaPort<M> {
         hub.mixer().stream_stats(id).ok().map(|s| s.level_rms)
     }
 
+    /// Device frames this guest's playback had no data for while running (underruns).
+    pub fn underrun_frames(&self, hub: &Hub) -> u64 {
+        self.attached
+            .as_ref()
+            .and_then(|a| a.engine.mixer_stream(0))
+            .and_then(|id| hub.mixer().stream_stats(id).ok())
+            .map_or(0, |s| s.underrun)
+    }
+
     /// The engine's counters, while attached.
     pub fn stats(&self) -> Option<sndback::Stats> {
         self.attached.as_ref().map(|a| a.engine.stats())

@@ -208,9 +208,9 @@ pub struct Player<M: SharedMem + Clone> {
     bytes: Vec<u8>,
 }
 
-/// Buffer: 8 periods of 10 ms (a guest VM descheduled for tens of ms under TCG does not
-/// underrun).
-pub const PERIODS: u32 = 8;
+/// Buffer: 16 periods of 10 ms (a guest VM descheduled for a hundred ms under TCG on a loaded
+/// host does not underrun; 8 periods did, once in a 4-guest run at load 8).
+pub const PERIODS: u32 = 16;
 
 impl<M: SharedMem + Clone> Player<M> {
     /// Sets the stream up on a ready channel with the granted shape: zeroes the event page,
