@@ -182,18 +182,21 @@ pub fn run_scenario_live(
     Ok((checks, run))
 }
 
-/// A crash of dom0's own tools in a run (not of a guest: guest lines are `[console ...]` or
-/// `(dN) ...`): `xl` aborts now and then under nested TCG ("corrupted double-linked list",
-/// segfaults), which says nothing about our images.
+/// A crash of Linux userspace in a run: dom0's own tools (`xl` aborts now and then under nested
+/// TCG: "corrupted double-linked list", segfaults) or a process in a Linux PV guest (busybox
+/// `httpd` segfaulted before any packet had moved, at host load 8). Neither says anything about
+/// our images, whose faults are reported as `ICONNECT-FAULT`/`ICONNECT-PANIC` on Xen's debug
+/// port (`(dN) ...` lines, never counted here).
 fn dom0_tool_crash(run: &runner::XenRun) -> Option<String> {
     run.outcome
         .serial
         .iter()
-        .filter(|l| !l.starts_with("[console") && !l.starts_with("(d"))
+        .filter(|l| !l.starts_with("(d"))
         .find(|l| {
+            let guest = l.starts_with("[console");
             l.contains("Segmentation fault")
-                || l.contains("corrupted double-linked list")
-                || (l.contains("XENTEST-WARN xl") && l.contains("crashed"))
+                || (!guest && l.contains("corrupted double-linked list"))
+                || (!guest && l.contains("XENTEST-WARN xl") && l.contains("crashed"))
         })
         .map(|l| l.trim().to_string())
 }
@@ -358,6 +361,27 @@ pub fn suite_tier() -> Result<Option<(u32, u32)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linux_userspace_crashes_are_recognised_ours_are_not() {
+        let run = |serial: &str| {
+            let outcome = crate::qemu::Outcome {
+                code: Some(0),
+                exit: crate::qemu::GuestExit::Reset,
+                serial: serial.lines().map(str::to_string).collect(),
+                stderr: String::new(),
+                timed_out: false,
+                duration: Duration::from_secs(60),
+                timeout: Duration::from_secs(300),
+            };
+            runner::XenRun::parse(outcome, Vec::new(), PathBuf::new())
+        };
+        assert!(dom0_tool_crash(&run("x\nSegmentation fault\n")).is_some());
+        assert!(dom0_tool_crash(&run("[console guest-b] Segmentation fault\n")).is_some());
+        assert!(dom0_tool_crash(&run("XENTEST-WARN xl list a crashed (exit 139); retrying\n")).is_some());
+        assert!(dom0_tool_crash(&run("(d1) ICONNECT-FAULT page-fault Segmentation fault\n")).is_none());
+        assert!(dom0_tool_crash(&run("[console guest-a] XENTEST-RESULT FAIL x: y\n")).is_none());
+    }
 
     #[test]
     fn demo_lines() {
