@@ -259,12 +259,14 @@ pub fn blocks(x: &[f64], tones: &[f64]) -> Vec<Vec<f64>> {
 
 /// The guests of the test and the demo: two media guests (440 Hz at 44.1 kHz stereo -6 dBFS,
 /// 660 Hz at 48 kHz mono -12 dBFS, 7 s) and, 3 s after its link, an alert guest (880 Hz at
-/// 16 kHz mono -6 dBFS, 2 s). The platform caps port 2 (g2) at -6 dB ([`DD_ARGS`]).
+/// 16 kHz mono -6 dBFS, 2 s); g4 breaks its ring (a wild request producer index): media-dd
+/// must close its channel alone. The platform caps port 2 (g2) at -6 dB ([`DD_ARGS`]).
 const DD_ARGS: &str = "caps=2:-6";
-const GUESTS: [(&str, &str); 3] = [
+const GUESTS: [(&str, &str); 4] = [
     ("g1", "play=sine:440:44100:s16:2 class=media secs=7 amp_db=-6"),
     ("g2", "play=sine:660:48000:s16:1 class=media secs=7 amp_db=-12"),
     ("g3", "play=sine:880:16000:s16:1 class=alert secs=2 amp_db=-6 delay_ms=3000"),
+    ("g4", "hostile=ring"),
 ];
 
 /// Plays [`GUESTS`] through media-dd; checks the guests' results and media-dd's port and level
@@ -288,7 +290,12 @@ fn play(accel: Accel, run: &str) -> Result<(Vec<String>, PathBuf)> {
     }
     let levels = dd.iter().filter(|l| l.contains("ICONNECT-LEVEL")).count();
     ensure!(levels >= 5, "media-dd printed {levels} ICONNECT-LEVEL lines");
-    for (r, (g, _)) in results.iter().zip(GUESTS) {
+    ensure!(
+        dd.iter().any(|l| l.contains("ICONNECT-PORT 4 down reason=sndback:ring")),
+        "media-dd did not take port 4 (g4, wild ring index) down with reason=sndback:ring..."
+    );
+    ensure!(results[3].get("outcome") == Some("channel-closed"), "g4: {:?}", results[3].kv);
+    for (r, (g, _)) in results.iter().zip(GUESTS).take(3) {
         let want = match g {
             "g1" => 7 * 44100,
             "g2" => 7 * 48000,

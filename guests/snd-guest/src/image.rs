@@ -19,6 +19,14 @@ const TICK: Duration = Duration::from_millis(2);
 /// Give up if the domain does not answer within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a run ended.
+enum Outcome {
+    /// The stream played to its end.
+    Played(Report),
+    /// `hostile=ring`: the domain closed the channel this long after the wild index.
+    Closed { after_ms: u64 },
+}
+
 /// The image's entry point.
 pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
     let cfg = match Config::from_cmdline(boot.cmdline) {
@@ -29,7 +37,11 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
         }
     };
     match run(boot, &cfg) {
-        Ok((r, t)) => {
+        Ok((Outcome::Closed { after_ms }, _)) => {
+            log::info!("ICONNECT-RESULT ok name={} hostile=ring outcome=channel-closed after_ms={after_ms}", cfg.name);
+            rt::ExitCode::Success
+        }
+        Ok((Outcome::Played(r), t)) => {
             log::info!(
                 "ICONNECT-RESULT ok name={} play={} class={:?} frames={} events={} requests={} secs={}.{:03}",
                 cfg.name,
@@ -50,7 +62,7 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
     }
 }
 
-fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Report, Duration), String> {
+fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Outcome, Duration), String> {
     let mcfg = platform::find_ecam(boot);
     let mut ecam = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
     let funcs = ivshmem::find_all(&ecam, mcfg.start_bus, mcfg.end_bus);
@@ -66,6 +78,7 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Report, Duration), 
     let mut player: Option<Player<_>> = None;
     let mut play_at: Option<time::Instant> = None;
     let mut grant = None;
+    let mut wild_at: Option<time::Instant> = None;
     loop {
         let now = time::now();
         let _ = parts.doorbells.take(0) + parts.doorbells.take(1);
@@ -88,6 +101,19 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Report, Duration), 
                     );
                     grant = Some(g);
                     play_at = Some(now + Duration::from_millis(u64::from(cfg.delay_ms)));
+                    if cfg.hostile_ring {
+                        let wild = snd_guest::wild_producer(&fe)?;
+                        log::info!("hostile: wrote req_prod={wild:#x}");
+                        if let Some(peer) = peer {
+                            parts.regs.ring(peer, VECTOR_RING);
+                        }
+                        wild_at = Some(now);
+                        play_at = None;
+                    }
+                }
+                FrontendEvent::Disconnect | FrontendEvent::Closed | FrontendEvent::Failed(_) if wild_at.is_some() => {
+                    let after = wild_at.map(|t| (now - t).as_millis() as u64).unwrap_or(0);
+                    return Ok((Outcome::Closed { after_ms: after }, now - t0));
                 }
                 FrontendEvent::Disconnect | FrontendEvent::Closed | FrontendEvent::Failed(_) => {
                     let why = fe
@@ -112,13 +138,16 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Report, Duration), 
             if let Some(peer) = peer {
                 parts.regs.ring(peer, VECTOR_RING);
             }
-            return Ok((r, now - t0));
+            return Ok((Outcome::Played(r), now - t0));
         }
         if let Some(p) = player.as_mut()
             && p.take_notify()
             && let Some(peer) = peer
         {
             parts.regs.ring(peer, VECTOR_RING);
+        }
+        if wild_at.is_some_and(|t| now - t > CONNECT_TIMEOUT) {
+            return Err("hostile=ring: the domain did not close the channel".into());
         }
         if grant.is_none() && now - t0 > CONNECT_TIMEOUT {
             return Err(format!("no backend connected within {} s", CONNECT_TIMEOUT.as_secs()));

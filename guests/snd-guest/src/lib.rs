@@ -10,7 +10,9 @@
 //! Command line: `play=sine:<hz>:<rate>:<format>:<channels>` (format: a sndif name such as
 //! `s16_le`, or `s16`/`s32`/`f32`), `class=alert|voice|media|background` (or iconnect's class
 //! names), `secs=<n>` (default 3), `amp_db=<dBFS peak>` (default -6), `delay_ms=<n>` (wait
-//! after the link is up before playing), `name=<g>`, `chan=<ivshmem index>` (default 0).
+//! after the link is up before playing), `name=<g>`, `chan=<ivshmem index>` (default 0),
+//! `hostile=ring` (instead of playing, publish a request producer index 1000 slots ahead of
+//! the ring and expect the domain to close this channel alone).
 //! Everything per sample is integer (a Q15 sine table and a 32-bit phase accumulator: the
 //! images are soft-float).
 #![cfg_attr(not(test), no_std)]
@@ -64,6 +66,8 @@ pub struct Config {
     pub delay_ms: u32,
     /// ivshmem device index.
     pub chan: usize,
+    /// `hostile=ring`: break the ring instead of playing.
+    pub hostile_ring: bool,
 }
 
 fn format_code(v: &str) -> Option<u8> {
@@ -121,6 +125,11 @@ impl Config {
             amp_db,
             delay_ms: num("delay_ms", 0)?,
             chan: num("chan", 0)? as usize,
+            hostile_ring: match get("hostile") {
+                None => false,
+                Some("ring") => true,
+                Some(v) => return Err(format!("bad hostile={v} (ring)")),
+            },
         })
     }
 
@@ -132,6 +141,15 @@ impl Config {
         self.request.write(&mut keys).map_err(|e| format!("keys: {e}"))?;
         Ok(keys)
     }
+}
+
+/// `hostile=ring`: publishes a request producer index 1000 slots past the ring's start on a
+/// ready channel (a ring of 32 slots: out of range); returns the value written.
+pub fn wild_producer<M: SharedMem + Clone>(fe: &Frontend<M>) -> Result<u32, String> {
+    let ring = fe.front_ring::<SndRing>(RING).map_err(|e| format!("ring: {e}"))?;
+    let wild = ring.req_prod_pvt().wrapping_add(1000);
+    ring.mem().store_u32(xen_abi::ring::REQ_PROD_OFF, wild, Ordering::Release);
+    Ok(wild)
 }
 
 /// A sine generator: Q15 table of one cycle, 32-bit phase accumulator.

@@ -146,3 +146,75 @@ fn the_platform_caps_and_mutes_guests() {
     let ratio_db = 20.0 * (a440 / a660).log10();
     assert!((ratio_db - (6.0 - 10.0)).abs() < 0.5, "440/660 at {ratio_db:.2} dB");
 }
+
+#[test]
+fn a_guest_breaking_its_ring_loses_only_its_own_port() {
+    let mut gs = [guest(1, "play=sine:440:44100:s16:2 class=media secs=1 amp_db=-6", 0), guest(2, "hostile=ring", 0)];
+    let mut hub = Hub::new(media_dd::DEVICE, media_dd::duck(), 16).unwrap();
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    let mut block = vec![0u8; PERIOD * 4];
+    let mut closed = false;
+    for tick in 0..120 {
+        step(&mut gs[0], &mut hub, &mut events, tick);
+        let g = &mut gs[1];
+        for _ in 0..2 {
+            g.port.poll(&mut hub, &mut events);
+            g.port.serve(&mut hub);
+            while let Some(ev) = g.fe.poll() {
+                match ev {
+                    FrontendEvent::Ready => {
+                        snd_guest::wild_producer(&g.fe).unwrap();
+                    }
+                    FrontendEvent::Disconnect | FrontendEvent::Closed | FrontendEvent::Failed(_) => closed = true,
+                    FrontendEvent::SetUp => {}
+                }
+            }
+        }
+        hub.render(&mut block).unwrap();
+        let mut f = vec![0f32; PERIOD * 2];
+        decode_f32(SampleFormat::S16Le, &block, &mut f).unwrap();
+        out.extend(channel(&f, 2, 0));
+    }
+    assert!(closed, "the hostile guest's channel stayed open");
+    let downs: Vec<String> = events.iter().filter(|e| matches!(e, PortEvent::Down { .. })).map(PortEvent::marker).collect();
+    assert_eq!(downs.len(), 1, "{downs:?}");
+    assert!(downs[0].starts_with("ICONNECT-PORT 2 down reason=sndback:ring"), "{downs:?}");
+    assert!(gs[0].report.is_some(), "the other guest did not finish");
+    let mid = &out[48000 * 3 / 10..48000 * 8 / 10];
+    assert!((level(mid, 440.0) - 0.501).abs() < 0.02);
+}
+
+#[test]
+fn capture_is_refused_without_a_device_capture_path() {
+    let m = HostMem::pages(64);
+    let mut port = MediaPort::new(1, m.clone(), 1, false).unwrap();
+    let mut keys = iconnect_channel::KeyMap::new();
+    keys.insert(media_dd::channel::PEER_KEY, "7").unwrap();
+    keys.insert(media_dd::channel::EVENT_PAGE_KEY, "0").unwrap();
+    iconnect::media::MediaRequest {
+        direction: iconnect::media::Direction::Capture,
+        format: iconnect::media::Format(2),
+        rate_hz: 16000,
+        channels: 1,
+        class: iconnect::Class::Interactive,
+    }
+    .write(&mut keys)
+    .unwrap();
+    let mut fe = Frontend::new(m, media_dd::channel::frontend_config(), keys).unwrap();
+    let mut hub = Hub::new(media_dd::DEVICE, media_dd::duck(), 16).unwrap();
+    let mut events = Vec::new();
+    let mut failed = false;
+    for _ in 0..8 {
+        port.poll(&mut hub, &mut events);
+        while let Some(ev) = fe.poll() {
+            failed |= matches!(ev, FrontendEvent::Closed | FrontendEvent::Failed(_) | FrontendEvent::Disconnect);
+            assert_ne!(ev, FrontendEvent::Ready);
+        }
+    }
+    let k = fe.read_backend_keys().unwrap();
+    assert_eq!(k.get(media_dd::channel::ERROR_KEY), Some("refused:Unsupported"));
+    assert_eq!(k.get("iconnect-media-status"), Some("refused"));
+    assert!(failed);
+    assert_eq!(events.iter().map(PortEvent::marker).collect::<Vec<_>>(), ["ICONNECT-PORT 1 down reason=refused:Unsupported"]);
+}
