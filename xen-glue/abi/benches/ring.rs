@@ -802,6 +802,14 @@ fn interleaved_summary() {
     } else {
         (21, 2_000_000u64)
     };
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let rounds = env("RING_ROUNDS").map_or(rounds, |r| r.max(1) as usize);
+    let msgs = env("RING_MSGS").map_or(msgs, |m| m.max(1));
+    let sizes: Vec<usize> = std::env::var("RING_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![16, 64]);
     type Run = fn(u64) -> Duration;
     let runs: [(&str, usize, Run); 22] = [
         ("xen-ring", 16, xen_ring::<16>),
@@ -828,20 +836,46 @@ fn interleaved_summary() {
         ("crossbeam-pair", 64, crossbeam_pair::<64>),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
-    for _ in 0..rounds {
-        for (i, (_, _, run)) in runs.iter().enumerate() {
+    for round in 0..rounds {
+        // Every other round runs in reverse order, so that no implementation always follows
+        // the same neighbour (load from other processes drifts within a round).
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..runs.len()).collect()
+        } else {
+            (0..runs.len()).rev().collect()
+        };
+        for i in order {
+            let (_, size, run) = runs[i];
+            if !sizes.contains(&size) {
+                continue;
+            }
             let d = run(msgs);
             rates[i].push(msgs as f64 / d.as_secs_f64());
         }
     }
-    for size in [16usize, 64] {
-        let rate = |name: &str| {
+    for &size in &sizes {
+        let per_round = |name: &str| {
             let i = runs
                 .iter()
                 .position(|r| r.0 == name && r.1 == size)
                 .unwrap();
-            median(rates[i].clone())
+            rates[i].clone()
         };
+        let rate = |name: &str| median(per_round(name));
+        // The ratio of `xen` to the best of `others` within each round (both ran seconds
+        // apart under the same load): median and quartiles over the rounds.
+        let round_ratio = |xen: &str, others: &[&str]| {
+            let x = per_round(xen);
+            let o: Vec<Vec<f64>> = others.iter().map(|n| per_round(n)).collect();
+            let mut r: Vec<f64> = (0..x.len())
+                .map(|k| x[k] / o.iter().map(|v| v[k]).fold(0.0, f64::max))
+                .collect();
+            r.sort_by(|a, b| a.total_cmp(b));
+            let q = |p: usize| r[(r.len() - 1) * p / 4];
+            format!("{:.2} [{:.2}-{:.2}]", q(2), q(1), q(3))
+        };
+        let queues = ["rtrb", "rtrb-chunked", "crossbeam-arrayqueue"];
+        let pairs = ["rtrb-pair", "rtrb-pair-chunked", "crossbeam-pair"];
         let (x, xi) = (rate("xen-ring"), rate("xen-ring-inplace"));
         let (o, ob, oi) = (
             rate("xen-ring-oneway"),
@@ -872,6 +906,12 @@ fn interleaved_summary() {
             oi / best
         );
         println!(
+            "RING-RATIO {size}B one-way, per round (median [quartiles] of xen/best-of-rtrb,rtrb-chunked,crossbeam): in-place {}, per-message copies {}, batch copies {}",
+            round_ratio("xen-ring-oneway-inplace", &queues),
+            round_ratio("xen-ring-oneway", &queues),
+            round_ratio("xen-ring-oneway-batch", &queues),
+        );
+        println!(
             "RING-SUMMARY {size}B request+response (median Mmsg/s): xen-ring {:.1} (copies) / {:.1} (in-place API), rtrb-pair {:.1}, rtrb-pair-chunked {:.1} (in place), crossbeam-pair {:.1}; ratio xen/best: copying {:.2}, in-place {:.2}",
             x / 1e6,
             xi / 1e6,
@@ -880,6 +920,11 @@ fn interleaved_summary() {
             qp / 1e6,
             x / best_pair,
             xi / best_pair
+        );
+        println!(
+            "RING-RATIO {size}B request+response, per round (median [quartiles] of xen/best-of-pairs): in-place {}, copies {}",
+            round_ratio("xen-ring-inplace", &pairs),
+            round_ratio("xen-ring", &pairs),
         );
     }
 }

@@ -50,11 +50,18 @@
 //! loads or stores single fields (never a reference); a parser that uses them must load each
 //! field exactly once (the TOCTOU rule on [`SlotReader`]). The frontend applies the mirror-image check to
 //! `rsp_prod`.
+//!
+//! ## Cost per slot
+//! When the memory hands out [`Words`] windows ([`SharedMem::words`]) and entries are whole
+//! 64-bit words, the in-place methods check the region's bounds once per contiguous run of
+//! slots and give each slot a window over its entry: loads and stores at constant offsets then
+//! compile to plain word accesses with no check left at run time. Otherwise every access goes
+//! through the checked [`SharedMem`] accessors.
 
 use core::marker::PhantomData;
 use core::sync::atomic::Ordering;
 
-use crate::shmem::SharedMem;
+use crate::shmem::{SharedMem, Words};
 use crate::{Error, PAGE_SIZE};
 
 /// Byte offset of `req_prod` in the shared ring header.
@@ -187,6 +194,71 @@ impl Geometry {
     }
 }
 
+/// Whether entries of `entry` bytes in `P`'s slots occupy whole 64-bit words of the region
+/// (slots and entries multiples of 8), so slot accesses may go through [`Words`] windows.
+#[inline(always)]
+const fn word_slots<P: RingProtocol>(entry: usize) -> bool {
+    P::SLOT.is_multiple_of(8) && entry.is_multiple_of(8) && entry > 0
+}
+
+/// Calls `f(k, off, words)` for the `n` slots of indices `first..first + n` (`off` = the slot's
+/// byte offset), in order. When the memory hands out [`Words`] windows, the region's bounds are
+/// checked once per contiguous run of slots (at most two runs: before and after the wrap) and
+/// `words` is the window over the slot's first `entry` bytes, so the closure's accesses at
+/// constant offsets need no check; otherwise `words` is `None`.
+#[inline(always)]
+fn visit_slots<'m, M: SharedMem, P: RingProtocol>(
+    mem: &'m M,
+    geo: Geometry,
+    first: u32,
+    n: u32,
+    entry: usize,
+    mut f: impl FnMut(u32, usize, Option<Words<'m>>),
+) {
+    if n == 0 {
+        return;
+    }
+    if word_slots::<P>(entry) {
+        let start = first & geo.mask;
+        let run = n.min(geo.nr_ents - start);
+        let (slot_words, entry_words) = (P::SLOT / 8, entry / 8);
+        let mut k = 0u32;
+        for (s, cnt) in [(start, run), (0, n - run)] {
+            if cnt == 0 {
+                continue;
+            }
+            let off = RING_HEADER_SIZE + s as usize * P::SLOT;
+            if let Some(w) = mem.words(off, cnt as usize * P::SLOT) {
+                let mut slot_off = off;
+                for slot in w.0.chunks_exact(slot_words) {
+                    f(k, slot_off, Some(Words(&slot[..entry_words])));
+                    k += 1;
+                    slot_off += P::SLOT;
+                }
+            } else {
+                for j in 0..cnt as usize {
+                    f(k, off + j * P::SLOT, None);
+                    k += 1;
+                }
+            }
+        }
+    } else {
+        for k in 0..n {
+            f(k, geo.slot_off::<P>(first.wrapping_add(k)), None);
+        }
+    }
+}
+
+/// A window over one slot's entry (`len` bytes at `off`), if its words can be reached directly.
+#[inline(always)]
+fn slot_words<M: SharedMem, P: RingProtocol>(mem: &M, off: usize, len: usize) -> Option<Words<'_>> {
+    if word_slots::<P>(len) {
+        mem.words(off, len)
+    } else {
+        None
+    }
+}
+
 #[inline(always)]
 fn read_entry<M: SharedMem, E: RingEntry>(mem: &M, off: usize) -> E {
     let mut b = E::ZEROED;
@@ -218,6 +290,8 @@ pub struct SlotReader<'a, M: SharedMem> {
     mem: &'a M,
     off: usize,
     len: usize,
+    /// The entry's words, when the memory hands them out (then `words.len() * 8 == len`).
+    words: Option<Words<'a>>,
 }
 
 impl<M: SharedMem> SlotReader<'_, M> {
@@ -242,16 +316,40 @@ impl<M: SharedMem> SlotReader<'_, M> {
         self.off + at
     }
 
+    /// The `size` bytes at `at` (checked by `at`) from one word of the window, if they lie in
+    /// one word: the word's bytes shifted down.
+    #[inline(always)]
+    fn in_word(&self, at: usize, size: usize) -> Option<u64> {
+        match self.words {
+            Some(w) if at % 8 + size <= 8 => Some(w.load(at / 8) >> (8 * (at % 8))),
+            _ => None,
+        }
+    }
+
     /// Copies `dst.len()` bytes starting at `at` out of the slot.
     #[inline(always)]
     pub fn read_bytes(&self, at: usize, dst: &mut [u8]) {
         let off = self.at(at, dst.len());
+        if let Some(w) = self.words
+            && at.is_multiple_of(8)
+            && dst.len().is_multiple_of(8)
+        {
+            let w = w.sub(at / 8, dst.len() / 8);
+            for (c, x) in dst.chunks_exact_mut(8).zip(w.0) {
+                c.copy_from_slice(&x.load(Ordering::Relaxed).to_le_bytes());
+            }
+            return;
+        }
         self.mem.read_bytes(off, dst);
     }
 
     /// Loads the byte at `at`.
     #[inline(always)]
     pub fn load_u8(&self, at: usize) -> u8 {
+        self.at(at, 1);
+        if let Some(v) = self.in_word(at, 1) {
+            return v as u8;
+        }
         let mut b = [0u8; 1];
         self.read_bytes(at, &mut b);
         b[0]
@@ -262,6 +360,9 @@ impl<M: SharedMem> SlotReader<'_, M> {
     #[inline(always)]
     pub fn load_u16(&self, at: usize) -> u16 {
         let off = self.at(at, 2);
+        if let Some(v) = self.in_word(at, 2) {
+            return v as u16;
+        }
         if off.is_multiple_of(2) {
             self.mem.load_u16(off)
         } else {
@@ -276,6 +377,9 @@ impl<M: SharedMem> SlotReader<'_, M> {
     #[inline(always)]
     pub fn load_u32(&self, at: usize) -> u32 {
         let off = self.at(at, 4);
+        if let Some(v) = self.in_word(at, 4) {
+            return v as u32;
+        }
         if off.is_multiple_of(4) {
             self.mem.load_u32(off, Ordering::Relaxed)
         } else {
@@ -290,6 +394,9 @@ impl<M: SharedMem> SlotReader<'_, M> {
     #[inline(always)]
     pub fn load_u64(&self, at: usize) -> u64 {
         let off = self.at(at, 8);
+        if let Some(v) = self.in_word(at, 8) {
+            return v;
+        }
         if off.is_multiple_of(8) {
             self.mem.load_u64(off)
         } else {
@@ -320,6 +427,8 @@ pub struct SlotWriter<'a, M: SharedMem> {
     mem: &'a M,
     off: usize,
     len: usize,
+    /// The entry's words, when the memory hands them out (then `words.len() * 8 == len`).
+    words: Option<Words<'a>>,
 }
 
 impl<M: SharedMem> SlotWriter<'_, M> {
@@ -348,6 +457,18 @@ impl<M: SharedMem> SlotWriter<'_, M> {
     #[inline(always)]
     pub fn write_bytes(&self, at: usize, src: &[u8]) {
         let off = self.at(at, src.len());
+        if let Some(w) = self.words
+            && at.is_multiple_of(8)
+            && src.len().is_multiple_of(8)
+        {
+            let w = w.sub(at / 8, src.len() / 8);
+            for (x, c) in w.0.iter().zip(src.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                x.store(u64::from_le_bytes(a), Ordering::Relaxed);
+            }
+            return;
+        }
         self.mem.write_bytes(off, src);
     }
 
@@ -383,6 +504,11 @@ impl<M: SharedMem> SlotWriter<'_, M> {
     #[inline(always)]
     pub fn store_u64(&self, at: usize, v: u64) {
         let off = self.at(at, 8);
+        if let Some(w) = self.words
+            && at.is_multiple_of(8)
+        {
+            return w.store(at / 8, v);
+        }
         if off.is_multiple_of(8) {
             self.mem.store_u64(off, v)
         } else {
@@ -541,17 +667,18 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
     {
         let n = max.min(self.free_requests());
         let len = entry_len::<P::Req>();
-        for i in 0..n {
-            let off = self.geo.slot_off::<P>(self.req_prod_pvt.wrapping_add(i));
+        let mem = &self.mem;
+        visit_slots::<M, P>(mem, self.geo, self.req_prod_pvt, n, len, |i, off, words| {
             f(
                 i,
                 SlotWriter {
-                    mem: &self.mem,
+                    mem,
                     off,
                     len,
+                    words,
                 },
-            );
-        }
+            )
+        });
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(n);
         n
     }
@@ -630,14 +757,15 @@ impl<M: SharedMem, P: RingProtocol> FrontRing<M, P> {
         }
         let n = avail.min(max);
         let len = entry_len::<P::Rsp>();
-        for i in 0..n {
-            let off = self.geo.slot_off::<P>(self.rsp_cons.wrapping_add(i));
+        let mem = &self.mem;
+        visit_slots::<M, P>(mem, self.geo, self.rsp_cons, n, len, |_, off, words| {
             f(SlotReader {
-                mem: &self.mem,
+                mem,
                 off,
                 len,
-            });
-        }
+                words,
+            })
+        });
         self.rsp_cons = self.rsp_cons.wrapping_add(n);
         Ok(n)
     }
@@ -826,14 +954,15 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
         }
         let n = avail.min(max);
         let len = entry_len::<P::Req>();
-        for i in 0..n {
-            let off = self.geo.slot_off::<P>(self.req_cons.wrapping_add(i));
+        let mem = &self.mem;
+        visit_slots::<M, P>(mem, self.geo, self.req_cons, n, len, |_, off, words| {
             f(SlotReader {
-                mem: &self.mem,
+                mem,
                 off,
                 len,
-            });
-        }
+                words,
+            })
+        });
         self.req_cons = self.req_cons.wrapping_add(n);
         Ok(n)
     }
@@ -871,11 +1000,13 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
                     mem: &self.mem,
                     off: req_off,
                     len: req_len,
+                    words: slot_words::<M, P>(&self.mem, req_off, req_len),
                 },
                 SlotWriter {
                     mem: &self.mem,
                     off: rsp_off,
                     len: rsp_len,
+                    words: slot_words::<M, P>(&self.mem, rsp_off, rsp_len),
                 },
             );
         }
@@ -1244,6 +1375,149 @@ mod tests {
         served[..4].copy_from_slice(&0xBBu32.to_le_bytes());
         assert_eq!(rsps, [[0xAA; 12], served, served, [0xDD; 12], [0xEE; 12]]);
         assert_eq!(f.free_requests(), 256);
+    }
+
+    /// Forwards everything but [`SharedMem::words`], so the ring takes its per-access path.
+    struct NoWords(HostMem);
+
+    impl SharedMem for NoWords {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+            self.0.load_u32(off, order)
+        }
+        fn store_u32(&self, off: usize, val: u32, order: Ordering) {
+            self.0.store_u32(off, val, order)
+        }
+        fn load_u16(&self, off: usize) -> u16 {
+            self.0.load_u16(off)
+        }
+        fn store_u16(&self, off: usize, val: u16) {
+            self.0.store_u16(off, val)
+        }
+        fn load_u64(&self, off: usize) -> u64 {
+            self.0.load_u64(off)
+        }
+        fn store_u64(&self, off: usize, val: u64) {
+            self.0.store_u64(off, val)
+        }
+        fn read_bytes(&self, off: usize, dst: &mut [u8]) {
+            self.0.read_bytes(off, dst)
+        }
+        fn write_bytes(&self, off: usize, src: &[u8]) {
+            self.0.write_bytes(off, src)
+        }
+    }
+
+    /// Fields of every size at every offset of a 24-byte entry (inside one word, across two).
+    fn write_fields<M: SharedMem>(i: u32, w: SlotWriter<'_, M>) {
+        let b = i as u8;
+        w.write_bytes(0, &[b; 24]);
+        w.store_u8(1, b ^ 0x11);
+        w.store_u16(2, 0x2200 | u16::from(b));
+        w.store_u32(4, 0x4400_0000 | i);
+        w.store_u64(8, 0x8800_0000_0000_0000 | u64::from(i));
+        w.store_u16(17, 0x1700 | u16::from(b)); // odd
+        w.store_u32(19, 0x1900_0000 | i); // crosses a word boundary
+        w.write_bytes(23, &[b ^ 0x23]);
+    }
+
+    fn read_fields<M: SharedMem>(r: SlotReader<'_, M>) -> Vec<u64> {
+        let mut v = vec![
+            u64::from(r.load_u8(1)),
+            u64::from(r.load_u16(2)),
+            u64::from(r.load_u32(4)),
+            r.load_u64(8),
+            u64::from(r.load_u16(17)),
+            u64::from(r.load_u32(19)),
+            u64::from(r.load_u8(23)),
+            r.load_u64(3),
+            r.load_u64(16),
+            u64::from(r.load_u32(12)),
+            u64::from(r.load_u16(6)),
+            u64::from(r.load_u16(7)),
+        ];
+        let mut b = [0u8; 13];
+        r.read_bytes(5, &mut b);
+        v.extend(b.iter().map(|&x| u64::from(x)));
+        let all: [u8; 24] = r.copy();
+        v.extend(all.iter().map(|&x| u64::from(x)));
+        v
+    }
+
+    #[test]
+    fn word_windows_and_per_access_path_agree() {
+        // Same traffic over a memory that hands out word windows and one that does not,
+        // starting near the index wrap so that runs of slots wrap around the ring.
+        type P24 = RawProtocol<24, 24>;
+        let a = HostMem::pages(1);
+        let b = NoWords(HostMem::pages(1));
+        let start = 160 - 5;
+        let mut fa = FrontRing::<_, P24>::init_at(&a, start).unwrap();
+        let mut fb = FrontRing::<_, P24>::init_at(&b, start).unwrap();
+        let mut ba = BackRing::<_, P24>::attach_at(&a, start).unwrap();
+        let mut bb = BackRing::<_, P24>::attach_at(&b, start).unwrap();
+        assert_eq!(fa.size(), 128);
+        for round in 0..4u32 {
+            let base = round * 1000;
+            assert_eq!(
+                fa.produce_requests(100, |i, w| write_fields(base + i, w)),
+                100
+            );
+            assert_eq!(
+                fb.produce_requests(100, |i, w| write_fields(base + i, w)),
+                100
+            );
+            fa.publish_requests();
+            fb.publish_requests();
+            let (mut ga, mut gb) = (Vec::new(), Vec::new());
+            assert_eq!(ba.consume_requests(60, |r| ga.push(read_fields(r))), Ok(60));
+            assert_eq!(bb.consume_requests(60, |r| gb.push(read_fields(r))), Ok(60));
+            assert_eq!(
+                ba.serve_requests(u32::MAX, |r, w| {
+                    ga.push(read_fields(r));
+                    write_fields(r.load_u32(4), w);
+                }),
+                Ok(40)
+            );
+            assert_eq!(
+                bb.serve_requests(u32::MAX, |r, w| {
+                    gb.push(read_fields(r));
+                    write_fields(r.load_u32(4), w);
+                }),
+                Ok(40)
+            );
+            assert_eq!(ga, gb);
+            for (k, g) in ga.iter().enumerate() {
+                let i = base + k as u32;
+                assert_eq!(
+                    g[2],
+                    u64::from(0x4400_0000 | i),
+                    "request {k} of round {round}"
+                );
+                assert_eq!(g[5], u64::from(0x1900_0000 | i));
+            }
+            ba.push_null_responses(60).unwrap();
+            bb.push_null_responses(60).unwrap();
+            ba.publish_responses();
+            bb.publish_responses();
+            let (mut ra, mut rb) = (Vec::new(), Vec::new());
+            assert_eq!(
+                fa.consume_responses(u32::MAX, |r| ra.push(read_fields(r))),
+                Ok(100)
+            );
+            assert_eq!(
+                fb.consume_responses(u32::MAX, |r| rb.push(read_fields(r))),
+                Ok(100)
+            );
+            assert_eq!(ra, rb);
+            let mut whole_a = vec![0u8; 4096];
+            let mut whole_b = vec![0u8; 4096];
+            a.read_bytes(0, &mut whole_a);
+            b.read_bytes(0, &mut whole_b);
+            assert_eq!(whole_a, whole_b);
+        }
     }
 
     #[test]

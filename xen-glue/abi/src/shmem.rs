@@ -18,6 +18,12 @@
 //! Consumers are generic over `M: SharedMem` (static dispatch), so the hot path has no dynamic
 //! calls and the copy loops inline into the ring code.
 //!
+//! Optional fast path: [`SharedMem::words`] may hand out a [`Words`] window (relaxed atomic
+//! loads/stores of whole 64-bit words, each checked against the window, no reference to the
+//! bytes). The ring checks the region's bounds once per run of slots with it, after which
+//! field accesses at constant offsets need no check. `HostMem` provides it past the header; the
+//! default is `None` and every access takes the checked per-access path.
+//!
 //! ## Notes for the pointer-backed implementation (`hal`)
 //! Hold a base pointer and a length for a mapping that stays valid for the implementor's
 //! lifetime. Check `off + size <= len` (and alignment) on every call, then: `u32` accesses via
@@ -38,7 +44,57 @@
 //!   need not be single-copy atomic (the ring protocol never relies on it).
 //! * The byte layout is little-endian (the only byte order Xen uses on x86 and Arm).
 
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicU64, Ordering, fence};
+
+/// A window of whole 64-bit words of a shared region, handed out by [`SharedMem::words`].
+///
+/// It is an accessor, not a view of the bytes: the only operations are relaxed loads and stores
+/// of single words (and copies built from them), each checked against the window, so nothing
+/// outside it is reachable and no `&`/`&mut` to the bytes ever exists. Its point is speed: the
+/// region's bounds are checked once for a whole run of ring slots, after which an access at a
+/// constant offset inside a slot needs no check at run time.
+#[derive(Debug, Clone, Copy)]
+pub struct Words<'a>(pub(crate) &'a [AtomicU64]);
+
+impl<'a> Words<'a> {
+    /// A window over `words` (for implementors of [`SharedMem::words`] whose region is held as
+    /// atomic words, e.g. created with `AtomicU64::from_ptr` over a mapping).
+    #[inline(always)]
+    pub fn new(words: &'a [AtomicU64]) -> Self {
+        Self(words)
+    }
+
+    /// Number of words in the window.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the window holds no word.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Relaxed load of word `i` (its bytes in little-endian order); panics if `i` is outside
+    /// the window.
+    #[inline(always)]
+    pub fn load(&self, i: usize) -> u64 {
+        self.0[i].load(Ordering::Relaxed)
+    }
+
+    /// Relaxed store of word `i`; panics if `i` is outside the window.
+    #[inline(always)]
+    pub fn store(&self, i: usize, v: u64) {
+        self.0[i].store(v, Ordering::Relaxed)
+    }
+
+    /// Words `start..start + n` as a window of their own; panics if outside this one.
+    #[inline(always)]
+    pub fn sub(&self, start: usize, n: usize) -> Words<'a> {
+        Words(&self.0[start..start + n])
+    }
+}
 
 /// A region of memory shared with a peer that may write it concurrently.
 ///
@@ -83,6 +139,17 @@ pub trait SharedMem {
     fn full_fence(&self) {
         fence(Ordering::SeqCst);
     }
+
+    /// Optional fast path: a [`Words`] window over bytes `off..off + len` if the implementation
+    /// holds them as whole 64-bit words (`off` and `len` multiples of 8), else `None` (the
+    /// default), in which case callers use the other accessors. A range outside the region is
+    /// a caller bug and panics, like any other access. Word accesses through the window are
+    /// relaxed and interoperate with every other accessor of the same bytes.
+    #[inline(always)]
+    fn words(&self, off: usize, len: usize) -> Option<Words<'_>> {
+        let _ = (off, len);
+        None
+    }
 }
 
 impl<M: SharedMem + ?Sized> SharedMem for &M {
@@ -116,6 +183,10 @@ impl<M: SharedMem + ?Sized> SharedMem for &M {
     fn full_fence(&self) {
         (**self).full_fence()
     }
+    #[inline(always)]
+    fn words(&self, off: usize, len: usize) -> Option<Words<'_>> {
+        (**self).words(off, len)
+    }
 }
 
 #[cfg(feature = "alloc")]
@@ -123,7 +194,7 @@ pub use host::HostMem;
 
 #[cfg(feature = "alloc")]
 mod host {
-    use super::SharedMem;
+    use super::{SharedMem, Words};
     use alloc::sync::Arc;
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -473,6 +544,17 @@ mod host {
                 self.write_bytes_general(off, src);
             }
         }
+
+        /// Every whole-word range past the header: one check for the whole range.
+        #[inline(always)]
+        fn words(&self, off: usize, len: usize) -> Option<Words<'_>> {
+            if off < HEAD || !off.is_multiple_of(8) || !len.is_multiple_of(8) {
+                return None;
+            }
+            self.check(off, len);
+            let first = self.base + (off - HEAD) / 8;
+            Some(Words(&self.words[first..first + len / 8]))
+        }
     }
 
     #[cfg(test)]
@@ -613,6 +695,36 @@ mod host {
             assert_eq!(m.load_u32(8, Ordering::Acquire), 49_999);
             assert_eq!(m.load_u32(12, Ordering::Acquire), 49_999);
             assert_eq!(m.load_u16(16) as u8, 49_999u32 as u8);
+        }
+
+        #[test]
+        fn word_windows_see_the_same_bytes_and_stay_inside() {
+            let m = HostMem::new(256);
+            assert!(
+                m.words(0, 64).is_none(),
+                "the header is not held as 64-bit words"
+            );
+            assert!(m.words(68, 8).is_none());
+            assert!(m.words(64, 12).is_none());
+            let w = m.words(72, 16).unwrap();
+            assert_eq!(w.len(), 2);
+            w.store(1, 0x0807_0605_0403_0201);
+            assert_eq!(m.load_u32(80, Ordering::Relaxed), 0x0403_0201);
+            m.store_u16(86, 0xbeef);
+            assert_eq!(w.load(1), 0xbeef_0605_0403_0201);
+            assert_eq!(w.sub(1, 1).load(0), 0xbeef_0605_0403_0201);
+            assert!(std::panic::catch_unwind(|| w.load(2)).is_err());
+            assert!(std::panic::catch_unwind(|| w.sub(1, 2)).is_err());
+            assert_eq!(m.words(64, 192).unwrap().len(), 24);
+            for (off, len) in [
+                (64usize, 200usize),
+                (256, 8),
+                (248, 16),
+                (usize::MAX - 7, 16),
+            ] {
+                let r = std::panic::catch_unwind(|| m.words(off, len).map(|w| w.len()));
+                assert!(r.is_err(), "words({off}, {len}) did not panic");
+            }
         }
 
         #[test]
