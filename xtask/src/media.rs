@@ -136,6 +136,14 @@ impl Media {
         }
     }
 
+    /// SIGKILLs one VM now (its console is kept).
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let i = self.vms.iter().position(|(n, _)| n == name).ok_or_else(|| anyhow!("no VM {name}"))?;
+        let (n, r) = self.vms.remove(i);
+        let _ = std::fs::write(self.dir.join(format!("{n}.log")), r.stop().serial.join("\n"));
+        Ok(())
+    }
+
     /// Waits for the guest's `ICONNECT-RESULT`; `Err` if it is a FAIL.
     pub fn result(&mut self, name: &str, within: Duration) -> Result<Fields> {
         let line = self.wait(name, "ICONNECT-RESULT", within)?;
@@ -317,6 +325,25 @@ pub fn playback_mix_duck(accel: Accel) -> Result<String> {
     let (summary, failed) = analyze(&x, &wav)?;
     ensure!(failed.is_empty(), "{}: {summary}", failed.join(", "));
     Ok(summary)
+}
+
+/// QEMU test: a guest VM SIGKILLed while playing (it promised a 500 ms heartbeat) is taken
+/// down by media-dd (`heartbeat-timeout`, after 5 silent periods) and leaves the mix, while a
+/// second guest plays on to its end.
+pub fn killed_guest(accel: Accel) -> Result<String> {
+    let art = build()?;
+    let guests = [("g1", "play=sine:440:48000:s16:2 secs=30"), ("g2", "play=sine:660:48000:s16:2 secs=6")];
+    let mut m = start("media-killed", accel, &art, "", &guests, false)?;
+    m.wait("media-dd", "ICONNECT-LEVEL 1 ", Duration::from_secs(30))?;
+    let killed = Instant::now();
+    m.kill("g1")?;
+    let line = m.wait("media-dd", "ICONNECT-PORT 1 down", Duration::from_secs(20))?;
+    let after = killed.elapsed();
+    ensure!(line.contains("reason=heartbeat-timeout"), "port 1 went down for another reason: {line}");
+    let r = m.result("g2", Duration::from_secs(60))?;
+    ensure!(r.num("frames") == Some(6 * 48000), "g2: {:?}", r.kv);
+    m.stop()?;
+    Ok(format!("killed g1 taken down {} later (heartbeat-timeout); g2 played its 6 s", fmt_dur(after)))
 }
 
 /// Measures the WAV of [`GUESTS`]: returns a summary and the checks that failed.

@@ -251,6 +251,7 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("blk: a guest VM killed without closing frees its volume (heartbeat)", crate::blk::killed_guest, true),
     ("blk: blk-dd refuses overlapping / out-of-disk volume maps at start", crate::blk::bad_volume_maps, true),
     ("media: 2 guests' tones mixed into virtio-sound's WAV (frequency, levels, a platform cap), ducked by an alert guest", crate::media::playback_mix_duck, true),
+    ("media: a guest VM killed while playing is taken down (heartbeat) and leaves the mix", crate::media::killed_guest, true),
 ];
 
 fn qemu_chan_channel(accel: Accel) -> Result<String> {

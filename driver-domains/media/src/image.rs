@@ -98,6 +98,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let mut events: Vec<PortEvent> = Vec::new();
     let mut period = vec![0u8; PERIOD_FRAMES * dev.frame_bytes()];
     let mut last_stat = rt::time::now();
+    let mut last_beat = last_stat;
     // Time spent in this task since the last statistics line: the domain's CPU share.
     let mut busy_time = Duration::ZERO;
     let mut task = |now: rt::time::Instant| -> Step {
@@ -105,8 +106,15 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             let _ = c.bells.take(0) + c.bells.take(1);
         }
         let mut busy = false;
+        let beat = now - last_beat >= Duration::from_millis(media_dd::channel::OWN_HEARTBEAT_MS);
+        if beat {
+            last_beat = now;
+        }
         for c in chans.iter_mut() {
-            c.port.poll(&mut hub, &mut events);
+            if beat {
+                c.port.heartbeat(now.as_nanos());
+            }
+            c.port.poll(&mut hub, &mut events, now.as_nanos());
             busy |= c.port.serve(&mut hub);
         }
         // The mix: one period per period the device gave back, then the guests again (their

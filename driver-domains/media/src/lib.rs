@@ -19,7 +19,9 @@
 //! `CUR_POS` events. A connection it cannot serve is refused with
 //! `iconnect-snd-error = <reason>` (`no-peer-id`, `no-media-key`, `bad-key:<key>`,
 //! `no-event-page`, `refused:<reason>`, `bad-layout`); a hostile ring breaks only its own
-//! port (`down reason=sndback:<error>`).
+//! port (`down reason=sndback:<error>`). Liveness as on net and block channels
+//! (`heartbeat-ms`, [`channel::HEARTBEAT_KEY`]): a guest that promised a heartbeat and falls
+//! silent is taken down (`heartbeat-timeout`).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -59,6 +61,15 @@ pub mod channel {
     pub const VECTOR_RING: u16 = 0;
     /// Doorbell vector: events (domain to guest).
     pub const VECTOR_EVENTS: u16 = 1;
+    /// Liveness, as on net and block channels: `heartbeat-ms = <1..=60000>` promises a channel
+    /// heartbeat at least that often; media-dd publishes its own and takes a guest that promised
+    /// one and stays silent for [`HEARTBEAT_MISSES`] periods down (`heartbeat-timeout`), so a VM
+    /// killed without closing frees its port and leaves the mix.
+    pub const HEARTBEAT_KEY: &str = "heartbeat-ms";
+    /// Periods without a heartbeat after which a guest is declared dead.
+    pub const HEARTBEAT_MISSES: u64 = 5;
+    /// media-dd's own heartbeat period.
+    pub const OWN_HEARTBEAT_MS: u64 = 100;
 
     /// The layout a sound frontend asks for: style Block, ring 0 of 64-byte sndif slots (one
     /// page, vector 0), the rest of the region as data pages.
@@ -75,7 +86,7 @@ pub mod channel {
     }
 }
 
-use channel::{ERROR_KEY, EVENT_PAGE_KEY, PEER_KEY};
+use channel::{ERROR_KEY, EVENT_PAGE_KEY, HEARTBEAT_KEY, HEARTBEAT_MISSES, OWN_HEARTBEAT_MS, PEER_KEY};
 
 /// The device's native shape (media-dd opens the device once with it).
 pub const DEVICE: DeviceConfig = DeviceConfig {
@@ -205,6 +216,8 @@ pub struct MediaPort<M: SharedMem + Clone> {
     can_capture: bool,
     cap_db: Option<f32>,
     muted: bool,
+    /// The guest's promised heartbeat: (period ns, last counter seen, when it changed).
+    liveness: Option<(u64, u32, u64)>,
 }
 
 impl<M: SharedMem + Clone> MediaPort<M> {
@@ -213,6 +226,7 @@ impl<M: SharedMem + Clone> MediaPort<M> {
     pub fn new(port: usize, mem: M, own_id: u16, can_capture: bool) -> Result<Self, iconnect_channel::Error> {
         let mut keys = KeyMap::new();
         keys.insert(PEER_KEY, &own_id.to_string())?;
+        keys.insert(HEARTBEAT_KEY, &OWN_HEARTBEAT_MS.to_string())?;
         let be = Backend::new(mem, keys)?;
         Ok(Self {
             port,
@@ -226,7 +240,28 @@ impl<M: SharedMem + Clone> MediaPort<M> {
             can_capture,
             cap_db: None,
             muted: false,
+            liveness: None,
         })
+    }
+
+    /// Bumps this domain's heartbeat (call at least every [`OWN_HEARTBEAT_MS`]) and takes an
+    /// attached guest down if it promised a heartbeat and missed [`HEARTBEAT_MISSES`] periods
+    /// (the `Down` event follows at the next [`poll`](Self::poll)).
+    pub fn heartbeat(&mut self, now_ns: u64) {
+        self.be.beat();
+        let Some((period, last, since)) = self.liveness.filter(|_| self.attached.is_some()) else {
+            return;
+        };
+        let seen = self.be.peer_heartbeat();
+        if seen != last {
+            self.liveness = Some((period, seen, now_ns));
+        } else if now_ns.saturating_sub(since) > period.saturating_mul(HEARTBEAT_MISSES) {
+            self.liveness = None;
+            self.down_reason = Some("heartbeat-timeout".into());
+            self.be.fail();
+            self.broken = true;
+            self.kick.ring = true;
+        }
     }
 
     /// Applies the platform's controls to this port (now and to every later connection).
@@ -260,11 +295,12 @@ impl<M: SharedMem + Clone> MediaPort<M> {
         core::mem::take(&mut self.kick)
     }
 
-    /// Runs the handshake (attach at connect, detach at disconnect), pushing events.
-    pub fn poll(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>) {
+    /// Runs the handshake (attach at connect, detach at disconnect), pushing events; `now_ns`
+    /// starts a promised heartbeat's clock.
+    pub fn poll(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>, now_ns: u64) {
         while let Some(ev) = self.be.poll() {
             match ev {
-                BackendEvent::Connect => self.connect(hub, events),
+                BackendEvent::Connect => self.connect(hub, events, now_ns),
                 BackendEvent::Failed(e) => {
                     self.down_reason.get_or_insert(format!("channel-error:{e}").replace(' ', "_"));
                     if self.attached.is_none() {
@@ -284,6 +320,7 @@ impl<M: SharedMem + Clone> MediaPort<M> {
     }
 
     fn detach(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>) {
+        self.liveness = None;
         let reason = self.down_reason.take().unwrap_or_else(|| "disconnected".into());
         if let Some(mut a) = self.attached.take() {
             a.engine.shutdown(hub);
@@ -299,7 +336,7 @@ impl<M: SharedMem + Clone> MediaPort<M> {
         events.push(PortEvent::Down { port: self.port, reason });
     }
 
-    fn connect(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>) {
+    fn connect(&mut self, hub: &mut Hub, events: &mut Vec<PortEvent>, now_ns: u64) {
         if let Some(mut a) = self.attached.take() {
             a.engine.shutdown(hub);
         }
@@ -314,6 +351,11 @@ impl<M: SharedMem + Clone> MediaPort<M> {
             Err(e) => return self.refuse(format!("bad-key:{e}").replace(' ', "_"), events),
         };
         let evt_page = fk.get(EVENT_PAGE_KEY).map(str::parse::<u32>);
+        let heartbeat_ms = match fk.get(HEARTBEAT_KEY).map(|v| iconnect::keys::parse_in_range(HEARTBEAT_KEY, v, 1, 60_000)) {
+            None => None,
+            Some(Ok(ms)) => Some(ms),
+            Some(Err(_)) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
+        };
         let caps = Caps::default();
         let decision = sndback::negotiate::decide(&req, &caps, self.can_capture);
         let grant = match decision {
@@ -352,6 +394,7 @@ impl<M: SharedMem + Clone> MediaPort<M> {
         self.peer = Some(peer);
         self.kick.ring = true;
         self.attached = Some(Attached { engine, data });
+        self.liveness = heartbeat_ms.map(|ms| (ms * 1_000_000, self.be.peer_heartbeat(), now_ns));
         events.push(PortEvent::Up { port: self.port, request: req, grant, priority, cap_db: self.cap_db, muted: self.muted });
     }
 

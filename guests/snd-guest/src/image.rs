@@ -16,6 +16,8 @@ use snd_guest::{Config, Player, Report};
 const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
 /// Polling period (doorbells wake the loop earlier).
 const TICK: Duration = Duration::from_millis(2);
+/// The channel heartbeat's period (the guest promises `heartbeat_ms`, 500 by default).
+const BEAT_EVERY: Duration = Duration::from_millis(100);
 /// Give up if the domain does not answer within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -79,8 +81,13 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Outcome, Duration),
     let mut play_at: Option<time::Instant> = None;
     let mut grant = None;
     let mut wild_at: Option<time::Instant> = None;
+    let mut last_beat = t0;
     loop {
         let now = time::now();
+        if now - last_beat >= BEAT_EVERY {
+            fe.beat();
+            last_beat = now;
+        }
         let _ = parts.doorbells.take(0) + parts.doorbells.take(1);
         while let Some(ev) = fe.poll() {
             match ev {

@@ -11,7 +11,8 @@
 //! `s16_le`, or `s16`/`s32`/`f32`), `class=alert|voice|media|background` (or iconnect's class
 //! names), `secs=<n>` (default 3), `amp_db=<dBFS peak>` (default -6), `delay_ms=<n>` (wait
 //! after the link is up before playing), `name=<g>`, `chan=<ivshmem index>` (default 0),
-//! `hostile=ring` (instead of playing, publish a request producer index 1000 slots ahead of
+//! `heartbeat_ms=<n>` (liveness promised to media-dd, default 500, 0 = none; the guest beats
+//! every 100 ms), `hostile=ring` (instead of playing, publish a request producer index 1000 slots ahead of
 //! the ring and expect the domain to close this channel alone).
 //! Everything per sample is integer (a Q15 sine table and a 32-bit phase accumulator: the
 //! images are soft-float).
@@ -30,7 +31,7 @@ use core::sync::atomic::Ordering;
 use iconnect::Class;
 use iconnect::media::{Direction, Format, MediaGrant, MediaRequest};
 use iconnect_channel::{DataArea, Frontend, KeyMap, Window};
-use media_dd::channel::{EVENT_PAGE_KEY, PEER_KEY, RING};
+use media_dd::channel::{EVENT_PAGE_KEY, HEARTBEAT_KEY, PEER_KEY, RING};
 use media_dsp::SampleFormat;
 use xen_abi::PAGE_SIZE;
 use xen_abi::ring::FrontRing;
@@ -68,6 +69,8 @@ pub struct Config {
     pub chan: usize,
     /// `hostile=ring`: break the ring instead of playing.
     pub hostile_ring: bool,
+    /// `heartbeat_ms=` promised to the domain (default 500; 0: no promise).
+    pub heartbeat_ms: u32,
 }
 
 fn format_code(v: &str) -> Option<u8> {
@@ -125,6 +128,7 @@ impl Config {
             amp_db,
             delay_ms: num("delay_ms", 0)?,
             chan: num("chan", 0)? as usize,
+            heartbeat_ms: num("heartbeat_ms", 500)?,
             hostile_ring: match get("hostile") {
                 None => false,
                 Some("ring") => true,
@@ -138,6 +142,9 @@ impl Config {
         let mut keys = KeyMap::new();
         keys.insert(PEER_KEY, &own_id.to_string()).map_err(|e| format!("keys: {e}"))?;
         keys.insert(EVENT_PAGE_KEY, &EVENT_PAGE.to_string()).map_err(|e| format!("keys: {e}"))?;
+        if self.heartbeat_ms > 0 {
+            keys.insert(HEARTBEAT_KEY, &self.heartbeat_ms.to_string()).map_err(|e| format!("keys: {e}"))?;
+        }
         self.request.write(&mut keys).map_err(|e| format!("keys: {e}"))?;
         Ok(keys)
     }

@@ -36,7 +36,7 @@ fn step(g: &mut Guest, hub: &mut Hub, events: &mut Vec<PortEvent>, tick: usize) 
         return;
     }
     for _ in 0..3 {
-        g.port.poll(hub, events);
+        g.port.poll(hub, events, tick as u64 * 10_000_000);
         g.port.serve(hub);
         while let Some(ev) = g.fe.poll() {
             if ev == FrontendEvent::Ready {
@@ -159,7 +159,7 @@ fn a_guest_breaking_its_ring_loses_only_its_own_port() {
         step(&mut gs[0], &mut hub, &mut events, tick);
         let g = &mut gs[1];
         for _ in 0..2 {
-            g.port.poll(&mut hub, &mut events);
+            g.port.poll(&mut hub, &mut events, tick as u64 * 10_000_000);
             g.port.serve(&mut hub);
             while let Some(ev) = g.fe.poll() {
                 match ev {
@@ -206,7 +206,7 @@ fn capture_is_refused_without_a_device_capture_path() {
     let mut events = Vec::new();
     let mut failed = false;
     for _ in 0..8 {
-        port.poll(&mut hub, &mut events);
+        port.poll(&mut hub, &mut events, 0);
         while let Some(ev) = fe.poll() {
             failed |= matches!(ev, FrontendEvent::Closed | FrontendEvent::Failed(_) | FrontendEvent::Disconnect);
             assert_ne!(ev, FrontendEvent::Ready);
@@ -217,4 +217,38 @@ fn capture_is_refused_without_a_device_capture_path() {
     assert_eq!(k.get("iconnect-media-status"), Some("refused"));
     assert!(failed);
     assert_eq!(events.iter().map(PortEvent::marker).collect::<Vec<_>>(), ["ICONNECT-PORT 1 down reason=refused:Unsupported"]);
+}
+
+#[test]
+fn a_silent_guest_is_taken_down_by_its_heartbeat_promise() {
+    let mut gs = [
+        guest(1, "play=sine:440:44100:s16:2 secs=2 heartbeat_ms=50", 0),
+        guest(2, "play=sine:660:48000:s16:2 secs=2 heartbeat_ms=50", 0),
+    ];
+    let mut hub = Hub::new(media_dd::DEVICE, media_dd::duck(), 16).unwrap();
+    let mut events = Vec::new();
+    let mut block = vec![0u8; PERIOD * 4];
+    let mut down_at = None;
+    for tick in 0..100 {
+        let now_ns = tick as u64 * 10_000_000;
+        // g1 beats every tick; g2 stops beating after 200 ms (its VM was killed).
+        gs[0].fe.beat();
+        if tick < 20 {
+            gs[1].fe.beat();
+        }
+        for g in gs.iter_mut() {
+            g.port.heartbeat(now_ns);
+            step(g, &mut hub, &mut events, tick);
+        }
+        if down_at.is_none() && events.iter().any(|e| matches!(e, PortEvent::Down { port: 2, .. })) {
+            down_at = Some(tick);
+        }
+        hub.render(&mut block).unwrap();
+    }
+    let downs: Vec<String> = events.iter().filter(|e| matches!(e, PortEvent::Down { .. })).map(PortEvent::marker).collect();
+    assert_eq!(downs, ["ICONNECT-PORT 2 down reason=heartbeat-timeout"]);
+    // Silent from tick 20: declared dead after 5 periods of 50 ms (+ a tick).
+    let at = down_at.unwrap();
+    assert!((45..=47).contains(&at), "down at tick {at}");
+    assert!(gs[0].port.is_attached() && !gs[1].port.is_attached());
 }
