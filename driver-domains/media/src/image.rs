@@ -86,14 +86,14 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let mut snd = Sound::open(&mut ecam, second, func, BAR_WINDOW).map_err(|e| format!("{}: {e}", func.bdf))?;
     let dev = media_dd::DEVICE;
     log::info!("virtio-sound {}: output {} Hz {:?} {} ch, {} ms periods", func.bdf, dev.rate, dev.format, dev.channels, PERIOD_FRAMES * 1000 / dev.rate as usize);
-    let mut hub = Hub::new(dev, media_dd::duck(), MAX_STREAMS).map_err(|e| format!("hub: {e}"))?;
     let policy = media_dd::Policy::from_cmdline(boot.cmdline)?;
+    let mut hub = Hub::new(dev, policy.duck(), MAX_STREAMS).map_err(|e| format!("hub: {e}"))?;
     let mut chans = open_channels(&mut ecam);
     for c in chans.iter_mut() {
         c.port.set_policy(&mut hub, &policy);
     }
     rt::ready("media-dd");
-    log::info!("media-dd: {} guest channel(s)", chans.len());
+    log::info!("media-dd: {} guest channel(s), ducking {} dB", chans.len(), policy.duck().depth_db);
 
     let mut events: Vec<PortEvent> = Vec::new();
     let mut period = vec![0u8; PERIOD_FRAMES * dev.frame_bytes()];

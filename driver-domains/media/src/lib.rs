@@ -103,11 +103,13 @@ pub fn duck() -> DuckConfig {
 
 /// The platform's controls over guests' playback (media-dd's command line): `caps=<port>:<dB>,...`
 /// caps a port's stream gain at that many dB (<= 0; the guest's own volume cannot exceed it),
-/// `mute=<port>,...` mutes ports whatever the guest asks.
+/// `mute=<port>,...` mutes ports whatever the guest asks, `duck_db=<0..=60>` sets how far a
+/// higher-priority stream lowers the others (default [`duck`]'s 12 dB).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policy {
     caps: Vec<(usize, f32)>,
     muted: Vec<usize>,
+    duck_db: Option<f32>,
 }
 
 impl Policy {
@@ -126,7 +128,16 @@ impl Policy {
         for item in get("mute").unwrap_or("").split(',').filter(|i| !i.is_empty()) {
             p.muted.push(port(item).ok_or_else(|| format!("mute={item}: want a port 1..64"))?);
         }
+        if let Some(v) = get("duck_db") {
+            let d = v.parse::<u8>().ok().filter(|d| *d <= 60).ok_or_else(|| format!("duck_db={v}: want 0..60"))?;
+            p.duck_db = Some(f32::from(d));
+        }
         Ok(p)
+    }
+
+    /// The ducking of the hub.
+    pub fn duck(&self) -> DuckConfig {
+        DuckConfig { depth_db: self.duck_db.unwrap_or(duck().depth_db), ..duck() }
     }
 
     /// The cap of `port`, dB.
@@ -457,7 +468,9 @@ mod tests {
         assert_eq!((p.cap_db(2), p.cap_db(3), p.cap_db(1)), (Some(-6.0), Some(-20.0), None));
         assert!(p.muted(4) && p.muted(1) && !p.muted(2));
         assert_eq!(Policy::from_cmdline("").unwrap(), Policy::default());
-        for bad in ["caps=2:+6", "caps=0:-6", "caps=2", "caps=2:x", "mute=65", "mute=a"] {
+        assert_eq!(Policy::from_cmdline("").unwrap().duck(), duck());
+        assert_eq!(Policy::from_cmdline("duck_db=20").unwrap().duck().depth_db, 20.0);
+        for bad in ["caps=2:+6", "caps=0:-6", "caps=2", "caps=2:x", "mute=65", "mute=a", "duck_db=61", "duck_db=-3"] {
             assert!(Policy::from_cmdline(bad).is_err(), "{bad}");
         }
     }
