@@ -10,13 +10,4 @@ mod image;
 #[cfg(target_os = "none")]
 mod nic;
 
-#[cfg(target_os = "none")]
-rt::entry!(image::main);
-
-/// The image only runs on `x86_64-unknown-none`; a host build exists so that workspace-wide
-/// host commands (`cargo check --workspace`) keep working.
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!("net-guest is a unikernel image: build it with --target x86_64-unknown-none");
-    std::process::exit(2);
-}
+rt::image_entry!("net-guest", image::main);
