@@ -13,13 +13,4 @@ mod image;
 #[cfg(target_os = "none")]
 mod sound;
 
-#[cfg(target_os = "none")]
-rt::entry!(image::main);
-
-/// The image only runs on `x86_64-unknown-none`; a host build exists so that workspace-wide
-/// host commands keep working.
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!("media-dd is a unikernel image: build it with --target x86_64-unknown-none");
-    std::process::exit(2);
-}
+rt::image_entry!("media-dd", image::main);
