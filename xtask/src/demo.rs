@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: a readable end-to-end run: prerequisites → build → boot net-dd behind a tap
 //! device → ping → TCP echo → shut down; then net-dd as a driver domain: guests with different QoS
 //! requests over iConnect channels stream to the host peer and to each other while the demo prints
-//! live per-guest throughput against what each asked for, and a final table. Later issues add
-//! steps (blk-dd, media-dd, Xen guests): each step is one entry of [`STEPS`].
+//! live per-guest throughput against what each asked for, and a final table; blk-dd serving a
+//! local and a remote (NBD) volume; media-dd mixing three guests. Each step is one entry of
+//! [`STEPS`]. `--xen` runs the Xen demo instead (`xtask/src/xen`).
 
 use std::time::{Duration, Instant};
 
