@@ -2,7 +2,7 @@
 //! requests in flight) over the PCI transport, as a `blkback::Volume`.
 //!
 //! `submit` publishes a request to the device's queue (requests beyond the queue wait here,
-//! in order); `poll` notifies the device once for everything published since, then returns
+//! in order); `poll` (or `kick`) notifies the device once for everything published since; `poll` then returns
 //! what the device completed, in its order. Several guests' requests are in flight at once
 //! (through `DiskMux`). Completions raise an MSI-X interrupt when the disk was opened with a
 //! handler, which wakes the caller's event loop. A FLUSH is `VIRTIO_BLK_T_FLUSH` (QEMU offers
@@ -75,6 +75,17 @@ impl Disk {
     /// Requests submitted and not yet completed (at the device or waiting for it).
     pub fn in_flight(&self) -> usize {
         self.blk.in_flight() + self.waiting.len()
+    }
+
+    /// Notifies the device of the requests submitted since the last poll or kick (a poll does
+    /// it too: call this before sleeping without polling).
+    pub fn kick(&mut self) {
+        self.blk.kick();
+    }
+
+    /// Whether [`Volume::poll`] has a completion to return now.
+    pub fn has_completion(&self) -> bool {
+        !self.done.is_empty() || self.blk.has_completion()
     }
 
     /// The driver's counters.
