@@ -30,26 +30,33 @@
 //! get a `SlotWriter`/`SlotReader` that stores/loads fields straight in the slot (loads, never a
 //! reference; each word read exactly once, the TOCTOU rule), so neither side copies through a
 //! private buffer. Their like-for-like competitor is "rtrb-chunked" (also in place); the copying
-//! variants stay in the table.
+//! variants stay in the table. Over `HostMem` the ring checks the region's bounds once per run
+//! of slots (`SharedMem::words`), so each field access at a constant offset is a plain relaxed
+//! word load or store: the consumer's loop per 16-byte message is two loads and the fold, as
+//! for rtrb's slices.
 //!
 //! For the request+response mode the like-for-like baseline is a *pair* of SPSC queues
 //! (requests one way, 8-byte responses back, at most 512 outstanding): "rtrb-pair" and
-//! "crossbeam-pair". Expect the Xen ring to trail the rtrb pair there: `io/ring.h` puts each
-//! response into its request's slot, so a slot's cache line goes producer -> consumer (read),
-//! is upgraded by the consumer (response write), goes back (response read) and is upgraded
-//! again (next request): 4 coherence events per line where a queue pair needs about 3 (its
-//! response lines are shared by twice as many messages). That is the ABI's price, not the
-//! implementation's.
+//! "crossbeam-pair" (per element) and "rtrb-pair-chunked" (in place, batched). `io/ring.h` puts
+//! each response into its request's slot, so a slot's cache line goes producer -> consumer
+//! (read), is upgraded by the consumer (response write), goes back (response read) and is
+//! upgraded again (next request); a queue pair moves a separate response line instead. Which
+//! costs more depends on the machine; measured, not assumed.
 //!
 //! Knobs: `RING_BATCH` (entries per index publication, default 64), `RING_SPIN` (spins before a
 //! yield, default 64; larger values help on an idle machine and hurt badly when other processes
-//! share the two CPUs).
+//! share the two CPUs). For the interleaved comparison: `RING_SIZES` (e.g. `16`, default
+//! `16,64`), `RING_ROUNDS` (default 21), `RING_MSGS` (messages per run, default 2,000,000).
 //!
 //! Quick mode for CI smoke runs: `ICONNECT_BENCH_QUICK=1` (few samples, short measurement).
 //! After criterion's per-implementation reports, an interleaved comparison (every
-//! implementation runs the same message count in each round, rounds repeated) prints one
-//! `RING-SUMMARY` line per size and mode with the median messages/s and the ratio of the Xen ring
-//! to the best of the others.
+//! implementation runs the same message count in each round, every other round in reverse
+//! order, rounds repeated) prints one `RING-SUMMARY` line per size and mode with the median
+//! messages/s and the ratio of the Xen ring to the best of the others, and one `RING-RATIO`
+//! line with the same ratios taken within each round (the runs of one round share the
+//! machine's load of the moment): median and quartiles over the rounds. On a machine shared
+//! with other work, read the quartiles. `cargo bench -p xen-abi --bench ring -- zzz` runs only
+//! the comparison (the criterion filter matches nothing).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -906,10 +913,11 @@ fn interleaved_summary() {
             oi / best
         );
         println!(
-            "RING-RATIO {size}B one-way, per round (median [quartiles] of xen/best-of-rtrb,rtrb-chunked,crossbeam): in-place {}, per-message copies {}, batch copies {}",
+            "RING-RATIO {size}B one-way, per round (median [quartiles] of xen/best-of-rtrb,rtrb-chunked,crossbeam): in-place {}, per-message copies {}, batch copies {}; per-message copies vs per-element rtrb,crossbeam {}",
             round_ratio("xen-ring-oneway-inplace", &queues),
             round_ratio("xen-ring-oneway", &queues),
             round_ratio("xen-ring-oneway-batch", &queues),
+            round_ratio("xen-ring-oneway", &["rtrb", "crossbeam-arrayqueue"]),
         );
         println!(
             "RING-SUMMARY {size}B request+response (median Mmsg/s): xen-ring {:.1} (copies) / {:.1} (in-place API), rtrb-pair {:.1}, rtrb-pair-chunked {:.1} (in place), crossbeam-pair {:.1}; ratio xen/best: copying {:.2}, in-place {:.2}",
@@ -922,9 +930,10 @@ fn interleaved_summary() {
             xi / best_pair
         );
         println!(
-            "RING-RATIO {size}B request+response, per round (median [quartiles] of xen/best-of-pairs): in-place {}, copies {}",
+            "RING-RATIO {size}B request+response, per round (median [quartiles] of xen/best-of-pairs): in-place {}, copies {}; copies vs per-element rtrb-pair,crossbeam-pair {}",
             round_ratio("xen-ring-inplace", &pairs),
             round_ratio("xen-ring", &pairs),
+            round_ratio("xen-ring", &["rtrb-pair", "crossbeam-pair"]),
         );
     }
 }

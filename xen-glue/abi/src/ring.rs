@@ -992,6 +992,33 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
         // Response k goes to slot `rsp_prod_pvt + k`: an already consumed request's slot, never
         // the slot of a request still to be visited (at most `nr_ents` requests are ahead of
         // `rsp_prod_pvt`, checked by `unconsumed_requests`).
+        let mem = &self.mem;
+        if self.rsp_prod_pvt == self.req_cons
+            && word_slots::<P>(req_len)
+            && word_slots::<P>(rsp_len)
+        {
+            // Every earlier request is answered: each response goes over its own request, so
+            // one window per run of slots serves both.
+            visit_slots::<M, P>(mem, self.geo, self.req_cons, n, P::SLOT, |_, off, words| {
+                f(
+                    SlotReader {
+                        mem,
+                        off,
+                        len: req_len,
+                        words: words.map(|w| w.sub(0, req_len / 8)),
+                    },
+                    SlotWriter {
+                        mem,
+                        off,
+                        len: rsp_len,
+                        words: words.map(|w| w.sub(0, rsp_len / 8)),
+                    },
+                )
+            });
+            self.req_cons = self.req_cons.wrapping_add(n);
+            self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(n);
+            return Ok(n);
+        }
         for i in 0..n {
             let req_off = self.geo.slot_off::<P>(self.req_cons.wrapping_add(i));
             let rsp_off = self.geo.slot_off::<P>(self.rsp_prod_pvt.wrapping_add(i));
@@ -1472,22 +1499,28 @@ mod tests {
             fa.publish_requests();
             fb.publish_requests();
             let (mut ga, mut gb) = (Vec::new(), Vec::new());
-            assert_eq!(ba.consume_requests(60, |r| ga.push(read_fields(r))), Ok(60));
-            assert_eq!(bb.consume_requests(60, |r| gb.push(read_fields(r))), Ok(60));
-            assert_eq!(
-                ba.serve_requests(u32::MAX, |r, w| {
-                    ga.push(read_fields(r));
-                    write_fields(r.load_u32(4), w);
-                }),
-                Ok(40)
-            );
-            assert_eq!(
-                bb.serve_requests(u32::MAX, |r, w| {
-                    gb.push(read_fields(r));
-                    write_fields(r.load_u32(4), w);
-                }),
-                Ok(40)
-            );
+            // Served with nothing unanswered (each response over its own request), consumed,
+            // then served with requests unanswered (responses over older slots).
+            for (max, want) in [(20, 20), (u32::MAX, 20)] {
+                if max == u32::MAX {
+                    assert_eq!(ba.consume_requests(60, |r| ga.push(read_fields(r))), Ok(60));
+                    assert_eq!(bb.consume_requests(60, |r| gb.push(read_fields(r))), Ok(60));
+                }
+                assert_eq!(
+                    ba.serve_requests(max, |r, w| {
+                        ga.push(read_fields(r));
+                        write_fields(r.load_u32(4) ^ 0x5a, w);
+                    }),
+                    Ok(want)
+                );
+                assert_eq!(
+                    bb.serve_requests(max, |r, w| {
+                        gb.push(read_fields(r));
+                        write_fields(r.load_u32(4) ^ 0x5a, w);
+                    }),
+                    Ok(want)
+                );
+            }
             assert_eq!(ga, gb);
             for (k, g) in ga.iter().enumerate() {
                 let i = base + k as u32;
