@@ -202,10 +202,11 @@ const fn word_slots<P: RingProtocol>(entry: usize) -> bool {
 }
 
 /// Calls `f(k, off, words)` for the `n` slots of indices `first..first + n` (`off` = the slot's
-/// byte offset), in order. When the memory hands out [`Words`] windows, the region's bounds are
-/// checked once per contiguous run of slots (at most two runs: before and after the wrap) and
-/// `words` is the window over the slot's first `entry` bytes, so the closure's accesses at
-/// constant offsets need no check; otherwise `words` is `None`.
+/// byte offset), in order. When the memory hands out [`Words`] windows and entries are whole
+/// words, the region's bounds are checked once per contiguous run of slots (at most two runs:
+/// before and after the wrap) and `words` is the window over the slot's first `entry` bytes, so
+/// the closure's accesses at constant offsets need no check; otherwise `words` is `None`.
+/// `f` is called from one place only, so the compiler inlines it.
 #[inline(always)]
 fn visit_slots<'m, M: SharedMem, P: RingProtocol>(
     mem: &'m M,
@@ -215,36 +216,24 @@ fn visit_slots<'m, M: SharedMem, P: RingProtocol>(
     entry: usize,
     mut f: impl FnMut(u32, usize, Option<Words<'m>>),
 ) {
-    if n == 0 {
-        return;
-    }
-    if word_slots::<P>(entry) {
-        let start = first & geo.mask;
-        let run = n.min(geo.nr_ents - start);
-        let (slot_words, entry_words) = (P::SLOT / 8, entry / 8);
-        let mut k = 0u32;
-        for (s, cnt) in [(start, run), (0, n - run)] {
-            if cnt == 0 {
-                continue;
-            }
-            let off = RING_HEADER_SIZE + s as usize * P::SLOT;
-            if let Some(w) = mem.words(off, cnt as usize * P::SLOT) {
-                let mut slot_off = off;
-                for slot in w.0.chunks_exact(slot_words) {
-                    f(k, slot_off, Some(Words(&slot[..entry_words])));
-                    k += 1;
-                    slot_off += P::SLOT;
-                }
-            } else {
-                for j in 0..cnt as usize {
-                    f(k, off + j * P::SLOT, None);
-                    k += 1;
-                }
-            }
-        }
-    } else {
-        for k in 0..n {
-            f(k, geo.slot_off::<P>(first.wrapping_add(k)), None);
+    let start = first & geo.mask;
+    let run = n.min(geo.nr_ents - start);
+    let mut k = 0u32;
+    for (s, cnt) in [(start, run), (0, n - run)] {
+        let off = RING_HEADER_SIZE + s as usize * P::SLOT;
+        let mut slots = if word_slots::<P>(entry) && cnt > 0 {
+            mem.words(off, cnt as usize * P::SLOT)
+                .map(|w| w.0.chunks_exact(P::SLOT / 8))
+        } else {
+            None
+        };
+        for j in 0..cnt as usize {
+            let words = match &mut slots {
+                Some(it) => it.next().map(|slot| Words(&slot[..entry / 8])),
+                None => None,
+            };
+            f(k, off + j * P::SLOT, words);
+            k += 1;
         }
     }
 }
@@ -992,51 +981,43 @@ impl<M: SharedMem, P: RingProtocol> BackRing<M, P> {
         // Response k goes to slot `rsp_prod_pvt + k`: an already consumed request's slot, never
         // the slot of a request still to be visited (at most `nr_ents` requests are ahead of
         // `rsp_prod_pvt`, checked by `unconsumed_requests`).
+        // With nothing unanswered, each response goes over its own request, so the request's
+        // window serves both.
         let mem = &self.mem;
-        if self.rsp_prod_pvt == self.req_cons
-            && word_slots::<P>(req_len)
-            && word_slots::<P>(rsp_len)
-        {
-            // Every earlier request is answered: each response goes over its own request, so
-            // one window per run of slots serves both.
-            visit_slots::<M, P>(mem, self.geo, self.req_cons, n, P::SLOT, |_, off, words| {
-                f(
-                    SlotReader {
-                        mem,
-                        off,
-                        len: req_len,
-                        words: words.map(|w| w.sub(0, req_len / 8)),
-                    },
-                    SlotWriter {
-                        mem,
-                        off,
-                        len: rsp_len,
-                        words: words.map(|w| w.sub(0, rsp_len / 8)),
-                    },
-                )
-            });
-            self.req_cons = self.req_cons.wrapping_add(n);
-            self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(n);
-            return Ok(n);
-        }
-        for i in 0..n {
-            let req_off = self.geo.slot_off::<P>(self.req_cons.wrapping_add(i));
-            let rsp_off = self.geo.slot_off::<P>(self.rsp_prod_pvt.wrapping_add(i));
+        let geo = self.geo;
+        let (same, rsp_first) = (self.rsp_prod_pvt == self.req_cons, self.rsp_prod_pvt);
+        visit_slots::<M, P>(mem, geo, self.req_cons, n, P::SLOT, |i, req_off, slot| {
+            let (rsp_off, rsp_words) = if same {
+                let w = if word_slots::<P>(rsp_len) {
+                    slot.map(|w| w.sub(0, rsp_len / 8))
+                } else {
+                    None
+                };
+                (req_off, w)
+            } else {
+                let off = geo.slot_off::<P>(rsp_first.wrapping_add(i));
+                (off, slot_words::<M, P>(mem, off, rsp_len))
+            };
+            let req_words = if word_slots::<P>(req_len) {
+                slot.map(|w| w.sub(0, req_len / 8))
+            } else {
+                None
+            };
             f(
                 SlotReader {
-                    mem: &self.mem,
+                    mem,
                     off: req_off,
                     len: req_len,
-                    words: slot_words::<M, P>(&self.mem, req_off, req_len),
+                    words: req_words,
                 },
                 SlotWriter {
-                    mem: &self.mem,
+                    mem,
                     off: rsp_off,
                     len: rsp_len,
-                    words: slot_words::<M, P>(&self.mem, rsp_off, rsp_len),
+                    words: rsp_words,
                 },
-            );
-        }
+            )
+        });
         self.req_cons = self.req_cons.wrapping_add(n);
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(n);
         Ok(n)
