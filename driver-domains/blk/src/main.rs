@@ -15,13 +15,4 @@ mod nic;
 #[cfg(target_os = "none")]
 mod remote;
 
-#[cfg(target_os = "none")]
-rt::entry!(image::main);
-
-/// The image only runs on `x86_64-unknown-none`; a host build exists so that workspace-wide
-/// host commands keep working.
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!("blk-dd is a unikernel image: build it with --target x86_64-unknown-none");
-    std::process::exit(2);
-}
+rt::image_entry!("blk-dd", image::main);

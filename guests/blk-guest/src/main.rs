@@ -11,12 +11,4 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod image;
 
-#[cfg(target_os = "none")]
-rt::entry!(image::main);
-
-/// The image only runs on `x86_64-unknown-none`.
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!("blk-guest is a unikernel image: build it with --target x86_64-unknown-none");
-    std::process::exit(2);
-}
+rt::image_entry!("blk-guest", image::main);
