@@ -206,7 +206,8 @@ const fn word_slots<P: RingProtocol>(entry: usize) -> bool {
 /// words, the region's bounds are checked once per contiguous run of slots (at most two runs:
 /// before and after the wrap) and `words` is the window over the slot's first `entry` bytes, so
 /// the closure's accesses at constant offsets need no check; otherwise `words` is `None`.
-/// `f` is called from one place only, so the compiler inlines it.
+/// `f` is called from two places only (with and without windows), so the compiler inlines it
+/// and the loop over windows stays a tight (unrolled) loop.
 #[inline(always)]
 fn visit_slots<'m, M: SharedMem, P: RingProtocol>(
     mem: &'m M,
@@ -221,19 +222,23 @@ fn visit_slots<'m, M: SharedMem, P: RingProtocol>(
     let mut k = 0u32;
     for (s, cnt) in [(start, run), (0, n - run)] {
         let off = RING_HEADER_SIZE + s as usize * P::SLOT;
-        let mut slots = if word_slots::<P>(entry) && cnt > 0 {
+        let run_words = if word_slots::<P>(entry) && cnt > 0 {
             mem.words(off, cnt as usize * P::SLOT)
-                .map(|w| w.0.chunks_exact(P::SLOT / 8))
         } else {
             None
         };
-        for j in 0..cnt as usize {
-            let words = match &mut slots {
-                Some(it) => it.next().map(|slot| Words(&slot[..entry / 8])),
-                None => None,
-            };
-            f(k, off + j * P::SLOT, words);
-            k += 1;
+        if let Some(w) = run_words {
+            let mut slot_off = off;
+            for slot in w.0.chunks_exact(P::SLOT / 8) {
+                f(k, slot_off, Some(Words(&slot[..entry / 8])));
+                k += 1;
+                slot_off += P::SLOT;
+            }
+        } else {
+            for j in 0..cnt as usize {
+                f(k, off + j * P::SLOT, None);
+                k += 1;
+            }
         }
     }
 }
