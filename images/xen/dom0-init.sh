@@ -49,5 +49,8 @@ else
     echo "XENTEST-WARN no /scenario.sh"
     rc=127
 fi
+# The console followers (`tail -f` of xenconsoled's logs) may still hold a domain's last lines:
+# give them a moment before dom0 goes.
+sleep 1
 echo "XENTEST-END rc=$rc uptime_ms=$(xt_ms)"
 poweroff -f

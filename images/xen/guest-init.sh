@@ -19,4 +19,7 @@ if [ -f /job.sh ]; then
     sh /job.sh
     echo "XENTEST-GUEST job-end rc=$? uptime_ms=$(xt_ms)"
 fi
+# Let xenconsoled drain the PV console before the domain goes: a run lost a guest's last lines
+# (iperf3's result and job-end) to an immediate power-off.
+sleep 2
 poweroff -f
