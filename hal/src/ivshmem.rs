@@ -372,7 +372,7 @@ impl SharedMem for SharedRegion {
 }
 
 #[cfg(target_os = "none")]
-pub use device::{Ivshmem, Parts};
+pub use device::{Channel, Ivshmem, Parts, open_all};
 
 #[cfg(target_os = "none")]
 mod device {
@@ -541,6 +541,51 @@ mod device {
                 doorbells: &self.doorbells,
             }
         }
+    }
+
+    /// An ivshmem-doorbell device opened by [`open_all`] for the life of the domain.
+    pub struct Channel {
+        /// Its guest port: the device's 1-based position among the ivshmem devices in PCI order.
+        pub port: usize,
+        /// Where it sits on PCI.
+        pub bdf: Bdf,
+        /// Our peer id in its region.
+        pub own_id: u16,
+        /// Doorbell vectors it has.
+        pub vectors: u16,
+        /// Shared memory, bytes.
+        pub shmem_len: u64,
+        /// Region, registers and doorbells.
+        pub parts: Parts<'static>,
+    }
+
+    /// Opens the first `max` ivshmem-doorbell devices (PCI order = guest ports 1..=N), each with
+    /// `want_vectors` doorbell vectors and its BARs placed in `window`: the channels of a driver
+    /// domain. A device that cannot be opened is skipped with
+    /// `ICONNECT-PORT <n> down reason=open-failed:<why>` (its port number stays reserved); devices
+    /// beyond `max` are left alone with a warning. The devices live as long as the domain (rt
+    /// never unmaps BARs), so they are leaked.
+    pub fn open_all(ecam: &mut Ecam, want_vectors: u16, window: (u64, u64), max: usize) -> Vec<Channel> {
+        let funcs = find_all(ecam, ecam.start_bus(), ecam.end_bus());
+        let mut chans = Vec::new();
+        for (i, func) in funcs.iter().enumerate() {
+            let port = i + 1;
+            if i >= max {
+                log::warn!("{}: more channels than guest ports; ignored", func.bdf);
+                continue;
+            }
+            let dev = match Ivshmem::open(ecam, func, want_vectors, window) {
+                Ok(d) => d,
+                Err(e) => {
+                    log::error!("ICONNECT-PORT {port} down reason=open-failed:{e}");
+                    continue;
+                }
+            };
+            let (own_id, vectors, shmem_len) = (dev.id(), dev.vectors(), dev.layout().shmem_len());
+            let dev: &'static mut Ivshmem = alloc::boxed::Box::leak(alloc::boxed::Box::new(dev));
+            chans.push(Channel { port, bdf: func.bdf, own_id, vectors, shmem_len, parts: dev.parts() });
+        }
+        chans
     }
 
     /// Borrowed parts of an [`Ivshmem`] ([`Ivshmem::parts`]).

@@ -11,7 +11,6 @@
 //! receive) or the earliest deadline (handshake tick while a channel has no guest, smoltcp
 //! timers, NBD retry/timeouts, a 100 ms sweep against lost doorbells).
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -22,7 +21,7 @@ use blk_dd::{BlkPort, PortEvent, Registry};
 use blkback::volume::Volume;
 use blkback::volumes::DiskMux;
 use blkback::{Backing, VolumeMap};
-use hal::ivshmem::{self, Doorbells, Ivshmem, Registers, SharedRegion};
+use hal::ivshmem::{self, Doorbells, Registers, SharedRegion};
 use hal::mmio::Mmio;
 use hal::platform;
 use hal::virtio_net::pci as vnet;
@@ -85,26 +84,13 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
 }
 
 fn open_channels(ecam: &mut hal::ecam::Ecam) -> Vec<Chan> {
-    let funcs = ivshmem::find_all(ecam, ecam.start_bus(), ecam.end_bus());
     let mut chans = Vec::new();
-    for (i, func) in funcs.iter().enumerate() {
-        let port = i + 1;
-        let dev = match Ivshmem::open(ecam, func, CHANNEL_VECTORS, BAR_WINDOW) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!("ICONNECT-PORT {port} down reason=open-failed:{e}");
-                continue;
-            }
-        };
-        let own_id = dev.id();
-        let len = dev.layout().shmem_len();
-        // The device lives as long as the domain (rt never unmaps BARs).
-        let dev: &'static mut Ivshmem = Box::leak(Box::new(dev));
-        let parts = dev.parts();
-        match BlkPort::new(port, parts.region, own_id) {
+    for ch in ivshmem::open_all(ecam, CHANNEL_VECTORS, BAR_WINDOW, usize::MAX) {
+        let port = ch.port;
+        match BlkPort::new(ch.port, ch.parts.region, ch.own_id) {
             Ok(p) => {
-                log::info!("port {port}: ivshmem {} id {own_id}, {} KiB", func.bdf, len / 1024);
-                chans.push(Chan { port: p, regs: parts.regs, bells: parts.doorbells, rung: false, again: false, requests: 0, unrung: 0 });
+                log::info!("port {port}: ivshmem {} id {}, {} KiB", ch.bdf, ch.own_id, ch.shmem_len / 1024);
+                chans.push(Chan { port: p, regs: ch.parts.regs, bells: ch.parts.doorbells, rung: false, again: false, requests: 0, unrung: 0 });
             }
             Err(e) => log::error!("ICONNECT-PORT {port} down reason=channel:{e}"),
         }

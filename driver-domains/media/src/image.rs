@@ -5,14 +5,13 @@
 //! ports' handshakes and requests, the mix (one period per period the device returned),
 //! doorbells back, markers, and once a second an `ICONNECT-LEVEL` line per playing port.
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use hal::ivshmem::{self, Doorbells, Ivshmem, Registers, SharedRegion};
+use hal::ivshmem::{self, Doorbells, Registers, SharedRegion};
 use hal::mmio::Mmio;
 use hal::platform;
 use media_dd::channel::{VECTOR_EVENTS, VECTOR_RING};
@@ -51,26 +50,13 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
 }
 
 fn open_channels(ecam: &mut hal::ecam::Ecam) -> Vec<Chan> {
-    let funcs = ivshmem::find_all(ecam, ecam.start_bus(), ecam.end_bus());
     let mut chans = Vec::new();
-    for (i, func) in funcs.iter().enumerate() {
-        let port = i + 1;
-        let dev = match Ivshmem::open(ecam, func, CHANNEL_VECTORS, BAR_WINDOW) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!("ICONNECT-PORT {port} down reason=open-failed:{e}");
-                continue;
-            }
-        };
-        let own_id = dev.id();
-        let len = dev.layout().shmem_len();
-        // The device lives as long as the domain (rt never unmaps BARs).
-        let dev: &'static mut Ivshmem = Box::leak(Box::new(dev));
-        let parts = dev.parts();
-        match MediaPort::new(port, parts.region, own_id, false) {
+    for ch in ivshmem::open_all(ecam, CHANNEL_VECTORS, BAR_WINDOW, usize::MAX) {
+        let port = ch.port;
+        match MediaPort::new(ch.port, ch.parts.region, ch.own_id, false) {
             Ok(p) => {
-                log::info!("port {port}: ivshmem {} id {own_id}, {} KiB", func.bdf, len / 1024);
-                chans.push(Chan { port: p, regs: parts.regs, bells: parts.doorbells });
+                log::info!("port {port}: ivshmem {} id {}, {} KiB", ch.bdf, ch.own_id, ch.shmem_len / 1024);
+                chans.push(Chan { port: p, regs: ch.parts.regs, bells: ch.parts.doorbells });
             }
             Err(e) => log::error!("ICONNECT-PORT {port} down reason=channel:{e}"),
         }

@@ -8,7 +8,6 @@
 //! deadline (smoltcp timers, the scheduler's next token, a handshake tick while a channel has
 //! no guest, the 1 s statistics tick).
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +15,7 @@ use core::time::Duration;
 
 use crate::device::{QUEUE_SIZE, VirtioNetDevice};
 use hal::ecam::Ecam;
-use hal::ivshmem::{self, Doorbells, Ivshmem, Registers, SharedRegion};
+use hal::ivshmem::{self, Doorbells, Registers, SharedRegion};
 use hal::mmio::Mmio;
 use hal::platform;
 use hal::virtio_net::pci as vnet;
@@ -168,40 +167,24 @@ struct Chan {
     last: PortCounters,
 }
 
-/// Opens every ivshmem-doorbell device (PCI order = guest ports 1..=N). A device that cannot
-/// be opened is skipped with a log line (its port number stays reserved).
+/// Opens every ivshmem-doorbell device (PCI order = guest ports 1..=N) as a channel port.
 fn open_channels(ecam: &mut Ecam) -> Vec<Chan> {
-    let funcs = ivshmem::find_all(ecam, ecam.start_bus(), ecam.end_bus());
     let mut chans = Vec::new();
-    for (i, func) in funcs.iter().enumerate() {
-        let Some(port) = switch::guest_port(i) else {
-            log::warn!("{}: more channels than guest ports; ignored", func.bdf);
-            continue;
-        };
-        let dev = match Ivshmem::open(ecam, func, CHANNEL_VECTORS, BAR_WINDOW) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!("ICONNECT-PORT {port} down reason=open-failed:{e}");
-                continue;
-            }
-        };
-        let own_id = dev.id();
-        let vectors = dev.vectors();
-        let len = dev.layout().shmem_len();
-        // The device lives as long as the domain (rt never unmaps BARs).
-        let dev: &'static mut Ivshmem = Box::leak(Box::new(dev));
-        let parts = dev.parts();
-        match ChannelPort::new(port, parts.region, own_id) {
+    for ch in ivshmem::open_all(ecam, CHANNEL_VECTORS, BAR_WINDOW, switch::MAX_GUESTS) {
+        let Some(port) = switch::guest_port(ch.port - 1) else { continue };
+        match ChannelPort::new(port, ch.parts.region, ch.own_id) {
             Ok(cp) => {
                 log::info!(
-                    "port {port}: ivshmem {} id {own_id}, {} KiB, {vectors} doorbell vectors",
-                    func.bdf,
-                    len / 1024
+                    "port {port}: ivshmem {} id {}, {} KiB, {} doorbell vectors",
+                    ch.bdf,
+                    ch.own_id,
+                    ch.shmem_len / 1024,
+                    ch.vectors
                 );
                 chans.push(Chan {
                     port: cp,
-                    regs: parts.regs,
-                    bells: parts.doorbells,
+                    regs: ch.parts.regs,
+                    bells: ch.parts.doorbells,
                     last: PortCounters::default(),
                 });
             }
