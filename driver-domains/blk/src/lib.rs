@@ -41,7 +41,7 @@ use blkback::volume::Volume;
 use blkback::{Backing, Blkback, Config, Geometry, VolumeMap};
 use iconnect::Decision;
 use iconnect::storage::{StorageGrant, StorageRequest};
-use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Window};
+use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Liveness, Window};
 use xen_abi::blkif::BlkRing;
 use xen_abi::shmem::SharedMem;
 
@@ -51,13 +51,11 @@ pub const PEER_KEY: &str = "ivshmem-peer";
 pub const ERROR_KEY: &str = "iconnect-blk-error";
 /// Doorbell vector of ring 0 (requests and responses).
 pub const VECTOR: u16 = 0;
-/// Optional liveness key (both ends), as on net channels: `heartbeat-ms = <1..=60000>`
-/// promises a heartbeat at least that often. A guest that promised one and stays silent for
-/// [`HEARTBEAT_MISSES`] periods is taken down (`heartbeat-timeout`): a VM killed without
-/// closing frees its volume. blk-dd promises [`OWN_HEARTBEAT_MS`].
-pub const HEARTBEAT_KEY: &str = "heartbeat-ms";
-/// Periods without a heartbeat after which a guest is declared dead.
-pub const HEARTBEAT_MISSES: u64 = 5;
+/// Optional liveness key (both ends), as on net channels, and the missed periods after which a
+/// guest that promised a heartbeat is taken down (`heartbeat-timeout`: a VM killed without
+/// closing frees its volume); see `iconnect_channel::liveness`. blk-dd promises
+/// [`OWN_HEARTBEAT_MS`].
+pub use iconnect_channel::liveness::{HEARTBEAT_KEY, HEARTBEAT_MISSES};
 /// blk-dd's own heartbeat period (the owner calls [`BlkPort::beat`] at least this often).
 pub const OWN_HEARTBEAT_MS: u64 = 100;
 
@@ -234,7 +232,7 @@ pub struct BlkPort<M: SharedMem + Clone> {
     /// hostile guest need not close its end).
     broken: bool,
     /// The guest's promised heartbeat period (ns), the last value seen and when it changed.
-    heartbeat: Option<(u64, u32, u64)>,
+    heartbeat: Option<Liveness>,
     kick: bool,
 }
 
@@ -296,13 +294,11 @@ impl<M: SharedMem + Clone> BlkPort<M> {
     /// [`HEARTBEAT_MISSES`] periods is failed with `heartbeat-timeout` (the `Down` event
     /// follows at the next [`poll`](Self::poll)).
     pub fn check_liveness(&mut self, now_ns: u64) {
-        let Some((period, last, seen)) = self.heartbeat.filter(|_| self.attached.is_some()) else {
+        let hb = self.be.peer_heartbeat();
+        let Some(live) = self.heartbeat.as_mut().filter(|_| self.attached.is_some()) else {
             return;
         };
-        let hb = self.be.peer_heartbeat();
-        if hb != last {
-            self.heartbeat = Some((period, hb, now_ns));
-        } else if now_ns.saturating_sub(seen) > period.saturating_mul(HEARTBEAT_MISSES) {
+        if !live.observe(hb, now_ns) {
             self.heartbeat = None;
             self.down_reason = Some("heartbeat-timeout".into());
             self.be.fail();
@@ -370,12 +366,9 @@ impl<M: SharedMem + Clone> BlkPort<M> {
             Some(Ok(p)) if p != self.own_id => p,
             _ => return self.refuse("no-peer-id".into(), events),
         };
-        let heartbeat_ms = match fk.get(HEARTBEAT_KEY) {
-            None => None,
-            Some(v) => match iconnect::keys::parse_in_range(HEARTBEAT_KEY, v, 1, 60_000) {
-                Ok(ms) => Some(ms),
-                Err(_) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
-            },
+        let heartbeat = match Liveness::from_keys(fk, self.be.peer_heartbeat(), now_ns) {
+            Ok(h) => h,
+            Err(_) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
         };
         let req = match StorageRequest::from_keys(fk) {
             Ok(Some(r)) => r,
@@ -411,7 +404,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
         self.waiting = false;
         self.kick = true;
         self.attached = Some(Attached { engine, data, volume: id });
-        self.heartbeat = heartbeat_ms.map(|ms| (ms * 1_000_000, self.be.peer_heartbeat(), now_ns));
+        self.heartbeat = heartbeat;
         events.push(PortEvent::Up {
             port: self.port,
             volume: req.volume.as_str().into(),

@@ -85,12 +85,14 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod keys;
 pub mod layout;
+pub mod liveness;
 pub mod window;
 
 pub use data::{DataArea, DataRef, PageAllocator};
 pub use endpoint::{Backend, BackendEvent, Frontend, FrontendConfig, FrontendEvent};
 pub use keys::KeyMap;
 pub use layout::{Layout, RingDesc, RingSpec};
+pub use liveness::Liveness;
 pub use window::Window;
 
 /// Every error of this crate.

@@ -34,7 +34,7 @@ use alloc::vec::Vec;
 
 use iconnect::Decision;
 use iconnect::media::{MediaGrant, MediaRequest};
-use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Window};
+use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Liveness, Window};
 use media_dsp::{DuckConfig, SampleFormat};
 use sndback::{Caps, DeviceConfig, Hub, Sndback};
 use xen_abi::PAGE_SIZE;
@@ -65,9 +65,7 @@ pub mod channel {
     /// heartbeat at least that often; media-dd publishes its own and takes a guest that promised
     /// one and stays silent for [`HEARTBEAT_MISSES`] periods down (`heartbeat-timeout`), so a VM
     /// killed without closing frees its port and leaves the mix.
-    pub const HEARTBEAT_KEY: &str = "heartbeat-ms";
-    /// Periods without a heartbeat after which a guest is declared dead.
-    pub const HEARTBEAT_MISSES: u64 = 5;
+    pub use iconnect_channel::liveness::{HEARTBEAT_KEY, HEARTBEAT_MISSES};
     /// media-dd's own heartbeat period.
     pub const OWN_HEARTBEAT_MS: u64 = 100;
 
@@ -86,7 +84,7 @@ pub mod channel {
     }
 }
 
-use channel::{ERROR_KEY, EVENT_PAGE_KEY, HEARTBEAT_KEY, HEARTBEAT_MISSES, OWN_HEARTBEAT_MS, PEER_KEY};
+use channel::{ERROR_KEY, EVENT_PAGE_KEY, HEARTBEAT_KEY, OWN_HEARTBEAT_MS, PEER_KEY};
 
 /// The device's native shape (media-dd opens the device once with it).
 pub const DEVICE: DeviceConfig = DeviceConfig {
@@ -228,7 +226,7 @@ pub struct MediaPort<M: SharedMem + Clone> {
     cap_db: Option<f32>,
     muted: bool,
     /// The guest's promised heartbeat: (period ns, last counter seen, when it changed).
-    liveness: Option<(u64, u32, u64)>,
+    liveness: Option<Liveness>,
 }
 
 impl<M: SharedMem + Clone> MediaPort<M> {
@@ -256,17 +254,15 @@ impl<M: SharedMem + Clone> MediaPort<M> {
     }
 
     /// Bumps this domain's heartbeat (call at least every [`OWN_HEARTBEAT_MS`]) and takes an
-    /// attached guest down if it promised a heartbeat and missed [`HEARTBEAT_MISSES`] periods
+    /// attached guest down if it promised a heartbeat and missed [`channel::HEARTBEAT_MISSES`] periods
     /// (the `Down` event follows at the next [`poll`](Self::poll)).
     pub fn heartbeat(&mut self, now_ns: u64) {
         self.be.beat();
-        let Some((period, last, since)) = self.liveness.filter(|_| self.attached.is_some()) else {
+        let seen = self.be.peer_heartbeat();
+        let Some(live) = self.liveness.as_mut().filter(|_| self.attached.is_some()) else {
             return;
         };
-        let seen = self.be.peer_heartbeat();
-        if seen != last {
-            self.liveness = Some((period, seen, now_ns));
-        } else if now_ns.saturating_sub(since) > period.saturating_mul(HEARTBEAT_MISSES) {
+        if !live.observe(seen, now_ns) {
             self.liveness = None;
             self.down_reason = Some("heartbeat-timeout".into());
             self.be.fail();
@@ -362,10 +358,9 @@ impl<M: SharedMem + Clone> MediaPort<M> {
             Err(e) => return self.refuse(format!("bad-key:{e}").replace(' ', "_"), events),
         };
         let evt_page = fk.get(EVENT_PAGE_KEY).map(str::parse::<u32>);
-        let heartbeat_ms = match fk.get(HEARTBEAT_KEY).map(|v| iconnect::keys::parse_in_range(HEARTBEAT_KEY, v, 1, 60_000)) {
-            None => None,
-            Some(Ok(ms)) => Some(ms),
-            Some(Err(_)) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
+        let heartbeat = match Liveness::from_keys(fk, self.be.peer_heartbeat(), now_ns) {
+            Ok(h) => h,
+            Err(_) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
         };
         let caps = Caps::default();
         let decision = sndback::negotiate::decide(&req, &caps, self.can_capture);
@@ -405,7 +400,7 @@ impl<M: SharedMem + Clone> MediaPort<M> {
         self.peer = Some(peer);
         self.kick.ring = true;
         self.attached = Some(Attached { engine, data });
-        self.liveness = heartbeat_ms.map(|ms| (ms * 1_000_000, self.be.peer_heartbeat(), now_ns));
+        self.liveness = heartbeat;
         events.push(PortEvent::Up { port: self.port, request: req, grant, priority, cap_db: self.cap_db, muted: self.muted });
     }
 

@@ -23,7 +23,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use iconnect::qos::{self, NetQosRequest};
-use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Window};
+use iconnect_channel::{Backend, BackendEvent, DataArea, KeyMap, Liveness, Window};
 use netback::Netback;
 use netback::engine::RxQueueLimits;
 use netback::negotiate::{self as neg, BackendFeatures, FrontendFeatures};
@@ -39,13 +39,10 @@ pub const PEER_KEY: &str = "ivshmem-peer";
 pub const ERROR_KEY: &str = "iconnect-net-error";
 /// The frontend's MAC.
 pub const MAC_KEY: &str = "mac";
-/// Optional liveness key (both ends): `heartbeat-ms = <1..=60000>` promises that the end bumps
-/// its heartbeat counter at least that often. A guest that promised it and then stays silent
-/// for [`HEARTBEAT_MISSES`] periods is taken down (`heartbeat-timeout`), so a VM that died
-/// without closing its channel frees its port. net-dd itself promises [`OWN_HEARTBEAT_MS`].
-pub const HEARTBEAT_KEY: &str = "heartbeat-ms";
-/// Periods without a heartbeat after which a guest is declared dead.
-pub const HEARTBEAT_MISSES: u64 = 5;
+/// Optional liveness key (both ends) and the missed periods after which a guest that promised
+/// a heartbeat is taken down (`heartbeat-timeout`): see `iconnect_channel::liveness`. net-dd
+/// itself promises [`OWN_HEARTBEAT_MS`].
+pub use iconnect_channel::liveness::{HEARTBEAT_KEY, HEARTBEAT_MISSES};
 /// net-dd's own heartbeat period (the owner calls [`ChannelPort::beat`] at least this often).
 pub const OWN_HEARTBEAT_MS: u64 = 100;
 
@@ -149,7 +146,7 @@ pub struct ChannelPort<M: SharedMem + Clone> {
     down_reason: Option<String>,
     kick: bool,
     /// The guest's promised heartbeat period (ns), the last value seen and when it changed.
-    heartbeat: Option<(u64, u32, u64)>,
+    heartbeat: Option<Liveness>,
 }
 
 impl<M: SharedMem + Clone> ChannelPort<M> {
@@ -284,12 +281,9 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
             Ok(f) => f,
             Err(why) => return self.refuse(why, events),
         };
-        let heartbeat_ms = match fk.get(HEARTBEAT_KEY) {
-            None => None,
-            Some(v) => match iconnect::keys::parse_in_range(HEARTBEAT_KEY, v, 1, 60_000) {
-                Ok(ms) => Some(ms),
-                Err(_) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
-            },
+        let heartbeat = match Liveness::from_keys(fk, self.be.peer_heartbeat(), now_ns) {
+            Ok(h) => h,
+            Err(_) => return self.refuse(format!("bad-key:{HEARTBEAT_KEY}"), events),
         };
         let request = NetQosRequest::from_keys(fk);
         let rings = (
@@ -313,8 +307,7 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
                 self.be.publish_keys();
                 self.be.accept();
                 self.attached = true;
-                self.heartbeat =
-                    heartbeat_ms.map(|ms| (ms * 1_000_000, self.be.peer_heartbeat(), now_ns));
+                self.heartbeat = heartbeat;
                 self.kick = true;
                 events.push(PortEvent::Up {
                     port: self.port,
@@ -335,15 +328,11 @@ impl<M: SharedMem + Clone> ChannelPort<M> {
     /// [`HEARTBEAT_MISSES`] periods is failed with `heartbeat-timeout` (the `Down` event follows
     /// at the next [`poll`](Self::poll)). Returns `false` if it was declared dead now.
     pub fn check_liveness(&mut self, now_ns: u64) -> bool {
-        let Some((period, last, seen)) = self.heartbeat.filter(|_| self.attached) else {
+        let hb = self.be.peer_heartbeat();
+        let Some(live) = self.heartbeat.as_mut().filter(|_| self.attached) else {
             return true;
         };
-        let hb = self.be.peer_heartbeat();
-        if hb != last {
-            self.heartbeat = Some((period, hb, now_ns));
-            return true;
-        }
-        if now_ns.saturating_sub(seen) > period.saturating_mul(HEARTBEAT_MISSES) {
+        if !live.observe(hb, now_ns) {
             self.heartbeat = None;
             self.fail("heartbeat-timeout".into());
             return false;
