@@ -42,19 +42,21 @@ pub fn wait_until(deadline: Option<Instant>) {
             return;
         }
         let now = time::now();
-        match deadline {
-            Some(d) if now >= d => {
-                apic::arm_timer(0);
-                arch::sti();
-                return;
-            }
-            Some(d) => {
-                let ns = (d - now).as_nanos();
-                let ticks = ns * u128::from(apic_hz()) / 1_000_000_000;
-                apic::arm_timer(ticks.clamp(1, u128::from(u32::MAX)) as u32);
-            }
-            None => apic::arm_timer(0),
+        if let Some(d) = deadline
+            && now >= d
+        {
+            apic::arm_timer(0);
+            arch::sti();
+            return;
         }
+        // The table watchdog runs from here, so even a domain that idles for long checks its
+        // tables every CHECK_EVERY_MS: the timer wakes it for that (and it sleeps on).
+        crate::integrity::check_due(now.as_nanos());
+        let check_at = Instant::from_nanos(crate::integrity::next_check_ns());
+        let wake = deadline.map_or(check_at, |d| d.min(check_at));
+        let ns = if wake > now { (wake - now).as_nanos() } else { 0 };
+        let ticks = ns * u128::from(apic_hz()) / 1_000_000_000;
+        apic::arm_timer(ticks.clamp(1, u128::from(u32::MAX)) as u32);
         // Atomically enable interrupts and halt: an interrupt between the checks above and the HLT
         // is delivered after HLT starts, so it cannot be lost.
         arch::sti_hlt();

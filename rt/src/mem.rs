@@ -24,7 +24,18 @@ static MMIO_MAP_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 unsafe extern "C" {
     static mut rt_pd: [u64; 2048];
     static rt_pml4: u8;
+    static rt_pdpt: u8;
     static rt_stack_guard: u8;
+}
+
+/// The boot page tables: PML4 (512 entries), PDPT (512) and the four PDs (2048) that
+/// identity-map the low 4 GiB. For [`crate::integrity`], which only reads them.
+pub(crate) fn boot_tables() -> (*const u64, *const u64, *const u64) {
+    (
+        core::ptr::addr_of!(rt_pml4).cast(),
+        core::ptr::addr_of!(rt_pdpt).cast(),
+        core::ptr::addr_of!(rt_pd).cast(),
+    )
 }
 
 /// Splits the boot 2 MiB page that holds the stack's guard page into 4 KiB pages and unmaps the
@@ -241,6 +252,7 @@ fn map_identity(start: u64, end: u64, caching: Caching) -> Option<()> {
         // SAFETY: the boot PML4 stays valid and maps everything it mapped before.
         unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4 as u64, options(nostack, preserves_flags)) };
     }
+    crate::integrity::seal();
     Some(())
 }
 

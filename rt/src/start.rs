@@ -120,6 +120,7 @@ extern "C" fn rt_start(start_info: u64, boot_tsc: u64) -> ! {
     let (tsc_hz, apic_hz, source) = calibrate(xen);
     time::set(boot_tsc, tsc_hz);
     event::set_apic_hz(apic_hz);
+    crate::integrity::seal();
     arch::sti();
 
     let (free, _, _) = mem::stats();

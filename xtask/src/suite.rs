@@ -236,6 +236,7 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("ktest", qemu_ktest, true),
     ("fault-page", qemu_fault_page, true),
     ("fault-stack (guard page)", qemu_fault_stack, true),
+    ("fault-tables (watchdog over GDT/TSS/IDT/page tables)", qemu_fault_tables, true),
     ("net-dd ping+tcp (16 MiB RAM)", qemu_net_dd, true),
     ("chan-test: 2 VMs over ivshmem-server", qemu_chan, true),
     ("chan-test proto=channel: iconnect-channel frontend/backend, QoS, data refs", qemu_chan_channel, true),
@@ -382,6 +383,24 @@ fn qemu_fault_stack(accel: Accel) -> Result<String> {
         ensure!((guard..guard + 4096).contains(&addr), "fault at {addr:#x}, guard page is {guard:#x}..+4096");
         ensure!(out.exit == GuestExit::Exception, "ended with {}, expected CPU exception (status 39)", out.exit);
         Ok(format!("exit 39, overflow caught at {addr:#x} in the guard page {guard:#x}"))
+    };
+    check().map_err(|e| anyhow::anyhow!("{e:#}\n{}", out.diagnostics()))
+}
+
+/// A changed IDT entry (ktest `fault=tables` clears part of an unused gate behind rt's back):
+/// rt's table watchdog must report `ICONNECT-FAULT tables-corrupted region=idt` from the idle
+/// path and end the image with the exception status, instead of a silent reset at the next use.
+fn qemu_fault_tables(accel: Accel) -> Result<String> {
+    let out = run_image(&image_path("ktest")?, accel, "fault=tables", KTEST_TIMEOUT)?;
+    let check = || -> Result<String> {
+        let line = out
+            .serial
+            .iter()
+            .find(|l| l.contains("ICONNECT-FAULT"))
+            .context("no ICONNECT-FAULT line")?;
+        ensure!(line.contains("tables-corrupted region=idt"), "reported something else: {line}");
+        ensure!(out.exit == GuestExit::Exception, "ended with {}, expected CPU exception (status 39)", out.exit);
+        Ok(format!("exit 39, reported: {}", line.trim()))
     };
     check().map_err(|e| anyhow::anyhow!("{e:#}\n{}", out.diagnostics()))
 }

@@ -80,6 +80,7 @@ struct IdtEntry {
 #[repr(C, align(16))]
 struct Stack([u8; 16384]);
 
+#[repr(C)] // gdt at 0, tss at 40, idt at 144: every table 8-byte aligned (the watchdog reads words)
 struct Tables {
     gdt: UnsafeCell<[u64; 5]>,
     tss: UnsafeCell<Tss>,
@@ -182,4 +183,16 @@ pub unsafe fn init() {
             tmp = out(reg) _,
         );
     }
+}
+
+const _: () = assert!(core::mem::offset_of!(Tables, tss).is_multiple_of(8) && size_of::<Tss>().is_multiple_of(8));
+
+/// The GDT, TSS and IDT as (name, first word, length in words), for the integrity watchdog.
+/// Final once [`init`] ran (the TSS descriptor's busy bit is set by its `ltr`).
+pub fn regions() -> [(&'static str, *const u64, usize); 3] {
+    [
+        ("gdt", TABLES.gdt.get().cast::<u64>().cast_const(), 5),
+        ("tss", TABLES.tss.get().cast::<u64>().cast_const(), size_of::<Tss>() / 8),
+        ("idt", TABLES.idt.get().cast::<u64>().cast_const(), 256 * 2),
+    ]
 }

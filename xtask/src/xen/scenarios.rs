@@ -43,9 +43,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "ktest",
         about: "rt's in-target tests (ktest) as a PVH domU: all pass, the domain powers off; \
-                with fault=page / fault=stack the fault is reported and the domain crashes",
+                with fault=page / fault=stack / fault=tables the fault is reported and the domain crashes",
         images: &["ktest"],
-        configs: &["ktest.cfg", "ktest-fault.cfg", "ktest-stack.cfg"],
+        configs: &["ktest.cfg", "ktest-fault.cfg", "ktest-stack.cfg", "ktest-tables.cfg"],
         script: "xt_info
 if xt_create ktest /etc/xentest/ktest.cfg; then
     xt_wait_end ktest 90
@@ -59,6 +59,10 @@ fi
 if xt_create ktest-stack /etc/xentest/ktest-stack.cfg; then
     xt_wait_end ktest-stack 60
     xt_destroy ktest-stack
+fi
+if xt_create ktest-tables /etc/xentest/ktest-tables.cfg; then
+    xt_wait_end ktest-tables 60
+    xt_destroy ktest-tables
 fi
 ",
         guest_job: None,
@@ -543,6 +547,9 @@ fn checks_ktest(run: &XenRun) -> Vec<Check> {
         check("xen: ktest fault=page crashes its domain", || check_fault_domain(run, "ktest-fault", "page")),
         check("xen: ktest fault=stack (guard page) crashes its domain", || {
             check_fault_domain(run, "ktest-stack", "double-fault")
+        }),
+        check("xen: ktest fault=tables (changed IDT) caught by the table watchdog", || {
+            check_fault_domain(run, "ktest-tables", "tables-corrupted")
         }),
     ]
 }
