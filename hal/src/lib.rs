@@ -9,6 +9,7 @@
 //! - [`virtio`]: virtio PCI capabilities and MSI-X vector routing;
 //! - [`virtio_blk`]: a virtio-blk driver with owned buffers and many requests in flight;
 //! - [`virtio_net`]: a virtio-net driver with preallocated buffers and asynchronous transmit;
+//! - [`virtio_sound`]: a virtio-sound driver (playback and capture) with owned buffers;
 //! - `fake` (tests, or the `fake` feature): fakes for host tests: configuration space,
 //!   registers, physical memory, and a virtio-net device serving split rings in host memory
 //!   with a host `virtio_drivers::Hal`;
@@ -32,6 +33,7 @@ pub mod pci;
 pub mod virtio;
 pub mod virtio_blk;
 pub mod virtio_net;
+pub mod virtio_sound;
 
 #[cfg(target_os = "none")]
 pub mod dma;

@@ -75,6 +75,11 @@ impl FanOut {
         self.frames
     }
 
+    /// Consumers running now (the device must capture while this is not zero).
+    pub fn running(&self) -> usize {
+        self.consumers.iter().filter(|c| c.running).count()
+    }
+
     /// Adds a consumer (stopped: it receives nothing until [`set_running`](Self::set_running)).
     pub fn add_consumer(
         &mut self,

@@ -164,3 +164,116 @@ pub fn dbfs(amplitude: f64) -> f64 {
 pub fn channel(x: &[f32], channels: usize, c: usize) -> alloc::vec::Vec<f32> {
     x.iter().skip(c).step_by(channels).copied().collect()
 }
+
+/// Largest analysis window of [`dominant_frequency`].
+pub const DOMINANT_WINDOW: usize = 4096;
+
+/// The dominant frequency (Hz) of `x` sampled at `rate`, `None` for fewer than 256 samples or
+/// silence. `f32` throughout and O(N log N) (the images are soft-float): over the last
+/// power-of-two window of up to [`DOMINANT_WINDOW`] samples with a Hann window, a radix-2 FFT
+/// finds the strongest bin above DC, then a Goertzel scan over that bin +-1 in twentieths of
+/// a bin refines it (a pure tone within a few hundredths of a bin).
+pub fn dominant_frequency(x: &[f32], rate: u32) -> Option<f32> {
+    let n = x.len().min(DOMINANT_WINDOW);
+    if n < 256 {
+        return None;
+    }
+    let n = 1usize << (usize::BITS - 1 - n.leading_zeros());
+    let x = &x[x.len() - n..];
+    let tau = core::f32::consts::TAU;
+    let win: alloc::vec::Vec<f32> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v * (0.5 - 0.5 * libm::cosf(tau * i as f32 / n as f32)))
+        .collect();
+    let mut re = win.clone();
+    let mut im = alloc::vec![0.0f32; n];
+    fft(&mut re, &mut im);
+    let (k, p) = (2..n / 2)
+        .map(|k| (k, re[k] * re[k] + im[k] * im[k]))
+        .fold((0, 0.0f32), |b, c| if c.1 > b.1 { c } else { b });
+    if p <= 0.0 {
+        return None;
+    }
+    let bin = rate as f32 / n as f32;
+    let power = |f: f32| {
+        let c = 2.0 * libm::cosf(tau * f / rate as f32);
+        let (mut s1, mut s2) = (0.0f32, 0.0f32);
+        for &v in &win {
+            let s0 = v + c * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        s1 * s1 + s2 * s2 - c * s1 * s2
+    };
+    (-20..=20)
+        .map(|j| (k as f32 + j as f32 / 20.0) * bin)
+        .map(|f| (f, power(f)))
+        .fold(None, |b: Option<(f32, f32)>, c| match b {
+            Some(b) if b.1 >= c.1 => Some(b),
+            _ => Some(c),
+        })
+        .map(|b| b.0)
+}
+
+/// In-place iterative radix-2 complex FFT (`re.len()` a power of two).
+fn fft(re: &mut [f32], im: &mut [f32]) {
+    let n = re.len();
+    let mut j = 0;
+    for i in 1..n {
+        let mut bit = n >> 1;
+        while j & bit != 0 {
+            j ^= bit;
+            bit >>= 1;
+        }
+        j |= bit;
+        if i < j {
+            re.swap(i, j);
+            im.swap(i, j);
+        }
+    }
+    let mut len = 2;
+    while len <= n {
+        let ang = -core::f32::consts::TAU / len as f32;
+        let (wr, wi) = (libm::cosf(ang), libm::sinf(ang));
+        for start in (0..n).step_by(len) {
+            let (mut cr, mut ci) = (1.0f32, 0.0f32);
+            for k in 0..len / 2 {
+                let (a, b) = (start + k, start + k + len / 2);
+                let tr = re[b] * cr - im[b] * ci;
+                let ti = re[b] * ci + im[b] * cr;
+                re[b] = re[a] - tr;
+                im[b] = im[a] - ti;
+                re[a] += tr;
+                im[a] += ti;
+                let t = cr * wr - ci * wi;
+                ci = cr * wi + ci * wr;
+                cr = t;
+            }
+        }
+        len <<= 1;
+    }
+}
+
+#[cfg(test)]
+mod dominant_tests {
+    use super::*;
+
+    #[test]
+    fn finds_tones_at_several_rates() {
+        for (rate, f) in [(16000u32, 1000.0f64), (44100, 1000.0), (48000, 937.0), (16000, 3111.5), (44100, 150.0)] {
+            let mut x = alloc::vec![0.0f32; rate as usize];
+            sine(rate, f, 0.25, 17, &mut x);
+            // Some deterministic noise, -40 dB.
+            let mut s = 1u32;
+            for v in x.iter_mut() {
+                s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *v += ((s >> 16) as f32 / 65536.0 - 0.5) * 0.005;
+            }
+            let got = dominant_frequency(&x, rate).unwrap() as f64;
+            assert!((got - f).abs() < 0.01 * f, "{rate} Hz, tone {f}: got {got}");
+        }
+        assert_eq!(dominant_frequency(&[0.0; 4096], 16000), None);
+        assert_eq!(dominant_frequency(&[0.5; 100], 16000), None);
+    }
+}

@@ -50,6 +50,10 @@ impl<T> Slots<T> {
             .ok_or(Error::NoSuchStream)
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.v.iter().flatten()
+    }
+
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.v.iter_mut().flatten()
     }

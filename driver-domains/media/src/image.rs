@@ -49,11 +49,11 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
     }
 }
 
-fn open_channels(ecam: &mut hal::ecam::Ecam) -> Vec<Chan> {
+fn open_channels(ecam: &mut hal::ecam::Ecam, can_capture: bool) -> Vec<Chan> {
     let mut chans = Vec::new();
     for ch in ivshmem::open_all(ecam, CHANNEL_VECTORS, BAR_WINDOW, usize::MAX) {
         let port = ch.port;
-        match MediaPort::new(ch.port, ch.parts.region, ch.own_id, false) {
+        match MediaPort::new(ch.port, ch.parts.region, ch.own_id, can_capture) {
             Ok(p) => {
                 log::info!("port {port}: ivshmem {} id {}, {} KiB", ch.bdf, ch.own_id, ch.shmem_len / 1024);
                 chans.push(Chan { port: p, regs: ch.parts.regs, bells: ch.parts.doorbells });
@@ -68,13 +68,20 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let mcfg = platform::find_ecam(boot);
     let mut ecam = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
     let func = sound::find(&ecam).ok_or("no virtio-sound device (1af4:1059)")?;
-    let second = platform::map_ecam(&mcfg).map_err(|e| format!("ECAM: {e}"))?;
-    let mut snd = Sound::open(&mut ecam, second, func, BAR_WINDOW).map_err(|e| format!("{}: {e}", func.bdf))?;
+    let mut snd = Sound::open(&mut ecam, func, BAR_WINDOW).map_err(|e| format!("{}: {e}", func.bdf))?;
     let dev = media_dd::DEVICE;
-    log::info!("virtio-sound {}: output {} Hz {:?} {} ch, {} ms periods", func.bdf, dev.rate, dev.format, dev.channels, PERIOD_FRAMES * 1000 / dev.rate as usize);
+    log::info!(
+        "virtio-sound {}: output {} Hz {:?} {} ch, {} ms periods; capture: {}",
+        func.bdf,
+        dev.rate,
+        dev.format,
+        dev.channels,
+        PERIOD_FRAMES * 1000 / dev.rate as usize,
+        snd.input().map_or("none".into(), |i| format!("input stream {i}, same shape, started while a guest captures"))
+    );
     let policy = media_dd::Policy::from_cmdline(boot.cmdline)?;
     let mut hub = Hub::new(dev, policy.duck(), MAX_STREAMS).map_err(|e| format!("hub: {e}"))?;
-    let mut chans = open_channels(&mut ecam);
+    let mut chans = open_channels(&mut ecam, snd.can_capture());
     for c in chans.iter_mut() {
         c.port.set_policy(&mut hub, &policy);
     }
@@ -105,14 +112,16 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
         }
         // The mix: one period per period the device gave back, then the guests again (their
         // positions moved: CUR_POS events, refills).
-        let room = snd.room();
+        // Capture: what the device recorded went to every capture guest's fan-out queue.
+        let (room, captured) = snd.poll(&mut hub);
         for _ in 0..room {
             if hub.render(&mut period).is_err() {
                 period.fill(0);
             }
             snd.send(&period);
         }
-        if room > 0 {
+        snd.kick();
+        if room > 0 || captured > 0 {
             for c in chans.iter_mut() {
                 busy |= c.port.serve(&mut hub);
             }
@@ -152,11 +161,15 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             }
             let busy_us = core::mem::take(&mut busy_time).as_micros() as u64;
             log::info!(
-                "ICONNECT-DDSTAT streams={playing} busy_permille={} device_periods={} device_errors={} clipped={}",
+                "ICONNECT-DDSTAT streams={playing} busy_permille={} device_periods={} device_errors={} clipped={} capture={:?} capture_periods={} capture_starts={} capture_guests={}",
                 busy_us * 1000 / (wall.as_micros() as u64).max(1),
-                snd.done,
-                snd.errors,
-                hub.mixer().stats().clipped
+                snd.n.done,
+                snd.n.errors,
+                hub.mixer().stats().clipped,
+                snd.capture_state(),
+                snd.n.captured,
+                snd.n.capture_starts,
+                hub.fanout().running()
             );
         }
         if busy {

@@ -10,7 +10,7 @@ use iconnect::Decision;
 use iconnect_channel::{Frontend, FrontendEvent};
 use media_dd::channel::{ERROR_KEY, PEER_KEY, VECTOR_RING, frontend_config};
 use rt::time;
-use snd_guest::{Config, Player, Report};
+use snd_guest::{CaptureReport, Config, Player, Recorder, Report};
 
 /// Where unassigned BARs go (the 32-bit MMIO hole above q35's ECAM, below the IOAPIC).
 const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
@@ -25,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 enum Outcome {
     /// The stream played to its end.
     Played(Report),
+    /// `capture=`: the stream recorded `secs` seconds.
+    Captured(CaptureReport),
     /// `hostile=ring`: the domain closed the channel this long after the wild index.
     Closed { after_ms: u64 },
 }
@@ -57,6 +59,22 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
             );
             rt::ExitCode::Success
         }
+        Ok((Outcome::Captured(r), t)) => {
+            let last = r.last.unwrap_or(snd_guest::Second { index: 0, peak_hz: 0.0, rms_dbfs: -150.0 });
+            log::info!(
+                "ICONNECT-RESULT ok name={} capture={} frames={} events={} requests={} peak_hz={:.1} rms_dbfs={:.1} secs={}.{:03}",
+                cfg.name,
+                cfg.play_text,
+                r.stream.frames,
+                r.stream.events,
+                r.stream.requests,
+                last.peak_hz,
+                last.rms_dbfs,
+                t.as_secs(),
+                t.subsec_millis()
+            );
+            rt::ExitCode::Success
+        }
         Err(why) => {
             log::error!("ICONNECT-RESULT FAIL name={} play={} why={}", cfg.name, cfg.play_text, why.replace(' ', "_"));
             rt::ExitCode::Failure
@@ -78,6 +96,7 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Outcome, Duration),
     let t0 = time::now();
     let mut peer: Option<u16> = None;
     let mut player: Option<Player<_>> = None;
+    let mut recorder: Option<Recorder<_>> = None;
     let mut play_at: Option<time::Instant> = None;
     let mut grant = None;
     let mut wild_at: Option<time::Instant> = None;
@@ -100,7 +119,8 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Outcome, Duration),
                         other => return Err(format!("media decision: {other:?}")),
                     };
                     log::info!(
-                        "ICONNECT-LINK up stream=playback granted_format={} granted_rate={} granted_channels={} after_ms={}",
+                        "ICONNECT-LINK up stream={} granted_format={} granted_rate={} granted_channels={} after_ms={}",
+                        cfg.request.direction.as_str(),
                         g.format.as_str(),
                         g.rate_hz,
                         g.channels,
@@ -133,10 +153,33 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Outcome, Duration),
             }
         }
         if player.is_none()
+            && recorder.is_none()
             && let (Some(at), Some(g)) = (play_at, grant.as_ref())
             && now >= at
         {
-            player = Some(Player::start(&fe, cfg, g)?);
+            if cfg.capture_text.is_some() {
+                recorder = Some(Recorder::start(&fe, cfg, g)?);
+            } else {
+                player = Some(Player::start(&fe, cfg, g)?);
+            }
+        }
+        if let Some(r) = recorder.as_mut() {
+            let done = r.poll()?;
+            for s in r.take_seconds() {
+                log::info!("ICONNECT-CAPTURE name={} sec={} peak_hz={:.1} rms_dbfs={:.1}", cfg.name, s.index, s.peak_hz, s.rms_dbfs);
+            }
+            if r.take_notify()
+                && let Some(peer) = peer
+            {
+                parts.regs.ring(peer, VECTOR_RING);
+            }
+            if let Some(report) = done {
+                fe.close();
+                if let Some(peer) = peer {
+                    parts.regs.ring(peer, VECTOR_RING);
+                }
+                return Ok((Outcome::Captured(report), now - t0));
+            }
         }
         if let Some(p) = player.as_mut()
             && let Some(r) = p.poll()?

@@ -1,4 +1,4 @@
-//! # snd-guest: a guest VM playing sound through media-dd (host-tested logic)
+//! # snd-guest: a guest VM playing or recording sound through media-dd (host-tested logic)
 //!
 //! The image (`src/main.rs`, target only) takes its ivshmem device as an iConnect channel
 //! (contract "sndif over an iConnect channel", `media_dd::channel`), states its stream with
@@ -14,7 +14,15 @@
 //! `heartbeat_ms=<n>` (liveness promised to media-dd, default 500, 0 = none; the guest beats
 //! every 100 ms), `hostile=ring` (instead of playing, publish a request producer index 1000 slots ahead of
 //! the ring and expect the domain to close this channel alone).
-//! Everything per sample is integer (a Q15 sine table and a 32-bit phase accumulator: the
+//!
+//! Capture: `capture=<rate>:<format>:<channels>` (with `secs=`, `class=`, `name=`) asks for a
+//! capture stream instead ([`Recorder`]): OPEN, TRIGGER start, a READ of what was captured at
+//! every `CUR_POS` event; every second of audio is measured in the guest (dominant frequency
+//! of the first channel by FFT + Goertzel refinement, RMS level) and reported
+//! (`ICONNECT-CAPTURE name= sec= peak_hz= rms_dbfs=`); after `secs` seconds the result line
+//! carries the last second's `peak_hz=` and `rms_dbfs=`.
+//!
+//! Everything per sample of playback is integer (a Q15 sine table and a 32-bit phase accumulator: the
 //! images are soft-float).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -71,6 +79,8 @@ pub struct Config {
     pub hostile_ring: bool,
     /// `heartbeat_ms=` promised to the domain (default 500; 0: no promise).
     pub heartbeat_ms: u32,
+    /// `capture=` text: record instead of playing (the request's direction is capture).
+    pub capture_text: Option<String>,
 }
 
 fn format_code(v: &str) -> Option<u8> {
@@ -93,10 +103,16 @@ impl Config {
         let num = |k: &str, d: u32| -> Result<u32, String> {
             get(k).map_or(Ok(d), |v| v.parse().map_err(|_| format!("bad {k}={v}")))
         };
-        let play = get("play").unwrap_or("sine:440:48000:s16_le:2");
+        let capture = get("capture");
+        // A capture's stream shape is parsed as a play= spec (its tone is unused).
+        let shape = capture.map(|c| format!("sine:1:{c}"));
+        let play = shape.as_deref().unwrap_or_else(|| get("play").unwrap_or("sine:440:48000:s16_le:2"));
         let parts: Vec<&str> = play.split(':').collect();
         let [kind, f, r, fmt, ch] = parts[..] else {
-            return Err(format!("play={play}: want sine:<hz>:<rate>:<format>:<channels>"));
+            return Err(match capture {
+                Some(c) => format!("capture={c}: want <rate>:<format>:<channels>"),
+                None => format!("play={play}: want sine:<hz>:<rate>:<format>:<channels>"),
+            });
         };
         if kind != "sine" {
             return Err(format!("play={play}: only sine"));
@@ -121,14 +137,21 @@ impl Config {
         };
         Ok(Self {
             name: get("name").unwrap_or("g").into(),
-            play_text: play.into(),
+            play_text: capture.unwrap_or(play).into(),
             freq_hz,
-            request: MediaRequest { direction: Direction::Playback, format: Format(code), rate_hz, channels, class },
+            request: MediaRequest {
+                direction: if capture.is_some() { Direction::Capture } else { Direction::Playback },
+                format: Format(code),
+                rate_hz,
+                channels,
+                class,
+            },
             secs: num("secs", 3)?,
             amp_db,
             delay_ms: num("delay_ms", 0)?,
             chan: num("chan", 0)? as usize,
             heartbeat_ms: num("heartbeat_ms", 500)?,
+            capture_text: capture.map(String::from),
             hostile_ring: match get("hostile") {
                 None => false,
                 Some("ring") => true,
@@ -206,13 +229,17 @@ pub struct Report {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Opening,
-    Playing,
+    Running,
     Closing,
     Done,
 }
 
-/// One playback stream over the channel (see the [crate documentation](crate)).
-pub struct Player<M: SharedMem + Clone> {
+/// Buffer: 16 periods of 10 ms (a guest VM descheduled for a hundred ms under TCG on a loaded
+/// host does not underrun; 8 periods did, once in a 4-guest run at load 8).
+pub const PERIODS: u32 = 16;
+
+/// One sndif stream over the channel: ring, pages, event page, the OPEN'd shape, counters.
+struct Link<M: SharedMem + Clone> {
     ring: FrontRing<Window<M>, SndRing>,
     data: DataArea<M>,
     evt: Window<M>,
@@ -221,26 +248,15 @@ pub struct Player<M: SharedMem + Clone> {
     frame: u32,
     buffer_sz: u32,
     period_sz: u32,
-    tone: Tone,
-    state: State,
     next_id: u16,
-    written: u64,
-    position: u64,
-    target: u64,
     report: Report,
     notify: bool,
-    q31: Vec<i32>,
-    bytes: Vec<u8>,
 }
 
-/// Buffer: 16 periods of 10 ms (a guest VM descheduled for a hundred ms under TCG on a loaded
-/// host does not underrun; 8 periods did, once in a 4-guest run at load 8).
-pub const PERIODS: u32 = 16;
-
-impl<M: SharedMem + Clone> Player<M> {
+impl<M: SharedMem + Clone> Link<M> {
     /// Sets the stream up on a ready channel with the granted shape: zeroes the event page,
     /// writes the page directory, sends OPEN.
-    pub fn start(fe: &Frontend<M>, cfg: &Config, grant: &MediaGrant) -> Result<Self, String> {
+    fn open(fe: &Frontend<M>, grant: &MediaGrant) -> Result<Self, String> {
         let fmt = SampleFormat::from_sndif(grant.format.0).map_err(|_| format!("granted format {}", grant.format.as_str()))?;
         let channels = usize::from(grant.channels);
         let frame = (fmt.bytes() * channels) as u32;
@@ -261,7 +277,7 @@ impl<M: SharedMem + Clone> Player<M> {
         }
         data.copy_to_page(DIR_PAGE, 0, &dir).map_err(|e| format!("directory: {e}"))?;
         let ring = fe.front_ring::<SndRing>(RING).map_err(|e| format!("ring: {e}"))?;
-        let mut p = Self {
+        let mut l = Self {
             ring,
             data,
             evt,
@@ -270,18 +286,11 @@ impl<M: SharedMem + Clone> Player<M> {
             frame,
             buffer_sz,
             period_sz,
-            tone: Tone::new(cfg.freq_hz, grant.rate_hz, cfg.amp_db, channels),
-            state: State::Opening,
             next_id: 0,
-            written: 0,
-            position: 0,
-            target: u64::from(cfg.secs) * u64::from(grant.rate_hz) * u64::from(frame),
             report: Report { frames: 0, events: 0, requests: 0 },
             notify: false,
-            q31: Vec::new(),
-            bytes: Vec::new(),
         };
-        p.send(Request::Open {
+        l.send(Request::Open {
             id: 0,
             open: Open {
                 pcm_rate: grant.rate_hz,
@@ -292,17 +301,7 @@ impl<M: SharedMem + Clone> Player<M> {
                 period_sz,
             },
         })?;
-        Ok(p)
-    }
-
-    /// Whether the backend must be rung (requests published); clears it.
-    pub fn take_notify(&mut self) -> bool {
-        core::mem::take(&mut self.notify)
-    }
-
-    /// Frames the backend consumed so far.
-    pub fn position_frames(&self) -> u64 {
-        self.position / u64::from(self.frame)
+        Ok(l)
     }
 
     fn send(&mut self, mut req: Request) -> Result<(), String> {
@@ -321,33 +320,109 @@ impl<M: SharedMem + Clone> Player<M> {
         Ok(())
     }
 
+    /// The next response; a failed request is an error.
+    fn response(&mut self) -> Result<Option<Response>, String> {
+        let Some(raw) = self.ring.pop_response().map_err(|e| format!("ring: {e}"))? else {
+            return Ok(None);
+        };
+        let rsp = Response::from_bytes(&raw).map_err(|e| format!("response: {e}"))?;
+        if rsp.status != 0 {
+            return Err(format!("request op={} id={} failed status={}", rsp.operation, rsp.id, rsp.status));
+        }
+        Ok(Some(rsp))
+    }
+
+    /// The newest position among the pending `CUR_POS` events (consumed), if any.
+    fn position_events(&mut self) -> Result<Option<u64>, String> {
+        let prod = self.evt.load_u32(EVENT_IN_PROD_OFF, Ordering::Acquire);
+        let mut cons = self.evt.load_u32(EVENT_IN_CONS_OFF, Ordering::Relaxed);
+        let mut newest = None;
+        while cons != prod {
+            let mut b = [0u8; MSG_SIZE];
+            self.evt.read_bytes(event_offset(cons), &mut b);
+            let Event::CurPos { position, .. } = Event::from_bytes(&b).map_err(|e| format!("event: {e}"))?;
+            newest = Some(newest.map_or(position, |n: u64| n.max(position)));
+            self.report.events += 1;
+            cons = cons.wrapping_add(1);
+        }
+        self.evt.store_u32(EVENT_IN_CONS_OFF, cons, Ordering::Release);
+        Ok(newest)
+    }
+
+    /// Sends TRIGGER stop and CLOSE.
+    fn close(&mut self) -> Result<(), String> {
+        self.send(Request::Trigger { id: 0, kind: Trigger::Stop })?;
+        self.send(Request::Close { id: 0 })
+    }
+}
+
+/// One playback stream over the channel (see the [crate documentation](crate)).
+pub struct Player<M: SharedMem + Clone> {
+    link: Link<M>,
+    tone: Tone,
+    state: State,
+    written: u64,
+    position: u64,
+    target: u64,
+    q31: Vec<i32>,
+    bytes: Vec<u8>,
+}
+
+impl<M: SharedMem + Clone> Player<M> {
+    /// Sets the stream up on a ready channel with the granted shape and sends OPEN.
+    pub fn start(fe: &Frontend<M>, cfg: &Config, grant: &MediaGrant) -> Result<Self, String> {
+        let link = Link::open(fe, grant)?;
+        let target = u64::from(cfg.secs) * u64::from(grant.rate_hz) * u64::from(link.frame);
+        Ok(Self {
+            tone: Tone::new(cfg.freq_hz, grant.rate_hz, cfg.amp_db, link.channels),
+            link,
+            state: State::Opening,
+            written: 0,
+            position: 0,
+            target,
+            q31: Vec::new(),
+            bytes: Vec::new(),
+        })
+    }
+
+    /// Whether the backend must be rung (requests published); clears it.
+    pub fn take_notify(&mut self) -> bool {
+        core::mem::take(&mut self.link.notify)
+    }
+
+    /// Frames the backend consumed so far.
+    pub fn position_frames(&self) -> u64 {
+        self.position / u64::from(self.link.frame)
+    }
+
     /// Writes generated audio into the buffer up to `position + buffer` (at most `secs`), one
     /// WRITE per contiguous piece.
     fn refill(&mut self) -> Result<(), String> {
-        let limit = (self.position + u64::from(self.buffer_sz)).min(self.target);
+        let (frame, buffer_sz) = (self.link.frame, self.link.buffer_sz);
+        let limit = (self.position + u64::from(buffer_sz)).min(self.target);
         while self.written < limit {
-            let at = (self.written % u64::from(self.buffer_sz)) as u32;
-            let len = ((limit - self.written) as u32).min(self.buffer_sz - at);
-            let len = len - len % self.frame;
+            let at = (self.written % u64::from(buffer_sz)) as u32;
+            let len = ((limit - self.written) as u32).min(buffer_sz - at);
+            let len = len - len % frame;
             if len == 0 {
                 break;
             }
-            let samples = (len / self.frame) as usize * self.channels;
+            let samples = (len / frame) as usize * self.link.channels;
             self.q31.resize(samples, 0);
             self.tone.fill_q31(&mut self.q31);
             self.bytes.resize(len as usize, 0);
-            media_dsp::format::encode_q31(self.fmt, &self.q31, &mut self.bytes).map_err(|e| format!("encode: {e:?}"))?;
+            media_dsp::format::encode_q31(self.link.fmt, &self.q31, &mut self.bytes).map_err(|e| format!("encode: {e:?}"))?;
             let mut done = 0usize;
             while done < len as usize {
                 let off = at as usize + done;
                 let page = BUFFER_PAGE + (off / PAGE_SIZE) as u32;
                 let n = (PAGE_SIZE - off % PAGE_SIZE).min(len as usize - done);
-                self.data.copy_to_page(page, off % PAGE_SIZE, &self.bytes[done..done + n]).map_err(|e| format!("buffer: {e}"))?;
+                self.link.data.copy_to_page(page, off % PAGE_SIZE, &self.bytes[done..done + n]).map_err(|e| format!("buffer: {e}"))?;
                 done += n;
             }
-            self.send(Request::Buffer { id: 0, op: BufferOp::Write, offset: at, length: len })?;
+            self.link.send(Request::Buffer { id: 0, op: BufferOp::Write, offset: at, length: len })?;
             self.written += u64::from(len);
-            self.report.frames += u64::from(len / self.frame);
+            self.link.report.frames += u64::from(len / frame);
         }
         Ok(())
     }
@@ -355,49 +430,197 @@ impl<M: SharedMem + Clone> Player<M> {
     /// Reads responses and events, sends what follows. `Ok(Some(report))` once the stream
     /// played everything and is closed.
     pub fn poll(&mut self) -> Result<Option<Report>, String> {
-        while let Some(raw) = self.ring.pop_response().map_err(|e| format!("ring: {e}"))? {
-            let rsp = Response::from_bytes(&raw).map_err(|e| format!("response: {e}"))?;
-            if rsp.status != 0 {
-                return Err(format!("request op={} id={} failed status={}", rsp.operation, rsp.id, rsp.status));
-            }
+        while let Some(rsp) = self.link.response()? {
             match (self.state, rsp.operation) {
                 (State::Opening, op::OPEN) => {
-                    self.state = State::Playing;
+                    self.state = State::Running;
                     self.refill()?;
-                    self.send(Request::Trigger { id: 0, kind: Trigger::Start })?;
+                    self.link.send(Request::Trigger { id: 0, kind: Trigger::Start })?;
                 }
                 (State::Closing, op::CLOSE) => self.state = State::Done,
                 _ => {}
             }
         }
-        let prod = self.evt.load_u32(EVENT_IN_PROD_OFF, Ordering::Acquire);
-        let mut cons = self.evt.load_u32(EVENT_IN_CONS_OFF, Ordering::Relaxed);
-        let mut moved = false;
-        while cons != prod {
-            let mut b = [0u8; MSG_SIZE];
-            self.evt.read_bytes(event_offset(cons), &mut b);
-            let Event::CurPos { position, .. } = Event::from_bytes(&b).map_err(|e| format!("event: {e}"))?;
-            // A position only moves forward and never past what was written.
-            if position > self.position && position <= self.written {
-                self.position = position;
-                moved = true;
+        // A position only moves forward and never past what was written.
+        let moved = match self.link.position_events()? {
+            Some(p) if p > self.position && p <= self.written => {
+                self.position = p;
+                true
             }
-            self.report.events += 1;
-            cons = cons.wrapping_add(1);
-        }
-        self.evt.store_u32(EVENT_IN_CONS_OFF, cons, Ordering::Release);
-        if self.state == State::Playing && moved {
+            _ => false,
+        };
+        if self.state == State::Running && moved {
             self.refill()?;
         }
         // The last partial period raises no event: done once within a period of the end.
-        if self.state == State::Playing
+        if self.state == State::Running
             && self.written >= self.target
-            && self.position + u64::from(self.period_sz) >= self.written
+            && self.position + u64::from(self.link.period_sz) >= self.written
         {
-            self.send(Request::Trigger { id: 0, kind: Trigger::Stop })?;
-            self.send(Request::Close { id: 0 })?;
+            self.link.close()?;
             self.state = State::Closing;
         }
-        Ok((self.state == State::Done).then(|| self.report.clone()))
+        Ok((self.state == State::Done).then(|| self.link.report.clone()))
+    }
+}
+
+/// One second of captured audio, measured in the guest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Second {
+    /// Index (0 = the first full second).
+    pub index: u32,
+    /// Dominant frequency of the first channel, Hz (0 for silence).
+    pub peak_hz: f32,
+    /// RMS level of the first channel, dBFS.
+    pub rms_dbfs: f32,
+}
+
+/// The result of a capture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureReport {
+    /// Stream counters (frames = frames received).
+    pub stream: Report,
+    /// The last second's measurement.
+    pub last: Option<Second>,
+}
+
+/// One capture stream over the channel: OPEN with the granted shape, TRIGGER start, then on
+/// every `CUR_POS` event a READ of what was captured since the last one (one READ per
+/// contiguous piece of the buffer); each READ's bytes are taken from the pages when its
+/// response arrives. Every second of audio is measured ([`Second`]: dominant frequency by
+/// `media_dsp::measure::dominant_frequency`, RMS); after `secs` seconds, TRIGGER stop, CLOSE.
+pub struct Recorder<M: SharedMem + Clone> {
+    link: Link<M>,
+    rate: u32,
+    state: State,
+    /// Bytes asked for (READs sent), bytes received (READs answered).
+    asked: u64,
+    got: u64,
+    /// READs in flight, in order: (offset, length).
+    reads: alloc::collections::VecDeque<(u32, u32)>,
+    target: u64,
+    second: Vec<f32>,
+    seconds: Vec<Second>,
+    last: Option<Second>,
+    index: u32,
+    bytes: Vec<u8>,
+    q31: Vec<i32>,
+}
+
+impl<M: SharedMem + Clone> Recorder<M> {
+    /// Sets the capture stream up on a ready channel with the granted shape and sends OPEN.
+    pub fn start(fe: &Frontend<M>, cfg: &Config, grant: &MediaGrant) -> Result<Self, String> {
+        let link = Link::open(fe, grant)?;
+        let target = u64::from(cfg.secs) * u64::from(grant.rate_hz) * u64::from(link.frame);
+        Ok(Self {
+            link,
+            rate: grant.rate_hz,
+            state: State::Opening,
+            asked: 0,
+            got: 0,
+            reads: alloc::collections::VecDeque::new(),
+            target,
+            second: Vec::new(),
+            seconds: Vec::new(),
+            last: None,
+            index: 0,
+            bytes: Vec::new(),
+            q31: Vec::new(),
+        })
+    }
+
+    /// Whether the backend must be rung (requests published); clears it.
+    pub fn take_notify(&mut self) -> bool {
+        core::mem::take(&mut self.link.notify)
+    }
+
+    /// Seconds measured since the last call.
+    pub fn take_seconds(&mut self) -> Vec<Second> {
+        core::mem::take(&mut self.seconds)
+    }
+
+    /// Takes the answered READ's bytes out of the pages and measures full seconds.
+    fn received(&mut self, offset: u32, length: u32) -> Result<(), String> {
+        let len = length as usize;
+        self.bytes.resize(len, 0);
+        let mut done = 0usize;
+        while done < len {
+            let off = offset as usize + done;
+            let page = BUFFER_PAGE + (off / PAGE_SIZE) as u32;
+            let n = (PAGE_SIZE - off % PAGE_SIZE).min(len - done);
+            self.link.data.copy_from_page(page, off % PAGE_SIZE, &mut self.bytes[done..done + n]).map_err(|e| format!("buffer: {e}"))?;
+            done += n;
+        }
+        let ch = self.link.channels;
+        self.q31.resize(len / self.link.fmt.bytes(), 0);
+        media_dsp::format::decode_q31(self.link.fmt, &self.bytes, &mut self.q31).map_err(|e| format!("decode: {e:?}"))?;
+        self.link.report.frames += u64::from(length / self.link.frame);
+        self.got += u64::from(length);
+        for frame in self.q31.chunks_exact(ch) {
+            self.second.push(media_dsp::format::q31_to_f32(frame[0]));
+            if self.second.len() == self.rate as usize {
+                let peak_hz = media_dsp::measure::dominant_frequency(&self.second, self.rate).unwrap_or(0.0);
+                let rms = media_dsp::measure::rms(&self.second);
+                let sec = Second { index: self.index, peak_hz, rms_dbfs: media_dsp::measure::dbfs(rms) as f32 };
+                self.seconds.push(sec);
+                self.last = Some(sec);
+                self.index += 1;
+                self.second.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// READs what the backend captured up to `position` (at most the target), one per
+    /// contiguous piece of the buffer.
+    fn request(&mut self, position: u64) -> Result<(), String> {
+        let (frame, buffer_sz) = (self.link.frame, self.link.buffer_sz);
+        let limit = position.min(self.target);
+        // Fallen more than a buffer behind: skip ahead (the backend keeps at most two).
+        if limit > self.asked + u64::from(buffer_sz) {
+            self.asked = limit - u64::from(buffer_sz);
+            self.asked -= self.asked % u64::from(frame);
+        }
+        while self.asked < limit {
+            let at = (self.asked % u64::from(buffer_sz)) as u32;
+            let len = ((limit - self.asked) as u32).min(buffer_sz - at);
+            let len = len - len % frame;
+            if len == 0 {
+                break;
+            }
+            self.link.send(Request::Buffer { id: 0, op: BufferOp::Read, offset: at, length: len })?;
+            self.reads.push_back((at, len));
+            self.asked += u64::from(len);
+        }
+        Ok(())
+    }
+
+    /// Reads responses and events, sends what follows. `Ok(Some(report))` once `secs` were
+    /// captured and the stream is closed.
+    pub fn poll(&mut self) -> Result<Option<CaptureReport>, String> {
+        while let Some(rsp) = self.link.response()? {
+            match (self.state, rsp.operation) {
+                (State::Opening, op::OPEN) => {
+                    self.state = State::Running;
+                    self.link.send(Request::Trigger { id: 0, kind: Trigger::Start })?;
+                }
+                (State::Running | State::Closing, op::READ) => {
+                    let (at, len) = self.reads.pop_front().ok_or("a READ response without a READ")?;
+                    self.received(at, len)?;
+                }
+                (State::Closing, op::CLOSE) => self.state = State::Done,
+                _ => {}
+            }
+        }
+        if let Some(p) = self.link.position_events()?
+            && self.state == State::Running
+        {
+            self.request(p)?;
+        }
+        if self.state == State::Running && self.asked >= self.target && self.reads.is_empty() {
+            self.link.close()?;
+            self.state = State::Closing;
+        }
+        Ok((self.state == State::Done).then(|| CaptureReport { stream: self.link.report.clone(), last: self.last }))
     }
 }

@@ -252,3 +252,80 @@ fn a_silent_guest_is_taken_down_by_its_heartbeat_promise() {
     assert!((45..=47).contains(&at), "down at tick {at}");
     assert!(gs[0].port.is_attached() && !gs[1].port.is_attached());
 }
+
+/// Two capture guests at 16 kHz mono and 44.1 kHz stereo on one device capturing 1 kHz at
+/// -6 dBFS (48 kHz stereo s16), fed period by period only while a capture stream runs, as
+/// media-dd does: each guest receives its `secs` of audio in its own shape, measures 1 kHz at
+/// -9 dBFS RMS every second, and the device was captured once per period whatever the number
+/// of guests.
+#[test]
+fn two_guests_capture_the_device_tone_at_their_rates() {
+    let cmds = ["capture=16000:s16:1 class=voice secs=2 name=a", "capture=44100:s16_le:2 class=media secs=2 name=b"];
+    type Capturer = (Config, Frontend<HostMem>, MediaPort<HostMem>, Option<snd_guest::Recorder<HostMem>>);
+    let mut gs: Vec<Capturer> = cmds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let cfg = Config::from_cmdline(c).unwrap();
+            let m = HostMem::pages(64);
+            let port = MediaPort::new(i + 1, m.clone(), 1, true).unwrap();
+            let fe = Frontend::new(m, media_dd::channel::frontend_config(), cfg.keys(10 + i as u16).unwrap()).unwrap();
+            (cfg, fe, port, None)
+        })
+        .collect();
+    let mut hub = Hub::new(media_dd::DEVICE, media_dd::duck(), 16).unwrap();
+    let mut events = Vec::new();
+    let mut reports = [None, None];
+    let mut seconds = [Vec::new(), Vec::new()];
+    let mut x = vec![0f32; PERIOD * 2];
+    let mut period = vec![0u8; PERIOD * 4];
+    let (mut captured_periods, mut t) = (0u64, 0u64);
+    for tick in 0..300 {
+        if hub.fanout().running() > 0 {
+            let mut mono = vec![0f32; PERIOD];
+            media_dsp::measure::sine(48000, 1000.0, 0.5012, t, &mut mono);
+            t += PERIOD as u64;
+            for (f, v) in x.chunks_exact_mut(2).zip(&mono) {
+                f.fill(*v);
+            }
+            media_dsp::format::encode_f32(SampleFormat::S16Le, &x, &mut period).unwrap();
+            hub.capture(&period).unwrap();
+            captured_periods += 1;
+        }
+        for (i, (cfg, fe, port, rec)) in gs.iter_mut().enumerate() {
+            for _ in 0..3 {
+                port.poll(&mut hub, &mut events, tick as u64 * 10_000_000);
+                port.serve(&mut hub);
+                while let Some(ev) = fe.poll() {
+                    if ev == FrontendEvent::Ready {
+                        let d = iconnect::media::read_decision(fe.backend_keys()).unwrap().unwrap();
+                        let iconnect::Decision::Granted(grant) = d else { panic!("{d:?}") };
+                        *rec = Some(snd_guest::Recorder::start(fe, cfg, &grant).unwrap());
+                    }
+                }
+                if let Some(r) = rec.as_mut()
+                    && reports[i].is_none()
+                {
+                    reports[i] = r.poll().unwrap();
+                    seconds[i].extend(r.take_seconds());
+                }
+            }
+        }
+    }
+    let ups: Vec<String> = events.iter().map(PortEvent::marker).collect();
+    assert!(ups[0].starts_with("ICONNECT-PORT 1 up stream=capture format=s16_le rate=16000 channels=1"), "{ups:?}");
+    assert!(ups[1].starts_with("ICONNECT-PORT 2 up stream=capture format=s16_le rate=44100 channels=2"), "{ups:?}");
+    for (i, rate) in [(0, 16000u64), (1, 44100)] {
+        let r: &snd_guest::CaptureReport = reports[i].as_ref().expect("capture finished");
+        assert_eq!(r.stream.frames, 2 * rate, "{r:?}");
+        assert_eq!(seconds[i].len(), 2, "{:?}", seconds[i]);
+        // The first second starts with the resampler's delay line: judge the second one.
+        let s = seconds[i][1];
+        assert!((s.peak_hz - 1000.0).abs() < 5.0, "guest {i}: {s:?}");
+        assert!((s.rms_dbfs + 9.0).abs() < 0.5, "guest {i}: {s:?}");
+    }
+    // Both closed: nothing runs, the device is no longer fed; it was captured once per
+    // period (about 2 s of periods plus the time to close), not once per guest.
+    assert_eq!(hub.fanout().running(), 0);
+    assert!((200..260).contains(&captured_periods), "{captured_periods} device periods captured");
+}
