@@ -14,12 +14,18 @@
 //!   refusal keys, the `ICONNECT-PORT` markers;
 //! * [`stackdev`] — the domain's smoltcp stack as a switch port (a queue device);
 //! * [`config`] — the command line (`ip= gw= echo_port= link_bps=`);
-//! * [`echo`] — the TCP echo service (exercised over smoltcp's loopback device).
+//! * [`echo`] — the TCP echo service (exercised over smoltcp's loopback device);
+//! * [`vifctl`] — the Xen vifs' xenbus backend control plane (backend directory watch, state
+//!   machine per vif, frontend keys, ring mapping and event channels through a platform trait,
+//!   QoS answers, teardown), generic over the xenstore and the hypervisor; `src/xen/vif.rs`
+//!   is its thin Xen implementation.
 //!
 //! `tests/switch_guests.rs` runs several guests — the real `netfront` engine behind a real
 //! channel `Frontend` — through the real `ChannelPort`s, `Switch` and `netback` engines:
 //! switching, flooding, spoofing, QoS keys and enforcement, refusals, a hostile guest that loses
-//! only its own channel and comes back after a reboot.
+//! only its own channel and comes back after a reboot. `tests/xen_vifs.rs` runs the Xen
+//! control plane against the in-memory xenstore daemon laid out as libxl and Linux netfront
+//! lay it out, rings in host memory and the real `netfront` engine as the guest.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -30,6 +36,7 @@ pub mod config;
 pub mod echo;
 pub mod stackdev;
 pub mod switch;
+pub mod vifctl;
 
 use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::Device;

@@ -2,7 +2,8 @@
 //! with `backend=<this domain>` for Linux netfront guests. Chosen at boot when the image runs on
 //! Xen (same ELF as on QEMU).
 //!
-//! * Control plane ([`vif`]): a xenstore watch on `backend/vif` of this domain finds new vifs;
+//! * Control plane (`net_dd::vifctl`, platform-independent and host-tested; [`vif`] is its Xen
+//!   implementation: xenstore, grant maps and copies, event channels): a xenstore watch on `backend/vif` of this domain finds new vifs;
 //!   each vif runs xen-abi's xenbus [`BackendFsm`](xen_abi::xenbus::BackendFsm), advertises the
 //!   netback crate's features, writes `hotplug-status = connected` itself (no hotplug scripts
 //!   in a unikernel), and on the frontend's Connected parses its keys (`FrontendConfig`), maps
@@ -41,7 +42,7 @@ use smoltcp::wire::EthernetAddress;
 use xen_domain::{DomainError, Events, Store};
 
 use self::uplink::Uplink;
-use self::vif::{Backend, XenWire};
+use self::vif::{Backend, XenPlatform, XenStore, XenWire};
 
 /// Longest sleep when nothing is scheduled (events wake the loop earlier).
 const IDLE: Duration = Duration::from_secs(1);
@@ -88,8 +89,8 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let mut echo = EchoService::new(&mut sockets, cfg.echo_port, ECHO_SOCKETS, ECHO_BUF);
     let base = format!("/local/domain/{domid}/backend/vif");
     let sw = Switch::new(cfg.link_bps, stack_mac, rt::time::now().as_nanos());
-    let mut be = Backend::new(xen, events, base, sw);
-    be.watch(&mut store).map_err(err)?;
+    let mut be = Backend::new(XenPlatform::new(xen, events), base, sw);
+    be.watch(&mut XenStore(&mut store)).map_err(|e| err(e.0))?;
     let mut uplink = Uplink::find(xen, events, &mut store, domid).map_err(err)?;
     if uplink.is_none() {
         log::info!("no vif of our own: no uplink");
@@ -118,7 +119,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
                     u.on_watch(&mut store);
                 }
             } else {
-                be.on_watch(&mut store, &ev.path, &ev.token);
+                be.on_watch(&mut XenStore(&mut store), &ev.path, &ev.token, rt::time::now().as_nanos());
             }
         }
         let now = rt::time::now();
