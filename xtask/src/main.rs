@@ -17,6 +17,7 @@ mod chan;
 mod demo;
 mod markers;
 mod media;
+mod media_capture;
 mod netdd;
 mod images;
 mod netbench;

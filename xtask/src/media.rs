@@ -55,6 +55,19 @@ pub struct Media {
 /// Boots media-dd (command line `dd_args`, `guests.len()` channels, the WAV output) and then
 /// each guest (`(name, command line)`), READY before the next.
 pub fn start(run: &str, accel: Accel, art: &Artifacts, dd_args: &str, guests: &[(&str, &str)], echo: bool) -> Result<Media> {
+    start_on(run, accel, art, dd_args, guests, echo, None)
+}
+
+/// [`start`] with another QEMU `-audiodev` (its `id` must be `snd0`) than the WAV file.
+pub fn start_on(
+    run: &str,
+    accel: Accel,
+    art: &Artifacts,
+    dd_args: &str,
+    guests: &[(&str, &str)],
+    echo: bool,
+    audiodev: Option<String>,
+) -> Result<Media> {
     let t0 = Instant::now();
     let dir = util::target_dir()?.join("topo").join(run);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -75,7 +88,7 @@ pub fn start(run: &str, accel: Accel, art: &Artifacts, dd_args: &str, guests: &[
         .append(dd_args)
         .args_extra([
             "-audiodev".to_string(),
-            format!("wav,id=snd0,path={},out.frequency={RATE},out.channels=2,out.format=s16", wav.display()),
+            audiodev.unwrap_or_else(|| format!("wav,id=snd0,path={},out.frequency={RATE},out.channels=2,out.format=s16", wav.display())),
         ])
         .device("virtio-sound-pci,audiodev=snd0");
     for (i, (name, _)) in guests.iter().enumerate() {
@@ -114,7 +127,7 @@ impl Media {
     }
 
     /// `e` about VM `name`, with the last console lines of it and of media-dd.
-    fn fail(&self, name: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    pub fn fail(&self, name: &str, e: impl std::fmt::Display) -> anyhow::Error {
         self.write_logs();
         let mut msg = format!("{name}: {e}");
         for vm in std::iter::once(name).chain((name != "media-dd").then_some("media-dd")) {

@@ -212,6 +212,22 @@ pub fn ensure_qemu_utils() -> Result<()> {
     Ok(())
 }
 
+/// `pulseaudio` (Debian's pulseaudio) for the media capture test's private sound server.
+pub fn ensure_pulseaudio() -> Result<()> {
+    if have_program("pulseaudio") {
+        return Ok(());
+    }
+    println!("prereq: pulseaudio missing");
+    if is_debian() && allow_install() {
+        apt_update()?;
+        apt_get(&["install", "-y", "--no-install-recommends", "pulseaudio"])?;
+    }
+    if !have_program("pulseaudio") {
+        bail!("`pulseaudio` not found: the media capture test needs it (apt-get install -y pulseaudio)");
+    }
+    Ok(())
+}
+
 /// Make sure the Rust target for the images is installed.
 pub fn ensure_rust_target() -> Result<()> {
     let root = project_root();

@@ -71,6 +71,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if want(Tier::Qemu) {
         prereq::ensure_qemu()?;
         prereq::ensure_qemu_utils()?;
+        prereq::ensure_pulseaudio()?;
     }
 
     let tiers: [(Tier, &'static str, TierFn); 3] = [
@@ -253,6 +254,7 @@ const QEMU_TESTS: &[(&str, QemuTest, bool)] = &[
     ("blk: blk-dd refuses overlapping / out-of-disk volume maps at start", crate::blk::bad_volume_maps, true),
     ("media: 2 guests' tones mixed into virtio-sound's WAV (frequency, levels, a platform cap), ducked by an alert guest", crate::media::playback_mix_duck, true),
     ("media: a guest VM killed while playing is taken down (heartbeat) and leaves the mix", crate::media::killed_guest, true),
+    ("media: capture of a PulseAudio pipe source (1000 then 1500 Hz) by 2 guests at 16 kHz mono / 44.1 kHz stereo, device captured once", crate::media_capture::capture_two_rates, true),
 ];
 
 fn qemu_chan_channel(accel: Accel) -> Result<String> {
