@@ -1,11 +1,13 @@
-//! Throughput on one core: resampler (frames of output per second) and mixer (device frames
-//! per second, with every stream converted from its own rate). Criterion prints
+//! Throughput on one core: resampler (frames of output per second), mixer (device frames
+//! per second, with every stream converted from its own rate) and capture fan-out (device
+//! frames per second delivered to every consumer in its own rate and channels, read out as
+//! s16 like a READ would). Criterion prints
 //! "thrpt: ... elem/s" = frames/s; divide by 48000 for "times real time" at 48 kHz.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use media_dsp::format::f32_to_q31;
 use media_dsp::measure::sine;
-use media_dsp::{Mixer, MixerConfig, Resampler, SampleFormat, StreamParams};
+use media_dsp::{FanOut, Mixer, MixerConfig, Resampler, SampleFormat, StreamParams};
 use std::hint::black_box;
 
 const BLOCK: usize = 480; // 10 ms at 48 kHz
@@ -88,9 +90,43 @@ fn mixer(c: &mut Criterion) {
     g.finish();
 }
 
+fn fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout");
+    let shapes: [(&str, &[(u32, usize)]); 2] = [
+        ("2 guests 16k/1 44.1k/2", &[(16000, 1), (44100, 2)]),
+        ("4 guests 16k/1 44.1k/2 48k/2 8k/1", &[(16000, 1), (44100, 2), (48000, 2), (8000, 1)]),
+    ];
+    for (name, consumers) in shapes {
+        let mut f = FanOut::new(48000, 2, 16).unwrap();
+        let ids: Vec<_> = consumers
+            .iter()
+            .map(|&(rate, ch)| {
+                let id = f.add_consumer(rate, ch, rate as usize).unwrap();
+                f.set_running(id, true).unwrap();
+                (id, rate as usize * ch * 2 / 100 + 64)
+            })
+            .collect();
+        let mut xf = vec![0f32; BLOCK * 2];
+        sine(48000, 1000.0, 0.5, 0, &mut xf);
+        let mut period = vec![0u8; BLOCK * 4];
+        media_dsp::format::encode_f32(SampleFormat::S16Le, &xf, &mut period).unwrap();
+        let mut out = vec![0u8; 48000 * 4 / 100 + 64];
+        g.throughput(Throughput::Elements(BLOCK as u64));
+        g.bench_function(format!("48k/2 s16 -> {name} (device frames, incl. s16 decode and encode)"), |bn| {
+            bn.iter(|| {
+                f.push_bytes(SampleFormat::S16Le, black_box(&period)).unwrap();
+                for &(id, bytes) in &ids {
+                    black_box(f.read_bytes(id, SampleFormat::S16Le, &mut out[..bytes]).unwrap());
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = resampler, mixer
+    targets = resampler, mixer, fanout
 }
 criterion_main!(benches);
