@@ -18,7 +18,9 @@
 //! * [`vifctl`] — the Xen vifs' xenbus backend control plane (backend directory watch, state
 //!   machine per vif, frontend keys, ring mapping and event channels through a platform trait,
 //!   QoS answers, teardown), generic over the xenstore and the hypervisor; `src/xen/vif.rs`
-//!   is its thin Xen implementation.
+//!   is its thin Xen implementation;
+//! * [`xenuplink`] — net-dd's own netfront towards dom0 on Xen (frontend state machine, ring
+//!   and buffer pages granted through a platform trait, the `netfront` engine).
 //!
 //! `tests/switch_guests.rs` runs several guests — the real `netfront` engine behind a real
 //! channel `Frontend` — through the real `ChannelPort`s, `Switch` and `netback` engines:
@@ -37,6 +39,7 @@ pub mod echo;
 pub mod stackdev;
 pub mod switch;
 pub mod vifctl;
+pub mod xenuplink;
 
 use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::Device;

@@ -4,7 +4,8 @@
 //! `Switch` and `netback` engines, and the real `netfront` engine as each Linux guest. Only the
 //! hypervisor is a fake ([`Hv`]): granted pages are `HostMem` pages (a ring page the backend
 //! "maps" is the very page the guest's `FrontRing` writes), event channels are a port table.
-//! Time is simulated.
+//! Time is simulated. The last section runs net-dd's own uplink netfront (`net_dd::xenuplink`)
+//! against a vif backend in dom0.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +16,7 @@ use iconnect::qos::{self, NetQosRequest};
 use iconnect::{Decision, KeySource, RefuseReason};
 use net_dd::switch::{self, STACK, UPLINK, Wire};
 use net_dd::vifctl::{self, Backend, StoreAccess, StoreError, VifPlatform};
+use net_dd::xenuplink::{self, FrontPlatform, Uplink};
 use netback::GrantAccess;
 use netfront::{Buffers, Config, Netfront};
 use netswitch::Mac;
@@ -163,20 +165,20 @@ impl StoreError for SimError {
     }
 }
 
-/// net-dd's session with the daemon.
-struct DdStore<'a>(&'a mut Xs);
+/// A domain's session with the daemon (net-dd's, or dom0's backend's).
+struct DomStore<'a>(&'a mut Xs, u16);
 
-impl DdStore<'_> {
+impl DomStore<'_> {
     fn check(&self, path: &str) -> Result<(), SimError> {
         if self.0.denied.iter().any(|d| path.starts_with(d.as_str())) { Err(SimError(XsError::Denied)) } else { Ok(()) }
     }
 
     fn ok(&mut self, req: Request<'_>) -> Result<Vec<u8>, SimError> {
-        self.0.call(DD, TxId::NONE, req).map_err(SimError)
+        self.0.call(self.1, TxId::NONE, req).map_err(SimError)
     }
 }
 
-impl StoreAccess for DdStore<'_> {
+impl StoreAccess for DomStore<'_> {
     type Error = SimError;
 
     fn read(&mut self, path: &str) -> Result<Option<String>, SimError> {
@@ -234,6 +236,12 @@ struct Hv {
     dd_pending: BTreeSet<u32>,
     /// Notifications net-dd sent: (frontend, its port).
     fe_notified: Vec<(u16, u32)>,
+    /// Frontend ports that fired (not taken yet).
+    fe_pending: BTreeSet<(u16, u32)>,
+    /// Ports allocated by frontends that run [`FakeFront`], per domain.
+    fe_next_port: BTreeMap<u16, u32>,
+    /// Make the next `alloc_unbound` of a [`FakeFront`] fail.
+    refuse_ports: bool,
 }
 
 type HvRef = Rc<RefCell<Hv>>;
@@ -361,6 +369,7 @@ impl VifPlatform for FakeXen {
         let mut hv = self.hv.borrow_mut();
         let end = *hv.bound.get(&port).expect("notify on a bound port");
         hv.fe_notified.push(end);
+        hv.fe_pending.insert(end);
     }
 
     fn take_event(&mut self, port: u32) -> bool {
@@ -492,7 +501,7 @@ impl World {
         let sw = switch::Switch::new(link_bps, STACK_MAC, 0);
         let be = Backend::new(FakeXen { hv: hv.clone() }, BASE.to_string(), sw);
         let mut w = World { xs, hv, be, wire: FakeWire::default(), guests: Vec::new(), now: 0 };
-        w.be.watch(&mut DdStore(&mut w.xs)).unwrap();
+        w.be.watch(&mut DomStore(&mut w.xs, DD)).unwrap();
         w.settle();
         w
     }
@@ -593,7 +602,7 @@ impl World {
     /// One round of net-dd's loop (watch events, doorbells, switch) and of every guest.
     fn step(&mut self) {
         for ev in self.xs.events(DD) {
-            self.be.on_watch(&mut DdStore(&mut self.xs), &ev.path, &ev.token, self.now);
+            self.be.on_watch(&mut DomStore(&mut self.xs, DD), &ev.path, &ev.token, self.now);
         }
         for g in &mut self.guests {
             let Some(nf) = g.nf.as_mut() else { continue };
@@ -1006,7 +1015,7 @@ fn garbage_in_the_backend_directory_is_ignored() {
         ("", ""),
     ] {
         let now = w.now;
-        w.be.on_watch(&mut DdStore(&mut w.xs), path, token, now);
+        w.be.on_watch(&mut DomStore(&mut w.xs, DD), path, token, now);
     }
     // Invalid `online` and frontend `state` values are ignored.
     let v = w.create_vif(9, 0, None);
@@ -1340,7 +1349,7 @@ fn run_ops(ops: &[Op]) {
                 let tokens = ["be", "fe:5:0", "fe:6:0", "fe:5", "uplink", "fe:7:0"];
                 let now = w.now;
                 let (p, t) = (&paths[usize::from(p) % paths.len()], tokens[usize::from(t) % tokens.len()]);
-                w.be.on_watch(&mut DdStore(&mut w.xs), p, t, now);
+                w.be.on_watch(&mut DomStore(&mut w.xs, DD), p, t, now);
             }
             Op::Scribble(d, v) => {
                 let dom = 5 + u16::from(d);
@@ -1369,5 +1378,248 @@ proptest! {
     #[test]
     fn random_xenstore_sequences_never_panic_and_leak_nothing(ops in prop::collection::vec(op(), 1..40)) {
         run_ops(&ops);
+    }
+}
+
+// ---------------------------------------------------------------- net-dd's uplink
+
+/// net-dd's side of the hypervisor as a frontend: pages it grants, ports it allocates.
+struct FakeFront {
+    hv: HvRef,
+    dom: u16,
+}
+
+impl FrontPlatform for FakeFront {
+    type Page = HostMem;
+    type Buffers = GuestPages;
+    type Port = u32;
+    type Error = HvError;
+
+    fn grant_page(&mut self, _backend: u16, gref: GrantRef) -> Result<HostMem, HvError> {
+        let page = HostMem::new(4096);
+        self.hv.borrow_mut().pages.insert((self.dom, gref), page.clone());
+        Ok(page)
+    }
+
+    fn buffers(&mut self, _backend: u16, first_ref: GrantRef) -> Result<GuestPages, HvError> {
+        Ok(GuestPages { hv: self.hv.clone(), dom: self.dom, next: first_ref, free: Vec::new() })
+    }
+
+    fn alloc_unbound(&mut self, _backend: u16) -> Result<(u32, u32), HvError> {
+        let mut hv = self.hv.borrow_mut();
+        if std::mem::take(&mut hv.refuse_ports) {
+            return Err(HvError::BadPort(self.dom, 0));
+        }
+        let n = hv.fe_next_port.entry(self.dom).or_insert(10);
+        *n += 1;
+        let port = *n;
+        hv.unbound.insert((self.dom, port));
+        Ok((port, port))
+    }
+
+    fn close(&mut self, port: u32) {
+        self.hv.borrow_mut().unbound.remove(&(self.dom, port));
+    }
+
+    fn notify(&mut self, port: u32) {
+        let mut hv = self.hv.borrow_mut();
+        let local = hv.bound.iter().find(|(_, e)| **e == (self.dom, port)).map(|(l, _)| *l);
+        if let Some(l) = local {
+            hv.dd_pending.insert(l);
+        }
+    }
+
+    fn take_event(&mut self, port: u32) -> bool {
+        self.hv.borrow_mut().fe_pending.remove(&(self.dom, port))
+    }
+}
+
+const DOM0_STACK: Mac = Mac([0x02, 0, 0, 0, 0, 0x10]);
+const UPLINK_MAC: Mac = Mac([0x00, 0x16, 0x3e, 0x77, 0x01, 0x01]);
+
+/// net-dd (domain 1) with a vif of its own whose backend is a vif backend in dom0 (the same
+/// control plane and netback engine, standing in for Linux netback on a bridge).
+struct UplinkWorld {
+    xs: Xs,
+    hv: HvRef,
+    dom0: Backend<FakeXen>,
+    bridge: FakeWire,
+    up: Uplink<FakeFront>,
+    got: Vec<Vec<u8>>,
+    now: u64,
+}
+
+const DOM0_BASE: &str = "/local/domain/0/backend/vif";
+
+fn toolstack_creates_uplink_vif(xs: &mut Xs) {
+    let (fe, be) = ("/local/domain/1/device/vif/0".to_string(), format!("{DOM0_BASE}/1/0"));
+    xs.write_tx(
+        DOM0,
+        &[
+            kv(format!("{be}/frontend"), fe.clone()),
+            kv(format!("{be}/frontend-id"), "1"),
+            kv(format!("{be}/online"), "1"),
+            kv(format!("{be}/state"), "1"),
+            kv(format!("{be}/mac"), UPLINK_MAC.to_string()),
+            kv(format!("{be}/handle"), "0"),
+            kv(format!("{fe}/backend"), be.clone()),
+            kv(format!("{fe}/backend-id"), "0"),
+            kv(format!("{fe}/state"), "1"),
+            kv(format!("{fe}/handle"), "0"),
+            kv(format!("{fe}/mac"), UPLINK_MAC.to_string()),
+        ],
+    );
+}
+
+impl UplinkWorld {
+    fn new() -> Self {
+        let _ = logged("");
+        let mut xs = Xs::new();
+        xs.connect(DOM0);
+        xs.connect(DD);
+        let hv: HvRef = Rc::default();
+        let dom0 = Backend::new(FakeXen { hv: hv.clone() }, DOM0_BASE.to_string(), switch::Switch::new(1_000_000_000, DOM0_STACK, 0));
+        dom0.watch(&mut DomStore(&mut xs, DOM0)).unwrap();
+        toolstack_creates_uplink_vif(&mut xs);
+        let up = Uplink::find(FakeFront { hv: hv.clone(), dom: DD }, &mut DomStore(&mut xs, DD), DD).unwrap().expect("a vif of its own");
+        let mut w = UplinkWorld { xs, hv, dom0, bridge: FakeWire::default(), up, got: Vec::new(), now: 0 };
+        w.settle();
+        w
+    }
+
+    fn step(&mut self) {
+        for ev in self.xs.events(DOM0) {
+            self.dom0.on_watch(&mut DomStore(&mut self.xs, DOM0), &ev.path, &ev.token, self.now);
+        }
+        for ev in self.xs.events(DD) {
+            if ev.token == xenuplink::TOKEN {
+                self.up.on_watch(&mut DomStore(&mut self.xs, DD));
+            }
+        }
+        let got = &mut self.got;
+        self.up.poll(|f| got.push(f.to_vec()));
+        self.up.kick();
+        self.dom0.doorbells(false);
+        self.dom0.sw.pump(self.now, &mut self.bridge);
+        self.dom0.sw.flush();
+        self.dom0.after_switch();
+        self.now += MS;
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..30 {
+            self.step();
+        }
+    }
+
+    fn be_state(&self) -> Option<String> {
+        self.xs.get(&format!("{DOM0_BASE}/1/0/state"))
+    }
+
+    fn fe_state(&self) -> Option<String> {
+        self.xs.get("/local/domain/1/device/vif/0/state")
+    }
+}
+
+#[test]
+fn uplink_connects_to_its_backend_and_carries_frames() {
+    let mut w = UplinkWorld::new();
+    assert!(w.up.is_connected());
+    assert_eq!((w.fe_state().as_deref(), w.be_state().as_deref()), (Some("4"), Some("4")));
+    assert_eq!(w.up.mac, Some(UPLINK_MAC));
+    for (k, v) in [("tx-ring-ref", "8"), ("rx-ring-ref", "9"), ("request-rx-copy", "1"), ("feature-sg", "0"), ("feature-no-csum-offload", "1")] {
+        assert_eq!(w.xs.get(&format!("/local/domain/1/device/vif/0/{k}")).as_deref(), Some(v), "{k}");
+    }
+    assert_eq!(logged("ICONNECT-UPLINK up backend=/local/domain/0/backend/vif/1/0 mac=00:16:3e:77:01:01").len(), 1);
+    // net-dd -> dom0's bridge, and back.
+    let out: Vec<_> = (0..10).map(|n| frame(DOM0_STACK, UPLINK_MAC, 60 + 140 * n, n as u32)).collect();
+    for f in &out {
+        assert!(w.up.ready(f.len()));
+        assert!(w.up.send(f));
+    }
+    w.settle();
+    assert_eq!(w.bridge.stack, out);
+    let back: Vec<_> = (0..10).map(|n| frame(UPLINK_MAC, DOM0_STACK, 1514 - 100 * n, 100 + n as u32)).collect();
+    for f in &back {
+        let now = w.now;
+        w.dom0.sw.input(STACK, f, now, &mut w.bridge);
+    }
+    w.settle();
+    assert_eq!(w.got, back);
+    assert!(w.up.stats().contains("connected=true tx=10 rx=10"), "{}", w.up.stats());
+}
+
+#[test]
+fn uplink_survives_a_hostile_backend_and_reconnects() {
+    let mut w = UplinkWorld::new();
+    // Garbage states are ignored.
+    w.xs.write(DOM0, &format!("{DOM0_BASE}/1/0/state"), "connected");
+    w.settle();
+    assert!(w.up.is_connected());
+    assert!(!logged("uplink: backend state \"connected\" invalid").is_empty());
+    // The backend publishes a wild response index on the TX ring: the uplink goes down, and
+    // frames are dropped rather than held (a missing uplink never stalls the guests).
+    w.hv.borrow().pages[&(DD, xenuplink::FIRST_REF)].store_u32(8, 0x7000_0000, Ordering::SeqCst);
+    w.hv.borrow_mut().fe_pending.insert((DD, 11));
+    w.settle();
+    assert!(!w.up.is_connected());
+    assert_eq!(logged("ICONNECT-UPLINK down reason=protocol-error").len(), 1);
+    assert!(w.up.ready(1514));
+    assert!(!w.up.send(&frame(DOM0_STACK, UPLINK_MAC, 100, 1)));
+    // The toolstack replaces the backend device: the uplink starts over on fresh rings.
+    w.xs.rm(DOM0, &format!("{DOM0_BASE}/1/0"));
+    w.settle();
+    assert_eq!(w.fe_state().as_deref(), Some("6"), "Closed once the backend went away");
+    toolstack_creates_uplink_vif(&mut w.xs);
+    w.settle();
+    assert!(w.up.is_connected(), "{:?}", logged("UPLINK"));
+    assert_eq!((w.fe_state().as_deref(), w.be_state().as_deref()), (Some("4"), Some("4")));
+    let f = frame(DOM0_STACK, UPLINK_MAC, 700, 7);
+    assert!(w.up.send(&f));
+    w.settle();
+    assert_eq!(w.bridge.stack.last(), Some(&f));
+    assert_eq!(w.hv.borrow().mapped, 2, "dom0 maps only the new rings");
+}
+
+#[test]
+fn uplink_setup_failure_is_reported_and_retried_by_a_new_backend() {
+    let _ = logged("");
+    let mut xs = Xs::new();
+    xs.connect(DOM0);
+    xs.connect(DD);
+    let hv: HvRef = Rc::default();
+    hv.borrow_mut().refuse_ports = true;
+    let dom0 = Backend::new(FakeXen { hv: hv.clone() }, DOM0_BASE.to_string(), switch::Switch::new(1_000_000_000, DOM0_STACK, 0));
+    dom0.watch(&mut DomStore(&mut xs, DOM0)).unwrap();
+    toolstack_creates_uplink_vif(&mut xs);
+    let up = Uplink::find(FakeFront { hv: hv.clone(), dom: DD }, &mut DomStore(&mut xs, DD), DD).unwrap().unwrap();
+    let mut w = UplinkWorld { xs, hv, dom0, bridge: FakeWire::default(), up, got: Vec::new(), now: 0 };
+    w.settle();
+    assert!(!w.up.is_connected());
+    assert!(!logged("ICONNECT-UPLINK down reason=setup: event channel").is_empty());
+    // Closing after the failed setup, then Closed with the backend.
+    assert_eq!((w.fe_state().as_deref(), w.be_state().as_deref()), (Some("6"), Some("6")));
+    assert!(w.up.ready(100), "frames for the uplink are dropped, not held");
+    assert!(w.hv.borrow().unbound.is_empty() && w.hv.borrow().bound.is_empty());
+    // A new backend device: set up again, connected.
+    w.xs.rm(DOM0, &format!("{DOM0_BASE}/1/0"));
+    w.settle();
+    toolstack_creates_uplink_vif(&mut w.xs);
+    w.settle();
+    assert!(w.up.is_connected());
+    let f = frame(DOM0_STACK, UPLINK_MAC, 300, 3);
+    assert!(w.up.send(&f));
+    w.settle();
+    assert_eq!(w.bridge.stack, vec![f]);
+    // No vif of its own, or a garbage one: no uplink.
+    let mut xs = Xs::new();
+    xs.connect(DD);
+    let none = Uplink::find(FakeFront { hv: Rc::default(), dom: DD }, &mut DomStore(&mut xs, DD), DD).unwrap();
+    assert!(none.is_none());
+    for (id, be) in [("0x0", "/local/domain/0/backend/vif/1/0"), ("0", "relative/path"), ("70000", "/x"), ("0", "/a//b")] {
+        xs.write(DD, "/local/domain/1/device/vif/0/backend-id", id);
+        xs.write(DD, "/local/domain/1/device/vif/0/backend", be);
+        let found = Uplink::find(FakeFront { hv: Rc::default(), dom: DD }, &mut DomStore(&mut xs, DD), DD).unwrap();
+        assert!(found.is_none(), "{id} {be}");
     }
 }

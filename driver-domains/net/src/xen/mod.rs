@@ -41,7 +41,7 @@ use smoltcp::iface::SocketSet;
 use smoltcp::wire::EthernetAddress;
 use xen_domain::{DomainError, Events, Store};
 
-use self::uplink::Uplink;
+use self::uplink::{Uplink, XenFront};
 use self::vif::{Backend, XenPlatform, XenStore, XenWire};
 
 /// Longest sleep when nothing is scheduled (events wake the loop earlier).
@@ -91,7 +91,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let sw = Switch::new(cfg.link_bps, stack_mac, rt::time::now().as_nanos());
     let mut be = Backend::new(XenPlatform::new(xen, events), base, sw);
     be.watch(&mut XenStore(&mut store)).map_err(|e| err(e.0))?;
-    let mut uplink = Uplink::find(xen, events, &mut store, domid).map_err(err)?;
+    let mut uplink = Uplink::find(XenFront::new(xen, events), &mut XenStore(&mut store), domid).map_err(|e| err(e.0))?;
     if uplink.is_none() {
         log::info!("no vif of our own: no uplink");
     }
@@ -116,7 +116,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
         while let Some(ev) = store.poll_event().map_err(err)? {
             if ev.token == uplink::TOKEN {
                 if let Some(u) = &mut uplink {
-                    u.on_watch(&mut store);
+                    u.on_watch(&mut XenStore(&mut store));
                 }
             } else {
                 be.on_watch(&mut XenStore(&mut store), &ev.path, &ev.token, rt::time::now().as_nanos());
