@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use crate::chan::{self, Server};
+pub use volumes::VolumeFile;
+
+#[path = "blk_volumes.rs"]
+pub mod volumes;
 use crate::markers::{self, Fields};
 use crate::qemu::{Accel, Qemu, Running};
 use crate::util::{self, fmt_dur};
@@ -82,10 +86,15 @@ pub fn check_zero(file: &Path, at: u64, len: u64) -> Result<()> {
 
 /// A zero-filled raw file of `mib` MiB under the run's directory.
 fn raw_file(dir: &Path, name: &str, mib: u64) -> Result<PathBuf> {
+    raw_file_bytes(dir, name, mib << 20)
+}
+
+/// A zero-filled raw file of `bytes` under the run's directory.
+fn raw_file_bytes(dir: &Path, name: &str, bytes: u64) -> Result<PathBuf> {
     let p = dir.join(name);
     let _ = std::fs::remove_file(&p);
     let f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-    f.set_len(mib << 20)?;
+    f.set_len(bytes)?;
     Ok(p)
 }
 
@@ -98,10 +107,9 @@ pub struct Nbd {
 }
 
 impl Nbd {
-    /// Serves `file` as `export` on a free loopback port.
-    pub fn start(file: &Path, export: &str) -> Result<Nbd> {
+    /// Serves `file` as `export` on loopback port `port`.
+    pub fn start(file: &Path, export: &str, port: u16) -> Result<Nbd> {
         ensure_qemu_nbd()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut n = Nbd { child: None, port, file: file.into(), export: export.into() };
         n.restart()?;
         Ok(n)
@@ -135,9 +143,79 @@ impl Nbd {
         }
     }
 
-    /// The `vol=` token of this export.
-    pub fn vol(&self, name: &str) -> String {
-        format!("vol={name}:nbd://{HOST_FROM_GUEST}:{}/{}", self.port, self.export)
+}
+
+/// A free loopback TCP port (for a `qemu-nbd`).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A volume file made real for one run: parsed with `${host}` (the host as blk-dd sees it) and
+/// `${nbd_port}`, blk-dd's disk file created at the file's `disk` size, and a real `qemu-nbd`
+/// serving the export named on the `${nbd_port}` volume (one export per run) from a raw file of
+/// `export_mib` MiB.
+pub struct Platform {
+    pub volumes: VolumeFile,
+    /// blk-dd's disk (`<dir>/disk.raw`), if the file has a `disk` line.
+    pub disk: Option<PathBuf>,
+    /// The qemu-nbd of the run, if a volume uses `${nbd_port}`.
+    pub nbd: Option<Nbd>,
+}
+
+impl Platform {
+    /// The file at `path` (relative to the repository root, e.g. `images/blk/demo.conf`),
+    /// restricted to the volumes in `only` (all if empty).
+    pub fn load(dir: &Path, path: &str, only: &[&str], export_mib: u64) -> Result<Platform> {
+        let full = if Path::new(path).exists() { PathBuf::from(path) } else { util::project_root().join(path) };
+        let text = std::fs::read_to_string(&full).with_context(|| format!("reading the volume file {}", full.display()))?;
+        Platform::from_text_only(dir, path, &text, only, export_mib)
+    }
+
+    /// A volume file's text (`source` names it in messages).
+    pub fn from_text(dir: &Path, source: &str, text: &str, export_mib: u64) -> Result<Platform> {
+        Platform::from_text_only(dir, source, text, &[], export_mib)
+    }
+
+    fn from_text_only(dir: &Path, source: &str, text: &str, only: &[&str], export_mib: u64) -> Result<Platform> {
+        let port = free_port()?;
+        let port_s = port.to_string();
+        let mut volumes = VolumeFile::parse(source, text, &[("host", HOST_FROM_GUEST), ("nbd_port", &port_s)])?;
+        if !only.is_empty() {
+            volumes = volumes.select(only)?;
+        }
+        let disk = match volumes.disk {
+            Some(size) => Some(raw_file_bytes(dir, "disk.raw", size)?),
+            None => None,
+        };
+        let served: Vec<&str> = volumes
+            .volumes
+            .iter()
+            .filter_map(|v| match &v.backing {
+                volumes::Backing::Nbd { port: p, export, .. } if *p == port => Some(export.as_str()),
+                _ => None,
+            })
+            .collect();
+        let nbd = match served.as_slice() {
+            [] => None,
+            [export, rest @ ..] => {
+                ensure!(rest.iter().all(|e| e == export), "{source}: xtask serves one export on ${{nbd_port}}, the file names {served:?}");
+                let file = raw_file(dir, "export.raw", export_mib)?;
+                Some(Nbd::start(&file, export, port)?)
+            }
+        };
+        Ok(Platform { volumes, disk, nbd })
+    }
+
+    /// The exported file (the `qemu-nbd`'s backing file).
+    pub fn export_file(&self) -> Option<&Path> {
+        self.nbd.as_ref().map(|n| n.file.as_path())
+    }
+
+    /// Prints where every volume lives.
+    pub fn show(&self) {
+        for v in &self.volumes.volumes {
+            println!("  volume {:12} {}{}", v.name, v.place(), if v.sector_size != 512 { " (4 KiB sectors)" } else { "" });
+        }
     }
 }
 
@@ -191,7 +269,7 @@ pub struct Topo {
     pub art: Artifacts,
     /// blk-dd's disk (None: no virtio-blk device).
     pub disk: Option<PathBuf>,
-    /// `vol=` tokens.
+    /// blk-dd's command line: the `vol=` tokens (from a volume file) and any extra tokens.
     pub vols: Vec<String>,
     /// A NIC on user networking (remote volumes).
     pub nic: bool,
@@ -216,6 +294,13 @@ impl Topo {
             echo: std::env::var_os("ICONNECT_ECHO").is_some_and(|v| !v.is_empty() && v != "0"),
             dd: true,
         }
+    }
+
+    /// blk-dd's volumes, disk and NIC from `p` (its `vol=` tokens replace any set before).
+    pub fn platform(&mut self, p: &Platform) {
+        self.disk = if p.volumes.has_local() { p.disk.clone() } else { None };
+        self.nic = p.volumes.has_remote();
+        self.vols = p.volumes.tokens();
     }
 
     /// The run's directory (`<target>/topo/<run>`), created.
@@ -384,19 +469,20 @@ const MIB: u64 = 1 << 20;
 pub fn local_remote_hostile(accel: Accel) -> Result<String> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("blk-basic")?;
-    let disk = raw_file(&dir, "disk.raw", 52)?;
-    let exp = raw_file(&dir, "export.raw", 16)?;
-    let nbd = Nbd::start(&exp, "blk")?;
+    let p = Platform::from_text(
+        &dir,
+        "blk-basic volumes",
+        "disk 52M
+         volume v1 local 0 16M
+         volume v2 local 16M 16M ss=4096
+         volume v3 nbd://${host}:${nbd_port}/blk
+         volume v4 local 32M 16M ss=4096
+         volume v5 local 48M 4M",
+        16,
+    )?;
+    let (disk, exp) = (p.disk.clone().context("no disk")?, p.export_file().context("no export")?.to_path_buf());
     let mut t = Topo::new("blk-basic", accel, &art);
-    t.disk = Some(disk.clone());
-    t.nic = true;
-    t.vols = vec![
-        "vol=v1:local:0:16M".into(),
-        "vol=v2:local:16M:16M:ss=4096".into(),
-        nbd.vol("v3"),
-        "vol=v4:local:32M:16M:ss=4096".into(),
-        "vol=v5:local:48M:4M".into(),
-    ];
+    t.platform(&p);
     t.guests = vec![
         Guest::new("g1", "vol=v1 work=verify:2048 seed=11"),
         Guest::new("g2", "vol=v2 work=hostile seed=12"),
@@ -450,10 +536,10 @@ pub fn local_remote_hostile(accel: Accel) -> Result<String> {
 pub fn flush_then_kill(accel: Accel) -> Result<String> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("blk-flush-kill")?;
-    let disk = raw_file(&dir, "disk.raw", 16)?;
+    let p = Platform::from_text(&dir, "blk-flush-kill volumes", "disk 16M\nvolume v1 local 4M 8M", 0)?;
+    let disk = p.disk.clone().context("no disk")?;
     let mut t = Topo::new("blk-flush-kill", accel, &art);
-    t.disk = Some(disk.clone());
-    t.vols = vec!["vol=v1:local:4M:8M".into()];
+    t.platform(&p);
     t.guests = vec![Guest::new("g1", "vol=v1 work=verify:8192 seed=21")];
     let mut b = t.start()?;
     b.wait("g1", "ICONNECT-FLUSHED", Duration::from_secs(120))?;
@@ -471,10 +557,9 @@ pub fn flush_then_kill(accel: Accel) -> Result<String> {
 pub fn killed_guest(accel: Accel) -> Result<String> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("blk-killed-guest")?;
-    let disk = raw_file(&dir, "disk.raw", 8)?;
+    let p = Platform::from_text(&dir, "blk-killed-guest volumes", "disk 8M\nvolume v1 local 0 8M", 0)?;
     let mut t = Topo::new("blk-killed-guest", accel, &art);
-    t.disk = Some(disk);
-    t.vols = vec!["vol=v1:local:0:8M".into()];
+    t.platform(&p);
     t.guests = vec![Guest::new("g1", "vol=v1 work=verify:4096:1000 seed=51")];
     let mut b = t.start()?;
     b.wait("g1", "ICONNECT-FLUSHED", Duration::from_secs(60))?;
@@ -489,16 +574,23 @@ pub fn killed_guest(accel: Accel) -> Result<String> {
 }
 
 /// QEMU test: blk-dd checks the volume map against its disk at start and refuses to run with a
-/// bad one (overlapping slices; a slice past the end of the disk), saying why.
+/// bad one (overlapping slices; a slice past the end of the disk), saying why. The maps come
+/// from volume files whose lines parse but which xtask's own check refuses too (blk-dd must
+/// not rely on it): the tokens are generated without that check.
 pub fn bad_volume_maps(accel: Accel) -> Result<String> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("blk-bad-maps")?;
     let disk = raw_file(&dir, "disk.raw", 16)?;
     let mut seen = Vec::new();
-    for (vols, why) in [
-        ("vol=a:local:0:8M vol=b:local:4M:8M", "local slices overlap"),
-        ("vol=a:local:0:8M vol=b:local:8M:16M", "slice outside the disk"),
+    for (text, xtask_says, why) in [
+        ("disk 16M\nvolume a local 0 8M\nvolume b local 4M 8M", "overlaps volume `a`", "local slices overlap"),
+        ("disk 16M\nvolume a local 0 8M\nvolume b local 8M 16M", "ends past the end of the 16M disk", "slice outside the disk"),
     ] {
+        let file = VolumeFile::parse_lines("bad map", text, &[])?;
+        let refused = file.check().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        ensure!(refused.contains(xtask_says), "xtask's check of {text:?}: `{refused}`, expected `{xtask_says}`");
+        let vols = file.cmdline();
+        let vols = vols.as_str();
         let out = Qemu::new(&art.dd, accel)
             .memory_mib(16)
             .append(vols)
@@ -525,11 +617,11 @@ pub fn bad_volume_maps(accel: Accel) -> Result<String> {
 pub fn nbd_restart(accel: Accel) -> Result<String> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("blk-nbd-restart")?;
-    let exp = raw_file(&dir, "export.raw", 16)?;
-    let mut nbd = Nbd::start(&exp, "blk")?;
+    let mut p = Platform::from_text(&dir, "blk-nbd-restart volumes", "volume v1 nbd://${host}:${nbd_port}/blk", 16)?;
     let mut t = Topo::new("blk-nbd-restart", accel, &art);
-    t.nic = true;
-    t.vols = vec![nbd.vol("v1")];
+    t.platform(&p);
+    let mut nbd = p.nbd.take().context("no qemu-nbd")?;
+    let exp = nbd.file.clone();
     t.guests = vec![Guest::new("g1", "vol=v1 work=verify:8192:3 seed=31")];
     let mut b = t.start()?;
     b.wait("g1", "ICONNECT-FLUSHED name=g1 pass=0", Duration::from_secs(120))?;
@@ -550,6 +642,9 @@ pub fn nbd_restart(accel: Accel) -> Result<String> {
 /// remote volume on qemu-nbd. IOPS are measured on the host: operations / (time of the result
 /// line - time of the start line).
 pub fn bench(accel: Option<Accel>) -> Result<()> {
+    const BENCH_VOLUMES: &str = "images/blk/bench.conf";
+    const BENCH_LOCAL: &str = "bench-local";
+    const BENCH_REMOTE: &str = "bench-nbd";
     let accel = Accel::choose(accel)?;
     let art = Artifacts::build()?;
     let secs = std::env::var("ICONNECT_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5u32);
@@ -563,6 +658,8 @@ pub fn bench(accel: Option<Accel>) -> Result<()> {
     let paths = std::env::var("ICONNECT_BENCH_BLK_PATHS").unwrap_or_default();
     let dd_args = std::env::var("ICONNECT_BENCH_BLK_DD_ARGS").unwrap_or_default();
     let guest_args = std::env::var("ICONNECT_BENCH_BLK_GUEST_ARGS").unwrap_or_default();
+    let bench_file = VolumeFile::load(Path::new(BENCH_VOLUMES), &[("host", HOST_FROM_GUEST), ("nbd_port", "1")])?;
+    println!("bench blk: volumes from {BENCH_VOLUMES}: {BENCH_LOCAL} (via blk-dd), {BENCH_REMOTE} (blk-dd->nbd)");
     for (rw, qd) in cases.into_iter().filter(|(rw, qd)| pick.is_empty() || pick.split(',').any(|c| c == format!("{rw}:{qd}"))) {
         let mut row = Vec::new();
         for path in ["blk-dd", "virtio", "nbd"] {
@@ -572,39 +669,50 @@ pub fn bench(accel: Option<Accel>) -> Result<()> {
             }
             let run = format!("bench-blk-{path}-{rw}{qd}");
             let dir = Topo::dir(&run)?;
-            let disk = raw_file(&dir, "disk.raw", 80)?;
             let mut t = Topo::new(&run, accel, &art);
             // No liveness promise: under kvm_pvm the domains' clocks jump (a silent-guest
             // verdict would be spurious); this measures throughput only.
             let work = format!("work=iops:{rw}:{qd}:{secs} heartbeat_ms=0 {guest_args}");
-            let mut _nbd = None;
-            if path == "blk-dd" {
-                t.disk = Some(disk);
-                t.vols = vec!["vol=b:local:0:64M".into(), dd_args.clone()];
-                t.guests = vec![Guest::new("g1", &format!("vol=b {work}"))];
-            } else if path == "nbd" {
-                let n = Nbd::start(&disk, "bench")?;
-                t.nic = true;
-                t.vols = vec![n.vol("b"), dd_args.clone()];
-                t.guests = vec![Guest::new("g1", &format!("vol=b {work}"))];
-                _nbd = Some(n);
-            } else {
+            let mut _platform = None;
+            if path == "virtio" {
+                // The direct baseline: the same guest on its own disk of the local volume's size.
+                let size = match bench_file.get(BENCH_LOCAL).map(|v| &v.backing) {
+                    Some(volumes::Backing::Local { len, .. }) => *len,
+                    _ => bail!("{BENCH_VOLUMES}: `{BENCH_LOCAL}` must be a local volume"),
+                };
                 t.dd = false;
                 let mut g = Guest::new("g1", &work);
-                g.virtio_disk = Some(disk);
+                g.virtio_disk = Some(raw_file_bytes(&dir, "disk.raw", size)?);
                 t.guests = vec![g];
+            } else {
+                let vol = if path == "blk-dd" { BENCH_LOCAL } else { BENCH_REMOTE };
+                let p = Platform::load(&dir, BENCH_VOLUMES, &[vol], 80)?;
+                t.platform(&p);
+                t.vols.push(dd_args.clone());
+                t.guests = vec![Guest::new("g1", &format!("vol={vol} {work}"))];
+                _platform = Some(p);
             }
             let mut b = t.start()?;
             let (_, t0) = b.wait("g1", "ICONNECT-IOPS-START", Duration::from_secs(60))?;
             let (f, t1) = b.result("g1", Duration::from_secs(u64::from(secs) + 120))?;
+            // blk-dd's own account of the run (the median second): busy share, wake-ups, doorbells.
+            let mut stats: Vec<String> = b
+                .serial("blk-dd")
+                .iter()
+                .filter_map(|l| l.find("ICONNECT-DDSTAT ").map(|i| l[i + 15..].to_string()))
+                .collect();
+            stats.sort_by_key(|l| markers::parse_fields(&format!("X {l}"), "X").and_then(|f| f.num("requests")).unwrap_or(0));
+            let dd_stat = stats.get(stats.len() / 2).cloned();
             b.stop()?;
             let ops = f.num("ops").context("no ops=")?;
             let host_iops = ops as f64 / (t1 - t0).as_secs_f64();
             println!(
-                "bench blk: {path:7} {rw:5} qd={qd:2}: {host_iops:8.0} IOPS (host clock; guest says iops={} p50={}us p99={}us, {ops} ops)",
+                "bench blk: {path:7} {rw:5} qd={qd:2}: {host_iops:8.0} IOPS (host clock; guest says iops={} p50={}us p99={}us, {ops} ops, guest busy {}‰{})",
                 f.get("iops").unwrap_or("?"),
                 f.get("lat_us_p50").unwrap_or("?"),
-                f.get("lat_us_p99").unwrap_or("?")
+                f.get("lat_us_p99").unwrap_or("?"),
+                f.get("busy_permille").unwrap_or("?"),
+                dd_stat.map(|s| format!(", blk-dd: {s}")).unwrap_or_default()
             );
             row.push(host_iops);
         }
@@ -623,24 +731,49 @@ pub fn bench(accel: Option<Accel>) -> Result<()> {
     Ok(())
 }
 
-/// The demo's storage step: two guests run the same workload, one on a local slice of
-/// blk-dd's disk, one on a remote NBD export; prints where each volume lives and the results.
+/// The demo's volume file.
+pub const DEMO_VOLUMES: &str = "images/blk/demo.conf";
+/// Size of the export file behind the demo's `${nbd_port}` volume (MiB).
+const DEMO_EXPORT_MIB: u64 = 16;
+/// Guests the demo runs at most (one per volume of the file).
+const DEMO_MAX_GUESTS: usize = 4;
+
+/// The demo's storage step: one guest per volume of `images/blk/demo.conf` (a local slice of
+/// blk-dd's disk and a remote NBD export as shipped), all running the same workload; prints
+/// where each volume lives and the results, then checks each guest's data in the disk file /
+/// the exported file on the host.
 pub fn demo(accel: Accel) -> Result<Vec<String>> {
     let art = Artifacts::build()?;
     let dir = Topo::dir("demo-blk")?;
-    let disk = raw_file(&dir, "disk.raw", 32)?;
-    let exp = raw_file(&dir, "export.raw", 16)?;
-    let nbd = Nbd::start(&exp, "demo")?;
+    let p = Platform::load(&dir, DEMO_VOLUMES, &[], DEMO_EXPORT_MIB)?;
+    println!("  volumes from {DEMO_VOLUMES} (blk-dd's command line: {}):", p.volumes.cmdline());
+    p.show();
+    ensure!(p.volumes.volumes.len() <= DEMO_MAX_GUESTS, "{DEMO_VOLUMES}: the demo runs at most {DEMO_MAX_GUESTS} guests (one per volume)");
     let mut t = Topo::new("demo-blk", accel, &art);
-    t.disk = Some(disk.clone());
-    t.nic = true;
-    t.vols = vec!["vol=alpha:local:0:16M".into(), nbd.vol("beta")];
-    t.guests = vec![Guest::new("g1", "vol=alpha work=verify:4096 seed=41"), Guest::new("g2", "vol=beta work=verify:4096 seed=42")];
+    t.platform(&p);
+    // Each guest writes up to 4 MiB of its volume (less on a smaller slice), then reads it back.
+    let mut checks = Vec::new();
+    for (i, v) in p.volumes.volumes.iter().enumerate() {
+        let (at, file, len) = match &v.backing {
+            volumes::Backing::Local { offset, len } => (*offset, p.disk.clone(), (*len).min(4 * MIB)),
+            volumes::Backing::Nbd { port, .. } if p.nbd.as_ref().is_some_and(|n| n.port == *port) => {
+                (0, p.export_file().map(Path::to_path_buf), 4 * MIB)
+            }
+            volumes::Backing::Nbd { .. } => (0, None, 4 * MIB),
+        };
+        let (g, seed) = (format!("g{}", i + 1), 41 + i as u64);
+        t.guests.push(Guest::new(&g, &format!("vol={} work=verify:{} seed={seed}", v.name, len / 1024)));
+        checks.push((g, v.name.clone(), v.place(), at, file, len, seed));
+    }
     let mut b = t.start()?;
     let mut facts = Vec::new();
-    for g in ["g1", "g2"] {
+    for (g, name, place, ..) in &checks {
         let (f, _) = b.result(g, Duration::from_secs(120))?;
-        facts.push(format!("{g}: verify ok, {} bytes written, flushed, read back ({} ops)", f.get("bytes").unwrap_or("?"), f.get("ops").unwrap_or("?")));
+        facts.push(format!(
+            "{g} on `{name}` ({place}): verify ok, {} bytes written, flushed, read back ({} ops)",
+            f.get("bytes").unwrap_or("?"),
+            f.get("ops").unwrap_or("?")
+        ));
     }
     for l in b.serial("blk-dd") {
         if let Some(i) = l.find("ICONNECT-VOLUME").or_else(|| l.find("ICONNECT-PORT")) {
@@ -651,18 +784,97 @@ pub fn demo(accel: Accel) -> Result<Vec<String>> {
         }
     }
     b.stop()?;
-    check_pattern(&disk, 0, 4 * MIB, 41)?;
-    check_pattern(&exp, 0, 4 * MIB, 42)?;
-    facts.push(format!(
-        "host check: {} (local slice) and {} (NBD export via qemu-nbd port {}) hold each guest's 4 MiB byte-exact",
-        disk.display(),
-        exp.display(),
-        nbd.port
-    ));
+    let mut checked = Vec::new();
+    for (g, name, _, at, file, len, seed) in &checks {
+        if let Some(file) = file {
+            check_pattern(file, *at, *len, *seed).with_context(|| format!("{g}'s data on `{name}`"))?;
+            checked.push(format!("{g}'s {} at {} of {}", util::fmt_bytes(*len), at, file.display()));
+        }
+    }
+    facts.push(format!("host check, byte-exact: {}", checked.join("; ")));
     for f in &facts {
         println!("  {f}");
     }
     Ok(facts)
+}
+
+/// `cargo xtask blk`: blk-dd with the volumes of a volume file and guests of your choice.
+#[derive(clap::Args, Debug)]
+pub struct BlkArgs {
+    /// The volume file (see images/blk/demo.conf for the format).
+    #[arg(long, default_value = DEMO_VOLUMES)]
+    volumes: String,
+    /// Only check the file and print blk-dd's command line.
+    #[arg(long)]
+    check: bool,
+    /// One guest per occurrence: its command line, e.g. "vol=alpha work=verify:4096" or
+    /// "vol=beta work=iops:read:32:5" (blk-guest: work=verify:<KiB>[:<passes>] | iops:<read|write>:<qd>:<secs> | hostile).
+    #[arg(long = "guest")]
+    guests: Vec<String>,
+    /// Size of the file behind the `${nbd_port}` export (MiB).
+    #[arg(long, default_value_t = 64)]
+    export_mib: u64,
+    /// Extra words for blk-dd's command line (e.g. "poll_us=0").
+    #[arg(long, default_value = "")]
+    dd_args: String,
+    /// Wait this long for the guests' results (seconds).
+    #[arg(long, default_value_t = 120)]
+    hold: u64,
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Do not print the consoles live.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn blk_cmd(args: &BlkArgs) -> Result<()> {
+    if args.check {
+        let vars = [("host", HOST_FROM_GUEST), ("nbd_port", "10809")];
+        let f = VolumeFile::load(Path::new(&args.volumes), &vars)?;
+        println!("{}: ok ({} volume(s); ${{nbd_port}} shown as 10809)", args.volumes, f.volumes.len());
+        if let Some(d) = f.disk {
+            println!("  disk {}", volumes::fmt_size(d));
+        }
+        for v in &f.volumes {
+            println!("  volume {:12} {}{}{}", v.name, v.place(), if v.sector_size != 512 { " ss=4096" } else { "" }, if v.read_only { " ro" } else { "" });
+        }
+        println!("blk-dd command line: {}", f.cmdline());
+        return Ok(());
+    }
+    let accel = Accel::choose(args.accel)?;
+    let art = Artifacts::build()?;
+    let dir = Topo::dir("manual-blk")?;
+    let p = Platform::load(&dir, &args.volumes, &[], args.export_mib)?;
+    println!("blk: volumes from {} (blk-dd's command line: {}):", args.volumes, p.volumes.cmdline());
+    p.show();
+    let mut t = Topo::new("manual-blk", accel, &art);
+    t.platform(&p);
+    t.vols.extend(args.dd_args.split_whitespace().map(str::to_string));
+    t.echo = !args.quiet;
+    t.timeout = Duration::from_secs(args.hold + 120);
+    for (i, g) in args.guests.iter().enumerate() {
+        t.guests.push(Guest::new(&format!("g{}", i + 1), g));
+    }
+    let names: Vec<String> = t.guests.iter().map(|g| g.name.clone()).collect();
+    let mut b = t.start()?;
+    let until = Instant::now() + Duration::from_secs(args.hold);
+    for n in &names {
+        match b.wait(n, "ICONNECT-RESULT", until.saturating_duration_since(Instant::now())) {
+            Ok((l, _)) => println!("blk: {n}: {}", l.find("ICONNECT-RESULT").map_or(l.as_str(), |i| &l[i..])),
+            Err(e) => println!("blk: {n}: no result: {}", format!("{e:#}").lines().next().unwrap_or("")),
+        }
+    }
+    if names.is_empty() {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    }
+    for l in b.serial("blk-dd") {
+        if let Some(i) = l.find("ICONNECT-PORT ") {
+            println!("  blk-dd | {}", &l[i..]);
+        }
+    }
+    b.stop()?;
+    println!("blk: logs in {}", dir.display());
+    Ok(())
 }
 
 #[cfg(test)]

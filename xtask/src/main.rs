@@ -90,6 +90,8 @@ enum Cmd {
     },
     /// Boot net-dd + guests over iConnect channels (a host peer on the uplink) and show their consoles.
     Net(topo::NetArgs),
+    /// Boot blk-dd with a volume file (images/blk/) + guests over iConnect channels; `--check` only checks the file.
+    Blk(blk::BlkArgs),
     /// Nested Xen: boot Xen 4.17 + a busybox dom0 in QEMU and run scenarios (default: all).
     Xen(xen::XenArgs),
     /// Internal: network probes run inside a namespace (`ip netns exec <ns> xtask probe ...`).
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
         Cmd::Probe { probe } => probe::run(&probe),
         Cmd::Xen(args) => xen::run_cmd(&args),
         Cmd::Net(args) => topo::net_cmd(&args),
+        Cmd::Blk(args) => blk::blk_cmd(&args),
     };
     if util::interrupted() {
         eprintln!("xtask: interrupted");

@@ -44,6 +44,31 @@ const HANDSHAKE_SLOW_TICK: Duration = Duration::from_millis(50);
 const HANDSHAKE_BACKOFF_AFTER: Duration = Duration::from_secs(2);
 /// Attached guests' rings are looked at this often without a doorbell.
 const SWEEP_TICK: Duration = Duration::from_millis(100);
+/// Bounded busy-poll (`poll_us=`, 0 = off): after the last progress (a request taken or a
+/// request completed) the loop keeps polling the guests' rings and the disk this long instead
+/// of sleeping until an interrupt. Meanwhile the rings' request events stay un-armed, so the
+/// guests send no doorbells; the disk's completions are seen without waiting for a wake-up.
+const DEFAULT_POLL: Duration = Duration::from_micros(0);
+/// Longest accepted `poll_us=`.
+const MAX_POLL_US: u64 = 10_000;
+/// `ICONNECT-DDSTAT` period (printed only when requests were served).
+const STAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the loop's time goes (the `ICONNECT-DDSTAT` line).
+#[derive(Default)]
+struct Perf {
+    /// Time spent in the task (polling, spinning included), ns.
+    busy_ns: u64,
+    /// Task runs; those after a sleep; those that only spun (no progress).
+    polls: u64,
+    wakeups: u64,
+    spins: u64,
+    /// Doorbells from guests / to guests.
+    bells_in: u64,
+    bells_out: u64,
+    /// Requests taken off the guests' rings.
+    requests: u64,
+}
 
 /// Where a volume's operations go.
 #[derive(Clone, Copy)]
@@ -177,6 +202,21 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     // disk_poll=1: spin on the disk's used ring while local requests are in flight instead of
     // sleeping until its completion interrupt.
     let disk_poll = rt::cmdline::get(boot.cmdline, "disk_poll") == Some("1");
+    let poll_window = match rt::cmdline::get(boot.cmdline, "poll_us") {
+        None => DEFAULT_POLL,
+        Some(v) => match v.parse::<u64>() {
+            Ok(us) if us <= MAX_POLL_US => Duration::from_micros(us),
+            _ => return Err(format!("poll_us={v}: expected 0..={MAX_POLL_US}")),
+        },
+    };
+    // early=0: answer completions only together with new requests, and notify the disk once
+    // per poll (the behaviour before; for measurements).
+    let early = rt::cmdline::get(boot.cmdline, "early") != Some("0");
+    let early_answers = early;
+    if let Some(m) = mux.as_mut() {
+        m.disk_mut().kick_early = early;
+    }
+    log::info!("busy-poll window {} us after the last progress; early kicks/answers {}", poll_window.as_micros(), if early { "on" } else { "off" });
     let mut chans = open_channels(&mut ecam);
     rt::ready("blk-dd");
     for id in 0..reg.slots().len() {
@@ -187,15 +227,27 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let mut events: Vec<PortEvent> = Vec::new();
     let mut last_sweep = rt::time::now();
     let mut last_activity = rt::time::now();
+    let mut last_progress = rt::time::now();
+    let mut perf = Perf::default();
+    let mut last_stat = (rt::time::now(), 0u64);
+    let mut slept = true;
     let mut task = |now: rt::time::Instant| -> Step {
         let now_us = now.as_micros();
+        perf.polls += 1;
+        if core::mem::take(&mut slept) {
+            perf.wakeups += 1;
+        }
+        // Inside the busy-poll window the rings' request events stay un-armed (no doorbells).
+        let spinning = now - last_progress < poll_window;
         let sweep = now - last_sweep >= SWEEP_TICK;
         if sweep {
             last_sweep = now;
         }
         let mut rung = false;
         for c in chans.iter_mut() {
-            c.rung = c.bells.take(0) + c.bells.take(1) > 0;
+            let n = c.bells.take(0) + c.bells.take(1);
+            perf.bells_in += u64::from(n);
+            c.rung = n > 0;
             rung |= c.rung;
         }
         if rung {
@@ -221,6 +273,8 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             c.port.check_liveness(now.as_nanos());
             c.port.poll(&mut reg, &mut events, now.as_nanos());
             let Some(id) = c.port.volume() else { continue };
+            c.port.set_rearm(!spinning);
+            let before = c.port.in_flight();
             let (taken, more) = match targets[id] {
                 Target::Local(i) => match mux.as_mut() {
                     // The disk's completion interrupt wakes the loop; without one, poll while
@@ -229,6 +283,16 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
                         let polling = disk_poll || !m.disk().interrupts;
                         match m.volume(i) {
                             Some(mut v) => {
+                                // Completions first, and the guest rung for them at once: it
+                                // works on them while the requests below are taken.
+                                if early_answers
+                                    && c.port.answer(now_us, &mut v)
+                                    && c.port.take_kick()
+                                    && let Some(peer) = c.port.peer()
+                                {
+                                    c.regs.ring(peer, blk_dd::VECTOR);
+                                    perf.bells_out += 1;
+                                }
                                 let (n, more) = c.port.serve(now_us, &mut v);
                                 (n, more || (polling && c.port.in_flight() > 0))
                             }
@@ -240,6 +304,10 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
                 Target::Remote(j) => c.port.serve(now_us, &mut remotes[j].vol),
             };
             c.requests += taken as u64;
+            perf.requests += taken as u64;
+            if taken > 0 || c.port.in_flight() != before {
+                last_progress = now;
+            }
             if taken > 0 && !c.rung && !c.again && matches!(targets[id], Target::Local(_)) {
                 // Requests nobody rang for, found by the sweep: a lost doorbell.
                 c.unrung += 1;
@@ -287,11 +355,37 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
                 && let Some(peer) = c.port.peer()
             {
                 c.regs.ring(peer, blk_dd::VECTOR);
+                perf.bells_out += 1;
             }
+        }
+        let end = rt::time::now();
+        perf.busy_ns += (end - now).as_nanos() as u64;
+        if end - last_stat.0 >= STAT_EVERY {
+            if perf.requests != last_stat.1 {
+                let span = (end - last_stat.0).as_nanos() as u64;
+                log::info!(
+                    "ICONNECT-DDSTAT requests={} busy_permille={} polls={} wakeups={} spins={} bells_in={} bells_out={}",
+                    perf.requests - last_stat.1,
+                    perf.busy_ns.saturating_mul(1000) / span.max(1),
+                    perf.polls,
+                    perf.wakeups,
+                    perf.spins,
+                    perf.bells_in,
+                    perf.bells_out
+                );
+            }
+            let requests = perf.requests;
+            perf = Perf { requests, ..Perf::default() };
+            last_stat = (end, requests);
         }
         if busy {
             return Step::Busy;
         }
+        if end - last_progress < poll_window {
+            perf.spins += 1;
+            return Step::Busy;
+        }
+        slept = true;
         let mut next = SWEEP_TICK;
         if handshaking {
             next = next.min(if now - last_activity < HANDSHAKE_BACKOFF_AFTER { HANDSHAKE_TICK } else { HANDSHAKE_SLOW_TICK });

@@ -413,6 +413,30 @@ impl<M: SharedMem + Clone> BlkPort<M> {
         });
     }
 
+    /// Answers what `volume` completed (no new requests taken) and publishes the responses:
+    /// called before [`serve`](Self::serve), so the guest can be rung and start on them
+    /// while this domain takes its next requests. Whether the guest must be notified now (the
+    /// flag is left for [`take_kick`](Self::take_kick)).
+    pub fn answer(&mut self, now_us: u64, volume: &mut dyn Volume) -> bool {
+        let Some(a) = self.attached.as_mut().filter(|_| self.down_reason.is_none()) else {
+            return false;
+        };
+        match a.engine.poll(now_us, &mut a.data, volume, 0) {
+            Ok(p) => {
+                self.kick |= p.notify;
+                p.notify
+            }
+            Err(e) => {
+                let why = format!("blkback:{e}").replace(' ', "_");
+                self.down_reason = Some(why);
+                self.be.fail();
+                self.broken = true;
+                self.kick = true;
+                false
+            }
+        }
+    }
+
     /// Serves the guest's ring against `volume` (the volume this port was given): answers
     /// completions, takes new requests. A broken ring fails the channel (`blkback:<error>`).
     /// Returns `(requests taken, call again now)`: requests left on the ring, or the engine
@@ -439,6 +463,15 @@ impl<M: SharedMem + Clone> BlkPort<M> {
                 self.kick = true;
                 (0, false)
             }
+        }
+    }
+
+    /// Whether serving re-arms the ring's request event when it finds the ring empty
+    /// (`blkback::Blkback::set_rearm`): off while the owner busy-polls, so the guest rings no
+    /// doorbell meanwhile; on for the poll before sleeping.
+    pub fn set_rearm(&mut self, rearm: bool) {
+        if let Some(a) = self.attached.as_mut() {
+            a.engine.set_rearm(rearm);
         }
     }
 

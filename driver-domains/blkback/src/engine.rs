@@ -157,6 +157,8 @@ pub struct Blkback<M: SharedMem> {
     stats: Stats,
     broken: Option<Error>,
     indirect: Vec<u8>,
+    /// Re-arm the ring's request event when the ring is found empty (see [`Blkback::set_rearm`]).
+    rearm: bool,
 }
 
 /// Why a request is answered without reaching the volume.
@@ -226,6 +228,7 @@ impl<M: SharedMem> Blkback<M> {
             stats: Stats::default(),
             broken: None,
             indirect: Vec::new(),
+            rearm: true,
         })
     }
 
@@ -252,6 +255,15 @@ impl<M: SharedMem> Blkback<M> {
     /// Requests being served.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether a poll that finds the ring empty re-arms its request event (the default), so
+    /// that the frontend notifies for its next request. An owner that keeps polling anyway for
+    /// a while (a bounded busy-poll) turns this off meanwhile: the frontend then sends no
+    /// doorbells (its `req_event` stays behind), and must turn it on again for the last poll
+    /// before it sleeps (that poll arms and re-checks the ring, so nothing is missed).
+    pub fn set_rearm(&mut self, rearm: bool) {
+        self.rearm = rearm;
     }
 
     fn fatal(&mut self, e: xen_abi::Error) -> Error {
@@ -287,6 +299,7 @@ impl<M: SharedMem> Blkback<M> {
             }
             let raw = match self.ring.pop_request() {
                 Ok(Some(r)) => r,
+                Ok(None) if !self.rearm => break,
                 Ok(None) => match self.ring.final_check_for_requests() {
                     Ok(true) => continue,
                     Ok(false) => break,

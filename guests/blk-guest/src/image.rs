@@ -87,17 +87,21 @@ fn run_virtio(boot: &'static rt::BootInfo, cfg: &GuestConfig) -> Result<Report, 
     if matches!(cfg.work, Work::Hostile | Work::HostileRing) {
         return Err("work=hostile needs the channel".into());
     }
-    let mut w = Workload::new(cfg, dev.size(), us(time::now()));
+    let t0 = time::now();
+    let mut w = Workload::new(cfg, dev.size(), us(t0));
+    let mut idle = Duration::ZERO;
     loop {
         // Up to the workload's queue depth in flight at the disk.
         if let Some(r) = w.poll(&mut dev, us(time::now()))? {
-            return Ok(r);
+            return Ok(with_busy(r, t0, idle));
         }
         // What the workload just submitted reaches the device now (a poll would kick it too).
         dev.vol.kick();
         if sleep && !dev.vol.has_completion() {
             // The interrupt of a completion after this check ends the wait at once.
-            rt::event::wait_until(Some(time::now() + ACTIVE_TICK));
+            let t = time::now();
+            rt::event::wait_until(Some(t + ACTIVE_TICK));
+            idle += time::now() - t;
         }
     }
 }
@@ -134,6 +138,7 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
     let mut last_beat = t0;
     // spin=1: while requests are in flight, poll the ring instead of sleeping until a doorbell.
     let spin = rt::cmdline::get(boot.cmdline, "spin") == Some("1");
+    let (mut work_t0, mut idle) = (t0, Duration::ZERO);
     loop {
         let now = time::now();
         let _ = parts.doorbells.take(0) + parts.doorbells.take(1);
@@ -170,6 +175,7 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
                         wild_at = Some(now);
                     } else {
                         work = Some(Workload::new(cfg, d.size(), us(now)));
+                        (work_t0, idle) = (now, Duration::ZERO);
                     }
                     dev = Some(d);
                 }
@@ -207,7 +213,7 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
                         if let Some(p) = peer {
                             parts.regs.ring(p, VECTOR);
                         }
-                        return Ok(r);
+                        return Ok(with_busy(r, work_t0, idle));
                     }
                     if w.in_flight() > 0 {
                         deadline = deadline.min(now + ACTIVE_TICK);
@@ -280,9 +286,19 @@ fn run_channel(boot: &'static rt::BootInfo, cfg: &GuestConfig, chan: usize) -> R
             parts.regs.ring(p, VECTOR);
         }
         if deadline > now {
+            let t = time::now();
             rt::event::wait_until(Some(deadline));
+            idle += time::now() - t;
         }
     }
+}
+
+/// `r` with the guest's own busy share since `t0` (time not spent waiting for an interrupt or
+/// deadline), per mille: where a workload's time goes.
+fn with_busy(mut r: Report, t0: Instant, idle: Duration) -> Report {
+    let total = (time::now() - t0).as_nanos().max(1);
+    r.fields.push_str(&format!(" busy_permille={}", (total.saturating_sub(idle.as_nanos())) * 1000 / total));
+    r
 }
 
 /// The backend's refusal key (blk-dd's `ERROR_KEY`).
