@@ -475,7 +475,12 @@ struct World {
 }
 
 fn mac_of(dom: u16) -> Mac {
-    Mac([0x00, 0x16, 0x3e, 0x77, 0x00, dom as u8])
+    vif_mac(dom, 0)
+}
+
+/// The MAC xl gives device `dev` of domain `dom` here.
+fn vif_mac(dom: u16, dev: u32) -> Mac {
+    Mac([0x00, 0x16, 0x3e, 0x77, dev as u8, dom as u8])
 }
 
 fn frame(dst: Mac, src: Mac, len: usize, tag: u32) -> Vec<u8> {
@@ -509,12 +514,17 @@ impl World {
     /// The toolstack creates guest `dom`'s vif `dev` with `backend=net-dd` (libxl's layout,
     /// no hotplug script), `rate` if given; returns the guest's index.
     fn create_vif(&mut self, dom: u16, dev: u32, rate: Option<&str>) -> usize {
+        self.create_vif_with_mac(dom, dev, &vif_mac(dom, dev).to_string(), rate)
+    }
+
+    /// [`create_vif`](Self::create_vif) with the `mac` the toolstack writes.
+    fn create_vif_with_mac(&mut self, dom: u16, dev: u32, mac: &str, rate: Option<&str>) -> usize {
         if !self.xs.doms.contains_key(&dom) {
             self.xs.connect(dom);
         }
-        let g = Guest { dom, dev, mac: mac_of(dom), nf: None, ports: (0, 0), rx: Vec::new() };
+        let g = Guest { dom, dev, mac: Mac::parse(mac).unwrap_or(vif_mac(dom, dev)), nf: None, ports: (0, 0), rx: Vec::new() };
         let (fe, be) = (g.fe(), g.be());
-        let mac = g.mac.to_string();
+        let mac = mac.to_string();
         let mut pairs = vec![
             kv(format!("{be}/frontend"), fe.clone()),
             kv(format!("{be}/frontend-id"), dom.to_string()),
@@ -1039,31 +1049,22 @@ fn garbage_in_the_backend_directory_is_ignored() {
 }
 
 #[test]
-fn a_vif_with_an_invalid_mac_is_refused() {
+fn a_vif_with_an_invalid_or_taken_mac_is_refused() {
     let mut w = World::new(1_000_000_000);
-    w.xs.connect(5);
-    let (fe, be) = ("/local/domain/5/device/vif/0".to_string(), format!("{BASE}/5/0"));
-    w.xs.write_tx(
-        DOM0,
-        &[
-            kv(format!("{be}/frontend"), fe.clone()),
-            kv(format!("{be}/frontend-id"), "5"),
-            kv(format!("{be}/online"), "1"),
-            kv(format!("{be}/state"), "1"),
-            kv(format!("{be}/mac"), "not-a-mac"),
-            kv(format!("{fe}/backend"), be.clone()),
-            kv(format!("{fe}/backend-id"), "1"),
-            kv(format!("{fe}/state"), "1"),
-        ],
-    );
-    w.guests.push(Guest { dom: 5, dev: 0, mac: mac_of(5), nf: None, ports: (0, 0), rx: Vec::new() });
-    w.settle();
-    let keys = w.linux_keys(0, LINUX);
-    w.frontend_connect(0, &keys);
-    w.settle();
-    assert!(!logged("ICONNECT-VIF 5/0 refused reason=no valid mac").is_empty());
-    assert_eq!(w.state(0).as_deref(), Some("5"));
-    w.assert_consistent();
+    let good = w.guest(6, LINUX, None);
+    for (dom, mac, why) in [(5, "not-a-mac", "no valid mac"), (7, "ff:ff:ff:ff:ff:ff", "bad-mac"), (8, "00:16:3e:77:00:06", "mac-in-use")] {
+        let i = w.create_vif_with_mac(dom, 0, mac, None);
+        w.settle();
+        let keys = w.linux_keys(i, LINUX);
+        w.frontend_connect(i, &keys);
+        w.settle();
+        let refused = logged(&format!("ICONNECT-VIF {dom}/0 refused reason="));
+        assert!(refused.iter().any(|l| l.contains(why)), "{mac}: {refused:?}");
+        assert_eq!(w.state(i).as_deref(), Some("5"), "{mac}");
+        w.assert_consistent();
+    }
+    assert_eq!(w.state(good).as_deref(), Some("4"));
+    assert_good_guest_works(&mut w);
 }
 
 #[test]
@@ -1207,6 +1208,111 @@ fn xl_destroy_mid_transfer_frees_the_vif_and_the_other_keeps_going() {
     w.send(b, &f);
     w.settle();
     assert_eq!(w.wire.stack.last(), Some(&f));
+}
+
+#[test]
+fn xl_network_detach_unplugs_through_online_zero() {
+    let mut w = World::new(1_000_000_000);
+    let a = w.guest(5, LINUX, None);
+    let _b = w.guest(6, LINUX, None);
+    let (fe, be) = (w.guests[a].fe(), w.guests[a].be());
+    // libxl: backend online=0 and state=Closing in one transaction, then it waits for Closed.
+    w.xs.write_tx(DOM0, &[kv(format!("{be}/online"), "0"), kv(format!("{be}/state"), "5")]);
+    w.settle();
+    assert_eq!(w.be.vif((5, 0)).unwrap().port, None, "disconnected at once");
+    assert!(!logged("ICONNECT-VIF 5/0 down port=1").is_empty());
+    w.assert_consistent();
+    // Linux netfront follows the backend to Closing and Closed.
+    w.xs.write(5, &format!("{fe}/state"), "5");
+    w.settle();
+    w.xs.write(5, &format!("{fe}/state"), "6");
+    w.settle();
+    assert_eq!(w.be.vif((5, 0)), None, "removed");
+    assert_eq!(w.xs.get(&be), None, "backend directory removed: libxl's wait ends");
+    assert_good_guest_works(&mut w);
+}
+
+#[test]
+fn a_guest_that_restarts_its_frontend_without_closing_is_served_again() {
+    // kexec or a crashed driver: the frontend goes back to Initialising while Connected.
+    let mut w = World::new(1_000_000_000);
+    let a = w.guest(5, LINUX, None);
+    let b = w.guest(6, SHARED, None);
+    let fe = w.guests[a].fe();
+    w.xs.write(5, &format!("{fe}/state"), "1");
+    w.settle();
+    assert_eq!(w.state(a).as_deref(), Some("2"), "InitWait again");
+    assert_eq!(w.be.vif((5, 0)).unwrap().port, None);
+    w.assert_consistent();
+    // New rings (new pages under the same refs), split channels this time shared.
+    let keys = w.linux_keys(a, SHARED);
+    w.frontend_connect(a, &keys);
+    w.settle();
+    assert_eq!(w.state(a).as_deref(), Some("4"));
+    w.assert_consistent();
+    let (ma, mb) = (w.guests[a].mac, w.guests[b].mac);
+    let f = frame(ma, mb, 1200, 5);
+    w.send(b, &f);
+    w.settle();
+    assert_eq!(w.guests[a].rx, vec![f], "delivered on the new rings");
+}
+
+#[test]
+fn two_vifs_of_one_guest_are_served_and_removed_separately() {
+    let mut w = World::new(1_000_000_000);
+    let v0 = w.create_vif(5, 0, None);
+    let v1 = w.create_vif(5, 1, None);
+    w.settle();
+    let keys0 = w.linux_keys(v0, LINUX);
+    w.frontend_connect(v0, &keys0);
+    w.settle();
+    assert_eq!(w.state(v0).as_deref(), Some("4"));
+    // Device 1 of the same domain, on refs 40/41 and ports 30/31 (after device 0's were used).
+    let (dom, fe1) = (w.guests[v1].dom, w.guests[v1].fe());
+    let (tx, rx) = (HostMem::new(4096), HostMem::new(4096));
+    {
+        let mut hv = w.hv.borrow_mut();
+        hv.pages.insert((dom, 40), tx.clone());
+        hv.pages.insert((dom, 41), rx.clone());
+        hv.unbound.insert((dom, 30));
+        hv.unbound.insert((dom, 31));
+    }
+    w.guests[v1].ports = (30, 31);
+    w.guests[v1].nf = Some(Netfront::new(
+        FrontRing::<_, TxRing>::init(tx).unwrap(),
+        FrontRing::<_, RxRing>::init(rx).unwrap(),
+        GuestPages { hv: w.hv.clone(), dom, next: 1000, free: Vec::new() },
+        Config { sg: true, tx_buffers: 16, rx_buffers: 16 },
+    ));
+    let mut keys1 = keys0.clone();
+    for (k, v) in &mut keys1 {
+        match k.as_str() {
+            "tx-ring-ref" => *v = "40".into(),
+            "rx-ring-ref" => *v = "41".into(),
+            "event-channel-tx" => *v = "30".into(),
+            "event-channel-rx" => *v = "31".into(),
+            _ => {}
+        }
+    }
+    let pairs: Vec<_> = keys1.iter().map(|(k, v)| kv(format!("{fe1}/{k}"), v.clone())).collect();
+    w.xs.write_tx(dom, &pairs);
+    w.xs.write(dom, &format!("{fe1}/state"), "4");
+    w.settle();
+    assert_eq!(w.state(v1).as_deref(), Some("4"));
+    w.assert_consistent();
+    assert_ne!(w.be.vif((5, 0)).unwrap().port, w.be.vif((5, 1)).unwrap().port);
+    // Device 1 reaches device 0 through the switch.
+    let f = frame(w.guests[v0].mac, w.guests[v1].mac, 500, 1);
+    w.send(v1, &f);
+    w.settle();
+    assert_eq!(w.guests[v0].rx, vec![f]);
+    // The toolstack removes device 0 only.
+    w.xs.rm(DOM0, &w.guests[v0].be());
+    w.settle();
+    assert_eq!(w.be.vif((5, 0)), None);
+    assert!(w.be.vif((5, 1)).unwrap().port.is_some());
+    assert!(w.xs.get(&format!("{BASE}/5")).is_some(), "device 1's parent directory stays");
+    w.assert_consistent();
 }
 
 #[test]
