@@ -1,6 +1,7 @@
 //! Bring-up and event loop of the image (QEMU platform).
 //!
-//! Devices: the virtio-sound device (output opened once at `media_dd::DEVICE`) and one guest
+//! Devices: the virtio-sound device (output opened once at `media_dd::DEVICE`, input at the
+//! same shape started while a guest captures: see `sound`) and one guest
 //! per ivshmem-doorbell device (ports 1..=N, PCI order). One executor task: doorbells, the
 //! ports' handshakes and requests, the mix (one period per period the device returned),
 //! doorbells back, markers, and once a second an `ICONNECT-LEVEL` line per playing port.

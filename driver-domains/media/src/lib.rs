@@ -1,9 +1,11 @@
 //! # media-dd: the multimedia driver domain (host-tested logic)
 //!
-//! The image (`src/main.rs`, target only) owns QEMU's `virtio-sound-pci` device, opens its
-//! output once at the native shape ([`DEVICE`]: 48 kHz, s16, stereo) and serves one guest
-//! per ivshmem-doorbell device. This library is everything in it that does not touch
-//! hardware, with no `unsafe`:
+//! The image (`src/main.rs`, target only) owns QEMU's `virtio-sound-pci` device (through
+//! `hal::virtio_sound`), opens its output once at the native shape ([`DEVICE`]: 48 kHz, s16,
+//! stereo), prepares its input at the same shape and captures while at least one guest's
+//! capture stream runs (one device stream fanned out to every capture guest in its own
+//! format, rate and channels), and serves one guest per ivshmem-doorbell device. This library
+//! is everything in it that does not touch hardware, with no `unsafe`:
 //!
 //! * [`MediaPort`] — one guest channel: the sound-style iConnect handshake (the guest states
 //!   its stream with `iconnect::media` keys, answered with `sndback::negotiate::decide`), one
