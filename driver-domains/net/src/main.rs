@@ -4,6 +4,8 @@
 //! serves netfront vifs (`xen/`). See the library (`net_dd`) for the host-tested logic.
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
+// Hypercalls, MMIO and the entry point live in `rt`/`hal`; the image itself needs no `unsafe`.
+#![forbid(unsafe_code)]
 
 #[cfg(target_os = "none")]
 extern crate alloc;
