@@ -1729,3 +1729,67 @@ fn uplink_setup_failure_is_reported_and_retried_by_a_new_backend() {
         assert!(found.is_none(), "{id} {be}");
     }
 }
+
+// ---------------------------------------------------------------- random frontend keys
+
+fn key_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u32..20).prop_map(|n| n.to_string()),
+        Just("8".to_string()),
+        Just("9".to_string()),
+        Just("3".to_string()),
+        Just("4".to_string()),
+        "[0-9]{1,12}",
+        "[ -~]{0,40}",
+        "\\PC{0,8}",
+        (1usize..4096).prop_map(|n| "1".repeat(n)),
+    ]
+}
+
+const FRONTEND_KEYS: [&str; 12] = [
+    "tx-ring-ref",
+    "rx-ring-ref",
+    "event-channel",
+    "event-channel-tx",
+    "event-channel-rx",
+    "request-rx-copy",
+    "feature-sg",
+    "feature-rx-notify",
+    "feature-no-csum-offload",
+    qos::GUARANTEED,
+    qos::CEILING,
+    qos::CLASS,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Whatever a frontend writes into its keys at connect time: net-dd either serves it
+    /// (Connected, its rings mapped, its channels bound, a port attached) or refuses it
+    /// (Closing, nothing held); the other guest keeps working either way.
+    #[test]
+    fn random_frontend_keys_connect_or_refuse_cleanly(
+        edits in prop::collection::vec(((0usize..FRONTEND_KEYS.len()), prop::option::of(key_value())), 0..6),
+        split in any::<bool>(),
+    ) {
+        let mut w = World::new(100_000_000);
+        let _good = w.guest(6, LINUX, None);
+        let i = w.create_vif(5, 0, None);
+        w.settle();
+        let mut keys = w.linux_keys(i, Netfront0 { split });
+        for (k, v) in &edits {
+            let k = FRONTEND_KEYS[*k];
+            keys.retain(|(a, _)| a != k);
+            if let Some(v) = v {
+                keys.push(kv(k, v.clone()));
+            }
+        }
+        w.frontend_connect(i, &keys);
+        w.settle();
+        let state = w.state(i);
+        let port = w.be.vif((5, 0)).unwrap().port;
+        prop_assert!(matches!((state.as_deref(), port), (Some("4"), Some(_)) | (Some("5"), None)), "{state:?} {port:?}");
+        w.assert_consistent();
+        assert_good_guest_works(&mut w);
+    }
+}
