@@ -90,6 +90,8 @@ enum Cmd {
     },
     /// Boot net-dd + guests over iConnect channels (a host peer on the uplink) and show their consoles.
     Net(topo::NetArgs),
+    /// Boot media-dd (virtio-sound; `--tone HZ`: a PulseAudio pipe source for capture) + snd-guests, consoles live.
+    Media(media_capture::MediaArgs),
     /// Boot blk-dd with a volume file (images/blk/) + guests over iConnect channels; `--check` only checks the file.
     Blk(blk::BlkArgs),
     /// Nested Xen: boot Xen 4.17 + a busybox dom0 in QEMU and run scenarios (default: all).
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Cmd::Probe { probe } => probe::run(&probe),
         Cmd::Xen(args) => xen::run_cmd(&args),
         Cmd::Net(args) => topo::net_cmd(&args),
+        Cmd::Media(args) => media_capture::media_cmd(&args),
         Cmd::Blk(args) => blk::blk_cmd(&args),
     };
     if util::interrupted() {

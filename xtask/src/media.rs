@@ -268,7 +268,7 @@ fn db(a: f64, b: f64) -> f64 {
     20.0 * (a / b).log10()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -453,14 +453,15 @@ fn cpu_time(pid: u32) -> Result<Duration> {
 }
 
 /// Share of one host core the process used over `over` (1.0 = a whole core).
-fn cpu_share(pid: u32, over: Duration) -> Result<f64> {
+pub(crate) fn cpu_share(pid: u32, over: Duration) -> Result<f64> {
     let (c0, t0) = (cpu_time(pid)?, Instant::now());
     std::thread::sleep(over);
     Ok((cpu_time(pid)? - c0).as_secs_f64() / t0.elapsed().as_secs_f64())
 }
 
 /// `cargo xtask bench media`: media-dd's CPU share, idle (4 guests connected, no stream) and
-/// mixing 4 guests' 48 kHz stereo streams; host-measured (QEMU process CPU time) and as
+/// mixing 4 guests' 48 kHz stereo streams (then capturing for 4 guests:
+/// [`crate::media_capture::bench`]); host-measured (QEMU process CPU time) and as
 /// media-dd measures itself (`ICONNECT-DDSTAT busy_permille`, its own clock).
 pub fn bench(accel: Option<Accel>) -> Result<()> {
     let accel = Accel::choose(accel)?;
@@ -515,7 +516,7 @@ pub fn bench(accel: Option<Accel>) -> Result<()> {
         permille.len(),
         underruns
     );
-    Ok(())
+    crate::media_capture::bench(accel, &art)
 }
 
 #[cfg(test)]

@@ -282,6 +282,95 @@ pub fn capture_two_rates(accel: Accel) -> Result<String> {
     ))
 }
 
+/// `cargo xtask bench media`, capture part: media-dd's CPU share while its device captures
+/// the pipe source for 4 guests (16 kHz mono, 44.1 kHz stereo, 48 kHz stereo, 8 kHz mono),
+/// host-measured (QEMU process CPU time) and as media-dd measures itself (`busy_permille`).
+pub fn bench(accel: Accel, art: &media::Artifacts) -> Result<()> {
+    let pulse = Pulse::start("bench")?;
+    let tone = Tone::start(&pulse.fifo, F1)?;
+    let shapes = ["16000:s16:1", "44100:s16:2", "48000:s16:2", "8000:s16:1"];
+    let cmds: Vec<String> = shapes.iter().map(|s| format!("capture={s} secs=16")).collect();
+    let names = ["g1", "g2", "g3", "g4"];
+    let guests: Vec<(&str, &str)> = names.iter().copied().zip(cmds.iter().map(String::as_str)).collect();
+    let mut m = media::start_on("bench-media-capture", accel, art, "", &guests, false, Some(pulse.audiodev()))?;
+    m.wait("media-dd", "capture_guests=4", Duration::from_secs(60))?;
+    let pid = m.pid("media-dd")?;
+    let from = m.serial("media-dd").len();
+    let share = media::cpu_share(pid, Duration::from_secs(6))?;
+    let permille: Vec<f64> = m.serial("media-dd")[from..]
+        .iter()
+        .filter(|l| l.contains("capture_guests=4"))
+        .filter_map(|l| markers::parse_fields(l, "ICONNECT-DDSTAT")?.num("busy_permille"))
+        .map(|v| v as f64)
+        .collect();
+    let mut peaks = Vec::new();
+    for g in names {
+        let r = m.result(g, Duration::from_secs(60))?;
+        peaks.push(format!("{g} {}", r.get("peak_hz").unwrap_or("?")));
+    }
+    tone.stop()?;
+    m.stop()?;
+    println!(
+        "bench media capture ({accel}): media-dd capturing 48 kHz stereo once for 4 guests ({}): QEMU process {:.1}% of a core \
+         (incl. QEMU's pa audio backend), media-dd's own busy time {:.1}% (median of {} one-second lines); guests measured {}",
+        shapes.join(", "),
+        share * 100.0,
+        media::median(permille.clone()) / 10.0,
+        permille.len(),
+        peaks.join(", ")
+    );
+    Ok(())
+}
+
+/// `cargo xtask media`: media-dd + one snd-guest per `--guest`, consoles live.
+#[derive(clap::Args, Debug)]
+pub struct MediaArgs {
+    /// One guest per occurrence: its command line (e.g. "play=sine:440:44100:s16:2 secs=5" or
+    /// "capture=16000:s16:1 secs=5"); `name=g<i>` is added.
+    #[arg(long = "guest")]
+    guests: Vec<String>,
+    /// media-dd's command line (e.g. "caps=2:-6 duck_db=20").
+    #[arg(long, default_value = "")]
+    dd_args: String,
+    /// Audio behind the device: a private PulseAudio server whose pipe source carries a sine of
+    /// this frequency (Hz) for capture; without it, QEMU's wav audiodev (no capture signal).
+    #[arg(long)]
+    tone: Option<f64>,
+    /// Wait this long (s) for the guests' results, then stop all.
+    #[arg(long, default_value_t = 60)]
+    hold: u64,
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+}
+
+pub fn media_cmd(args: &MediaArgs) -> Result<()> {
+    crate::prereq::ensure_qemu()?;
+    let accel = Accel::choose(args.accel)?;
+    let art = media::build()?;
+    let pulse = args.tone.map(|_| Pulse::start("manual")).transpose()?;
+    let tone = match (&pulse, args.tone) {
+        (Some(p), Some(hz)) => Some(Tone::start(&p.fifo, hz)?),
+        _ => None,
+    };
+    let names: Vec<String> = (1..=args.guests.len()).map(|i| format!("g{i}")).collect();
+    let guests: Vec<(&str, &str)> = names.iter().map(String::as_str).zip(args.guests.iter().map(String::as_str)).collect();
+    let mut m = media::start_on("manual", accel, &art, &args.dd_args, &guests, true, pulse.as_ref().map(Pulse::audiodev))?;
+    let until = Instant::now() + Duration::from_secs(args.hold);
+    for n in &names {
+        match m.result(n, until.saturating_duration_since(Instant::now())) {
+            Ok(f) => println!("media: {n}: ok {}", f.kv.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")),
+            Err(e) => println!("media: {n}: {}", e.to_string().lines().next().unwrap_or("")),
+        }
+    }
+    if names.is_empty() {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    }
+    if let Some(t) = tone {
+        t.stop()?;
+    }
+    m.stop()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

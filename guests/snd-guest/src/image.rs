@@ -18,6 +18,8 @@ const BAR_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
 const TICK: Duration = Duration::from_millis(2);
 /// The channel heartbeat's period (the guest promises `heartbeat_ms`, 500 by default).
 const BEAT_EVERY: Duration = Duration::from_millis(100);
+/// A capture stream that delivers nothing for this long fails (e.g. a device without input).
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Give up if the domain does not answer within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,7 +78,8 @@ pub fn main(boot: &'static rt::BootInfo) -> rt::ExitCode {
             rt::ExitCode::Success
         }
         Err(why) => {
-            log::error!("ICONNECT-RESULT FAIL name={} play={} why={}", cfg.name, cfg.play_text, why.replace(' ', "_"));
+            let what = if cfg.capture_text.is_some() { "capture" } else { "play" };
+            log::error!("ICONNECT-RESULT FAIL name={} {what}={} why={}", cfg.name, cfg.play_text, why.replace(' ', "_"));
             rt::ExitCode::Failure
         }
     }
@@ -97,6 +100,8 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Outcome, Duration),
     let mut peer: Option<u16> = None;
     let mut player: Option<Player<_>> = None;
     let mut recorder: Option<Recorder<_>> = None;
+    // (frames received, when that count last changed): a capture that stops delivering fails.
+    let mut stall = (0u64, t0);
     let mut play_at: Option<time::Instant> = None;
     let mut grant = None;
     let mut wild_at: Option<time::Instant> = None;
@@ -159,12 +164,18 @@ fn run(boot: &'static rt::BootInfo, cfg: &Config) -> Result<(Outcome, Duration),
         {
             if cfg.capture_text.is_some() {
                 recorder = Some(Recorder::start(&fe, cfg, g)?);
+                stall = (0, now);
             } else {
                 player = Some(Player::start(&fe, cfg, g)?);
             }
         }
         if let Some(r) = recorder.as_mut() {
             let done = r.poll()?;
+            if r.frames() != stall.0 {
+                stall = (r.frames(), now);
+            } else if now - stall.1 > STALL_TIMEOUT {
+                return Err(format!("capture stalled: no audio for {} s after {} frames", STALL_TIMEOUT.as_secs(), stall.0));
+            }
             for s in r.take_seconds() {
                 log::info!("ICONNECT-CAPTURE name={} sec={} peak_hz={:.1} rms_dbfs={:.1}", cfg.name, s.index, s.peak_hz, s.rms_dbfs);
             }

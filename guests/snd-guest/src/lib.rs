@@ -534,6 +534,11 @@ impl<M: SharedMem + Clone> Recorder<M> {
         core::mem::take(&mut self.link.notify)
     }
 
+    /// Frames received so far.
+    pub fn frames(&self) -> u64 {
+        self.link.report.frames
+    }
+
     /// Seconds measured since the last call.
     pub fn take_seconds(&mut self) -> Vec<Second> {
         core::mem::take(&mut self.seconds)
