@@ -50,7 +50,17 @@ pub struct Media {
     servers: Vec<Server>,
     dir: PathBuf,
     pub wav: PathBuf,
+    /// Channel socket per guest name; the guest image, accelerator and console echo (for
+    /// [`Media::boot`]).
+    socks: BTreeMap<String, PathBuf>,
+    guest: PathBuf,
+    accel: Accel,
+    echo: bool,
 }
+
+/// A guest command line of [`start`]/[`start_on`] that only creates the guest's channel (port):
+/// the guest boots later, with [`Media::boot`].
+pub const LATE: &str = "(late)";
 
 /// Boots media-dd (command line `dd_args`, `guests.len()` channels, the WAV output) and then
 /// each guest (`(name, command line)`), READY before the next.
@@ -73,13 +83,23 @@ pub fn start_on(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let wav = dir.join("media-dd.wav");
     let _ = std::fs::remove_file(&wav);
-    let mut m = Media { vms: Vec::new(), servers: Vec::new(), dir, wav: wav.clone() };
+    let mut m = Media {
+        vms: Vec::new(),
+        servers: Vec::new(),
+        dir,
+        wav: wav.clone(),
+        socks: BTreeMap::new(),
+        guest: art.guest.clone(),
+        accel,
+        echo,
+    };
     let mut socks = BTreeMap::new();
     for (name, _) in guests {
         let sock = chan::socket_path(&format!("media-{run}-{name}"))?;
         m.servers.push(Server::start(&art.server, &sock, REGION, VECTORS)?);
         socks.insert(name.to_string(), sock);
     }
+    m.socks = socks.clone();
     let mut q = Qemu::new(&art.dd, accel)
         .memory_mib(16)
         .timeout(Duration::from_secs(300))
@@ -96,22 +116,29 @@ pub fn start_on(
     }
     m.vms.push(("media-dd".into(), q.spawn()?));
     m.wait("media-dd", "ICONNECT-READY media-dd", READY_WITHIN)?;
-    for (name, args) in guests {
-        let q = Qemu::new(&art.guest, accel)
-            .memory_mib(16)
-            .timeout(Duration::from_secs(300))
-            .echo(echo)
-            .label(name)
-            .append(&format!("name={name} {args}"))
-            .args_extra(chan::ivshmem_args(&socks[*name], VECTORS, "ch"));
-        m.vms.push((name.to_string(), q.spawn()?));
-        m.wait(name, "ICONNECT-READY snd-guest", READY_WITHIN)?;
+    for (name, args) in guests.iter().filter(|g| g.1 != LATE) {
+        m.boot(name, args)?;
     }
-    println!("media topo {run}: media-dd + {} guest(s) ready after {}", guests.len(), fmt_dur(t0.elapsed()));
+    println!("media topo {run}: media-dd + {} guest(s) ready after {}", m.vms.len() - 1, fmt_dur(t0.elapsed()));
     Ok(m)
 }
 
 impl Media {
+    /// Boots guest `name` (a channel of [`start`]) with command line `args`; waits for READY.
+    pub fn boot(&mut self, name: &str, args: &str) -> Result<()> {
+        let sock = self.socks.get(name).ok_or_else(|| anyhow!("no channel for {name}"))?;
+        let q = Qemu::new(&self.guest, self.accel)
+            .memory_mib(16)
+            .timeout(Duration::from_secs(300))
+            .echo(self.echo)
+            .label(name)
+            .append(&format!("name={name} {args}"))
+            .args_extra(chan::ivshmem_args(sock, VECTORS, "ch"));
+        self.vms.push((name.to_string(), q.spawn()?));
+        self.wait(name, "ICONNECT-READY snd-guest", READY_WITHIN)?;
+        Ok(())
+    }
+
     fn running(&self, name: &str) -> Option<&Running> {
         self.vms.iter().find_map(|(n, r)| (n == name).then_some(r))
     }

@@ -211,13 +211,18 @@ const SECS: u64 = 14;
 const GUESTS: [(&str, &str, u64); 2] =
     [("g1", "capture=16000:s16:1 class=voice secs=14", 16000), ("g2", "capture=44100:s16:2 class=media secs=14", 44100)];
 
+/// A guest booted after the others finished (its channel exists from the start).
+const LATE_SECS: u64 = 3;
+const LATE_GUEST: (&str, &str, u64) = ("g3", "capture=8000:s16:1 class=voice secs=3", 8000);
+
 /// QEMU test: see the [module documentation](self).
 pub fn capture_two_rates(accel: Accel) -> Result<String> {
     let t0 = Instant::now();
     let art = media::build()?;
     let pulse = Pulse::start("capture")?;
     let tone = Tone::start(&pulse.fifo, F1)?;
-    let guests: Vec<(&str, &str)> = GUESTS.iter().map(|(n, c, _)| (*n, *c)).collect();
+    let mut guests: Vec<(&str, &str)> = GUESTS.iter().map(|(n, c, _)| (*n, *c)).collect();
+    guests.push((LATE_GUEST.0, media::LATE));
     let mut m = match media::start_on("media-capture", accel, &art, "", &guests, false, Some(pulse.audiodev())) {
         Ok(m) => m,
         Err(e) => bail!("{e:#}\n--- pulseaudio log ---\n{}", pulse.log()),
@@ -247,21 +252,26 @@ pub fn capture_two_rates(accel: Accel) -> Result<String> {
         results.push(r);
     }
     // media-dd: the device capture stream started once for both guests, stopped after them.
-    m.wait("media-dd", "capture=Stopped", Duration::from_secs(10))?;
-    let dd = m.serial("media-dd");
-    let starts: Vec<u64> = dd
-        .iter()
-        .filter_map(|l| markers::parse_fields(l, "ICONNECT-DDSTAT")?.num("capture_starts"))
-        .collect();
-    ensure!(starts.last() == Some(&1), "media-dd started its capture stream {:?} times (DDSTAT lines), want once", starts.last());
+    m.wait("media-dd", "capture_starts=1 capture=Stopped", Duration::from_secs(10))?;
+    let starts = |m: &Media| -> Option<u64> {
+        m.serial("media-dd").iter().filter_map(|l| markers::parse_fields(l, "ICONNECT-DDSTAT")?.num("capture_starts")).next_back()
+    };
+    ensure!(starts(&m) == Some(1), "media-dd started its capture stream {:?} times (DDSTAT lines), want once", starts(&m));
     ensure!(
-        dd.iter().any(|l| l.contains("ICONNECT-DDSTAT") && l.contains("capture=Running") && l.contains("capture_guests=2")),
+        m.serial("media-dd").iter().any(|l| l.contains("ICONNECT-DDSTAT") && l.contains("capture=Running") && l.contains("capture_guests=2")),
         "media-dd never captured for 2 guests at once"
     );
+    // A third guest after the others: the device capture restarts and carries the tone.
+    let (g3, args3, rate3) = LATE_GUEST;
+    m.boot(g3, args3)?;
+    let r3 = m.result(g3, Duration::from_secs(60))?;
+    ensure!(r3.num("frames") == Some(LATE_SECS * rate3), "{g3}: frames={:?}, want {}", r3.get("frames"), LATE_SECS * rate3);
+    let late = wait_seconds(&mut m, g3, 1, F2, 1, Duration::from_secs(5))?;
+    m.wait("media-dd", "capture_starts=2 capture=Stopped", Duration::from_secs(10))?;
     let fed = tone.stop()?;
     m.stop()?;
     drop(pulse);
-    let all: Vec<&Second> = first.iter().chain(&second).flatten().collect();
+    let all: Vec<&Second> = first.iter().chain(&second).chain([&late]).flatten().collect();
     let worst_db = all.iter().map(|s| s.dbfs).fold(f64::INFINITY, f64::min);
     let best_db = all.iter().map(|s| s.dbfs).fold(f64::NEG_INFINITY, f64::max);
     ensure!(all.iter().all(|s| s.dbfs > -30.0), "a captured second is near silence: {all:?}");
@@ -269,15 +279,18 @@ pub fn capture_two_rates(accel: Accel) -> Result<String> {
     let fmt = |v: &[Second]| v.iter().map(|s| format!("{:.1} Hz/{:.1} dBFS", s.hz, s.dbfs)).collect::<Vec<_>>().join(", ");
     Ok(format!(
         "pulse pipe source {F1} Hz then {F2} Hz at -6 dBFS peak; g1 (16 kHz mono): {} | {}; g2 (44.1 kHz stereo): {} | {}; \
-         both followed the switch within {}; {} frames fed; device capture started once; results {} / {}; run {}",
+         both followed the switch within {}; {} frames fed; device capture started once for both; \
+         g3 (8 kHz mono) after them restarted it: {}; results {} / {} / {}; run {}",
         fmt(&first[0]),
         fmt(&second[0]),
         fmt(&first[1]),
         fmt(&second[1]),
         fmt_dur(follow),
         fed,
+        fmt(&late),
         results[0].get("peak_hz").unwrap_or("?"),
         results[1].get("peak_hz").unwrap_or("?"),
+        r3.get("peak_hz").unwrap_or("?"),
         fmt_dur(t0.elapsed())
     ))
 }

@@ -162,14 +162,14 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             }
             let busy_us = core::mem::take(&mut busy_time).as_micros() as u64;
             log::info!(
-                "ICONNECT-DDSTAT streams={playing} busy_permille={} device_periods={} device_errors={} clipped={} capture={:?} capture_periods={} capture_starts={} capture_guests={}",
+                "ICONNECT-DDSTAT streams={playing} busy_permille={} device_periods={} device_errors={} clipped={} capture_starts={} capture={:?} capture_periods={} capture_guests={}",
                 busy_us * 1000 / (wall.as_micros() as u64).max(1),
                 snd.n.done,
                 snd.n.errors,
                 hub.mixer().stats().clipped,
+                snd.n.capture_starts,
                 snd.capture_state(),
                 snd.n.captured,
-                snd.n.capture_starts,
                 hub.fanout().running()
             );
         }

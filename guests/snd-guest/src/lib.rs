@@ -493,6 +493,8 @@ pub struct Recorder<M: SharedMem + Clone> {
     link: Link<M>,
     rate: u32,
     state: State,
+    /// The backend's capture position (bytes since OPEN, from `CUR_POS` events).
+    position: u64,
     /// Bytes asked for (READs sent), bytes received (READs answered).
     asked: u64,
     got: u64,
@@ -516,6 +518,7 @@ impl<M: SharedMem + Clone> Recorder<M> {
             link,
             rate: grant.rate_hz,
             state: State::Opening,
+            position: 0,
             asked: 0,
             got: 0,
             reads: alloc::collections::VecDeque::new(),
@@ -576,16 +579,13 @@ impl<M: SharedMem + Clone> Recorder<M> {
         Ok(())
     }
 
-    /// READs what the backend captured up to `position` (at most the target), one per
-    /// contiguous piece of the buffer.
-    fn request(&mut self, position: u64) -> Result<(), String> {
+    /// READs what the backend captured up to the last position (at most the target), one per
+    /// contiguous piece of the buffer, with at most a buffer unanswered (a READ overwrites the
+    /// pages of the one a buffer before it, which must have been taken out first; the backend
+    /// queues two buffers, so a guest late by more than one catches up from its queue).
+    fn request(&mut self) -> Result<(), String> {
         let (frame, buffer_sz) = (self.link.frame, self.link.buffer_sz);
-        let limit = position.min(self.target);
-        // Fallen more than a buffer behind: skip ahead (the backend keeps at most two).
-        if limit > self.asked + u64::from(buffer_sz) {
-            self.asked = limit - u64::from(buffer_sz);
-            self.asked -= self.asked % u64::from(frame);
-        }
+        let limit = self.position.min(self.target).min(self.got + u64::from(buffer_sz));
         while self.asked < limit {
             let at = (self.asked % u64::from(buffer_sz)) as u32;
             let len = ((limit - self.asked) as u32).min(buffer_sz - at);
@@ -617,10 +617,11 @@ impl<M: SharedMem + Clone> Recorder<M> {
                 _ => {}
             }
         }
-        if let Some(p) = self.link.position_events()?
-            && self.state == State::Running
-        {
-            self.request(p)?;
+        if let Some(p) = self.link.position_events()? {
+            self.position = self.position.max(p);
+        }
+        if self.state == State::Running {
+            self.request()?;
         }
         if self.state == State::Running && self.asked >= self.target && self.reads.is_empty() {
             self.link.close()?;

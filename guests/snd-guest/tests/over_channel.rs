@@ -253,15 +253,17 @@ fn a_silent_guest_is_taken_down_by_its_heartbeat_promise() {
     assert!(gs[0].port.is_attached() && !gs[1].port.is_attached());
 }
 
-/// Two capture guests at 16 kHz mono and 44.1 kHz stereo on one device capturing 1 kHz at
-/// -6 dBFS (48 kHz stereo s16), fed period by period only while a capture stream runs, as
-/// media-dd does: each guest receives its `secs` of audio in its own shape, measures 1 kHz at
-/// -9 dBFS RMS every second, and the device was captured once per period whatever the number
-/// of guests.
-#[test]
-fn two_guests_capture_the_device_tone_at_their_rates() {
-    let cmds = ["capture=16000:s16:1 class=voice secs=2 name=a", "capture=44100:s16_le:2 class=media secs=2 name=b"];
-    type Capturer = (Config, Frontend<HostMem>, MediaPort<HostMem>, Option<snd_guest::Recorder<HostMem>>);
+type Capturer = (Config, Frontend<HostMem>, MediaPort<HostMem>, Option<snd_guest::Recorder<HostMem>>);
+
+/// Runs capture guests (`cmds`) on one device capturing 1 kHz at -6 dBFS (48 kHz stereo s16),
+/// fed period by period only while a capture stream runs, as media-dd does; each guest looks
+/// at its channel only every `guest_every` periods (a slow or descheduled VM). Returns the
+/// events, each guest's report and measured seconds, and the device periods captured.
+#[allow(clippy::type_complexity)]
+fn capture_run(
+    cmds: &[&str],
+    guest_every: usize,
+) -> (Vec<PortEvent>, Vec<Option<snd_guest::CaptureReport>>, Vec<Vec<snd_guest::Second>>, u64, Hub) {
     let mut gs: Vec<Capturer> = cmds
         .iter()
         .enumerate()
@@ -275,12 +277,12 @@ fn two_guests_capture_the_device_tone_at_their_rates() {
         .collect();
     let mut hub = Hub::new(media_dd::DEVICE, media_dd::duck(), 16).unwrap();
     let mut events = Vec::new();
-    let mut reports = [None, None];
-    let mut seconds = [Vec::new(), Vec::new()];
+    let mut reports = vec![None; cmds.len()];
+    let mut seconds = vec![Vec::new(); cmds.len()];
     let mut x = vec![0f32; PERIOD * 2];
     let mut period = vec![0u8; PERIOD * 4];
     let (mut captured_periods, mut t) = (0u64, 0u64);
-    for tick in 0..300 {
+    for tick in 0..400 {
         if hub.fanout().running() > 0 {
             let mut mono = vec![0f32; PERIOD];
             media_dsp::measure::sine(48000, 1000.0, 0.5012, t, &mut mono);
@@ -296,6 +298,9 @@ fn two_guests_capture_the_device_tone_at_their_rates() {
             for _ in 0..3 {
                 port.poll(&mut hub, &mut events, tick as u64 * 10_000_000);
                 port.serve(&mut hub);
+                if tick % guest_every != 0 {
+                    continue;
+                }
                 while let Some(ev) = fe.poll() {
                     if ev == FrontendEvent::Ready {
                         let d = iconnect::media::read_decision(fe.backend_keys()).unwrap().unwrap();
@@ -312,11 +317,21 @@ fn two_guests_capture_the_device_tone_at_their_rates() {
             }
         }
     }
+    (events, reports, seconds, captured_periods, hub)
+}
+
+/// Two capture guests at 16 kHz mono and 44.1 kHz stereo: each receives its `secs` of audio
+/// in its own shape, measures 1 kHz at -9 dBFS RMS every second, and the device was captured
+/// once per period whatever the number of guests.
+#[test]
+fn two_guests_capture_the_device_tone_at_their_rates() {
+    let cmds = ["capture=16000:s16:1 class=voice secs=2 name=a", "capture=44100:s16_le:2 class=media secs=2 name=b"];
+    let (events, reports, seconds, captured_periods, hub) = capture_run(&cmds, 1);
     let ups: Vec<String> = events.iter().map(PortEvent::marker).collect();
     assert!(ups[0].starts_with("ICONNECT-PORT 1 up stream=capture format=s16_le rate=16000 channels=1"), "{ups:?}");
     assert!(ups[1].starts_with("ICONNECT-PORT 2 up stream=capture format=s16_le rate=44100 channels=2"), "{ups:?}");
     for (i, rate) in [(0, 16000u64), (1, 44100)] {
-        let r: &snd_guest::CaptureReport = reports[i].as_ref().expect("capture finished");
+        let r = reports[i].as_ref().expect("capture finished");
         assert_eq!(r.stream.frames, 2 * rate, "{r:?}");
         assert_eq!(seconds[i].len(), 2, "{:?}", seconds[i]);
         // The first second starts with the resampler's delay line: judge the second one.
@@ -328,4 +343,15 @@ fn two_guests_capture_the_device_tone_at_their_rates() {
     // period (about 2 s of periods plus the time to close), not once per guest.
     assert_eq!(hub.fanout().running(), 0);
     assert!((200..260).contains(&captured_periods), "{captured_periods} device periods captured");
+}
+
+/// A guest that looks at its channel only every 250 ms (more than its 160 ms buffer, less than
+/// the two buffers the backend queues) still receives every frame, contiguous in time.
+#[test]
+fn a_slow_capture_guest_catches_up_from_the_backend_queue() {
+    let (_, reports, seconds, _, _) = capture_run(&["capture=16000:s16:1 secs=2"], 25);
+    let r = reports[0].as_ref().expect("capture finished");
+    assert_eq!(r.stream.frames, 32000, "{r:?}");
+    let s = seconds[0][1];
+    assert!((s.peak_hz - 1000.0).abs() < 5.0 && (s.rms_dbfs + 9.0).abs() < 0.5, "{s:?}");
 }
