@@ -464,7 +464,10 @@ pub fn demo(accel: Accel) -> Result<Vec<String>> {
     if !off.is_empty() {
         fact.push_str(&format!(" (OFF: {})", off.join(", ")));
     }
-    Ok(vec![fact])
+    println!("  capture: a PulseAudio pipe source behind the same device, fanned out to guests at 16 kHz, 44.1 kHz and 8 kHz");
+    let mut facts = vec![fact];
+    facts.extend(crate::media_capture::demo(accel)?);
+    Ok(facts)
 }
 
 /// CPU time (user + system) of process `pid` so far.

@@ -217,13 +217,24 @@ const LATE_GUEST: (&str, &str, u64) = ("g3", "capture=8000:s16:1 class=voice sec
 
 /// QEMU test: see the [module documentation](self).
 pub fn capture_two_rates(accel: Accel) -> Result<String> {
+    scenario(accel, "media-capture", false)
+}
+
+/// The demo's capture part: the test's scenario, printing what each guest measured second by
+/// second; returns the summary as a fact.
+pub fn demo(accel: Accel) -> Result<Vec<String>> {
+    let summary = scenario(accel, "demo-media-capture", true)?;
+    Ok(vec![format!("media-dd captured a PulseAudio source once for 3 guests at 3 shapes: {summary}")])
+}
+
+fn scenario(accel: Accel, run: &str, show: bool) -> Result<String> {
     let t0 = Instant::now();
     let art = media::build()?;
     let pulse = Pulse::start("capture")?;
     let tone = Tone::start(&pulse.fifo, F1)?;
     let mut guests: Vec<(&str, &str)> = GUESTS.iter().map(|(n, c, _)| (*n, *c)).collect();
     guests.push((LATE_GUEST.0, media::LATE));
-    let mut m = match media::start_on("media-capture", accel, &art, "", &guests, false, Some(pulse.audiodev())) {
+    let mut m = match media::start_on(run, accel, &art, "", &guests, false, Some(pulse.audiodev())) {
         Ok(m) => m,
         Err(e) => bail!("{e:#}\n--- pulseaudio log ---\n{}", pulse.log()),
     };
@@ -269,6 +280,13 @@ pub fn capture_two_rates(accel: Accel) -> Result<String> {
     let late = wait_seconds(&mut m, g3, 1, F2, 1, Duration::from_secs(5))?;
     m.wait("media-dd", "capture_starts=2 capture=Stopped", Duration::from_secs(10))?;
     let fed = tone.stop()?;
+    if show {
+        println!("  the host fed {F1} Hz, then {F2} Hz once both guests had heard it; what each guest measured per second:");
+        for (g, what) in [("g1", "16 kHz mono"), ("g2", "44.1 kHz stereo"), ("g3", "8 kHz mono, booted after the others")] {
+            let line = seconds(&m.serial(g)).iter().map(|s| format!("{:.0}", s.hz)).collect::<Vec<_>>().join(" ");
+            println!("    {g} ({what}): {line} Hz");
+        }
+    }
     m.stop()?;
     drop(pulse);
     let all: Vec<&Second> = first.iter().chain(&second).chain([&late]).flatten().collect();
