@@ -1,7 +1,8 @@
 //! Capture through the multimedia driver domain, against a real signal: a private PulseAudio
 //! server started by the test (`module-pipe-source` fed by the test with a sine it generates,
 //! `module-null-sink` for the playback side), QEMU's `pa` audiodev on media-dd's
-//! `virtio-sound-pci`, and two `snd-guest`s capturing at two different shapes.
+//! `virtio-sound-pci`, and two `snd-guest`s capturing at two different shapes (16 kHz mono
+//! s16, 44.1 kHz stereo float; the device captures 48 kHz stereo s16).
 //!
 //! [`capture_two_rates`] (QEMU tier): the host feeds 1000 Hz at -6 dBFS (48 kHz s16 stereo,
 //! paced by the wall clock), waits until both guests reported whole seconds at 1000 Hz (±2%,
@@ -206,10 +207,12 @@ fn wait_seconds(m: &mut Media, g: &str, from: usize, want: f64, n: usize, within
     }
 }
 
-/// The capture guests: 16 kHz mono (voice) and 44.1 kHz stereo (media), 14 s each.
+/// The capture guests: 16 kHz mono s16 (voice) and 44.1 kHz stereo float (media), 14 s each.
 const SECS: u64 = 14;
-const GUESTS: [(&str, &str, u64); 2] =
-    [("g1", "capture=16000:s16:1 class=voice secs=14", 16000), ("g2", "capture=44100:s16:2 class=media secs=14", 44100)];
+const GUESTS: [(&str, &str, u64, &str); 2] = [
+    ("g1", "capture=16000:s16:1 class=voice secs=14", 16000, "s16_le"),
+    ("g2", "capture=44100:f32:2 class=media secs=14", 44100, "float_le"),
+];
 
 /// A guest booted after the others finished (its channel exists from the start).
 const LATE_SECS: u64 = 3;
@@ -232,32 +235,32 @@ fn scenario(accel: Accel, run: &str, show: bool) -> Result<String> {
     let art = media::build()?;
     let pulse = Pulse::start("capture")?;
     let tone = Tone::start(&pulse.fifo, F1)?;
-    let mut guests: Vec<(&str, &str)> = GUESTS.iter().map(|(n, c, _)| (*n, *c)).collect();
+    let mut guests: Vec<(&str, &str)> = GUESTS.iter().map(|(n, c, _, _)| (*n, *c)).collect();
     guests.push((LATE_GUEST.0, media::LATE));
     let mut m = match media::start_on(run, accel, &art, "", &guests, false, Some(pulse.audiodev())) {
         Ok(m) => m,
         Err(e) => bail!("{e:#}\n--- pulseaudio log ---\n{}", pulse.log()),
     };
-    for (g, _, rate) in GUESTS {
-        let l = m.wait("media-dd", &format!("stream=capture format=s16_le rate={rate}"), Duration::from_secs(30))?;
-        ensure!(l.contains(&format!("granted_rate={rate}")), "{g}: {l}");
+    for (g, _, rate, format) in GUESTS {
+        let l = m.wait("media-dd", &format!("stream=capture format={format} rate={rate}"), Duration::from_secs(30))?;
+        ensure!(l.contains(&format!("granted_format={format} granted_rate={rate}")), "{g}: {l}");
     }
     // Tone 1: two whole seconds each (the first second may hold the start-up).
     let mut first = Vec::new();
-    for (g, _, _) in GUESTS {
+    for (g, _, _, _) in GUESTS {
         first.push(wait_seconds(&mut m, g, 1, F1, 2, Duration::from_secs(40))?);
     }
-    let marks: Vec<usize> = GUESTS.iter().map(|(g, _, _)| seconds(&m.serial(g)).len()).collect();
+    let marks: Vec<usize> = GUESTS.iter().map(|(g, _, _, _)| seconds(&m.serial(g)).len()).collect();
     tone.set(F2);
     let switched = Instant::now();
     // Tone 2: the next seconds after the switch (one may straddle it).
     let mut second = Vec::new();
-    for ((g, _, _), from) in GUESTS.iter().zip(marks) {
+    for ((g, _, _, _), from) in GUESTS.iter().zip(marks) {
         second.push(wait_seconds(&mut m, g, from, F2, 2, Duration::from_secs(30))?);
     }
     let follow = switched.elapsed();
     let mut results = Vec::new();
-    for (g, _, rate) in GUESTS {
+    for (g, _, rate, _) in GUESTS {
         let r = m.result(g, Duration::from_secs(60))?;
         ensure!(r.num("frames") == Some(SECS * rate), "{g}: frames={:?}, want {}", r.get("frames"), SECS * rate);
         results.push(r);
@@ -282,7 +285,7 @@ fn scenario(accel: Accel, run: &str, show: bool) -> Result<String> {
     let fed = tone.stop()?;
     if show {
         println!("  the host fed {F1} Hz, then {F2} Hz once both guests had heard it; what each guest measured per second:");
-        for (g, what) in [("g1", "16 kHz mono"), ("g2", "44.1 kHz stereo"), ("g3", "8 kHz mono, booted after the others")] {
+        for (g, what) in [("g1", "16 kHz mono"), ("g2", "44.1 kHz stereo float"), ("g3", "8 kHz mono, booted after the others")] {
             let line = seconds(&m.serial(g)).iter().map(|s| format!("{:.0}", s.hz)).collect::<Vec<_>>().join(" ");
             println!("    {g} ({what}): {line} Hz");
         }
@@ -296,7 +299,7 @@ fn scenario(accel: Accel, run: &str, show: bool) -> Result<String> {
     ensure!((worst_db + 9.0).abs() <= 1.0 && (best_db + 9.0).abs() <= 1.0, "levels {worst_db:.1}..{best_db:.1} dBFS RMS, want -9 ±1");
     let fmt = |v: &[Second]| v.iter().map(|s| format!("{:.1} Hz/{:.1} dBFS", s.hz, s.dbfs)).collect::<Vec<_>>().join(", ");
     Ok(format!(
-        "pulse pipe source {F1} Hz then {F2} Hz at -6 dBFS peak; g1 (16 kHz mono): {} | {}; g2 (44.1 kHz stereo): {} | {}; \
+        "pulse pipe source {F1} Hz then {F2} Hz at -6 dBFS peak; g1 (16 kHz mono): {} | {}; g2 (44.1 kHz stereo float): {} | {}; \
          both followed the switch within {}; {} frames fed; device capture started once for both; \
          g3 (8 kHz mono) after them restarted it: {}; results {} / {} / {}; run {}",
         fmt(&first[0]),

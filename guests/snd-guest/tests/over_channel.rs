@@ -320,16 +320,16 @@ fn capture_run(
     (events, reports, seconds, captured_periods, hub)
 }
 
-/// Two capture guests at 16 kHz mono and 44.1 kHz stereo: each receives its `secs` of audio
+/// Two capture guests at 16 kHz mono s16 and 44.1 kHz stereo s32: each receives its `secs` of audio
 /// in its own shape, measures 1 kHz at -9 dBFS RMS every second, and the device was captured
 /// once per period whatever the number of guests.
 #[test]
 fn two_guests_capture_the_device_tone_at_their_rates() {
-    let cmds = ["capture=16000:s16:1 class=voice secs=2 name=a", "capture=44100:s16_le:2 class=media secs=2 name=b"];
+    let cmds = ["capture=16000:s16:1 class=voice secs=2 name=a", "capture=44100:s32:2 class=media secs=2 name=b"];
     let (events, reports, seconds, captured_periods, hub) = capture_run(&cmds, 1);
     let ups: Vec<String> = events.iter().map(PortEvent::marker).collect();
     assert!(ups[0].starts_with("ICONNECT-PORT 1 up stream=capture format=s16_le rate=16000 channels=1"), "{ups:?}");
-    assert!(ups[1].starts_with("ICONNECT-PORT 2 up stream=capture format=s16_le rate=44100 channels=2"), "{ups:?}");
+    assert!(ups[1].starts_with("ICONNECT-PORT 2 up stream=capture format=s32_le rate=44100 channels=2"), "{ups:?}");
     for (i, rate) in [(0, 16000u64), (1, 44100)] {
         let r = reports[i].as_ref().expect("capture finished");
         assert_eq!(r.stream.frames, 2 * rate, "{r:?}");
