@@ -14,9 +14,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -113,7 +112,7 @@ impl Drop for Pulse {
 pub struct Tone {
     hz: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<u64>>>,
+    done: mpsc::Receiver<Result<u64>>,
 }
 
 impl Tone {
@@ -122,7 +121,8 @@ impl Tone {
         let freq = Arc::new(AtomicU32::new((hz * 100.0) as u32));
         let stop = Arc::new(AtomicBool::new(false));
         let (freq1, stop1) = (Arc::clone(&freq), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || -> Result<u64> {
+        let (tx, done) = mpsc::channel();
+        let mut writer = move || -> Result<u64> {
             let t0 = Instant::now();
             let (mut written, mut phase) = (0u64, 0.0f64);
             let mut buf = Vec::with_capacity(480 * 4);
@@ -143,8 +143,11 @@ impl Tone {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Ok(written)
+        };
+        std::thread::spawn(move || {
+            let _ = tx.send(writer());
         });
-        Ok(Tone { hz: freq, stop, thread: Some(thread) })
+        Ok(Tone { hz: freq, stop, done })
     }
 
     /// Changes the frequency.
@@ -152,12 +155,13 @@ impl Tone {
         self.hz.store((hz * 100.0) as u32, Ordering::Relaxed);
     }
 
-    /// Stops the writer; returns the frames it wrote.
-    pub fn stop(mut self) -> Result<u64> {
+    /// Stops the writer; returns the frames it wrote. A writer blocked on a pipe nobody
+    /// reads any more is left behind (it ends with the server: broken pipe).
+    pub fn stop(self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            _ => bail!("tone writer panicked"),
+        match self.done.recv_timeout(Duration::from_secs(3)) {
+            Ok(r) => r,
+            Err(_) => bail!("the tone writer did not stop within 3 s (pipe source not read?)"),
         }
     }
 }

@@ -9,7 +9,7 @@
 //!   once whatever the number of guests. While started, [`IN_FLIGHT`] period buffers stay
 //!   queued on the RX queue; each filled one goes to the hub's fan-out and is queued again.
 //!   Buffers still queued when the stream stops stay with the device and are filled after the
-//!   next start (so a restart may begin with up to one period captured before the stop).
+//!   next start; the first one to complete after a restart (begun before the stop) is dropped.
 //!
 //! Nothing here waits once the loop runs: control requests (start/stop) complete as events.
 
@@ -59,6 +59,8 @@ pub struct Counters {
     pub captured: u64,
     /// Capture starts.
     pub capture_starts: u64,
+    /// Capture periods dropped at a restart (begun before the stop).
+    pub stale: u64,
 }
 
 /// The device's output (and input) stream.
@@ -68,6 +70,9 @@ pub struct Sound {
     input: Option<u32>,
     period_bytes: usize,
     capture: CaptureState,
+    /// The next capture completion after a restart is the buffer the device was filling when
+    /// it stopped (part of it captured before the stop): dropped.
+    stale: bool,
     /// Counters.
     pub n: Counters,
 }
@@ -114,7 +119,7 @@ impl Sound {
             }
         }
         let capture = if input.is_some() { CaptureState::Stopped } else { CaptureState::Absent };
-        Ok(Self { snd, out, input, period_bytes, capture, n: Counters::default() })
+        Ok(Self { snd, out, input, period_bytes, capture, stale: false, n: Counters::default() })
     }
 
     /// Whether guests can capture.
@@ -147,7 +152,9 @@ impl Sound {
                 Event::Captured { result, data, .. } => {
                     let whole = data.len() - data.len() % frame;
                     if result.is_ok() && whole > 0 && self.capture == CaptureState::Running {
-                        if hub.capture(&data[..whole]).is_ok() {
+                        if core::mem::take(&mut self.stale) {
+                            self.n.stale += 1;
+                        } else if hub.capture(&data[..whole]).is_ok() {
                             delivered += 1;
                             self.n.captured += 1;
                         } else {
@@ -165,7 +172,10 @@ impl Sound {
                     self.capture = match (self.capture, cmd) {
                         (CaptureState::Starting, Command::Start(_)) if result.is_ok() => CaptureState::Running,
                         (CaptureState::Starting, Command::Start(_)) => CaptureState::Stopped,
-                        (CaptureState::Stopping, Command::Stop(_)) => CaptureState::Stopped,
+                        (CaptureState::Stopping, Command::Stop(_)) => {
+                            self.stale = self.snd.rx_in_flight() > 0;
+                            CaptureState::Stopped
+                        }
                         (s, _) => s,
                     };
                 }
