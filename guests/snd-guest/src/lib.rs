@@ -238,6 +238,21 @@ enum State {
 /// host does not underrun; 8 periods did, once in a 4-guest run at load 8).
 pub const PERIODS: u32 = 16;
 
+/// The stream buffer's bytes `offset..offset + len` as pieces within its pages: (data page,
+/// offset in the page, offset in the range, bytes).
+fn pieces(offset: usize, len: usize) -> impl Iterator<Item = (u32, usize, usize, usize)> {
+    let mut done = 0;
+    core::iter::from_fn(move || {
+        (done < len).then(|| {
+            let off = offset + done;
+            let n = (PAGE_SIZE - off % PAGE_SIZE).min(len - done);
+            let piece = (BUFFER_PAGE + (off / PAGE_SIZE) as u32, off % PAGE_SIZE, done, n);
+            done += n;
+            piece
+        })
+    })
+}
+
 /// One sndif stream over the channel: ring, pages, event page, the OPEN'd shape, counters.
 struct Link<M: SharedMem + Clone> {
     ring: FrontRing<Window<M>, SndRing>,
@@ -412,13 +427,8 @@ impl<M: SharedMem + Clone> Player<M> {
             self.tone.fill_q31(&mut self.q31);
             self.bytes.resize(len as usize, 0);
             media_dsp::format::encode_q31(self.link.fmt, &self.q31, &mut self.bytes).map_err(|e| format!("encode: {e:?}"))?;
-            let mut done = 0usize;
-            while done < len as usize {
-                let off = at as usize + done;
-                let page = BUFFER_PAGE + (off / PAGE_SIZE) as u32;
-                let n = (PAGE_SIZE - off % PAGE_SIZE).min(len as usize - done);
-                self.link.data.copy_to_page(page, off % PAGE_SIZE, &self.bytes[done..done + n]).map_err(|e| format!("buffer: {e}"))?;
-                done += n;
+            for (page, in_page, from, n) in pieces(at as usize, len as usize) {
+                self.link.data.copy_to_page(page, in_page, &self.bytes[from..from + n]).map_err(|e| format!("buffer: {e}"))?;
             }
             self.link.send(Request::Buffer { id: 0, op: BufferOp::Write, offset: at, length: len })?;
             self.written += u64::from(len);
@@ -551,13 +561,8 @@ impl<M: SharedMem + Clone> Recorder<M> {
     fn received(&mut self, offset: u32, length: u32) -> Result<(), String> {
         let len = length as usize;
         self.bytes.resize(len, 0);
-        let mut done = 0usize;
-        while done < len {
-            let off = offset as usize + done;
-            let page = BUFFER_PAGE + (off / PAGE_SIZE) as u32;
-            let n = (PAGE_SIZE - off % PAGE_SIZE).min(len - done);
-            self.link.data.copy_from_page(page, off % PAGE_SIZE, &mut self.bytes[done..done + n]).map_err(|e| format!("buffer: {e}"))?;
-            done += n;
+        for (page, in_page, from, n) in pieces(offset as usize, len) {
+            self.link.data.copy_from_page(page, in_page, &mut self.bytes[from..from + n]).map_err(|e| format!("buffer: {e}"))?;
         }
         let ch = self.link.channels;
         self.q31.resize(len / self.link.fmt.bytes(), 0);
