@@ -90,9 +90,18 @@ impl Store {
         let mut out = Vec::new();
         for (dom, wpath, token) in &self.watches {
             for c in changed {
-                if is_under(c, wpath) || (removal && is_under(wpath, c)) {
+                // A change at or below the watched node is reported with the changed path; the
+                // removal of an ancestor, as xenstored does, with the watched path itself.
+                let reported = if is_under(c, wpath) {
+                    c.as_str()
+                } else if removal && is_under(wpath, c) {
+                    wpath.as_str()
+                } else {
+                    continue;
+                };
+                {
                     let mut payload = Vec::new();
-                    payload.extend_from_slice(c.as_bytes());
+                    payload.extend_from_slice(reported.as_bytes());
                     payload.push(0);
                     payload.extend_from_slice(token.as_bytes());
                     payload.push(0);

@@ -72,9 +72,10 @@ fn watches_fire_on_registration_change_and_removal() {
     w.server.set("/backend/vbd/5/0", b"x");
     w.client.pump(&mut w.ring).unwrap();
     assert_eq!(w.client.take_watch_event(), None);
-    // Removing an ancestor fires the watch.
+    // Removing an ancestor fires the watch, named by the watched path (as xenstored does).
     w.call(TxId::NONE, Request::Rm("/backend")).unwrap();
-    assert!(w.client.take_watch_event().is_some());
+    let ev = w.client.take_watch_event().unwrap();
+    assert_eq!((ev.path.as_str(), ev.token.as_str()), ("/backend/vif", "be"));
     w.call(TxId::NONE, Request::Unwatch("/backend/vif", "be")).unwrap();
     assert_eq!(w.call(TxId::NONE, Request::Unwatch("/backend/vif", "be")), Err(XsError::NoEntry));
 }
