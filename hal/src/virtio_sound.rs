@@ -22,8 +22,10 @@
 //! return a buffer only partly filled (QEMU does when the stream stops), the status then sits
 //! right after the captured bytes.
 //!
-//! The event queue is set up and left without buffers (this driver does not use jack or
-//! period notifications; the used rings pace the streams).
+//! The event queue holds [`EVENT_BUFFERS`] device-writable `virtio_snd_event`s (8 bytes:
+//! code, data), each given back to the device as soon as its event was read; events (jack
+//! changes, period elapsed, xruns) come out of [`VirtioSound::poll`] as [`Event::Device`]
+//! (the used rings pace the streams; this driver needs no notification).
 //!
 //! The unsafe part is `VirtQueue::add`/`pop_used`'s contract, as in [`crate::virtio_blk`]:
 //! buffers handed to the device are neither touched, moved nor freed until popped (their heap
@@ -51,6 +53,10 @@ pub const RX_QUEUE: u16 = 3;
 pub const QUEUE_SIZE: usize = 32;
 /// Descriptors per request (one readable, one writable buffer).
 const DESC_PER_REQ: usize = 2;
+/// Buffers kept on the event queue.
+pub const EVENT_BUFFERS: usize = 8;
+/// Bytes of a `virtio_snd_event`.
+pub const EVENT_SIZE: usize = 8;
 
 /// Request codes (`VIRTIO_SND_R_*`).
 pub mod code {
@@ -74,6 +80,14 @@ pub mod code {
     pub const S_NOT_SUPP: u32 = 0x8002;
     /// Status: I/O error.
     pub const S_IO_ERR: u32 = 0x8003;
+    /// Event: a jack was connected (data: jack id).
+    pub const EVT_JACK_CONNECTED: u32 = 0x1000;
+    /// Event: a jack was disconnected (data: jack id).
+    pub const EVT_JACK_DISCONNECTED: u32 = 0x1001;
+    /// Event: a period elapsed (data: stream id).
+    pub const EVT_PCM_PERIOD_ELAPSED: u32 = 0x1100;
+    /// Event: an underrun or overrun (data: stream id).
+    pub const EVT_PCM_XRUN: u32 = 0x1101;
 }
 
 /// Bytes of a `virtio_snd_pcm_info`.
@@ -291,7 +305,7 @@ pub fn split_rx(buf: &[u8], used: usize) -> (usize, Result<(), SndError>) {
     (n, le32(buf, n).map_or(Err(SndError::Io), status))
 }
 
-/// Index into [`SndStats`]' arrays of queue `q` (control, tx, rx).
+/// Index into [`SndStats`]' arrays of queue `q` (control, tx, rx; not the event queue).
 fn stat_index(q: usize) -> usize {
     match q {
         0 => 0,
@@ -320,6 +334,13 @@ pub enum Event {
         /// The device's status.
         result: Result<(), SndError>,
     },
+    /// A notification on the event queue (`code::EVT_*`; data: a jack or stream id).
+    Device {
+        /// Event code.
+        code: u32,
+        /// Jack or stream id.
+        data: u32,
+    },
     /// A capture buffer came back: `data` holds the captured bytes (give it back with
     /// [`VirtioSound::recycle`] to spare an allocation).
     Captured {
@@ -339,6 +360,8 @@ pub struct SndStats {
     pub submitted: [u64; 3],
     /// Requests the device completed, per queue.
     pub completed: [u64; 3],
+    /// Events the device sent on the event queue.
+    pub events: u64,
     /// Device notifications sent.
     pub kicks: u64,
     /// Used-ring entries naming a token with no request in flight (device bugs).
@@ -347,6 +370,7 @@ pub struct SndStats {
 
 #[derive(Debug)]
 enum Kind {
+    Event,
     Control(Command),
     Tx(u32),
     Rx(u32),
@@ -421,7 +445,7 @@ impl<H: Hal, T: Transport> VirtioSound<H, T> {
                 | DeviceStatus::FEATURES_OK
                 | DeviceStatus::DRIVER_OK,
         );
-        Ok(Self {
+        let mut snd = Self {
             transport,
             queues,
             streams,
@@ -429,7 +453,18 @@ impl<H: Hal, T: Transport> VirtioSound<H, T> {
             done: VecDeque::new(),
             stats: SndStats::default(),
             _hal: PhantomData,
-        })
+        };
+        for _ in 0..EVENT_BUFFERS {
+            snd.submit_event()?;
+        }
+        snd.kick();
+        Ok(snd)
+    }
+
+    /// Gives the device one event buffer.
+    fn submit_event(&mut self) -> Result<(), SndError> {
+        let writable = self.buffer(EVENT_SIZE);
+        self.submit(1, Kind::Event, Vec::new(), writable)
     }
 
     /// Streams the device has (its configuration).
@@ -482,11 +517,17 @@ impl<H: Hal, T: Transport> VirtioSound<H, T> {
             return Err(SndError::QueueFull);
         }
         // Both buffers are heap storage owned by the `InFlight` parked under the returned token
-        // below (never empty: every request has a header and a status); nothing reads, writes,
+        // below (the writable one never empty: a status, a response or an event; the readable
+        // one empty only for events, and then not given to the device); nothing reads, writes,
         // moves the storage of or frees them until `poll` pops that token with the same
         // buffers (or `Drop` leaks them after resetting the device).
-        // SAFETY: see above.
-        let added = unsafe { queue.vq.add(&[&readable[..]], &mut [&mut writable[..]]) };
+        let added = if readable.is_empty() {
+            // SAFETY: see above.
+            unsafe { queue.vq.add(&[], &mut [&mut writable[..]]) }
+        } else {
+            // SAFETY: see above.
+            unsafe { queue.vq.add(&[&readable[..]], &mut [&mut writable[..]]) }
+        };
         let token = match added {
             Ok(t) => t,
             Err(_) => {
@@ -510,7 +551,9 @@ impl<H: Hal, T: Transport> VirtioSound<H, T> {
             }
         }
         queue.unkicked = true;
-        self.stats.submitted[stat_index(q)] += 1;
+        if q != 1 {
+            self.stats.submitted[stat_index(q)] += 1;
+        }
         Ok(())
     }
 
@@ -567,12 +610,18 @@ impl<H: Hal, T: Transport> VirtioSound<H, T> {
             self.stats.bad_tokens += 1;
             return false;
         };
-        // `f` holds exactly the buffers given to `add` for `token`, in the same roles.
-        // SAFETY: see above.
-        let popped = unsafe {
-            queue
-                .vq
-                .pop_used(token, &[&f.readable[..]], &mut [&mut f.writable[..]])
+        // `f` holds exactly the buffers given to `add` for `token`, in the same roles (no
+        // readable one for an event buffer, as in `submit`).
+        let popped = if f.readable.is_empty() {
+            // SAFETY: see above.
+            unsafe { queue.vq.pop_used(token, &[], &mut [&mut f.writable[..]]) }
+        } else {
+            // SAFETY: see above.
+            unsafe {
+                queue
+                    .vq
+                    .pop_used(token, &[&f.readable[..]], &mut [&mut f.writable[..]])
+            }
         };
         let used = match popped {
             Ok(n) => n as usize,
@@ -581,13 +630,27 @@ impl<H: Hal, T: Transport> VirtioSound<H, T> {
                 return false;
             }
         };
-        self.stats.completed[stat_index(q)] += 1;
+        if q != 1 {
+            self.stats.completed[stat_index(q)] += 1;
+        }
         let InFlight {
             kind,
             readable,
             mut writable,
         } = f;
         let ev = match kind {
+            Kind::Event => {
+                self.stats.events += 1;
+                let code = le32(&writable, 0).unwrap_or(0);
+                let data = le32(&writable, 4).unwrap_or(0);
+                self.recycle(writable);
+                // Back to the device at once (room: this buffer's descriptor was just freed).
+                let _ = self.submit_event();
+                if used < EVENT_SIZE {
+                    return true;
+                }
+                Event::Device { code, data }
+            }
             Kind::Control(cmd) => {
                 let result = if used < 4 {
                     Err(SndError::Io)
@@ -622,14 +685,16 @@ impl<H: Hal, T: Transport> VirtioSound<H, T> {
         true
     }
 
-    /// The next finished request (control first, then playback, then capture).
+    /// The next finished request or event (control first, then events, playback, capture).
     pub fn poll(&mut self) -> Option<Event> {
         if let Some(e) = self.done.pop_front() {
             return Some(e);
         }
-        for q in [0, 2, 3] {
-            if self.pop(q) {
-                return self.done.pop_front();
+        for q in [0, 1, 2, 3] {
+            while self.pop(q) {
+                if let Some(e) = self.done.pop_front() {
+                    return Some(e);
+                }
             }
         }
         None

@@ -162,10 +162,11 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             }
             let busy_us = core::mem::take(&mut busy_time).as_micros() as u64;
             log::info!(
-                "ICONNECT-DDSTAT streams={playing} busy_permille={} device_periods={} device_errors={} clipped={} capture_starts={} capture={:?} capture_periods={} capture_guests={} capture_stale={}",
+                "ICONNECT-DDSTAT streams={playing} busy_permille={} device_periods={} device_errors={} device_xruns={} clipped={} capture_starts={} capture={:?} capture_periods={} capture_guests={} capture_stale={}",
                 busy_us * 1000 / (wall.as_micros() as u64).max(1),
                 snd.n.done,
                 snd.n.errors,
+                snd.n.xruns,
                 hub.mixer().stats().clipped,
                 snd.n.capture_starts,
                 snd.capture_state(),

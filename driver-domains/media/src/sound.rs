@@ -61,6 +61,8 @@ pub struct Counters {
     pub capture_starts: u64,
     /// Capture periods dropped at a restart (begun before the stop).
     pub stale: u64,
+    /// Underruns/overruns the device reported (event queue).
+    pub xruns: u64,
 }
 
 /// The device's output (and input) stream.
@@ -164,6 +166,7 @@ impl Sound {
                     self.n.errors += u64::from(result.is_err());
                     self.snd.recycle(data);
                 }
+                Event::Device { code, .. } => self.n.xruns += u64::from(code == vs::code::EVT_PCM_XRUN),
                 Event::Control { cmd, result, .. } => {
                     if let Err(e) = result {
                         log::warn!("virtio-sound: {cmd:?}: {e}");

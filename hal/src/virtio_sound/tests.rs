@@ -146,6 +146,17 @@ impl Dev {
         }
     }
 
+    /// Sends an event in the next event buffer; false if none is posted.
+    fn event(&mut self, code: u32, data: u32) -> bool {
+        let Some((head, chain)) = self.take(1) else { return false };
+        assert_eq!(chain.len(), 1, "an event buffer is one device-writable descriptor");
+        assert!(chain[0].2 && chain[0].1 as usize == EVENT_SIZE);
+        write(chain[0].0, &code.to_le_bytes());
+        write(chain[0].0 + 4, &data.to_le_bytes());
+        self.push_used(1, head, EVENT_SIZE as u32);
+        true
+    }
+
     /// Fills the oldest held capture buffer with `pcm` (its start) and returns it.
     fn capture(&mut self, pcm: &[u8]) {
         let (head, addr, len) = self.rx_held.remove(0);
@@ -363,4 +374,23 @@ fn rx_split_rejects_short_and_bad_status() {
     assert_eq!(split_rx(&b, 8), (0, Err(SndError::NotSupported)));
     assert_eq!(rate_code(44100), Some(6));
     assert_eq!(rate_code(44000), None);
+}
+
+#[test]
+fn events_come_out_and_their_buffers_go_back() {
+    let (mut snd, dev) = setup();
+    assert_eq!(dev.borrow().notifications[1], 1, "event buffers posted at init");
+    assert!(dev.borrow_mut().event(code::EVT_PCM_XRUN, 1));
+    assert!(dev.borrow_mut().event(code::EVT_PCM_PERIOD_ELAPSED, 0));
+    assert_eq!(snd.poll(), Some(Event::Device { code: code::EVT_PCM_XRUN, data: 1 }));
+    assert_eq!(snd.poll(), Some(Event::Device { code: code::EVT_PCM_PERIOD_ELAPSED, data: 0 }));
+    assert_eq!(snd.poll(), None);
+    snd.kick();
+    // Every buffer is back: the device can send EVENT_BUFFERS more in a row, not one more.
+    for i in 0..EVENT_BUFFERS as u32 {
+        assert!(dev.borrow_mut().event(code::EVT_JACK_CONNECTED, i), "buffer {i}");
+    }
+    assert!(!dev.borrow_mut().event(code::EVT_JACK_CONNECTED, 99));
+    assert_eq!(snd.stats().events, 2);
+    assert_eq!(snd.stats().submitted, [0, 0, 0], "event buffers are not requests");
 }
