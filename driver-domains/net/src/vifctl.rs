@@ -208,7 +208,16 @@ struct Vif<P> {
     rate: Option<XenRate>,
     /// Counters at the last stats line.
     reported: PortCounters,
+    /// A QoS key changed since the frontend's keys were last read for it.
+    qos_dirty: bool,
+    /// When the frontend's keys were last read for a QoS change (ns).
+    qos_read_ns: Option<u64>,
 }
+
+/// A guest's QoS keys are re-read at most this often (ns): every write to one fires a watch, and
+/// answering means reading the whole frontend directory, so a guest writing in a loop would
+/// otherwise keep net-dd busy for everyone. A burst is answered once, with its last values.
+pub const QOS_REREAD_NS: u64 = 100_000_000;
 
 /// What a vif looks like from outside (tests, diagnostics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,6 +405,8 @@ impl<P: VifPlatform> Backend<P> {
                 conn: None,
                 rate: None,
                 reported: PortCounters::default(),
+                qos_dirty: false,
+                qos_read_ns: None,
             },
         );
         let advertised = self.features.advertise(&mut StoreSink { store, dir: &be });
@@ -439,11 +450,10 @@ impl<P: VifPlatform> Backend<P> {
                 self.input(store, id, BackendInput::FrontendState(state), now);
             }
             k if k.starts_with("/iconnect-qos-") && self.vifs.get(&id).is_some_and(|v| v.conn.is_some()) => {
-                match Keys::read(store, &fe) {
-                    Ok(keys) => self.requalify(store, id, &keys, now),
-                    Err(KeysError::Store(e)) => return Err(e),
-                    Err(e) => log::warn!("vif {}/{}: QoS keys: {}", id.0, id.1, e.describe()),
+                if let Some(v) = self.vifs.get_mut(&id) {
+                    v.qos_dirty = true;
                 }
+                self.requalify_if_due(store, id, now)?;
             }
             _ => {}
         }
@@ -574,6 +584,40 @@ impl<P: VifPlatform> Backend<P> {
     }
 
     /// The connected guest changed its QoS keys: decide again, write the answer.
+    /// Answers a changed QoS request of a connected vif unless its keys were read less than
+    /// [`QOS_REREAD_NS`] ago (then [`Backend::tick`] answers it later).
+    fn requalify_if_due<S: StoreAccess>(&mut self, store: &mut S, id: VifId, now: u64) -> Result<(), S::Error> {
+        let Some(v) = self.vifs.get_mut(&id) else { return Ok(()) };
+        if !v.qos_dirty || v.conn.is_none() || v.qos_read_ns.is_some_and(|t| now.saturating_sub(t) < QOS_REREAD_NS) {
+            return Ok(());
+        }
+        v.qos_dirty = false;
+        v.qos_read_ns = Some(now);
+        let fe = v.fe.clone();
+        match Keys::read(store, &fe) {
+            Ok(keys) => self.requalify(store, id, &keys, now),
+            Err(KeysError::Store(e)) => return Err(e),
+            Err(e) => log::warn!("vif {}/{}: QoS keys: {}", id.0, id.1, e.describe()),
+        }
+        Ok(())
+    }
+
+    /// Periodic work: answers QoS changes held back by [`QOS_REREAD_NS`]. Returns when it next
+    /// has something to do (ns), if anything is pending.
+    pub fn tick<S: StoreAccess>(&mut self, store: &mut S, now: u64) -> Option<u64> {
+        let pending: Vec<VifId> = self.vifs.iter().filter(|(_, v)| v.qos_dirty).map(|(id, _)| *id).collect();
+        for id in pending {
+            if let Err(e) = self.requalify_if_due(store, id, now) {
+                log::warn!("vif {}/{}: xenstore: {e:?}", id.0, id.1);
+            }
+        }
+        self.vifs
+            .values()
+            .filter(|v| v.qos_dirty && v.conn.is_some())
+            .map(|v| v.qos_read_ns.map_or(now, |t| t.saturating_add(QOS_REREAD_NS)))
+            .min()
+    }
+
     fn requalify<S: StoreAccess>(&mut self, store: &mut S, id: VifId, fe_keys: &Keys, now: u64) {
         let Some(v) = self.vifs.get(&id) else { return };
         let Some(port) = v.conn.as_ref().map(|c| c.port) else { return };

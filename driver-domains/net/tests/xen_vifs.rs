@@ -614,6 +614,7 @@ impl World {
         for ev in self.xs.events(DD) {
             self.be.on_watch(&mut DomStore(&mut self.xs, DD), &ev.path, &ev.token, self.now);
         }
+        self.be.tick(&mut DomStore(&mut self.xs, DD), self.now);
         for g in &mut self.guests {
             let Some(nf) = g.nf.as_mut() else { continue };
             if nf.broken().is_none() && nf.poll().is_ok() {
@@ -640,6 +641,13 @@ impl World {
 
     fn settle(&mut self) {
         for _ in 0..30 {
+            self.step();
+        }
+        // A QoS change held back by net-dd's re-read interval is answered once it is due.
+        for _ in 0..(2 * net_dd::vifctl::QOS_REREAD_NS / MS) {
+            if self.be.tick(&mut DomStore(&mut self.xs, DD), self.now).is_none() {
+                break;
+            }
             self.step();
         }
     }
@@ -787,6 +795,29 @@ fn qos_keys(r: &NetQosRequest) -> Vec<(String, String)> {
     let mut k = iconnect::keys::ArraySink::<8, 48>::default();
     r.write(&mut k).unwrap();
     k.pairs().map(|(a, b)| kv(a, b)).collect()
+}
+
+#[test]
+fn a_guest_writing_qos_keys_in_a_loop_is_answered_at_a_bounded_rate() {
+    let mut w = World::new(20_000_000);
+    let a = w.guest(5, LINUX, None);
+    let fe = w.guests[a].fe();
+    let answers = || logged("ICONNECT-VIF 5/0 qos=").len();
+    let before = answers();
+    // 500 writes, one per millisecond of net-dd's clock (a guest running xenstore-write in a loop).
+    for i in 0..500u64 {
+        w.xs.write(5, &format!("{fe}/{}", qos::GUARANTEED), &(1_000_000 + i).to_string());
+        w.step();
+    }
+    w.settle();
+    let reads = answers() - before;
+    let bound = (500 * MS / net_dd::vifctl::QOS_REREAD_NS + 2) as usize;
+    assert!((1..=bound).contains(&reads), "{reads} answers to 500 writes in 500 ms (at most {bound})");
+    // The last value wins.
+    match w.decision(a) {
+        Some(Decision::Granted(g)) => assert_eq!(g.guaranteed_bps, 1_000_499),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -1742,7 +1773,8 @@ fn key_value() -> impl Strategy<Value = String> {
         "[0-9]{1,12}",
         "[ -~]{0,40}",
         "\\PC{0,8}",
-        (1usize..4096).prop_map(|n| "1".repeat(n)),
+        // Up to what one xenstore write can carry (4096 bytes of payload, path included).
+        (1usize..3900).prop_map(|n| "1".repeat(n)),
     ]
 }
 

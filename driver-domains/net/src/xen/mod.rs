@@ -124,6 +124,7 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
         }
         let now = rt::time::now();
         let now_ns = now.as_nanos();
+        let qos_due = be.tick(&mut XenStore(&mut store), now_ns);
         let sweep = now - last_sweep >= SWEEP;
         if sweep {
             last_sweep = now;
@@ -182,8 +183,8 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
         if let Some(d) = iface.poll_delay(snow, &sockets) {
             next = next.min(Duration::from_micros(d.total_micros()));
         }
-        if let Some(t) = wake {
-            next = next.min(Duration::from_nanos(t - now_ns));
+        for t in [wake, qos_due].into_iter().flatten() {
+            next = next.min(Duration::from_nanos(t.saturating_sub(now_ns)));
         }
         rt::event::wait_until(Some(now + next));
     }
