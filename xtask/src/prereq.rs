@@ -212,18 +212,41 @@ pub fn ensure_qemu_utils() -> Result<()> {
     Ok(())
 }
 
-/// `pulseaudio` (Debian's pulseaudio) for the media capture test's private sound server.
+/// Whether QEMU lists the `pa` (PulseAudio) audio driver (`-audiodev help`).
+fn qemu_has_pa() -> bool {
+    Command::new(QEMU)
+        .args(["-audiodev", "help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "pa"))
+}
+
+/// `pulseaudio` (Debian's pulseaudio) for the media capture test's private sound server, and
+/// QEMU's `pa` audio driver (Debian ships it in qemu-system-gui, a recommendation of
+/// qemu-system-x86 that a no-recommends install lacks: installed at QEMU's exact version).
 pub fn ensure_pulseaudio() -> Result<()> {
-    if have_program("pulseaudio") {
+    if have_program("pulseaudio") && qemu_has_pa() {
         return Ok(());
     }
-    println!("prereq: pulseaudio missing");
-    if is_debian() && allow_install() {
-        apt_update()?;
-        apt_get(&["install", "-y", "--no-install-recommends", "pulseaudio"])?;
-    }
     if !have_program("pulseaudio") {
-        bail!("`pulseaudio` not found: the media capture test needs it (apt-get install -y pulseaudio)");
+        println!("prereq: pulseaudio missing");
+        if is_debian() && allow_install() {
+            apt_update()?;
+            apt_get(&["install", "-y", "--no-install-recommends", "pulseaudio"])?;
+        }
+        if !have_program("pulseaudio") {
+            bail!("`pulseaudio` not found: the media capture test needs it (apt-get install -y pulseaudio)");
+        }
+    }
+    if !qemu_has_pa() {
+        println!("prereq: QEMU has no `pa` audio driver (qemu-system-gui missing)");
+        let version = util::output(Command::new("dpkg-query").args(["-W", "-f=${Version}", "qemu-system-x86"])).unwrap_or_default();
+        if is_debian() && allow_install() && !version.trim().is_empty() {
+            apt_update()?;
+            apt_get(&["install", "-y", "--no-install-recommends", &format!("qemu-system-gui={}", version.trim())])?;
+        }
+        if !qemu_has_pa() {
+            bail!("`{QEMU} -audiodev help` lists no `pa` driver: the media capture test needs it (Debian: apt-get install qemu-system-gui)");
+        }
     }
     Ok(())
 }
