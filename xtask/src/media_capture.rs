@@ -286,6 +286,18 @@ fn scenario(accel: Accel, run: &str, show: bool) -> Result<String> {
     ensure!(r3.num("frames") == Some(LATE_SECS * rate3), "{g3}: frames={:?}, want {}", r3.get("frames"), LATE_SECS * rate3);
     let late = wait_seconds(&mut m, g3, 1, F2, 1, Duration::from_secs(5))?;
     m.wait("media-dd", "capture_starts=2 capture=Stopped", Duration::from_secs(10))?;
+    // media-dd's per-port capture counters (the last line of each port while it captured).
+    let dd = m.serial("media-dd");
+    let mut port_stats = Vec::new();
+    for p in 1..=3 {
+        let last = dd
+            .iter()
+            .filter_map(|l| markers::parse_fields(l, "ICONNECT-CAPTURE-PORT"))
+            .rfind(|f| f.word(0) == Some(&p.to_string()))
+            .with_context(|| format!("media-dd printed no ICONNECT-CAPTURE-PORT {p} line"))?;
+        let n = |k: &str| last.num(k).unwrap_or(0);
+        port_stats.push(format!("port {p}: read {} overrun {} underrun {}", n("read"), n("overrun"), n("underrun")));
+    }
     let fed = tone.stop()?;
     if show {
         println!("  the host fed {F1} Hz, then {F2} Hz once both guests had heard it; what each guest measured per second:");
@@ -305,7 +317,7 @@ fn scenario(accel: Accel, run: &str, show: bool) -> Result<String> {
     Ok(format!(
         "pulse pipe source {F1} Hz then {F2} Hz at -6 dBFS peak; g1 (16 kHz mono): {} | {}; g2 (44.1 kHz stereo float): {} | {}; \
          both followed the switch within {}; {} frames fed; device capture started once for both; \
-         g3 (8 kHz mono) after them restarted it: {}; results {} / {} / {}; run {}",
+         g3 (8 kHz mono) after them restarted it: {}; results {} / {} / {}; media-dd frames {}; run {}",
         fmt(&first[0]),
         fmt(&second[0]),
         fmt(&first[1]),
@@ -316,6 +328,7 @@ fn scenario(accel: Accel, run: &str, show: bool) -> Result<String> {
         results[0].get("peak_hz").unwrap_or("?"),
         results[1].get("peak_hz").unwrap_or("?"),
         r3.get("peak_hz").unwrap_or("?"),
+        port_stats.join(", "),
         fmt_dur(t0.elapsed())
     ))
 }

@@ -4,7 +4,8 @@
 //! same shape started while a guest captures: see `sound`) and one guest
 //! per ivshmem-doorbell device (ports 1..=N, PCI order). One executor task: doorbells, the
 //! ports' handshakes and requests, the mix (one period per period the device returned),
-//! doorbells back, markers, and once a second an `ICONNECT-LEVEL` line per playing port.
+//! doorbells back, markers, and once a second an `ICONNECT-LEVEL` line per playing port and
+//! an `ICONNECT-CAPTURE-PORT` line per capturing port.
 
 use alloc::format;
 use alloc::string::String;
@@ -157,6 +158,17 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
                         s.requests,
                         s.errors,
                         c.port.underrun_frames(&hub)
+                    );
+                }
+            }
+            for c in chans.iter() {
+                if let Some((s, underrun)) = c.port.capture_stats(&hub) {
+                    log::info!(
+                        "ICONNECT-CAPTURE-PORT {} produced={} read={} overrun={} underrun={underrun}",
+                        c.port.port(),
+                        s.produced,
+                        s.read,
+                        s.overrun
                     );
                 }
             }

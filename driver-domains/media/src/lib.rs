@@ -444,6 +444,16 @@ impl<M: SharedMem + Clone> MediaPort<M> {
             .map_or(0, |s| s.underrun)
     }
 
+    /// This guest's capture stream, while open: the fan-out's counters (frames produced at
+    /// the guest's rate, read, lost to a full queue) and the frames it read before they were
+    /// captured (given silence).
+    pub fn capture_stats(&self, hub: &Hub) -> Option<(media_dsp::ConsumerStats, u64)> {
+        let a = self.attached.as_ref()?;
+        let id = a.engine.capture_consumer(0)?;
+        let s = hub.fanout().stats(id).ok()?;
+        Some((s, a.engine.stats().read_underrun_frames))
+    }
+
     /// The engine's counters, while attached.
     pub fn stats(&self) -> Option<sndback::Stats> {
         self.attached.as_ref().map(|a| a.engine.stats())

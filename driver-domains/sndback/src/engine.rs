@@ -245,6 +245,14 @@ impl<M: SharedMem> Sndback<M> {
         }
     }
 
+    /// The fan-out handle of capture stream `i`, if open (for its counters).
+    pub fn capture_consumer(&self, i: usize) -> Option<ConsumerId> {
+        match self.streams.get(i)?.open.as_ref()?.sink {
+            Sink::Capture(id) => Some(id),
+            Sink::Play(_) => None,
+        }
+    }
+
     /// Platform cap on every playback stream's gain, dB (`None`: no cap).
     pub fn set_cap_db(&mut self, hub: &mut Hub, cap: Option<f32>) -> Result<(), Error> {
         if cap.is_some_and(|c| !c.is_finite()) {

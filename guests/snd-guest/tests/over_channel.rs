@@ -258,12 +258,20 @@ type Capturer = (Config, Frontend<HostMem>, MediaPort<HostMem>, Option<snd_guest
 /// Runs capture guests (`cmds`) on one device capturing 1 kHz at -6 dBFS (48 kHz stereo s16),
 /// fed period by period only while a capture stream runs, as media-dd does; each guest looks
 /// at its channel only every `guest_every` periods (a slow or descheduled VM). Returns the
-/// events, each guest's report and measured seconds, and the device periods captured.
+/// events, each guest's report and measured seconds, and the device periods captured, the hub,
+/// and each port's last capture counters (fan-out, read underrun frames) while open.
 #[allow(clippy::type_complexity)]
 fn capture_run(
     cmds: &[&str],
     guest_every: usize,
-) -> (Vec<PortEvent>, Vec<Option<snd_guest::CaptureReport>>, Vec<Vec<snd_guest::Second>>, u64, Hub) {
+) -> (
+    Vec<PortEvent>,
+    Vec<Option<snd_guest::CaptureReport>>,
+    Vec<Vec<snd_guest::Second>>,
+    u64,
+    Hub,
+    Vec<Option<(media_dsp::ConsumerStats, u64)>>,
+) {
     let mut gs: Vec<Capturer> = cmds
         .iter()
         .enumerate()
@@ -279,6 +287,7 @@ fn capture_run(
     let mut events = Vec::new();
     let mut reports = vec![None; cmds.len()];
     let mut seconds = vec![Vec::new(); cmds.len()];
+    let mut counters = vec![None; cmds.len()];
     let mut x = vec![0f32; PERIOD * 2];
     let mut period = vec![0u8; PERIOD * 4];
     let (mut captured_periods, mut t) = (0u64, 0u64);
@@ -315,9 +324,12 @@ fn capture_run(
                     seconds[i].extend(r.take_seconds());
                 }
             }
+            if let Some(c) = port.capture_stats(&hub) {
+                counters[i] = Some(c);
+            }
         }
     }
-    (events, reports, seconds, captured_periods, hub)
+    (events, reports, seconds, captured_periods, hub, counters)
 }
 
 /// Two capture guests at 16 kHz mono s16 and 44.1 kHz stereo s32: each receives its `secs` of audio
@@ -326,7 +338,7 @@ fn capture_run(
 #[test]
 fn two_guests_capture_the_device_tone_at_their_rates() {
     let cmds = ["capture=16000:s16:1 class=voice secs=2 name=a", "capture=44100:s32:2 class=media secs=2 name=b"];
-    let (events, reports, seconds, captured_periods, hub) = capture_run(&cmds, 1);
+    let (events, reports, seconds, captured_periods, hub, counters) = capture_run(&cmds, 1);
     let ups: Vec<String> = events.iter().map(PortEvent::marker).collect();
     assert!(ups[0].starts_with("ICONNECT-PORT 1 up stream=capture format=s16_le rate=16000 channels=1"), "{ups:?}");
     assert!(ups[1].starts_with("ICONNECT-PORT 2 up stream=capture format=s32_le rate=44100 channels=2"), "{ups:?}");
@@ -338,6 +350,10 @@ fn two_guests_capture_the_device_tone_at_their_rates() {
         let s = seconds[i][1];
         assert!((s.peak_hz - 1000.0).abs() < 5.0, "guest {i}: {s:?}");
         assert!((s.rms_dbfs + 9.0).abs() < 0.5, "guest {i}: {s:?}");
+        // Nothing lost to a full queue, nothing read before it was captured.
+        let (c, underrun) = counters[i].unwrap();
+        assert_eq!((c.overrun, underrun), (0, 0), "guest {i}: {c:?}");
+        assert!(c.produced >= c.read && c.read >= 2 * rate - rate / 50, "guest {i}: {c:?}");
     }
     // Both closed: nothing runs, the device is no longer fed; it was captured once per
     // period (about 2 s of periods plus the time to close), not once per guest.
@@ -349,9 +365,11 @@ fn two_guests_capture_the_device_tone_at_their_rates() {
 /// the two buffers the backend queues) still receives every frame, contiguous in time.
 #[test]
 fn a_slow_capture_guest_catches_up_from_the_backend_queue() {
-    let (_, reports, seconds, _, _) = capture_run(&["capture=16000:s16:1 secs=2"], 25);
+    let (_, reports, seconds, _, _, counters) = capture_run(&["capture=16000:s16:1 secs=2"], 25);
     let r = reports[0].as_ref().expect("capture finished");
     assert_eq!(r.stream.frames, 32000, "{r:?}");
+    let (c, underrun) = counters[0].unwrap();
+    assert_eq!((c.overrun, underrun), (0, 0), "{c:?}");
     let s = seconds[0][1];
     assert!((s.peak_hz - 1000.0).abs() < 5.0 && (s.rms_dbfs + 9.0).abs() < 0.5, "{s:?}");
 }
