@@ -393,20 +393,22 @@ pub fn suite_tier() -> Result<Option<(u32, u32)>> {
 mod tests {
     use super::*;
 
+    /// A finished run whose serial log is `serial`.
+    fn run(serial: &str) -> runner::XenRun {
+        let outcome = crate::qemu::Outcome {
+            code: Some(0),
+            exit: crate::qemu::GuestExit::Reset,
+            serial: serial.lines().map(str::to_string).collect(),
+            stderr: String::new(),
+            timed_out: false,
+            duration: Duration::from_secs(60),
+            timeout: Duration::from_secs(300),
+        };
+        runner::XenRun::parse(outcome, Vec::new(), PathBuf::new())
+    }
+
     #[test]
     fn linux_userspace_crashes_are_recognised_ours_are_not() {
-        let run = |serial: &str| {
-            let outcome = crate::qemu::Outcome {
-                code: Some(0),
-                exit: crate::qemu::GuestExit::Reset,
-                serial: serial.lines().map(str::to_string).collect(),
-                stderr: String::new(),
-                timed_out: false,
-                duration: Duration::from_secs(60),
-                timeout: Duration::from_secs(300),
-            };
-            runner::XenRun::parse(outcome, Vec::new(), PathBuf::new())
-        };
         assert!(dom0_tool_crash(&run("x\nSegmentation fault\n")).is_some());
         assert!(dom0_tool_crash(&run("[console guest-b] Segmentation fault\n")).is_some());
         assert!(dom0_tool_crash(&run("XENTEST-WARN xl list a crashed (exit 139); retrying\n")).is_some());
@@ -416,18 +418,6 @@ mod tests {
 
     #[test]
     fn only_unexplained_triple_faults_count() {
-        let run = |serial: &str| {
-            let outcome = crate::qemu::Outcome {
-                code: Some(0),
-                exit: crate::qemu::GuestExit::Reset,
-                serial: serial.lines().map(str::to_string).collect(),
-                stderr: String::new(),
-                timed_out: false,
-                duration: Duration::from_secs(60),
-                timeout: Duration::from_secs(300),
-            };
-            runner::XenRun::parse(outcome, Vec::new(), PathBuf::new())
-        };
         let tf = "XENTEST-DOMAIN net-dd domid=1 tries=1 create_ms=510 rc=0\n(d1) [ 1.0] INFO  x: y\n\
                   (XEN) d1v0 Triple fault - invoking HVM shutdown action 1\n(XEN) *** Dumping Dom1 vcpu#0 state: ***\n\
                   (XEN) RIP:    0008:[<0000000000133cce>]\n";
