@@ -164,3 +164,44 @@ pub fn program_msi<R: RegisterBlock>(
 ) -> Result<(), Error> {
     table.program(entry, msg.address, msg.data)
 }
+
+/// A virtio PCI function brought up to the point where a driver takes over: its BARs and the
+/// `virtio-drivers` transport.
+pub struct VirtioFunction {
+    /// The memory BARs as assigned.
+    pub bars: [Option<Bar>; 6],
+    /// The modern virtio PCI transport.
+    pub transport: virtio_drivers::transport::pci::PciTransport,
+}
+
+/// The bring-up every virtio PCI driver shares: decoding off while the BARs get addresses from
+/// `window` (every decode toggle makes the platform remap the device's windows), the transport
+/// read from the capabilities, then memory decoding and bus mastering on.
+pub fn open_virtio(ecam: &mut Ecam, bdf: Bdf, window: (u64, u64)) -> Result<VirtioFunction, Error> {
+    use virtio_drivers::transport::pci::{PciTransport, bus::PciRoot};
+    pci::update_command(ecam, bdf, 0, command::MEMORY_SPACE | command::IO_SPACE);
+    let bars = assign_bars(ecam, bdf, window.0, window.1)?;
+    // SAFETY: the alias is used only by the transport set-up below, which runs to completion
+    // before this function touches the configuration space again.
+    let mut root = PciRoot::new(unsafe { ecam.alias() });
+    let transport = PciTransport::new::<crate::dma::VirtioHal, Ecam>(&mut root, crate::ecam::device_function(bdf))
+        .map_err(|e| {
+            log::error!("{bdf}: virtio PCI transport: {e}");
+            Error::Invalid
+        })?;
+    pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
+    Ok(VirtioFunction { bars, transport })
+}
+
+/// MSI-X table `entry` of `bdf` on a fresh `rt` vector that calls `handler`; `None` (logged)
+/// when no vector is free or the table cannot be set up: the driver then polls.
+pub fn msix_vector(ecam: &mut Ecam, bdf: Bdf, bars: &[Option<Bar>; 6], entry: u16, handler: Option<fn()>) -> Option<u8> {
+    let msg = handler.and_then(rt::irq::register_msi)?;
+    match enable_msix(ecam, bdf, bars, entry, msg) {
+        Ok(_table) => Some(msg.vector()),
+        Err(e) => {
+            log::warn!("{bdf}: MSI-X set-up failed ({e}); polling");
+            None
+        }
+    }
+}

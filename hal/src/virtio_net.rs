@@ -376,12 +376,11 @@ pub mod pci {
     use super::VirtioNet;
     use crate::Error;
     use crate::dma::VirtioHal;
-    use crate::ecam::{self, Ecam};
-    use crate::pci::{self, Bar, Function, command};
+    use crate::ecam::Ecam;
+    use crate::pci::{self, Bar, Function};
     use crate::platform;
     use crate::virtio::{self, CommonCfg, NO_VECTOR};
     use virtio_drivers::transport::pci::PciTransport;
-    use virtio_drivers::transport::pci::bus::PciRoot;
 
     /// virtio-net's receive queue.
     pub const RX_QUEUE: u16 = 0;
@@ -429,30 +428,8 @@ pub mod pci {
         on_rx: Option<fn()>,
     ) -> Result<Opened<QS>, Error> {
         let bdf = func.bdf;
-        // Every decode toggle makes the platform remap the device's windows: keep decoding off
-        // until the BARs are sized and virtio-drivers has read its capabilities.
-        pci::update_command(ecam, bdf, 0, command::MEMORY_SPACE | command::IO_SPACE);
-        let bars = platform::assign_bars(ecam, bdf, window.0, window.1)?;
-        // SAFETY: the alias is used only by the transport set-up below, which runs to
-        // completion before this function touches the configuration space again.
-        let mut root = PciRoot::new(unsafe { ecam.alias() });
-        let transport = PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(bdf))
-            .map_err(|e| {
-                log::error!("{bdf}: virtio PCI transport: {e}");
-                Error::Invalid
-            })?;
-        pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
-        let msg = on_rx.and_then(rt::irq::register_msi);
-        let mut rx_vector = match msg {
-            Some(m) => match platform::enable_msix(ecam, bdf, &bars, RX_MSIX_ENTRY, m) {
-                Ok(_table) => Some(m.vector()),
-                Err(e) => {
-                    log::warn!("{bdf}: MSI-X set-up failed ({e}); polling");
-                    None
-                }
-            },
-            None => None,
-        };
+        let platform::VirtioFunction { bars, transport } = platform::open_virtio(ecam, bdf, window)?;
+        let mut rx_vector = platform::msix_vector(ecam, bdf, &bars, RX_MSIX_ENTRY, on_rx);
         // virtio-drivers logs its feature negotiation at info level: keep boots quiet.
         let level = log::max_level();
         if level <= log::LevelFilter::Info {

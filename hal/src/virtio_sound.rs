@@ -762,11 +762,10 @@ pub mod pci {
     use super::{SndError, VirtioSound};
     use crate::Error;
     use crate::dma::VirtioHal;
-    use crate::ecam::{self, Ecam};
-    use crate::pci::{self, Function, command};
+    use crate::ecam::Ecam;
+    use crate::pci::{self, Function};
     use crate::platform;
     use virtio_drivers::transport::pci::PciTransport;
-    use virtio_drivers::transport::pci::bus::PciRoot;
 
     /// virtio-sound's PCI device ID (modern only: 0x1040 + 25).
     pub const DEVICE_SOUND: u16 = 0x1059;
@@ -792,17 +791,7 @@ pub mod pci {
     /// (completions are polled).
     pub fn open(ecam: &mut Ecam, func: Function, window: (u64, u64)) -> Result<PciSound, Error> {
         let bdf = func.bdf;
-        pci::update_command(ecam, bdf, 0, command::MEMORY_SPACE | command::IO_SPACE);
-        platform::assign_bars(ecam, bdf, window.0, window.1)?;
-        // SAFETY: the alias is used only by the transport set-up below, which runs to
-        // completion before this function touches the configuration space again.
-        let mut root = PciRoot::new(unsafe { ecam.alias() });
-        let transport = PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(bdf))
-            .map_err(|e| {
-                log::error!("{bdf}: virtio PCI transport: {e}");
-                Error::Invalid
-            })?;
-        pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
+        let transport = platform::open_virtio(ecam, bdf, window)?.transport;
         PciSound::new(transport).map_err(|e: SndError| {
             log::error!("{bdf}: virtio-sound init: {e}");
             Error::Invalid
