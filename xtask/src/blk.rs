@@ -637,96 +637,138 @@ pub fn nbd_restart(accel: Accel) -> Result<String> {
     Ok(format!("qemu-nbd killed after pass 0's flush, restarted 0.3 s later; blk-dd reconnected; guest ok ({} ops), export byte-exact", r.get("ops").unwrap_or("?")))
 }
 
-/// `cargo xtask bench blk`: 4 KiB random read/write IOPS at QD1 and QD32, through blk-dd (local
-/// slice), with the same guest image on a virtio-blk disk of its own, and through blk-dd to a
-/// remote volume on qemu-nbd. IOPS are measured on the host: operations / (time of the result
-/// line - time of the start line).
+/// The median of `v` (NaN if empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The bench's paths: how the same guest image reaches its disk.
+const BENCH_PATHS: [&str; 4] = ["blk-dd", "virtio", "virtio-irq", "nbd"];
+
+/// `cargo xtask bench blk`: 4 KiB random read/write IOPS at QD1 and QD32 of the same guest
+/// image through blk-dd (a local slice, `images/blk/bench.conf`), on a virtio-blk disk of its
+/// own (polling its used ring, as it does by default; and `virtio-irq`: sleeping until the
+/// disk's interrupt, as the channel guest sleeps until blk-dd's doorbell), and through blk-dd to
+/// a remote volume on qemu-nbd. IOPS are measured on the host: operations / (time of the result
+/// line - time of the start line). Every case runs its paths back to back, `reps` times over
+/// (the host is shared and noisy): the table shows medians, and the ratio is the median of each
+/// repetition's blk-dd / direct (paired runs).
 pub fn bench(accel: Option<Accel>) -> Result<()> {
     const BENCH_VOLUMES: &str = "images/blk/bench.conf";
     const BENCH_LOCAL: &str = "bench-local";
     const BENCH_REMOTE: &str = "bench-nbd";
     let accel = Accel::choose(accel)?;
     let art = Artifacts::build()?;
-    let secs = std::env::var("ICONNECT_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5u32);
-    let mut rows = Vec::new();
+    let env_num = |k: &str, d: u32| std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
+    let secs = env_num("ICONNECT_BENCH_SECS", 5);
+    let reps = env_num("ICONNECT_BENCH_REPS", 3).max(1);
     // ICONNECT_BENCH_BLK=read:32,write:1 picks cases (default: all four).
     let pick = std::env::var("ICONNECT_BENCH_BLK").unwrap_or_default();
-    let cases = [("read", 1), ("read", 32), ("write", 1), ("write", 32)];
-    // ICONNECT_BENCH_BLK_PATHS=blk-dd,virtio picks paths (default: all three);
+    let cases: Vec<(&str, usize)> = [("read", 1), ("read", 32), ("write", 1), ("write", 32)]
+        .into_iter()
+        .filter(|(rw, qd)| pick.is_empty() || pick.split(',').any(|c| c == format!("{rw}:{qd}")))
+        .collect();
+    // ICONNECT_BENCH_BLK_PATHS=blk-dd,virtio picks paths (default: all of BENCH_PATHS);
     // ICONNECT_BENCH_BLK_DD_ARGS / ICONNECT_BENCH_BLK_GUEST_ARGS add command-line tokens
-    // (blk-dd: disk_poll=1; blk-guest: spin=1).
+    // (blk-dd: poll_us=, early=1, disk_poll=1; blk-guest: poll_us=, spin=1).
     let paths = std::env::var("ICONNECT_BENCH_BLK_PATHS").unwrap_or_default();
     let dd_args = std::env::var("ICONNECT_BENCH_BLK_DD_ARGS").unwrap_or_default();
     let guest_args = std::env::var("ICONNECT_BENCH_BLK_GUEST_ARGS").unwrap_or_default();
     let bench_file = VolumeFile::load(Path::new(BENCH_VOLUMES), &[("host", HOST_FROM_GUEST), ("nbd_port", "1")])?;
-    println!("bench blk: volumes from {BENCH_VOLUMES}: {BENCH_LOCAL} (via blk-dd), {BENCH_REMOTE} (blk-dd->nbd)");
-    for (rw, qd) in cases.into_iter().filter(|(rw, qd)| pick.is_empty() || pick.split(',').any(|c| c == format!("{rw}:{qd}"))) {
-        let mut row = Vec::new();
-        for path in ["blk-dd", "virtio", "nbd"] {
-            if !paths.is_empty() && !paths.split(',').any(|p| p == path) {
-                row.push(f64::NAN);
-                continue;
+    println!("bench blk: volumes from {BENCH_VOLUMES}: {BENCH_LOCAL} (via blk-dd), {BENCH_REMOTE} (blk-dd->nbd); {reps} repetition(s) of {secs} s");
+    // samples[case][path] = IOPS per repetition (NaN: path not run).
+    let mut samples = vec![vec![Vec::new(); BENCH_PATHS.len()]; cases.len()];
+    for rep in 0..reps {
+        for (ci, &(rw, qd)) in cases.iter().enumerate() {
+            for (pi, path) in BENCH_PATHS.into_iter().enumerate() {
+                if !paths.is_empty() && !paths.split(',').any(|p| p == path) {
+                    samples[ci][pi].push(f64::NAN);
+                    continue;
+                }
+                let run = format!("bench-blk-{path}-{rw}{qd}");
+                let dir = Topo::dir(&run)?;
+                let mut t = Topo::new(&run, accel, &art);
+                // No liveness promise: under kvm_pvm the domains' clocks jump (a silent-guest
+                // verdict would be spurious); this measures throughput only.
+                let work = format!("work=iops:{rw}:{qd}:{secs} heartbeat_ms=0 {guest_args}");
+                let mut _platform = None;
+                if path.starts_with("virtio") {
+                    // The direct baseline: the same guest on its own disk of the local volume's size.
+                    let size = match bench_file.get(BENCH_LOCAL).map(|v| &v.backing) {
+                        Some(volumes::Backing::Local { len, .. }) => *len,
+                        _ => bail!("{BENCH_VOLUMES}: `{BENCH_LOCAL}` must be a local volume"),
+                    };
+                    t.dd = false;
+                    let irq = if path == "virtio-irq" { " disk_irq=1" } else { "" };
+                    let mut g = Guest::new("g1", &format!("{work}{irq}"));
+                    g.virtio_disk = Some(raw_file_bytes(&dir, "disk.raw", size)?);
+                    t.guests = vec![g];
+                } else {
+                    let vol = if path == "blk-dd" { BENCH_LOCAL } else { BENCH_REMOTE };
+                    let p = Platform::load(&dir, BENCH_VOLUMES, &[vol], 80)?;
+                    t.platform(&p);
+                    t.vols.push(dd_args.clone());
+                    t.guests = vec![Guest::new("g1", &format!("vol={vol} {work}"))];
+                    _platform = Some(p);
+                }
+                let mut b = t.start()?;
+                let (_, t0) = b.wait("g1", "ICONNECT-IOPS-START", Duration::from_secs(60))?;
+                let (f, t1) = b.result("g1", Duration::from_secs(u64::from(secs) + 120))?;
+                // blk-dd's own account of the run (the median second): busy share, wake-ups, doorbells.
+                let mut stats: Vec<String> = b
+                    .serial("blk-dd")
+                    .iter()
+                    .filter_map(|l| l.find("ICONNECT-DDSTAT ").map(|i| l[i + 15..].to_string()))
+                    .collect();
+                stats.sort_by_key(|l| markers::parse_fields(&format!("X {l}"), "X").and_then(|f| f.num("requests")).unwrap_or(0));
+                let dd_stat = stats.get(stats.len() / 2).cloned();
+                b.stop()?;
+                let ops = f.num("ops").context("no ops=")?;
+                let host_iops = ops as f64 / (t1 - t0).as_secs_f64();
+                println!(
+                    "bench blk: [{}/{reps}] {path:10} {rw:5} qd={qd:2}: {host_iops:8.0} IOPS (host clock; guest says iops={} p50={}us p99={}us, {ops} ops, guest busy {}‰{})",
+                    rep + 1,
+                    f.get("iops").unwrap_or("?"),
+                    f.get("lat_us_p50").unwrap_or("?"),
+                    f.get("lat_us_p99").unwrap_or("?"),
+                    f.get("busy_permille").unwrap_or("?"),
+                    dd_stat.map(|s| format!(", blk-dd: {}", s.trim())).unwrap_or_default()
+                );
+                samples[ci][pi].push(host_iops);
             }
-            let run = format!("bench-blk-{path}-{rw}{qd}");
-            let dir = Topo::dir(&run)?;
-            let mut t = Topo::new(&run, accel, &art);
-            // No liveness promise: under kvm_pvm the domains' clocks jump (a silent-guest
-            // verdict would be spurious); this measures throughput only.
-            let work = format!("work=iops:{rw}:{qd}:{secs} heartbeat_ms=0 {guest_args}");
-            let mut _platform = None;
-            if path == "virtio" {
-                // The direct baseline: the same guest on its own disk of the local volume's size.
-                let size = match bench_file.get(BENCH_LOCAL).map(|v| &v.backing) {
-                    Some(volumes::Backing::Local { len, .. }) => *len,
-                    _ => bail!("{BENCH_VOLUMES}: `{BENCH_LOCAL}` must be a local volume"),
-                };
-                t.dd = false;
-                let mut g = Guest::new("g1", &work);
-                g.virtio_disk = Some(raw_file_bytes(&dir, "disk.raw", size)?);
-                t.guests = vec![g];
-            } else {
-                let vol = if path == "blk-dd" { BENCH_LOCAL } else { BENCH_REMOTE };
-                let p = Platform::load(&dir, BENCH_VOLUMES, &[vol], 80)?;
-                t.platform(&p);
-                t.vols.push(dd_args.clone());
-                t.guests = vec![Guest::new("g1", &format!("vol={vol} {work}"))];
-                _platform = Some(p);
-            }
-            let mut b = t.start()?;
-            let (_, t0) = b.wait("g1", "ICONNECT-IOPS-START", Duration::from_secs(60))?;
-            let (f, t1) = b.result("g1", Duration::from_secs(u64::from(secs) + 120))?;
-            // blk-dd's own account of the run (the median second): busy share, wake-ups, doorbells.
-            let mut stats: Vec<String> = b
-                .serial("blk-dd")
-                .iter()
-                .filter_map(|l| l.find("ICONNECT-DDSTAT ").map(|i| l[i + 15..].to_string()))
-                .collect();
-            stats.sort_by_key(|l| markers::parse_fields(&format!("X {l}"), "X").and_then(|f| f.num("requests")).unwrap_or(0));
-            let dd_stat = stats.get(stats.len() / 2).cloned();
-            b.stop()?;
-            let ops = f.num("ops").context("no ops=")?;
-            let host_iops = ops as f64 / (t1 - t0).as_secs_f64();
-            println!(
-                "bench blk: {path:7} {rw:5} qd={qd:2}: {host_iops:8.0} IOPS (host clock; guest says iops={} p50={}us p99={}us, {ops} ops, guest busy {}‰{})",
-                f.get("iops").unwrap_or("?"),
-                f.get("lat_us_p50").unwrap_or("?"),
-                f.get("lat_us_p99").unwrap_or("?"),
-                f.get("busy_permille").unwrap_or("?"),
-                dd_stat.map(|s| format!(", blk-dd: {s}")).unwrap_or_default()
-            );
-            row.push(host_iops);
         }
-        rows.push((rw, qd, row[0], row[1], row[2]));
     }
-    println!("\nbench blk ({accel}, {secs} s per case, 4 KiB random, host-clock IOPS):");
-    println!("  {:14} {:>12} {:>12} {:>8} {:>14}", "case", "via blk-dd", "direct", "ratio", "blk-dd->nbd");
-    for (rw, qd, dd, direct, nbd) in rows {
-        println!("  {:14} {dd:12.0} {direct:12.0} {:8.2} {nbd:14.0}", format!("{rw} qd={qd}"), dd / direct.max(1e-9));
+    println!("\nbench blk ({accel}, {secs} s per run, {reps} repetition(s), 4 KiB random, host-clock IOPS, medians):");
+    println!(
+        "  {:13} {:>11} {:>11} {:>7} {:>11} {:>7} {:>12}",
+        "case", "via blk-dd", "direct", "ratio", "direct-irq", "ratio", "blk-dd->nbd"
+    );
+    for (ci, &(rw, qd)) in cases.iter().enumerate() {
+        let s = &samples[ci];
+        let paired = |a: usize, b: usize| median(s[a].iter().zip(&s[b]).map(|(x, y)| x / y.max(1e-9)).collect());
+        println!(
+            "  {:13} {:11.0} {:11.0} {:7.2} {:11.0} {:7.2} {:12.0}",
+            format!("{rw} qd={qd}"),
+            median(s[0].clone()),
+            median(s[1].clone()),
+            paired(0, 1),
+            median(s[2].clone()),
+            paired(0, 2),
+            median(s[3].clone())
+        );
     }
     println!(
-        "  (goal >= 0.90; via blk-dd = a local slice of blk-dd's virtio-blk disk; direct = the same blk-guest image on \
-         its own virtio-blk disk; blk-dd->nbd = a remote volume on the host's qemu-nbd through blk-dd's smoltcp. \
-         Both use hal::virtio_blk (requests in flight up to the QD); direct polls its disk, blk-dd sleeps until the disk's or a doorbell's interrupt.)"
+        "  (goal >= 0.90 x direct; via blk-dd = a local slice of blk-dd's virtio-blk disk; direct = the same blk-guest \
+         image on its own virtio-blk disk, polling its used ring (its default); direct-irq = the same, sleeping until the \
+         disk's interrupt (disk_irq=1); blk-dd->nbd = a remote volume on the host's qemu-nbd through blk-dd's smoltcp. \
+         All use hal::virtio_blk with up to QD requests in flight; the channel guest and blk-dd sleep until a doorbell or \
+         the disk's interrupt. Ratios: median over the repetitions of each one's blk-dd / direct.)"
     );
     Ok(())
 }
@@ -807,6 +849,9 @@ pub struct BlkArgs {
     /// Only check the file and print blk-dd's command line.
     #[arg(long)]
     check: bool,
+    /// Run the demo's storage step alone (images/blk/demo.conf; --volumes is ignored).
+    #[arg(long)]
+    demo: bool,
     /// One guest per occurrence: its command line, e.g. "vol=alpha work=verify:4096" or
     /// "vol=beta work=iops:read:32:5" (blk-guest: work=verify:<KiB>[:<passes>] | iops:<read|write>:<qd>:<secs> | hostile).
     #[arg(long = "guest")]
@@ -842,6 +887,10 @@ pub fn blk_cmd(args: &BlkArgs) -> Result<()> {
         return Ok(());
     }
     let accel = Accel::choose(args.accel)?;
+    if args.demo {
+        demo(accel)?;
+        return Ok(());
+    }
     let art = Artifacts::build()?;
     let dir = Topo::dir("manual-blk")?;
     let p = Platform::load(&dir, &args.volumes, &[], args.export_mib)?;
@@ -880,6 +929,14 @@ pub fn blk_cmd(args: &BlkArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians() {
+        assert!(median(vec![]).is_nan());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![f64::NAN, 5.0]), 5.0);
+    }
 
     #[test]
     fn pattern_matches_the_guest() {

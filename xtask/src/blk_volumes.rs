@@ -102,14 +102,15 @@ pub struct VolumeFile {
     pub volumes: Vec<Volume>,
 }
 
+/// Size suffixes (powers of 1024), largest first.
+const UNITS: [(char, u32); 4] = [('T', 40), ('G', 30), ('M', 20), ('K', 10)];
+
 /// `n` with the largest binary suffix that divides it (`16M`), else in bytes.
 pub fn fmt_size(n: u64) -> String {
-    for (shift, s) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if n != 0 && n.is_multiple_of(1 << shift) {
-            return format!("{}{s}", n >> shift);
-        }
+    match UNITS.iter().find(|&&(_, shift)| n != 0 && n.is_multiple_of(1 << shift)) {
+        Some(&(u, shift)) => format!("{}{u}", n >> shift),
+        None => n.to_string(),
     }
-    n.to_string()
 }
 
 /// A size: bytes, `0x` hex, or decimal with K/M/G/T (powers of 1024).
@@ -121,13 +122,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         return u64::from_str_radix(h, 16).map_err(|_| bad());
     }
-    let (digits, shift) = match s.as_bytes().last() {
-        Some(b'K') => (&s[..s.len() - 1], 10),
-        Some(b'M') => (&s[..s.len() - 1], 20),
-        Some(b'G') => (&s[..s.len() - 1], 30),
-        Some(b'T') => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
-    };
+    let (digits, shift) = UNITS
+        .iter()
+        .find_map(|&(u, shift)| s.strip_suffix(u).map(|d| (d, shift)))
+        .unwrap_or((s, 0));
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -226,20 +224,18 @@ fn parse_volume(fields: &[&str], line: usize) -> Result<Volume, String> {
         None => return Err(format!("volume `{name}`: where does it live? (`local OFFSET LENGTH` or `nbd://HOST:PORT/EXPORT`)")),
     };
     let mut v = Volume { name: name.into(), backing, sector_size: 512, read_only: false, line };
-    let (mut ss, mut ro) = (false, false);
-    for &o in opts {
+    // Each option (by its key: `ss`, `ro`) at most once.
+    let key = |o: &str| o.split('=').next().unwrap_or_default().to_string();
+    for (k, &o) in opts.iter().enumerate() {
         match o {
-            "ss=512" | "ss=4096" if !ss => {
-                ss = true;
-                v.sector_size = if o == "ss=512" { 512 } else { 4096 };
-            }
-            "ro" if !ro => {
-                ro = true;
-                v.read_only = true;
-            }
-            "ss=512" | "ss=4096" | "ro" => return Err(format!("volume `{name}`: option `{o}` given twice")),
-            _ if o.starts_with("ss=") => return Err(format!("volume `{name}`: sector size `{o}`: only ss=512 or ss=4096")),
+            "ro" => v.read_only = true,
+            "ss=512" => v.sector_size = 512,
+            "ss=4096" => v.sector_size = 4096,
+            _ if key(o) == "ss" => return Err(format!("volume `{name}`: sector size `{o}`: only ss=512 or ss=4096")),
             _ => return Err(format!("volume `{name}`: unknown option `{o}` (options: ss=512, ss=4096, ro)")),
+        }
+        if opts[..k].iter().any(|p| key(p) == key(o)) {
+            return Err(format!("volume `{name}`: option `{}` given twice", key(o)));
         }
     }
     Ok(v)
@@ -492,7 +488,7 @@ mod tests {
             ("volume a local 0 1000\n", "length 1000 is not a multiple of 4K"),
             ("volume a local 0xfffffffffffff000 8K\n", "offset + length overflows"),
             ("volume a local 0 4K ss=1024\n", "sector size `ss=1024`: only ss=512 or ss=4096"),
-            ("volume a local 0 4K ss=512 ss=4096\n", "option `ss=4096` given twice"),
+            ("volume a local 0 4K ss=512 ss=4096\n", "option `ss` given twice"),
             ("volume a local 0 4K ro ro\n", "option `ro` given twice"),
             ("volume a local 0 4K rw\n", "unknown option `rw`"),
             ("volume a nbd://10.0.2.2/x\n", "no `:PORT` after the host"),

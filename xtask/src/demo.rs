@@ -40,7 +40,7 @@ const STEPS: &[(&str, Step)] = &[
     ),
     ("guests stream to the host peer and to each other: live throughput against each request", crate::netdemo::stream),
     ("shut the topology down", crate::netdemo::stop),
-    ("storage: blk-dd serves two guests the same workload, one volume on its local disk, one on a remote qemu-nbd", blk),
+    ("storage: blk-dd serves one guest per volume of images/blk/demo.conf (a slice of its local disk, a remote qemu-nbd export), the same workload", blk),
     ("multimedia: media-dd mixes three guests' tones into one virtio-sound device (an alert ducks the others)", media),
 ];
 

@@ -427,11 +427,7 @@ impl<M: SharedMem + Clone> BlkPort<M> {
                 p.notify
             }
             Err(e) => {
-                let why = format!("blkback:{e}").replace(' ', "_");
-                self.down_reason = Some(why);
-                self.be.fail();
-                self.broken = true;
-                self.kick = true;
+                self.engine_failed(e);
                 false
             }
         }
@@ -456,14 +452,18 @@ impl<M: SharedMem + Clone> BlkPort<M> {
                 (p.requests, p.more || p.requests >= SERVE_BUDGET)
             }
             Err(e) => {
-                let why = format!("blkback:{e}").replace(' ', "_");
-                self.down_reason = Some(why);
-                self.be.fail();
-                self.broken = true;
-                self.kick = true;
+                self.engine_failed(e);
                 (0, false)
             }
         }
+    }
+
+    /// The engine broke (a hostile ring): fail the channel, detach at the next poll.
+    fn engine_failed(&mut self, e: blkback::Error) {
+        self.down_reason = Some(format!("blkback:{e}").replace(' ', "_"));
+        self.be.fail();
+        self.broken = true;
+        self.kick = true;
     }
 
     /// Whether serving re-arms the ring's request event when it finds the ring empty

@@ -589,6 +589,11 @@ impl Workload {
         Ok(None)
     }
 
+    /// Requests completed so far.
+    pub fn completed(&self) -> u64 {
+        self.ops
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
