@@ -14,6 +14,13 @@ use crate::DomainError;
 /// How long a request may take before [`DomainError::Timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// After a request timed out, requests fail at once for this long (doubling with every further
+/// timeout, up to [`MAX_FAIL_FAST`]) before the daemon is tried again: a domain whose main loop
+/// also moves data must not stall for a whole timeout per request while xenstored is gone.
+pub const FAIL_FAST: Duration = Duration::from_secs(5);
+/// The longest fail-fast window.
+pub const MAX_FAIL_FAST: Duration = Duration::from_secs(60);
+
 /// This domain's xenstore connection.
 pub struct Store {
     xen: Xen,
@@ -22,6 +29,12 @@ pub struct Store {
     client: Client,
     /// Per-request deadline.
     pub timeout: Duration,
+    /// While the daemon is unresponsive: until when requests fail at once, and the window to
+    /// use after the next timeout.
+    fail_fast: Option<(Instant, Duration)>,
+    /// Requests that timed out, and that failed fast, so far.
+    timeouts: u64,
+    failed_fast: u64,
 }
 
 impl Store {
@@ -31,7 +44,16 @@ impl Store {
         let (mem, port) = rt::xen::store_page(xen)?;
         let ring = XsRing::new(mem, Side::Client)?;
         xen.evtchn_unmask(port)?;
-        Ok(Store { xen, ring, port, client: Client::new(), timeout: DEFAULT_TIMEOUT })
+        Ok(Store {
+            xen,
+            ring,
+            port,
+            client: Client::new(),
+            timeout: DEFAULT_TIMEOUT,
+            fail_fast: None,
+            timeouts: 0,
+            failed_fast: 0,
+        })
     }
 
     fn pump(&mut self) -> Result<(), DomainError> {
@@ -42,16 +64,41 @@ impl Store {
         Ok(())
     }
 
-    /// Sends `req` in `tx` and waits for the reply.
+    /// Requests that timed out so far, and requests failed at once while the daemon was
+    /// unresponsive.
+    pub fn timeouts(&self) -> (u64, u64) {
+        (self.timeouts, self.failed_fast)
+    }
+
+    /// Sends `req` in `tx` and waits for the reply (at most [`Store::timeout`]; while the daemon
+    /// is unresponsive, see [`FAIL_FAST`], it fails at once with [`DomainError::Timeout`]).
     pub fn call(&mut self, tx: TxId, req: Request<'_>) -> Result<Vec<u8>, DomainError> {
+        if let Some((until, _)) = self.fail_fast
+            && time::now() < until
+        {
+            self.failed_fast += 1;
+            return Err(DomainError::Timeout);
+        }
         let id = self.client.send(tx, req)?;
         let deadline = time::now() + self.timeout;
         loop {
             self.pump()?;
             if let Some(reply) = self.client.take_reply(id) {
+                if self.fail_fast.take().is_some() {
+                    log::warn!("xenstore answers again ({} requests timed out, {} failed fast)", self.timeouts, self.failed_fast);
+                }
                 return Ok(reply?);
             }
             if time::now() >= deadline {
+                self.client.forget(id);
+                self.timeouts += 1;
+                let window = self.fail_fast.map_or(FAIL_FAST, |(_, w)| (w * 2).min(MAX_FAIL_FAST));
+                self.fail_fast = Some((time::now() + window, window));
+                log::warn!(
+                    "xenstore: no answer in {} ms; requests fail at once for {} s",
+                    self.timeout.as_millis(),
+                    window.as_secs()
+                );
                 return Err(DomainError::Timeout);
             }
             // The daemon's notification wakes us; the 10 ms cap covers a lost one.

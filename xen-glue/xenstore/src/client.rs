@@ -249,6 +249,11 @@ impl Client {
         }
     }
 
+    /// Gives up on request `id` (its caller timed out): a reply that still arrives is dropped.
+    pub fn forget(&mut self, id: ReqId) {
+        self.waiting.remove(&id);
+    }
+
     /// Whether a request is still unanswered.
     pub fn is_pending(&self, id: ReqId) -> bool {
         matches!(self.waiting.get(&id), Some(None))

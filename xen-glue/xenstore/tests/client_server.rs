@@ -58,6 +58,20 @@ fn read_write_directory_rm() {
 }
 
 #[test]
+fn a_reply_to_a_forgotten_request_is_dropped() {
+    // A caller that timed out forgets its request; the daemon's late reply must not be kept,
+    // nor be taken for the reply to a later request.
+    let mut w = World::new(1);
+    w.call(TxId::NONE, Request::Write("/a", b"first")).unwrap();
+    let late = w.client.send(TxId::NONE, Request::Read("/a")).unwrap();
+    w.client.forget(late);
+    assert!(!w.client.is_pending(late));
+    w.call(TxId::NONE, Request::Write("/a", b"second")).unwrap();
+    assert_eq!(w.client.take_reply(late), None);
+    assert_eq!(w.call(TxId::NONE, Request::Read("/a")).unwrap(), b"second");
+}
+
+#[test]
 fn watches_fire_on_registration_change_and_removal() {
     let mut w = World::new(1);
     w.call(TxId::NONE, Request::Watch("/backend/vif", "be")).unwrap();

@@ -78,6 +78,10 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
     let err = |e: DomainError| format!("{e:?}");
     let events = Events::new().map_err(err)?;
     let mut store = Store::open().map_err(err)?;
+    // The loop that answers xenstore also moves every guest's frames: a request waits 2 s at
+    // most (xenstored answers in milliseconds, even nested), and while the daemon does not
+    // answer, requests fail at once (xen_domain::store::FAIL_FAST) instead of stalling traffic.
+    store.timeout = Duration::from_secs(2);
     let domid = store.domid().map_err(err)?;
     let name = store.read("name").unwrap_or_else(|_| String::from("?"));
     // The stack's MAC: locally administered, from the domain id.
