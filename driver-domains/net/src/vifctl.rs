@@ -561,6 +561,11 @@ impl<P: VifPlatform> Backend<P> {
         };
         if asked {
             write_decision(store, &be, id, &decision);
+        } else {
+            // The guest withdrew its request (removed its keys): no answer stands any more.
+            for k in switch::QOS_ANSWER_KEYS {
+                let _ = store.rm(&format!("{be}/{k}"));
+            }
         }
         let Some(v) = self.vifs.get_mut(&id) else { return Err("unknown vif".into()) };
         v.conn = Some(Conn { port, tx_port, rx_port });
@@ -627,6 +632,11 @@ impl<P: VifPlatform> Backend<P> {
         let Some(decision) = self.sw.requalify(port, admin_only(request, rate), now) else { return };
         if asked {
             write_decision(store, &be, id, &decision);
+        } else {
+            // The guest withdrew its request (removed its keys): no answer stands any more.
+            for k in switch::QOS_ANSWER_KEYS {
+                let _ = store.rm(&format!("{be}/{k}"));
+            }
         }
         log::info!(
             "ICONNECT-VIF {}/{} qos={} ceiling_bps={}",

@@ -818,6 +818,11 @@ fn a_guest_writing_qos_keys_in_a_loop_is_answered_at_a_bounded_rate() {
         Some(Decision::Granted(g)) => assert_eq!(g.guaranteed_bps, 1_000_499),
         other => panic!("{other:?}"),
     }
+    // The guest withdraws its request (xenstore-rm): the answer keys go, the guarantee is free.
+    w.xs.rm(5, &format!("{fe}/{}", qos::GUARANTEED));
+    w.settle();
+    assert_eq!(w.decision(a), None, "a withdrawn request leaves no answer behind");
+    assert_eq!(w.be.sw.reserved_bps(), 0);
 }
 
 #[test]
