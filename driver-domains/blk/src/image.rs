@@ -319,8 +319,9 @@ fn run(boot: &'static rt::BootInfo) -> Result<core::convert::Infallible, String>
             if taken > 0 || c.port.in_flight() != before {
                 last_progress = now;
             }
-            if taken > 0 && !c.rung && !c.again && matches!(targets[id], Target::Local(_)) {
-                // Requests nobody rang for, found by the sweep: a lost doorbell.
+            if taken > 0 && !c.rung && !c.again && !spinning && matches!(targets[id], Target::Local(_)) {
+                // Requests nobody rang for, found by the sweep: a lost doorbell (while busy-
+                // polling the guest is told not to ring).
                 c.unrung += 1;
             }
             c.again = more;
