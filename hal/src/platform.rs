@@ -205,3 +205,25 @@ pub fn msix_vector(ecam: &mut Ecam, bdf: Bdf, bars: &[Option<Bar>; 6], entry: u1
         }
     }
 }
+
+/// Routes the virtio interrupt sources of `bdf`: configuration changes silenced, queue `q` to
+/// MSI-X entry `e` for every `(q, e)` of `queues` (`NO_VECTOR` silences a queue).
+/// `virtio-drivers` 0.13 does not expose `queue_msix_vector`, so the common configuration is
+/// written through a second mapping of the registers its transport also uses: sound because
+/// both are raw volatile accessors, this runs between driver calls on the only CPU, and the
+/// transport re-selects the queue before each queue access. QEMU accepts vector changes after
+/// `DRIVER_OK`. Fails if the device refuses a vector.
+pub fn route_virtio_vectors(ecam: &Ecam, bdf: Bdf, bars: &[Option<Bar>; 6], queues: &[(u16, u16)]) -> Result<(), Error> {
+    use crate::virtio::{self, CommonCfg, NO_VECTOR};
+    let cap = virtio::find_cap(ecam, bdf, virtio::CAP_COMMON_CFG)?;
+    let bar = bars[usize::from(cap.bar)].ok_or(Error::BarUnassigned)?;
+    let regs = map_bar(&bar, u64::from(cap.offset), cap.length as usize)?;
+    let mut common = CommonCfg::new(regs)?;
+    let _ = common.set_config_vector(NO_VECTOR);
+    for &(queue, entry) in queues {
+        if common.set_queue_vector(queue, entry)? != entry {
+            return Err(Error::Invalid);
+        }
+    }
+    Ok(())
+}

@@ -450,12 +450,11 @@ pub mod pci {
     use super::VirtioBlk;
     use crate::Error;
     use crate::dma::VirtioHal;
-    use crate::ecam::{self, Ecam};
-    use crate::pci::{self, Bar, Function, command};
+    use crate::ecam::Ecam;
+    use crate::pci::{self, Function};
     use crate::platform;
-    use crate::virtio::{self, CommonCfg, NO_VECTOR};
+    use crate::virtio;
     use virtio_drivers::transport::pci::PciTransport;
-    use virtio_drivers::transport::pci::bus::PciRoot;
 
     /// Modern (virtio 1.0) block device ID.
     pub const DEVICE_BLK_MODERN: u16 = 0x1042;
@@ -501,51 +500,18 @@ pub mod pci {
         on_irq: Option<fn()>,
     ) -> Result<Opened<QS>, Error> {
         let bdf = func.bdf;
-        pci::update_command(ecam, bdf, 0, command::MEMORY_SPACE | command::IO_SPACE);
-        let bars = platform::assign_bars(ecam, bdf, window.0, window.1)?;
-        // SAFETY: the alias is used only by the transport set-up below, which runs to
-        // completion before this function touches the configuration space again.
-        let mut root = PciRoot::new(unsafe { ecam.alias() });
-        let transport = PciTransport::new::<VirtioHal, Ecam>(&mut root, ecam::device_function(bdf))
-            .map_err(|e| {
-                log::error!("{bdf}: virtio PCI transport: {e}");
-                Error::Invalid
-            })?;
-        pci::update_command(ecam, bdf, command::MEMORY_SPACE | command::BUS_MASTER, 0);
-        let mut vector = match on_irq.and_then(rt::irq::register_msi) {
-            Some(m) => match platform::enable_msix(ecam, bdf, &bars, MSIX_ENTRY, m) {
-                Ok(_table) => Some(m.vector()),
-                Err(e) => {
-                    log::warn!("{bdf}: MSI-X set-up failed ({e}); polling");
-                    None
-                }
-            },
-            None => None,
-        };
+        let platform::VirtioFunction { bars, transport } = platform::open_virtio(ecam, bdf, window)?;
+        let mut vector = platform::msix_vector(ecam, bdf, &bars, MSIX_ENTRY, on_irq);
         let blk = PciBlk::<QS>::new(transport).map_err(|e| {
             log::error!("{bdf}: virtio-blk init: {e}");
             Error::Invalid
         })?;
         if vector.is_some()
-            && let Err(e) = route(ecam, &func, &bars)
+            && let Err(e) = platform::route_virtio_vectors(ecam, bdf, &bars, &[(super::QUEUE, MSIX_ENTRY)])
         {
             log::warn!("{bdf}: virtio MSI-X vector routing failed ({e}); polling");
             vector = None;
         }
         Ok(Opened { blk, vector })
-    }
-
-    /// Routes queue 0 to [`MSIX_ENTRY`], silences configuration interrupts (as
-    /// `virtio_net::pci`, through a second mapping of the common configuration).
-    fn route(ecam: &Ecam, func: &Function, bars: &[Option<Bar>; 6]) -> Result<(), Error> {
-        let cap = virtio::find_cap(ecam, func.bdf, virtio::CAP_COMMON_CFG)?;
-        let bar = bars[usize::from(cap.bar)].ok_or(Error::BarUnassigned)?;
-        let regs = platform::map_bar(&bar, u64::from(cap.offset), cap.length as usize)?;
-        let mut common = CommonCfg::new(regs)?;
-        let _ = common.set_config_vector(NO_VECTOR);
-        match common.set_queue_vector(super::QUEUE, MSIX_ENTRY)? {
-            MSIX_ENTRY => Ok(()),
-            _ => Err(Error::Invalid),
-        }
     }
 }

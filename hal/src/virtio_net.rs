@@ -377,9 +377,9 @@ pub mod pci {
     use crate::Error;
     use crate::dma::VirtioHal;
     use crate::ecam::Ecam;
-    use crate::pci::{self, Bar, Function};
+    use crate::pci::{self, Function};
     use crate::platform;
-    use crate::virtio::{self, CommonCfg, NO_VECTOR};
+    use crate::virtio::{self, NO_VECTOR};
     use virtio_drivers::transport::pci::PciTransport;
 
     /// virtio-net's receive queue.
@@ -442,30 +442,11 @@ pub mod pci {
             Error::Invalid
         })?;
         if rx_vector.is_some()
-            && let Err(e) = route_rx(ecam, &func, &bars)
+            && let Err(e) = platform::route_virtio_vectors(ecam, bdf, &bars, &[(TX_QUEUE, NO_VECTOR), (RX_QUEUE, RX_MSIX_ENTRY)])
         {
             log::warn!("{bdf}: virtio MSI-X vector routing failed ({e}); polling");
             rx_vector = None;
         }
         Ok(Opened { net, func, rx_vector })
-    }
-
-    /// Routes the receive queue to [`RX_MSIX_ENTRY`] and silences the configuration and
-    /// transmit sources. `virtio-drivers` 0.13 does not expose `queue_msix_vector`, so the
-    /// common configuration is written through a second mapping of the registers its
-    /// transport also uses: sound because both are raw volatile accessors, this runs between
-    /// driver calls on the only CPU, and the transport re-selects the queue before each queue
-    /// access. QEMU accepts vector changes after `DRIVER_OK`.
-    fn route_rx(ecam: &Ecam, func: &Function, bars: &[Option<Bar>; 6]) -> Result<(), Error> {
-        let cap = virtio::find_cap(ecam, func.bdf, virtio::CAP_COMMON_CFG)?;
-        let bar = bars[usize::from(cap.bar)].ok_or(Error::BarUnassigned)?;
-        let regs = platform::map_bar(&bar, u64::from(cap.offset), cap.length as usize)?;
-        let mut common = CommonCfg::new(regs)?;
-        let _ = common.set_config_vector(NO_VECTOR);
-        let _ = common.set_queue_vector(TX_QUEUE, NO_VECTOR)?;
-        match common.set_queue_vector(RX_QUEUE, RX_MSIX_ENTRY)? {
-            RX_MSIX_ENTRY => Ok(()),
-            _ => Err(Error::Invalid),
-        }
     }
 }
