@@ -353,14 +353,73 @@ pub mod virtio {
         unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
     }
 
+    /// A fake device's `read_config_space`: the `T` at `offset` of its configuration `bytes`.
+    pub fn config_read<T: FromBytes>(bytes: &[u8], offset: usize) -> Result<T, virtio_drivers::Error> {
+        let b = bytes
+            .get(offset..offset + size_of::<T>())
+            .ok_or(virtio_drivers::Error::ConfigSpaceTooSmall)?;
+        T::read_from_bytes(b).map_err(|_| virtio_drivers::Error::IoError)
+    }
+
+    /// A descriptor chain: (address, length, device-writable) per descriptor.
+    pub type Chain = Vec<(u64, u32, bool)>;
+
+    /// The device's side of one split virtqueue laid out in host memory (HostHal): where the
+    /// driver put its three rings, and how far the device got.
     #[derive(Default, Debug, Clone, Copy)]
-    struct Queue {
-        size: u16,
-        desc: u64,
-        avail: u64,
-        used: u64,
-        last_avail: u16,
-        enabled: bool,
+    pub struct SplitQueue {
+        /// Entries.
+        pub size: u16,
+        /// Descriptor table address.
+        pub desc: u64,
+        /// Available ring address.
+        pub avail: u64,
+        /// Used ring address.
+        pub used: u64,
+        /// The next available entry the device takes.
+        pub last_avail: u16,
+        /// Set up by the driver (and not reset since).
+        pub enabled: bool,
+    }
+
+    impl SplitQueue {
+        /// A queue the driver just set up.
+        pub fn new(size: u16, desc: u64, avail: u64, used: u64) -> Self {
+            SplitQueue { size, desc, avail, used, last_avail: 0, enabled: true }
+        }
+
+        /// Pops the next available chain: its head (the driver's token) and descriptors.
+        pub fn pop_chain(&mut self) -> Option<(u16, Chain)> {
+            if !self.enabled || self.size == 0 || r16(self.avail + 2) == self.last_avail {
+                return None;
+            }
+            let head = r16(self.avail + 4 + 2 * u64::from(self.last_avail % self.size));
+            self.last_avail = self.last_avail.wrapping_add(1);
+            let mut chain = Vec::new();
+            let mut i = head;
+            // A chain is at most `size` long: a looping one ends there.
+            for _ in 0..self.size {
+                let d = read(self.desc + 16 * u64::from(i % self.size), 16);
+                let addr = u64::from_le_bytes(d[0..8].try_into().unwrap_or([0; 8]));
+                let len = u32::from_le_bytes(d[8..12].try_into().unwrap_or([0; 4]));
+                let flags = u16::from_le_bytes([d[12], d[13]]);
+                chain.push((addr, len, flags & 2 != 0));
+                if flags & 1 == 0 {
+                    break;
+                }
+                i = u16::from_le_bytes([d[14], d[15]]);
+            }
+            Some((head, chain))
+        }
+
+        /// Returns chain `id` to the driver in the used ring with `len` bytes written.
+        pub fn push_used(&self, id: u32, len: u32) {
+            let idx = r16(self.used + 2);
+            let slot = self.used + 4 + 8 * u64::from(idx % self.size);
+            w32(slot, id);
+            w32(slot + 4, len);
+            w16(self.used + 2, idx.wrapping_add(1));
+        }
     }
 
     /// What the fake device saw and holds.
@@ -370,14 +429,15 @@ pub mod virtio {
         pub status: u32,
         /// Features the driver accepted.
         pub driver_features: u64,
-        queues: [Queue; 2],
+        queues: [SplitQueue; 2],
         /// Notifications per queue (0 = receive, 1 = transmit).
         pub notifications: [u32; 2],
         /// MAC in config space.
         pub mac: [u8; 6],
     }
 
-    fn read(addr: u64, len: usize) -> Vec<u8> {
+    /// Reads `len` bytes of driver memory the device owns (a ring, a shared buffer).
+    pub fn read(addr: u64, len: usize) -> Vec<u8> {
         let mut v = alloc::vec![0u8; len];
         // SAFETY: test-only device model: `addr` comes from a ring the driver set up in host
         // memory (HostHal) or from a buffer it shared, valid for `len` bytes while the device
@@ -386,12 +446,14 @@ pub mod virtio {
         v
     }
 
-    fn write(addr: u64, bytes: &[u8]) {
+    /// Writes driver memory the device owns.
+    pub fn write(addr: u64, bytes: &[u8]) {
         // SAFETY: as for `read`: device-owned driver memory of at least `bytes.len()` bytes.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
     }
 
-    fn r16(addr: u64) -> u16 {
+    /// A little-endian u16 of driver memory the device owns.
+    pub fn r16(addr: u64) -> u16 {
         u16::from_le_bytes(read(addr, 2).try_into().unwrap_or([0; 2]))
     }
 
@@ -415,28 +477,16 @@ pub mod virtio {
     }
 
     impl NetState {
-        /// Pops the next available single-descriptor request of `queue`.
+        /// Pops the next available request of `queue` (its first descriptor).
         pub fn pop(&mut self, queue: usize) -> Option<Popped> {
-            let q = self.queues[queue];
-            if !q.enabled || r16(q.avail + 2) == q.last_avail {
-                return None;
-            }
-            let head = r16(q.avail + 4 + 2 * u64::from(q.last_avail % q.size));
-            let d = read(q.desc + 16 * u64::from(head), 16);
-            let addr = u64::from_le_bytes(d[0..8].try_into().ok()?);
-            let len = u32::from_le_bytes(d[8..12].try_into().ok()?);
-            self.queues[queue].last_avail = q.last_avail.wrapping_add(1);
+            let (head, chain) = self.queues[queue].pop_chain()?;
+            let &(addr, len, _) = chain.first()?;
             Some(Popped { head, addr, len })
         }
 
         /// Returns `id` to the driver in `queue`'s used ring with `len` bytes written.
         pub fn push_used(&mut self, queue: usize, id: u32, len: u32) {
-            let q = self.queues[queue];
-            let idx = r16(q.used + 2);
-            let slot = q.used + 4 + 8 * u64::from(idx % q.size);
-            w32(slot, id);
-            w32(slot + 4, len);
-            w16(q.used + 2, idx.wrapping_add(1));
+            self.queues[queue].push_used(id, len);
         }
 
         /// Delivers `frame` into the next receive buffer; false if none is posted or it is
@@ -537,19 +587,12 @@ pub mod virtio {
             used: PhysAddr,
         ) {
             if let Some(q) = self.state.borrow_mut().queues.get_mut(usize::from(queue)) {
-                *q = Queue {
-                    size: size as u16,
-                    desc,
-                    avail,
-                    used,
-                    last_avail: 0,
-                    enabled: true,
-                };
+                *q = SplitQueue::new(size as u16, desc, avail, used);
             }
         }
         fn queue_unset(&mut self, queue: u16) {
             if let Some(q) = self.state.borrow_mut().queues.get_mut(usize::from(queue)) {
-                *q = Queue::default();
+                *q = SplitQueue::default();
             }
         }
         fn queue_used(&mut self, queue: u16) -> bool {

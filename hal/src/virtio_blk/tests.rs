@@ -2,7 +2,7 @@
 //! requests in flight, completion in any order, refusals, device errors, bad tokens.
 
 use super::*;
-use crate::fake::virtio::HostHal;
+use crate::fake::virtio::{config_read, HostHal, SplitQueue, read, write};
 use alloc::rc::Rc;
 use core::cell::RefCell;
 use virtio_drivers::PhysAddr;
@@ -11,34 +11,12 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 const SECTORS: u64 = 64;
 
-fn read(addr: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    // SAFETY: test device model: `addr` is a ring or a buffer the driver shared with the
-    // device (host pointers, HostHal), valid for `len` bytes while the device owns it.
-    unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, v.as_mut_ptr(), len) };
-    v
-}
-
-fn write(addr: u64, bytes: &[u8]) {
-    // SAFETY: as for `read`: device-owned driver memory of at least `bytes.len()` bytes.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
-}
-
-fn r16(addr: u64) -> u16 {
-    u16::from_le_bytes([read(addr, 2)[0], read(addr, 2)[1]])
-}
-
 #[derive(Default, Debug)]
 struct Dev {
     status: u32,
     features_offered: u64,
     driver_features: u64,
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    enabled: bool,
-    last_avail: u16,
+    queue: SplitQueue,
     notifications: u32,
     disk: Vec<u8>,
     /// Popped but not yet completed: (head, used length, status address).
@@ -51,25 +29,7 @@ struct Dev {
 impl Dev {
     /// Pops one available chain, performs it, keeps its completion pending.
     fn take(&mut self) -> bool {
-        if !self.enabled || r16(self.avail + 2) == self.last_avail {
-            return false;
-        }
-        let head = r16(self.avail + 4 + 2 * u64::from(self.last_avail % self.size));
-        self.last_avail = self.last_avail.wrapping_add(1);
-        let mut chain = Vec::new();
-        let mut i = head;
-        loop {
-            let d = read(self.desc + 16 * u64::from(i), 16);
-            let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
-            let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
-            let flags = u16::from_le_bytes([d[12], d[13]]);
-            let next = u16::from_le_bytes([d[14], d[15]]);
-            chain.push((addr, len, flags & 2 != 0));
-            if flags & 1 == 0 {
-                break;
-            }
-            i = next;
-        }
+        let Some((head, chain)) = self.queue.pop_chain() else { return false };
         let hdr = read(chain[0].0, 16);
         let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap()) as usize;
@@ -106,11 +66,7 @@ impl Dev {
     }
 
     fn push_used(&mut self, id: u32, len: u32) {
-        let idx = r16(self.used + 2);
-        let slot = self.used + 4 + 8 * u64::from(idx % self.size);
-        write(slot, &id.to_le_bytes());
-        write(slot + 4, &len.to_le_bytes());
-        write(self.used + 2, &idx.wrapping_add(1).to_le_bytes());
+        self.queue.push_used(id, len);
     }
 
     fn serve_all(&mut self) {
@@ -158,15 +114,13 @@ impl Transport for FakeBlk {
         avail: PhysAddr,
         used: PhysAddr,
     ) {
-        let mut d = self.0.borrow_mut();
-        (d.size, d.desc, d.avail, d.used, d.enabled, d.last_avail) =
-            (size as u16, desc, avail, used, true, 0);
+        self.0.borrow_mut().queue = SplitQueue::new(size as u16, desc, avail, used);
     }
     fn queue_unset(&mut self, _queue: u16) {
-        self.0.borrow_mut().enabled = false;
+        self.0.borrow_mut().queue.enabled = false;
     }
     fn queue_used(&mut self, _queue: u16) -> bool {
-        self.0.borrow().enabled
+        self.0.borrow().queue.enabled
     }
     fn ack_interrupt(&mut self) -> InterruptStatus {
         InterruptStatus::empty()
@@ -176,11 +130,7 @@ impl Transport for FakeBlk {
     }
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, VirtioError> {
         let cap = self.0.borrow().disk.len() as u64 / 512;
-        let bytes = cap.to_le_bytes();
-        let b = bytes
-            .get(offset..offset + size_of::<T>())
-            .ok_or(VirtioError::ConfigSpaceTooSmall)?;
-        T::read_from_bytes(b).map_err(|_| VirtioError::IoError)
+        config_read(&cap.to_le_bytes(), offset)
     }
     fn write_config_space<T: IntoBytes + Immutable>(
         &mut self,
@@ -235,7 +185,7 @@ fn init_negotiates_and_reads_capacity() {
     assert_eq!(d.status & 0x4, 0x4, "DRIVER_OK");
     drop(d);
     drop(blk);
-    assert!(!dev.borrow().enabled, "dropping resets the queue");
+    assert!(!dev.borrow().queue.enabled, "dropping resets the queue");
 }
 
 #[test]

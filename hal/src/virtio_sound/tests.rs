@@ -3,49 +3,18 @@
 //! requests, playback periods consumed, capture buffers filled (fully and partly), statuses.
 
 use super::*;
-use crate::fake::virtio::HostHal;
+use crate::fake::virtio::{config_read, Chain, HostHal, SplitQueue, read, write};
 use alloc::rc::Rc;
 use core::cell::RefCell;
 use virtio_drivers::PhysAddr;
 use virtio_drivers::transport::{DeviceType, InterruptStatus};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-fn read(addr: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    // SAFETY: test device model: `addr` is a ring or a buffer the driver shared with the
-    // device (host pointers, HostHal), valid for `len` bytes while the device owns it.
-    unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, v.as_mut_ptr(), len) };
-    v
-}
-
-fn write(addr: u64, bytes: &[u8]) {
-    // SAFETY: as for `read`: device-owned driver memory of at least `bytes.len()` bytes.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
-}
-
-fn r16(addr: u64) -> u16 {
-    let b = read(addr, 2);
-    u16::from_le_bytes([b[0], b[1]])
-}
-
-/// A descriptor chain: (address, length, device-writable) per descriptor.
-type Chain = Vec<(u64, u32, bool)>;
-
-#[derive(Default, Debug, Clone, Copy)]
-struct Ring {
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    enabled: bool,
-    last_avail: u16,
-}
-
 #[derive(Default, Debug)]
 struct Dev {
     status: u32,
     driver_features: u64,
-    rings: [Ring; 4],
+    rings: [SplitQueue; 4],
     notifications: [u32; 4],
     /// Control requests seen (code, stream).
     commands: Vec<(u32, u32)>,
@@ -58,35 +27,11 @@ struct Dev {
 impl Dev {
     /// Pops one chain of `q`: (head, [(addr, len, writable)]).
     fn take(&mut self, q: usize) -> Option<(u16, Chain)> {
-        let r = &mut self.rings[q];
-        if !r.enabled || r16(r.avail + 2) == r.last_avail {
-            return None;
-        }
-        let head = r16(r.avail + 4 + 2 * u64::from(r.last_avail % r.size));
-        r.last_avail = r.last_avail.wrapping_add(1);
-        let mut chain = Vec::new();
-        let mut i = head;
-        loop {
-            let d = read(r.desc + 16 * u64::from(i), 16);
-            let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
-            let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
-            let flags = u16::from_le_bytes([d[12], d[13]]);
-            chain.push((addr, len, flags & 2 != 0));
-            if flags & 1 == 0 {
-                break;
-            }
-            i = u16::from_le_bytes([d[14], d[15]]);
-        }
-        Some((head, chain))
+        self.rings[q].pop_chain()
     }
 
     fn push_used(&mut self, q: usize, id: u16, len: u32) {
-        let r = self.rings[q];
-        let idx = r16(r.used + 2);
-        let slot = r.used + 4 + 8 * u64::from(idx % r.size);
-        write(slot, &u32::from(id).to_le_bytes());
-        write(slot + 4, &len.to_le_bytes());
-        write(r.used + 2, &idx.wrapping_add(1).to_le_bytes());
+        self.rings[q].push_used(u32::from(id), len);
     }
 
     /// Serves the control queue: PCM_INFO answers stream 0 output, stream 1 input; stream 7
@@ -197,14 +142,7 @@ impl Transport for FakeSnd {
         false
     }
     fn queue_set(&mut self, queue: u16, size: u32, desc: PhysAddr, avail: PhysAddr, used: PhysAddr) {
-        self.0.borrow_mut().rings[usize::from(queue)] = Ring {
-            size: size as u16,
-            desc,
-            avail,
-            used,
-            enabled: true,
-            last_avail: 0,
-        };
+        self.0.borrow_mut().rings[usize::from(queue)] = SplitQueue::new(size as u16, desc, avail, used);
     }
     fn queue_unset(&mut self, queue: u16) {
         self.0.borrow_mut().rings[usize::from(queue)].enabled = false;
@@ -222,10 +160,7 @@ impl Transport for FakeSnd {
         // jacks 0, streams 2, chmaps 0.
         let cfg = [0u32, 2, 0];
         let bytes: Vec<u8> = cfg.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let b = bytes
-            .get(offset..offset + size_of::<T>())
-            .ok_or(VirtioError::ConfigSpaceTooSmall)?;
-        T::read_from_bytes(b).map_err(|_| VirtioError::IoError)
+        config_read(&bytes, offset)
     }
     fn write_config_space<T: IntoBytes + Immutable>(
         &mut self,
