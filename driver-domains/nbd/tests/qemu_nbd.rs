@@ -43,6 +43,16 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One `qemu-nbd` at a time in this binary: a port is free when `free_port` looks but taken only
+/// when the server binds it, so two tests starting servers at once could get the same port; the
+/// second server then fails to bind and its test's client meets the first test's server, which
+/// serves one client and drops the other (seen once in CI as a failed handshake).
+static ONE_SERVER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SERVER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One `qemu-nbd` process, killed on drop.
 struct Server {
     child: Child,
@@ -230,6 +240,7 @@ fn qemu_nbd_round_trip_flush_trim_in_flight() {
     if !have_qemu_nbd() {
         return;
     }
+    let _one = exclusive();
     let dir = TempDir::new("rt");
     let img = dir.0.join("disk.raw");
     let size = 64 * MIB;
@@ -327,6 +338,7 @@ fn qemu_nbd_killed_mid_run_no_acknowledged_write_lost() {
     if !have_qemu_nbd() {
         return;
     }
+    let _one = exclusive();
     let dir = TempDir::new("kill");
     let img = dir.0.join("disk.raw");
     let slots = 2048u64; // 32 KiB slots in 64 MiB
@@ -413,6 +425,7 @@ fn qemu_nbd_qcow2_checked_with_qemu_io_and_unknown_export_refused() {
     if !have_qemu_nbd() {
         return;
     }
+    let _one = exclusive();
     let dir = TempDir::new("qcow2");
     let img = dir.0.join("disk.qcow2");
     let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg("16M").status().unwrap();
