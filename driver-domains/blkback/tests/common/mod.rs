@@ -102,12 +102,19 @@ impl SimFront {
     }
 
     /// Splits `sectors` 512-byte sectors into segments at random in-page positions (each
-    /// segment on its own page); with `align8` every segment is a whole 4 KiB page.
+    /// segment on its own page); with `align8` every segment is a whole 4 KiB page. At most
+    /// the engine's default `max_indirect_segments` (what it advertises as
+    /// `feature-max-indirect-segments`, which a real frontend respects): once the rest only fits
+    /// in whole pages, whole pages it is.
     pub fn segments(&mut self, rng: &mut Rng, mut sectors: u64, readonly: bool, align8: bool) -> Vec<Segment> {
+        let max = usize::from(Config::default().max_indirect_segments);
         let mut v = Vec::new();
         while sectors > 0 {
+            let must_pack = sectors.div_ceil(8) as usize >= max.saturating_sub(v.len());
             let (first, n) = if align8 {
                 (0, 8)
+            } else if must_pack {
+                (0, sectors.min(8))
             } else {
                 let first = rng.below(8) as u8;
                 let n = rng.range(1, (8 - first as u64).min(sectors));
