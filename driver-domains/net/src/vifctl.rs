@@ -559,14 +559,7 @@ impl<P: VifPlatform> Backend<P> {
                 return Err(e.reason().into());
             }
         };
-        if asked {
-            write_decision(store, &be, id, &decision);
-        } else {
-            // The guest withdrew its request (removed its keys): no answer stands any more.
-            for k in switch::QOS_ANSWER_KEYS {
-                let _ = store.rm(&format!("{be}/{k}"));
-            }
-        }
+        write_decision(store, &be, id, asked, &decision);
         let Some(v) = self.vifs.get_mut(&id) else { return Err("unknown vif".into()) };
         v.conn = Some(Conn { port, tx_port, rx_port });
         v.rate = rate;
@@ -630,14 +623,7 @@ impl<P: VifPlatform> Backend<P> {
         let request = qos_request(fe_keys, rate);
         let asked = !matches!(request, Ok(None));
         let Some(decision) = self.sw.requalify(port, admin_only(request, rate), now) else { return };
-        if asked {
-            write_decision(store, &be, id, &decision);
-        } else {
-            // The guest withdrew its request (removed its keys): no answer stands any more.
-            for k in switch::QOS_ANSWER_KEYS {
-                let _ = store.rm(&format!("{be}/{k}"));
-            }
-        }
+        write_decision(store, &be, id, asked, &decision);
         log::info!(
             "ICONNECT-VIF {}/{} qos={} ceiling_bps={}",
             id.0,
@@ -795,12 +781,16 @@ fn ceiling(d: &QosDecision, rate: Option<XenRate>) -> String {
 /// Replaces the QoS answer in the backend directory (nothing for no request): the new keys are
 /// written first, then the keys of an earlier answer that this one lacks are removed, so a
 /// frontend polling `iconnect-qos-status` never sees it vanish.
-fn write_decision<S: StoreAccess>(store: &mut S, be: &str, id: VifId, d: &QosDecision) {
-    let Some(d) = d else { return };
+/// Answers a guest's QoS request in its backend directory. A guest that asks nothing (or
+/// withdrew its request by removing its keys) finds no answer left from an earlier one.
+fn write_decision<S: StoreAccess>(store: &mut S, be: &str, id: VifId, asked: bool, d: &QosDecision) {
     let mut keys = iconnect::keys::ArraySink::<8, 48>::default();
-    if let Err(e) = qos::write_decision(d, &mut keys) {
-        log::warn!("vif {}/{}: QoS decision: {e:?}", id.0, id.1);
-        return;
+    if asked {
+        let Some(d) = d else { return };
+        if let Err(e) = qos::write_decision(d, &mut keys) {
+            log::warn!("vif {}/{}: QoS decision: {e:?}", id.0, id.1);
+            return;
+        }
     }
     for (k, v) in keys.pairs() {
         if store.read(&format!("{be}/{k}")).ok().flatten().as_deref() != Some(v)
